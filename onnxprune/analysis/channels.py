@@ -1,0 +1,82 @@
+"""Collect every node's channel relations and join them into a networkx graph of channel spaces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import onnx
+
+from . import op_rules  # noqa: F401  (registers the rules)
+from .model_view import ModelView, node_label
+from .registry import rule_for
+from .relations import Link, Relations, Space, WeightUse, tensors_of
+
+
+@dataclass
+class ChannelGraph:
+    """All spaces, links, weight members and frozen reasons of a model."""
+
+    graph: nx.Graph = field(default_factory=nx.Graph)
+    weights: list[WeightUse] = field(default_factory=list)
+    frozen: dict[Space, str] = field(default_factory=dict)
+    touching: dict[Space, list[str]] = field(default_factory=dict)
+    rewrites: list[onnx.NodeProto] = field(default_factory=list)
+
+    def add(self, rel: Relations) -> None:
+        """Merge one node's relations."""
+        spaces = [link.src for link in rel.links] + [link.dst for link in rel.links]
+        spaces += [use.space for use in rel.weights] + list(rel.frozen)
+        for space in spaces:
+            self.graph.add_node(space, size=rel.size(space.tensor, space.axis))
+        for link in rel.links:
+            self.graph.add_edge(link.src, link.dst)
+            self.graph.edges[link.src, link.dst].setdefault("links", []).append(link)
+        self.weights.extend(rel.weights)
+        for space, reason in rel.frozen.items():
+            self.frozen.setdefault(space, reason)
+        for space in {link.src for link in rel.links} | {link.dst for link in rel.links}:
+            self.touching.setdefault(space, []).append(node_label(rel.node))
+
+    def links_between(self, spaces) -> list[Link]:
+        """Every link whose ends both lie in `spaces`."""
+        return [link for _, _, links in self.graph.subgraph(spaces).edges(data="links") for link in links]
+
+
+def build_channel_graph(view: ModelView) -> ChannelGraph:
+    """Apply each node's rule; freeze what no rule maps, and what reaches graph inputs/outputs."""
+    channels = ChannelGraph()
+    for node in view.graph.node:
+        rel = Relations(view, node)
+        relate_node(rel, node, view)
+        channels.add(rel)
+        rule = rule_for(node)
+        if rule is not None and rule.rewrite is not None:
+            channels.rewrites.append(node)
+    _freeze_boundary(channels, view)
+    return channels
+
+
+def relate_node(rel: Relations, node: onnx.NodeProto, view: ModelView) -> None:
+    """Run the node's rule (or freeze it) and freeze every axis the rule left unmentioned."""
+    rule = rule_for(node)
+    unknown = [t for t in tensors_of(node) if view.shape(t) is None]
+    if rule is None:
+        domain = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
+        rel.freeze_node(f"no channel rule for op {domain}{node.op_type}")
+    elif unknown:
+        rel.freeze_node(f"shape of '{unknown[0]}' is unknown")
+    else:
+        rule.relate(rel, node, view)
+    for tensor in tensors_of(node):
+        for axis in range(rel.rank(tensor) or 0):
+            if (tensor, axis) not in rel.mentioned:
+                rel.freeze(tensor, axis, f"axis {axis} of '{tensor}' is not mapped through {rel.label}")
+
+
+def _freeze_boundary(channels: ChannelGraph, view: ModelView) -> None:
+    for space in list(channels.graph.nodes):
+        if space.tensor in view.graph_inputs:
+            channels.frozen.setdefault(space, f"reaches graph input '{space.tensor}'")
+        elif space.tensor in view.graph_outputs:
+            channels.frozen.setdefault(space, f"reaches graph output '{space.tensor}'")

@@ -1,0 +1,475 @@
+"""Channel rules for the ops of plain CNNs: convolutions, normalization, activations, arithmetic,
+pooling, reductions, reshapes into linear layers, padding and slicing.
+
+Each rule relates the channel spaces of one node (see `Relations`); anything a rule leaves
+unmentioned is frozen by the analysis with a generic reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .model_view import attr
+from .registry import rule
+
+ELEMENTWISE_UNARY = (
+    "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Identity",
+    "Dropout", "Cast", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Neg", "Abs", "Erf", "Gelu",
+    "Mish", "ThresholdedRelu", "Exp",
+)
+
+
+@rule(*ELEMENTWISE_UNARY, mapping="every axis passes through unchanged",
+      freezes_when="Dropout/Clip with extra outputs never matter; never")
+def elementwise(rel, node, view):
+    """Unary element-wise ops (value 0 maps to a finite value): every axis passes through."""
+    rel.identity(node.input[0], node.output[0])
+
+
+@rule("Conv", mapping="weight axis 0 = output channels; weight axis 1 = input channels; "
+      "depthwise (group = C_in) ties input to output channels",
+      freezes_when="grouped convolution that is not depthwise; weight not constant",
+      rewrite=lambda node, ctx: _rewrite_depthwise(node, ctx))
+def conv(rel, node, view):
+    """Conv: producer of its output channels, consumer of its input channels."""
+    x, w, y = node.input[0], node.input[1], node.output[0]
+    if not view.is_const(w):
+        return rel.freeze_node("convolution weight is computed at run time")
+    rel.link(x, 0, y, 0)
+    group, c_in, c_out = attr(node, "group", 1), rel.size(x, 1), view.shape(w)[0]
+    rel.weight(w, 0, "out", 0.0, like=(y, 1))
+    if group == 1:
+        rel.weight(w, 1, "in", 0.0, like=(x, 1))
+    elif group == c_in and c_out % c_in == 0:
+        rel.link(x, 1, y, 1, block=c_out // c_in)
+    else:
+        reason = f"grouped convolution (group={group}) is not supported yet ({rel.label})"
+        rel.freeze(x, 1, reason)
+        rel.freeze(y, 1, reason)
+    if len(node.input) > 2 and node.input[2]:
+        rel.weight(node.input[2], 0, "param", 0.0, like=(y, 1))
+
+
+def _rewrite_depthwise(node, ctx) -> None:
+    group = attr(node, "group", 1)
+    if group > 1:
+        ctx.set_attr(node, "group", ctx.new_size(node.input[0], 1))
+
+
+@rule("BatchNormalization", mapping="every axis passes through; scale/bias/mean/var follow axis 1",
+      freezes_when="training-mode outputs; statistics not constant")
+def batch_norm(rel, node, view):
+    """BatchNormalization: per-channel affine; |scale| is the bn_scale criterion."""
+    x, y = node.input[0], node.output[0]
+    if len([o for o in node.output if o]) > 1 or not all(view.is_const(n) for n in node.input[1:5]):
+        return rel.freeze_node("BatchNormalization in training mode")
+    rel.identity(x, y)
+    scale, bias, mean, var = node.input[1:5]
+    rel.weight(scale, 0, "bn_scale", 0.0, like=(y, 1))
+    rel.weight(bias, 0, "param", 0.0, like=(y, 1))
+    rel.weight(mean, 0, "stat", None, like=(y, 1))
+    rel.weight(var, 0, "stat", None, like=(y, 1))
+
+
+BROADCAST_BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min")
+
+
+@rule(*BROADCAST_BINARY, mapping="numpy broadcasting: equal axes are coupled; per-channel "
+      "constants become group members", freezes_when="division by an activation")
+def broadcast_binary(rel, node, view):
+    """Element-wise binary ops couple every non-broadcast axis of their inputs and output."""
+    y = node.output[0]
+    out_rank = rel.rank(y)
+    for index, name in enumerate(node.input):
+        if node.op_type == "Div" and index == 1 and not view.is_const(name):
+            rel.freeze_node("division by an activation")
+            return
+        rank = rel.rank(name)
+        for axis in range(rank):
+            out_axis = out_rank - rank + axis
+            if rel.size(name, axis) == 1:
+                rel.touch(name, axis)
+            elif view.is_const(name):
+                fill = 1.0 if (node.op_type == "Div" and index == 1) else 0.0
+                rel.weight(name, axis, "param", fill, like=(y, out_axis))
+            else:
+                rel.link(name, axis, y, out_axis)
+
+
+POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+
+
+@rule(*POOLS, mapping="batch and channel axes pass through; spatial axes are pooled",
+      freezes_when="MaxPool returns indices")
+def pool(rel, node, view):
+    """Pooling over spatial axes keeps channels."""
+    if len([o for o in node.output if o]) > 1:
+        return rel.freeze_node("MaxPool indices encode channel offsets")
+    rel.link(node.input[0], 0, node.output[0], 0)
+    rel.link(node.input[0], 1, node.output[0], 1)
+
+
+REDUCES = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2",
+           "ReduceProd", "ReduceSumSquare", "ReduceLogSumExp")
+
+
+@rule(*REDUCES, mapping="axes that are not reduced pass through",
+      freezes_when="the channel axis is reduced; axes computed at run time")
+def reduce(rel, node, view):
+    """Reductions: kept axes pass through (reducing over channels freezes them)."""
+    x, y = node.input[0], node.output[0]
+    axes = _reduce_axes(node, view, rel.rank(x))
+    if axes is None:
+        return rel.freeze_node("reduction axes computed at run time")
+    keepdims = attr(node, "keepdims", 1)
+    out_axis = 0
+    for axis in range(rel.rank(x)):
+        if axis in axes:
+            out_axis += keepdims
+            continue
+        rel.link(x, axis, y, out_axis)
+        out_axis += 1
+
+
+def _reduce_axes(node, view, rank: int) -> set[int] | None:
+    axes = attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = view.value(node.input[1])
+        if value is None:
+            return None
+        axes = value.tolist()
+    if not axes:
+        return set() if attr(node, "noop_with_empty_axes", 0) else set(range(rank))
+    return {a % rank for a in axes}
+
+
+@rule("Gemm", mapping="B's contracted axis = input features; its other axis = output features; "
+      "C follows the output", freezes_when="B is an activation (not a weight); A is a constant")
+def gemm(rel, node, view):
+    """Gemm with constant B: a Linear layer."""
+    a, b, y = node.input[0], node.input[1], node.output[0]
+    if not view.is_const(b) or view.is_const(a):
+        return rel.freeze_node("Gemm without a constant weight B")
+    trans_a, trans_b = attr(node, "transA", 0), attr(node, "transB", 0)
+    rel.link(a, 1 if trans_a else 0, y, 0)
+    rel.weight(b, 1 if trans_b else 0, "in", 0.0, like=(a, 0 if trans_a else 1))
+    rel.weight(b, 0 if trans_b else 1, "out", 0.0, like=(y, 1))
+    if len(node.input) > 2 and node.input[2]:
+        bias = node.input[2]
+        for axis in range(rel.rank(bias)):
+            out_axis = 2 - rel.rank(bias) + axis
+            if rel.size(bias, axis) == 1:
+                rel.touch(bias, axis)
+            else:
+                rel.weight(bias, axis, "param", 0.0, like=(y, out_axis))
+
+
+@rule("MatMul", mapping="constant B [K, N]: K = input features (A's last axis), N = output "
+      "features; leading axes of A pass through", freezes_when="both operands are activations")
+def matmul(rel, node, view):
+    """MatMul by a constant 2-D weight: a Linear layer."""
+    a, b, y = node.input[0], node.input[1], node.output[0]
+    if not view.is_const(b) or rel.rank(b) != 2 or rel.rank(a) < 2:
+        return rel.freeze_node("MatMul without a constant 2-D weight")
+    for axis in range(rel.rank(a) - 1):
+        rel.link(a, axis, y, axis)
+    rel.weight(b, 0, "in", 0.0, like=(a, -1))
+    rel.weight(b, 1, "out", 0.0, like=(y, -1))
+
+
+@rule("Flatten", mapping="the outer flattened axis maps to blocks of features (one channel = "
+      "a block of H*W features)", freezes_when="channels are not the outermost flattened axis")
+def flatten(rel, node, view):
+    """Flatten: an axis merged with the axes after it becomes a block of features."""
+    x, y = node.input[0], node.output[0]
+    shape = view.shape(x)
+    split = attr(node, "axis", 1) % len(shape) if shape else 1
+    _link_merge(rel, x, list(range(split)), y, 0)
+    _link_merge(rel, x, list(range(split, len(shape))), y, 1)
+
+
+def _link_merge(rel, x: str, in_axes: list[int], y: str, out_axis: int) -> None:
+    """Link the outermost non-unit axis of `in_axes` to `out_axis` with a block of the rest."""
+    shape = rel.view.shape(x)
+    real = [a for a in in_axes if shape[a] != 1]
+    for axis in in_axes:
+        if shape[axis] == 1:
+            rel.touch(x, axis)
+    if not real:
+        return
+    inner = [shape[a] for a in real[1:]]
+    if all(isinstance(d, int) for d in inner):
+        rel.link(x, real[0], y, out_axis, block=int(np.prod(inner, dtype=np.int64)))
+
+
+def _link_split(rel, x: str, in_axis: int, y: str, out_axes: list[int]) -> None:
+    """Link one input axis split into `out_axes`: each outer output index is a block of inputs."""
+    shape = rel.view.shape(y)
+    real = [a for a in out_axes if shape[a] != 1]
+    for axis in out_axes:
+        if shape[axis] == 1:
+            rel.touch(y, axis)
+    if not real:
+        return
+    inner = [shape[a] for a in real[1:]]
+    if all(isinstance(d, int) for d in inner):
+        rel.link(y, real[0], x, in_axis, block=int(np.prod(inner, dtype=np.int64)))
+
+
+def align_axes(in_shape: tuple, out_shape: tuple) -> list[tuple[list[int], list[int]]] | None:
+    """Pair runs of input and output axes whose sizes multiply to the same value (a Reshape).
+
+    Dynamic dims pair only with the identical symbol. Returns None when no pairing exists.
+    """
+    pairs, i, j = [], 0, 0
+    while i < len(in_shape) or j < len(out_shape):
+        if i < len(in_shape) and not isinstance(in_shape[i], int):
+            if in_shape[i] is None or j >= len(out_shape) or in_shape[i] != out_shape[j]:
+                return None
+            pairs.append(([i], [j]))
+            i, j = i + 1, j + 1
+            continue
+        run = _match_run(in_shape, out_shape, i, j)
+        if run is None:
+            return None
+        pairs.append((list(range(i, run[0])), list(range(j, run[1]))))
+        i, j = run
+    return pairs
+
+
+def _match_run(a: tuple, b: tuple, i: int, j: int) -> tuple[int, int] | None:
+    """Smallest run a[i:i2], b[j:j2] (each side advancing once at least) with equal products."""
+    left = right = 1
+    i2, j2 = i, j
+    while True:
+        if i2 < len(a) and isinstance(a[i2], int) and (left < right or i2 == i):
+            left, i2 = left * a[i2], i2 + 1
+        elif j2 < len(b) and isinstance(b[j2], int) and (right < left or j2 == j):
+            right, j2 = right * b[j2], j2 + 1
+        elif left == right:
+            return i2, j2
+        else:
+            return None
+
+
+@rule("Reshape", mapping="axes are paired by their sizes: equal axes pass through, merged axes "
+      "become blocks, a split axis maps blocks of inputs to its outer part",
+      freezes_when="the pairing is ambiguous; the target shape of a channel axis is computed at run "
+      "time", rewrite=lambda node, ctx: _rewrite_reshape(node, ctx))
+def reshape(rel, node, view):
+    """Reshape (e.g. flattening [N, C, 1, 1] into [N, C] before a Linear layer)."""
+    x, y = node.input[0], node.output[0]
+    pairs = align_axes(view.shape(x), view.shape(y))
+    if pairs is None:
+        return
+    target = _target_entries(view, node.input[1], rel.rank(y))
+    for in_axes, out_axes in pairs:
+        if len(out_axes) == 1:
+            _link_merge(rel, x, in_axes, y, out_axes[0])
+        elif len(in_axes) == 1:
+            _link_split(rel, x, in_axes[0], y, out_axes)
+    for out_axis in range(rel.rank(y)):
+        if target[out_axis] is None:
+            rel.freeze(y, out_axis, f"the target shape is computed at run time ({rel.label})")
+
+
+def _target_entries(view, name: str, rank: int) -> list:
+    """The Reshape target per output axis: an int, or None when computed at run time (-1 is fine)."""
+    value = view.value(name)
+    if value is not None:
+        return [int(v) for v in value.reshape(-1)]
+    producer = view.producer.get(name)
+    if producer is None or producer.op_type != "Concat":
+        return [None] * rank
+    entries = []
+    for piece in producer.input:
+        piece_value = view.value(piece)
+        size = (view.shape(piece) or (None,))[0]
+        if piece_value is not None:
+            entries += [int(v) for v in piece_value.reshape(-1)]
+        else:
+            entries += [None] * (size if isinstance(size, int) else 1)
+    return entries if len(entries) == rank else [None] * rank
+
+
+def _rewrite_reshape(node, ctx) -> None:
+    target = ctx.const(node.input[1])
+    if target is None:
+        return
+    new = target.copy()
+    for axis, entry in enumerate(target):
+        if entry > 0:
+            new[axis] = ctx.new_size(node.output[0], axis)
+    if not np.array_equal(new, target):
+        ctx.set_input(node, 1, new)
+
+
+@rule("Transpose", mapping="axis perm[i] of the input is axis i of the output")
+def transpose(rel, node, view):
+    """Transpose moves the channel axis."""
+    x, y = node.input[0], node.output[0]
+    perm = attr(node, "perm") or list(reversed(range(rel.rank(x))))
+    for out_axis, in_axis in enumerate(perm):
+        rel.link(x, in_axis, y, out_axis)
+
+
+@rule("Squeeze", "Unsqueeze", mapping="non-unit axes pass through in order")
+def squeeze(rel, node, view):
+    """Squeeze/Unsqueeze only add or remove unit axes."""
+    x, y = node.input[0], node.output[0]
+    in_axes = [a for a, d in enumerate(view.shape(x)) if d != 1]
+    out_axes = [a for a, d in enumerate(view.shape(y)) if d != 1]
+    if len(in_axes) != len(out_axes):
+        return
+    for a, b in zip(in_axes, out_axes):
+        rel.link(x, a, y, b)
+
+
+@rule("Pad", mapping="unpadded axes pass through; constant padding on the channel axis embeds the "
+      "input channels at an offset (ResNet option-A shortcut)",
+      freezes_when="non-constant mode or negative pads on the channel axis; pads computed at run time",
+      rewrite=lambda node, ctx: _rewrite_pad(node, ctx))
+def pad(rel, node, view):
+    """Pad: zero channels added before/after the input channels."""
+    x, y = node.input[0], node.output[0]
+    pads = _pads(node, view, rel.rank(x))
+    if pads is None:
+        return rel.freeze_node("pads computed at run time")
+    rank, mode = rel.rank(x), attr(node, "mode", b"constant")
+    for axis in range(rank):
+        before, after = pads[axis], pads[axis + rank]
+        if before == 0 and after == 0:
+            rel.link(x, axis, y, axis)
+        elif mode in (b"constant", "constant") and before >= 0 and after >= 0:
+            rel.link(x, axis, y, axis, offset=before)
+
+
+def _pads(node, view, rank: int) -> list[int] | None:
+    if len(node.input) < 2 or not node.input[1]:
+        values = attr(node, "pads")
+        return list(values) if values is not None else None
+    values = view.value(node.input[1])
+    if values is None:
+        return None
+    values = [int(v) for v in values]
+    axes = _const_list(view, node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    if axes is None:
+        return values
+    full = [0] * (2 * rank)
+    for k, axis in enumerate(axes):
+        full[axis % rank], full[axis % rank + rank] = values[k], values[k + len(axes)]
+    return full
+
+
+def _const_list(view, name: str) -> list[int] | None:
+    value = view.value(name)
+    return None if value is None else [int(v) for v in value.reshape(-1)]
+
+
+def _rewrite_pad(node, ctx) -> None:
+    x, y = node.input[0], node.output[0]
+    rank = len(ctx.shape(x))
+    pads = _pads(node, ctx.view, rank)
+    new = list(pads)
+    for axis in range(rank):
+        kept = ctx.kept(y, axis)
+        if kept is None or pads[axis] == 0 and pads[axis + rank] == 0:
+            continue
+        in_size = ctx.shape(x)[axis]
+        new[axis] = int(np.sum(kept < pads[axis]))
+        new[axis + rank] = int(np.sum(kept >= pads[axis] + in_size))
+    if new != pads:
+        _write_pads(node, ctx, new, rank)
+
+
+def _write_pads(node, ctx, pads: list[int], rank: int) -> None:
+    if len(node.input) < 2 or not node.input[1]:
+        ctx.set_attr(node, "pads", pads)
+        return
+    axes = _const_list(ctx.view, node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    if axes is not None:
+        axes = [a % rank for a in axes]
+        pads = [pads[a] for a in axes] + [pads[a + rank] for a in axes]
+    ctx.set_input(node, 1, np.array(pads, dtype=np.int64))
+
+
+@rule("Slice", mapping="axes that are not sliced (or sliced to their full range) pass through",
+      freezes_when="the channel axis is sliced (until Slice rules land); bounds computed at run time")
+def slice_(rel, node, view):
+    """Slice over spatial axes (e.g. the stride-2 subsampling of an option-A shortcut)."""
+    x, y = node.input[0], node.output[0]
+    shape = view.shape(x)
+    starts, ends, axes, steps = _slice_bounds(node, view)
+    if starts is None or ends is None:
+        return rel.freeze_node("Slice bounds computed at run time")
+    axes = [a % len(shape) for a in (axes or range(len(starts)))]
+    steps = steps or [1] * len(axes)
+    sliced = {a for a, s, e, st in zip(axes, starts, ends, steps) if not _full(shape[a], s, e, st)}
+    for axis in range(len(shape)):
+        if axis not in sliced:
+            rel.link(x, axis, y, axis)
+
+
+def _slice_bounds(node, view) -> list:
+    """starts, ends, axes, steps of a Slice (inputs since opset 10, attributes before)."""
+    if len(node.input) == 1:
+        return [attr(node, "starts"), attr(node, "ends"), attr(node, "axes"), None]
+    names = (list(node.input[1:5]) + [""] * 4)[:4]
+    return [_const_list(view, n) if n else None for n in names]
+
+
+def _full(size, start: int, end: int, step: int) -> bool:
+    return isinstance(size, int) and step == 1 and start in (0, -size) and end >= size
+
+
+@rule("Concat", mapping="each input's channels sit at an offset of the output's channel axis; "
+      "other axes are coupled", freezes_when="an input's size on the concat axis is dynamic")
+def concat(rel, node, view):
+    """Concat: input k's channels are output channels [offset_k, offset_k + C_k)."""
+    y = node.output[0]
+    axis = attr(node, "axis") % rel.rank(y)
+    offset = 0
+    for name in node.input:
+        size = rel.size(name, axis)
+        if not isinstance(size, int):
+            return rel.freeze_node("Concat of a dynamic-sized input")
+        for other in range(rel.rank(y)):
+            if other != axis:
+                _couple(rel, view, name, other, y)
+        if view.is_const(name):
+            rel.weight(name, axis, "param", None, like=(y, axis), offset=offset)
+        else:
+            rel.link(name, axis, y, axis, offset=offset)
+        offset += size
+
+
+def _couple(rel, view, name: str, axis: int, y: str) -> None:
+    if view.is_const(name):
+        rel.weight(name, axis, "param", None, like=(y, axis))
+    else:
+        rel.link(name, axis, y, axis)
+
+
+@rule("Shape", mapping="reads sizes: allowed when only the sizes of non-channel axes are used",
+      freezes_when="the size of a channel axis is read")
+def shape(rel, node, view):
+    """Shape: the channel count must not flow into the computation."""
+    x = node.input[0]
+    used = _axes_read(node, view, rel.rank(x))
+    for axis in range(rel.rank(x)):
+        if axis in used:
+            rel.freeze(x, axis, f"its size is read by {rel.label}")
+        else:
+            rel.touch(x, axis)
+
+
+def _axes_read(node, view, rank: int) -> set[int]:
+    start, end = attr(node, "start", 0), attr(node, "end", rank)
+    available = set(range(rank)[start:end])
+    read: set[int] = set()
+    for user in view.consumers.get(node.output[0], []):
+        indices = view.value(user.input[1]) if user.op_type == "Gather" else None
+        if indices is None or attr(user, "axis", 0) != 0:
+            return available
+        read |= {sorted(available)[int(i)] for i in indices.reshape(-1)}
+    return read

@@ -1,0 +1,19 @@
+"""Errors that the command line turns into one clear line and an exit code."""
+
+
+class OnnxPruneError(Exception):
+    """Base class of every error onnxprune reports to the user; `exit_code` is what the CLI returns."""
+
+    exit_code = 2
+
+
+class InputError(OnnxPruneError):
+    """The user's input (file, option, model) cannot be used; nothing was written."""
+
+    exit_code = 2
+
+
+class VerificationError(OnnxPruneError):
+    """The pruned model does not compute what the masked reference computes; it was not written."""
+
+    exit_code = 3

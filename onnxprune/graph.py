@@ -1,0 +1,185 @@
+"""Load, normalize and save ONNX models.
+
+Normalization lifts `Constant` nodes into initializers, folds constant sub-graphs (the shape
+arithmetic around Pad/Reshape), removes dead nodes, sorts topologically and infers shapes.
+Weight values are never changed; the dynamic batch dimension stays dynamic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import InputError
+
+#: Initializers larger than this in total are saved as external data next to the model.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+@dataclass
+class LoadedModel:
+    """A model as read from disk, with the SHA-256 of the bytes it came from."""
+
+    model: onnx.ModelProto
+    sha256: str
+    path: Path | None
+
+
+def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
+    """Read an ONNX model (with its external data) from a path, or take a ModelProto as is."""
+    if isinstance(source, onnx.ModelProto):
+        digest = hashlib.sha256(source.SerializeToString()).hexdigest()
+        return LoadedModel(source, digest, None)
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    digest = file_sha256(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:  # protobuf raises several unrelated types on bad bytes
+        raise InputError(f"{path}: not a readable ONNX model ({_short(exc)})") from None
+    if not model.graph.node:
+        raise InputError(f"{path}: not an ONNX model with a graph (no nodes found)")
+    return LoadedModel(model, digest, path)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a normalized copy: constants lifted and folded, dead nodes removed, shapes inferred."""
+    import onnx_graphsurgeon as gs
+
+    try:
+        graph = gs.import_onnx(model)
+        graph.fold_constants(error_ok=True).cleanup(remove_unused_graph_inputs=False).toposort()
+        folded = gs.export_onnx(graph, do_type_check=False)
+    except Exception as exc:
+        raise InputError(f"cannot read the model's graph ({_short(exc)})") from None
+    _copy_model_metadata(model, folded)
+    return infer_shapes(folded)
+
+
+def _copy_model_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> None:
+    target.ir_version = source.ir_version
+    del target.opset_import[:]
+    target.opset_import.extend(source.opset_import)
+    target.producer_name = source.producer_name
+    target.producer_version = source.producer_version
+    del target.metadata_props[:]
+    target.metadata_props.extend(source.metadata_props)
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop stale intermediate shapes and infer them again (graph inputs/outputs are kept).
+
+    ONNX Runtime's symbolic shape inference goes through computed Reshape targets and keeps
+    symbolic batch dims; ONNX's own inference is the fallback.
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    del model.graph.value_info[:]
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        if inferred is not None:
+            return inferred
+    except Exception:  # the symbolic engine refuses some graphs: fall back to ONNX's own
+        pass
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:
+        raise InputError(f"shape inference failed ({_short(exc)})") from None
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """All initializers of the main graph as numpy arrays, by name."""
+    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+
+
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
+    """Shape of every known tensor: ints for static dims, the symbol (str) or None for dynamic ones."""
+    shapes: dict[str, tuple] = {}
+    infos = list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output)
+    for info in infos:
+        if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
+            dims = info.type.tensor_type.shape.dim
+            shapes[info.name] = tuple(_dim(d) for d in dims)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+def _dim(dim) -> int | str | None:
+    if dim.HasField("dim_value"):
+        return dim.dim_value
+    return dim.dim_param or None
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write a model atomically (temporary file in the same folder, then rename).
+
+    Models whose weights exceed ~1.8 GB are written with their weights as external data in
+    `<name>.data` beside the model, itself written atomically before the model file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    big = sum(init.ByteSize() for init in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
+    if big:
+        return _save_with_external_data(model, path)
+    _atomic_write_bytes(path, model.SerializeToString())
+    return path
+
+
+def _save_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
+    data_name = path.name + ".data"
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        tmp_model = Path(tmp) / path.name
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save_model(copy, str(tmp_model), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        os.replace(Path(tmp) / data_name, path.parent / data_name)
+        os.replace(tmp_model, path)
+    return path
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(path, text.encode("utf-8"))
+    return path
