@@ -1,0 +1,133 @@
+"""The Python API, mirrored by the command line: `prune(...)` and `analyze(...)`."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .analysis import ChannelGroup, ModelView, find_groups
+from .criteria import ScoringContext, get_criterion
+from .errors import InputError, VerificationError
+from .graph import atomic_write_text, load_model, normalize, save_model
+from .passes import apply_plan
+from .report import build_report, group_rows, model_summary
+from .select import PruningPlan, SelectOptions, select
+from .verify import VerifyResult, verify as verify_masked
+
+PLAN_FORMAT = "onnxprune-plan/1"
+ModelLike = str | os.PathLike | onnx.ModelProto
+
+
+@dataclass
+class Analysis:
+    """A normalized model, its view and its channel groups."""
+
+    model: onnx.ModelProto
+    view: ModelView
+    groups: list[ChannelGroup]
+    sha256: str
+
+
+@dataclass
+class PruneResult:
+    """A pruned model with its plan (the plan file's content) and report."""
+
+    model: onnx.ModelProto
+    plan: dict
+    report: dict
+    groups: list[ChannelGroup] = field(repr=False)
+
+    def save(self, path: str | os.PathLike, plan_path: str | os.PathLike | None = None,
+             report_path: str | os.PathLike | None = None) -> Path:
+        """Write the model (atomically), the plan next to it (or to `plan_path`), and the report."""
+        path = Path(path)
+        save_model(self.model, path)
+        atomic_write_text(plan_path or default_plan_path(path), json.dumps(self.plan, indent=1))
+        if report_path:
+            atomic_write_text(report_path, json.dumps(self.report, indent=1))
+        return path
+
+
+def default_plan_path(output: Path) -> Path:
+    """`<output stem>.plan.json` beside the output."""
+    return output.with_name(output.stem + ".plan.json")
+
+
+def load_and_analyze(source: ModelLike, exclude: tuple[str, ...] = ()) -> Analysis:
+    """Load, normalize and analyze a model."""
+    loaded = load_model(source)
+    model = normalize(loaded.model)
+    view = ModelView(model)
+    return Analysis(model, view, find_groups(view, tuple(exclude)), loaded.sha256)
+
+
+def analyze(model_or_path: ModelLike, exclude: tuple[str, ...] = ()) -> list[ChannelGroup]:
+    """The channel groups of a model, prunable or frozen with a reason."""
+    return load_and_analyze(model_or_path, exclude).groups
+
+
+def score_groups(analysis: Analysis, criterion: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Scores of every prunable group's channels by the named criterion."""
+    scorer = get_criterion(criterion)
+    ctx = ScoringContext(analysis.view.consts, analysis.groups, seed)
+    scorer.check(ctx)
+    return {g.id: scorer.score(g, ctx) for g in analysis.groups if g.prunable}
+
+
+def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *,
+          min_channels: int = 1, round_to: int = 1, scope: str = "local",
+          exclude: tuple[str, ...] | list[str] = (), seed: int = 0, verify: bool = True,
+          input_shapes: dict[str, tuple] | None = None) -> PruneResult:
+    """Prune `ratio` of the channels of every prunable group, chosen by `criterion`.
+
+    Raises InputError for unusable input and VerificationError when the pruned model does not
+    match the masked reference (nothing is returned then).
+    """
+    options = SelectOptions(ratio, min_channels, round_to, scope)
+    options.validate()
+    get_criterion(criterion)
+    analysis = load_and_analyze(model_or_path, tuple(exclude))
+    _require_prunable(analysis.groups)
+    plan = select(analysis.groups, score_groups(analysis, criterion, seed), options)
+    applied = apply_plan(analysis.model, plan, analysis.view)
+    check = verify_masked(analysis.model, applied.model, plan, seed, input_shapes) if verify else None
+    if check is not None and not check.ok:
+        raise VerificationError(_verify_message(check))
+    option_dict = {"ratio": ratio, "min_channels": min_channels, "round_to": round_to,
+                   "scope": scope, "exclude": list(exclude), "seed": seed}
+    report = build_report(model_summary(analysis.model, analysis.view), model_summary(applied.model),
+                          group_rows(analysis.groups, analysis.view, plan), criterion, option_dict,
+                          check.to_dict() if check else None)
+    plan_file = plan_document(analysis, plan, applied.weights, criterion, option_dict)
+    return PruneResult(applied.model, plan_file, report, analysis.groups)
+
+
+def _require_prunable(groups: list[ChannelGroup]) -> None:
+    if any(g.prunable for g in groups):
+        return
+    reasons = sorted({g.frozen for g in groups if g.frozen})
+    detail = f"; e.g. {reasons[0]}" if reasons else ""
+    raise InputError(f"the model has no prunable channel group ({len(groups)} frozen{detail})")
+
+
+def _verify_message(check: VerifyResult) -> str:
+    worst = check.worst()
+    return (f"verification failed: output '{worst.name}' differs from the masked reference by "
+            f"{worst.relative:.3g} (relative; tolerance {1e-4:g}); the model was not written")
+
+
+def plan_document(analysis: Analysis, plan: PruningPlan, weights: dict, criterion: str, options: dict) -> dict:
+    """The plan file (format `onnxprune-plan/1`, see DESIGN.md)."""
+    groups = []
+    for group in analysis.groups:
+        kept = plan.kept.get(group.id, np.arange(group.channels))
+        entry = group.to_dict()
+        entry["kept"] = [int(k) for k in kept]
+        groups.append(entry)
+    return {"format": PLAN_FORMAT, "input_sha256": analysis.sha256, "criterion": criterion,
+            "options": options, "weights": weights, "groups": groups}

@@ -1,0 +1,89 @@
+"""The criterion registry and the one shared reduction from weight rows to channel scores."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..analysis import ChannelGroup
+from ..errors import InputError
+
+CRITERIA: dict[str, "Criterion"] = {}
+
+
+@dataclass
+class ScoringContext:
+    """What a criterion may look at: the weights by name, the seed, and every group of the model."""
+
+    weights: dict[str, np.ndarray]
+    groups: list[ChannelGroup]
+    seed: int = 0
+
+
+class Criterion(ABC):
+    """Scores the channels of a group: one number per channel, higher = more important = kept."""
+
+    name: str = ""
+    description: str = ""
+
+    def check(self, ctx: ScoringContext) -> None:
+        """Raise InputError when the criterion cannot be used on this model."""
+
+    @abstractmethod
+    def score(self, group: ChannelGroup, ctx: ScoringContext) -> np.ndarray:
+        """Scores of the group's channels, shape (group.channels,)."""
+
+
+def register(cls: type[Criterion]) -> type[Criterion]:
+    """Class decorator: make a criterion available by its `name`."""
+    CRITERIA[cls.name] = cls()
+    return cls
+
+
+def get_criterion(name: str) -> Criterion:
+    """The registered criterion called `name`, or an InputError listing the known ones."""
+    try:
+        return CRITERIA[name]
+    except KeyError:
+        known = ", ".join(sorted(CRITERIA))
+        raise InputError(f"unknown criterion '{name}' (known: {known})") from None
+
+
+RowScore = Callable[[np.ndarray], np.ndarray]
+
+
+def group_scores(group: ChannelGroup, ctx: ScoringContext, row_score: RowScore,
+                 roles: tuple[str, ...] = ("out",)) -> np.ndarray:
+    """Reduce per-row scores of the group's weight members to one score per channel.
+
+    Each member is viewed as a matrix (rows = its channel axis, columns = everything else);
+    `row_score` gives one value per row; each member's values are divided by their mean so
+    layers of different scale weigh the same; a channel's score is the mean over its rows.
+    Members with the first of `roles`, else consumer ("in") members, are used.
+    """
+    members = _unique(group.members_with(*roles)) or _unique(group.members_with("in"))
+    total = np.zeros(group.channels)
+    count = np.zeros(group.channels)
+    for member in members:
+        matrix = member_matrix(ctx.weights[member.space.tensor], member.space.axis)
+        rows = np.asarray(row_score(matrix), dtype=np.float64)
+        mean = rows.mean()
+        if mean > 0:
+            rows = rows / mean
+        channels = group.channel_of[member.space]
+        total += np.bincount(channels, rows, minlength=group.channels)
+        count += np.bincount(channels, minlength=group.channels)
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
+def member_matrix(weight: np.ndarray, axis: int) -> np.ndarray:
+    """A weight viewed as (size of `axis`, everything else), in float64."""
+    moved = np.moveaxis(np.asarray(weight, dtype=np.float64), axis, 0)
+    return moved.reshape(moved.shape[0], -1)
+
+
+def _unique(members: list) -> list:
+    return list({m.space: m for m in members}.values())

@@ -1,0 +1,118 @@
+"""Apply a pruning plan: slice weights, fix size attributes and constants, re-infer shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..analysis import ModelView, Space
+from ..analysis.model_view import node_label
+from ..analysis.registry import rule_for
+from ..graph import infer_shapes
+from ..select import PruningPlan
+
+
+@dataclass
+class AppliedPlan:
+    """The pruned model and, per sliced input tensor, its shape and the indices kept per axis."""
+
+    model: onnx.ModelProto
+    weights: dict[str, dict]
+
+
+def pruned_atoms(plan: PruningPlan) -> dict[Space, np.ndarray]:
+    """Kept indices of every space that loses channels."""
+    kept: dict[Space, np.ndarray] = {}
+    for group in plan.groups:
+        if not plan.is_pruned(group):
+            continue
+        for space in group.spaces:
+            kept[space] = group.kept_atoms(space, plan.kept[group.id])
+    return kept
+
+
+class RewriteContext:
+    """What op rules' `rewrite` hooks use: kept indices, new sizes, and edits to the output model."""
+
+    def __init__(self, view: ModelView, model: onnx.ModelProto, kept: dict[Space, np.ndarray]):
+        self.view = view
+        self.model = model
+        self._kept = kept
+        self._inits = {init.name: init for init in model.graph.initializer}
+
+    def kept(self, tensor: str, axis: int) -> np.ndarray | None:
+        """Kept indices of an axis, or None when it is not pruned."""
+        return self._kept.get(Space(tensor, axis))
+
+    def shape(self, tensor: str) -> tuple:
+        """The tensor's shape before pruning."""
+        return self.view.shape(tensor)
+
+    def new_size(self, tensor: str, axis: int) -> int:
+        """The axis's size after pruning."""
+        kept = self.kept(tensor, axis)
+        return len(kept) if kept is not None else self.shape(tensor)[axis]
+
+    def const(self, name: str) -> np.ndarray | None:
+        """A constant's value before pruning."""
+        return self.view.value(name)
+
+    def set_attr(self, node: onnx.NodeProto, name: str, value) -> None:
+        """Replace (or add) a node attribute."""
+        for attribute in node.attribute:
+            if attribute.name == name:
+                node.attribute.remove(attribute)
+                break
+        node.attribute.append(helper.make_attribute(name, value))
+
+    def set_input(self, node: onnx.NodeProto, index: int, value: np.ndarray) -> None:
+        """Give a node a new constant input; a constant shared with other nodes is copied first."""
+        name = node.input[index]
+        if len(self.view.consumers.get(name, [])) > 1:
+            name = _unique_name(f"{name}__{node_label(node)}", self._inits)
+            node.input[index] = name
+            self._inits[name] = self.model.graph.initializer.add()
+        self._inits[name].CopyFrom(numpy_helper.from_array(value, name))
+
+
+def _unique_name(base: str, taken) -> str:
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
+def apply_plan(model: onnx.ModelProto, plan: PruningPlan, view: ModelView | None = None) -> AppliedPlan:
+    """Return a pruned copy of a normalized model; the input model is not modified."""
+    view = view or ModelView(model)
+    kept = pruned_atoms(plan)
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    record = _slice_initializers(pruned, view, kept)
+    ctx = RewriteContext(view, pruned, kept)
+    for node in pruned.graph.node:
+        rule = rule_for(node)
+        if rule is not None and rule.rewrite is not None:
+            rule.rewrite(node, ctx)
+    return AppliedPlan(infer_shapes(pruned), record)
+
+
+def _slice_initializers(model: onnx.ModelProto, view: ModelView, kept) -> dict[str, dict]:
+    by_tensor: dict[str, dict[int, np.ndarray]] = {}
+    for space, indices in kept.items():
+        if view.is_const(space.tensor):
+            by_tensor.setdefault(space.tensor, {})[space.axis] = indices
+    record = {}
+    for init in model.graph.initializer:
+        axes = by_tensor.get(init.name)
+        if not axes:
+            continue
+        value = view.value(init.name)
+        sliced = value[np.ix_(*[axes.get(a, np.arange(n)) for a, n in enumerate(value.shape)])]
+        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(sliced), init.name))
+        record[init.name] = {"shape": list(value.shape),
+                             "kept": {str(a): idx.tolist() for a, idx in sorted(axes.items())}}
+    return record

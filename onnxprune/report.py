@@ -1,0 +1,48 @@
+"""The pruning report: FLOPs (MACs) and parameters before → after, per group and in total."""
+
+from __future__ import annotations
+
+from .analysis import ChannelGroup, ModelView
+from .flops import group_macs, model_macs, model_params
+from .select import PruningPlan
+
+
+def model_summary(model, view: ModelView | None = None) -> dict:
+    """Total MACs and parameters of a model."""
+    view = view or ModelView(model)
+    return {"macs": sum(model_macs(view).values()), "params": model_params(model)}
+
+
+def group_rows(groups: list[ChannelGroup], view: ModelView, plan: PruningPlan | None = None) -> list[dict]:
+    """One row per group: channels (before and after), share of MACs, frozen reason."""
+    macs = model_macs(view)
+    total = max(sum(macs.values()), 1)
+    rows = []
+    for group in groups:
+        row = group.to_dict()
+        row["kept"] = plan.kept_count(group) if plan else group.channels
+        row["macs_share"] = group_macs(group, macs) / total
+        rows.append(row)
+    return rows
+
+
+def prunable_share(groups: list[ChannelGroup], view: ModelView) -> float:
+    """Share of the model's MACs in layers that touch at least one prunable group."""
+    macs = model_macs(view)
+    nodes = {m.node for g in groups if g.prunable for m in g.members if m.role in ("out", "in")}
+    return sum(macs.get(n, 0) for n in nodes) / max(sum(macs.values()), 1)
+
+
+def build_report(before: dict, after: dict, rows: list[dict], criterion: str, options: dict,
+                 verification: dict | None) -> dict:
+    """The JSON report of one pruning run."""
+    return {
+        "criterion": criterion,
+        "options": options,
+        "before": before,
+        "after": after,
+        "macs_ratio": after["macs"] / before["macs"] if before["macs"] else 1.0,
+        "params_ratio": after["params"] / before["params"] if before["params"] else 1.0,
+        "groups": rows,
+        "verification": verification,
+    }

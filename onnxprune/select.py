@@ -1,0 +1,127 @@
+"""Selection: from channel scores and a ratio to a `PruningPlan` (which channels each group keeps)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .analysis import ChannelGroup
+from .errors import InputError
+
+
+@dataclass
+class PruningPlan:
+    """The channels each group keeps (sorted channel ids); groups absent from `kept` are untouched."""
+
+    groups: list[ChannelGroup]
+    kept: dict[str, np.ndarray]
+
+    def kept_count(self, group: ChannelGroup) -> int:
+        """Channels the group keeps."""
+        return len(self.kept[group.id]) if group.id in self.kept else group.channels
+
+    def is_pruned(self, group: ChannelGroup) -> bool:
+        """True when the group loses channels."""
+        return self.kept_count(group) < group.channels
+
+
+@dataclass
+class SelectOptions:
+    """How many channels to remove: `ratio` of each group (local) or of all (global)."""
+
+    ratio: float = 0.5
+    min_channels: int = 1
+    round_to: int = 1
+    scope: str = "local"
+
+    def validate(self) -> None:
+        """Raise InputError for values outside their range."""
+        if not 0.0 <= self.ratio < 1.0 or math.isnan(self.ratio):
+            raise InputError(f"--ratio must be in [0, 1), got {self.ratio}")
+        if self.min_channels < 1:
+            raise InputError(f"--min-channels must be at least 1, got {self.min_channels}")
+        if self.round_to < 1:
+            raise InputError(f"--round-to must be at least 1, got {self.round_to}")
+        if self.scope not in ("local", "global"):
+            raise InputError(f"--scope must be 'local' or 'global', got '{self.scope}'")
+
+
+def select(groups: list[ChannelGroup], scores: dict[str, np.ndarray], options: SelectOptions) -> PruningPlan:
+    """Choose the channels to keep in every prunable group."""
+    options.validate()
+    prunable = [g for g in groups if g.prunable]
+    if options.scope == "global":
+        pruned = _global_pruned(prunable, scores, options)
+    else:
+        pruned = {g.id: _local_pruned(g, scores[g.id], options) for g in prunable}
+    kept = {}
+    for group in prunable:
+        mask = np.ones(group.channels, dtype=bool)
+        mask[pruned[group.id]] = False
+        kept[group.id] = np.flatnonzero(mask)
+    return PruningPlan(groups, kept)
+
+
+def rounded_keep(keep: int, round_to: int, channels: int) -> int:
+    """`keep` rounded to the nearest multiple of `round_to` (at least one multiple, at most all)."""
+    if round_to <= 1:
+        return keep
+    rounded = max(round_to, int(math.floor(keep / round_to + 0.5)) * round_to)
+    return min(rounded, channels)
+
+
+class _SpaceBudget:
+    """Tracks how many atoms each space of a group keeps, so no space drops below its minimum."""
+
+    def __init__(self, group: ChannelGroup, min_channels: int):
+        vectors = {v.tobytes(): v for v in group.channel_of.values()}.values()
+        self.counts = np.stack([np.bincount(v, minlength=group.channels) for v in vectors])
+        self.left = self.counts.sum(axis=1)
+        self.floor = np.minimum(self.left, min_channels)
+
+    def try_remove(self, channel: int) -> bool:
+        """Remove a channel if every space keeps its minimum; report whether it was removed."""
+        after = self.left - self.counts[:, channel]
+        if np.any(after < self.floor):
+            return False
+        self.left = after
+        return True
+
+
+def _local_pruned(group: ChannelGroup, scores: np.ndarray, options: SelectOptions) -> list[int]:
+    keep = max(group.channels - math.floor(options.ratio * group.channels), options.min_channels)
+    keep = rounded_keep(keep, options.round_to, group.channels)
+    budget = _SpaceBudget(group, options.min_channels)
+    pruned: list[int] = []
+    for channel in np.argsort(scores, kind="stable"):
+        if len(pruned) >= group.channels - keep:
+            break
+        if budget.try_remove(int(channel)):
+            pruned.append(int(channel))
+    return pruned
+
+
+def _global_pruned(groups: list[ChannelGroup], scores, options: SelectOptions) -> dict[str, list[int]]:
+    if not groups:
+        return {}
+    order = sorted(((float(s), g.id, c) for g in groups for c, s in enumerate(scores[g.id])))
+    target = math.floor(options.ratio * sum(g.channels for g in groups))
+    budgets = {g.id: _SpaceBudget(g, options.min_channels) for g in groups}
+    pruned: dict[str, list[int]] = {g.id: [] for g in groups}
+    total = 0
+    for _, gid, channel in order:
+        if total >= target:
+            break
+        if budgets[gid].try_remove(channel):
+            pruned[gid].append(channel)
+            total += 1
+    by_id = {g.id: g for g in groups}
+    return {gid: _round_pruned(by_id[gid], chans, options.round_to) for gid, chans in pruned.items()}
+
+
+def _round_pruned(group: ChannelGroup, pruned: list[int], round_to: int) -> list[int]:
+    """Give back the best-scored pruned channels until the kept count is a multiple of round_to."""
+    keep = min(group.channels, math.ceil((group.channels - len(pruned)) / round_to) * round_to)
+    return pruned[: group.channels - keep]
