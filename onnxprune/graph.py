@@ -18,6 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import InputError
+from .runtime import onnxruntime
 
 #: Initializers larger than this in total are saved as external data next to the model.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -97,6 +98,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     ONNX Runtime's symbolic shape inference goes through computed Reshape targets and keeps
     symbolic batch dims; ONNX's own inference is the fallback.
     """
+    onnxruntime()
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     del model.graph.value_info[:]

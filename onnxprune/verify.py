@@ -11,6 +11,7 @@ from onnx import numpy_helper
 
 from .analysis import ModelView
 from .errors import InputError
+from .runtime import onnxruntime
 from .select import PruningPlan
 
 RTOL = 1e-4
@@ -109,8 +110,7 @@ def _concrete_shape(info: onnx.ValueInfoProto, batch: int) -> tuple:
 
 def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimize: bool = False) -> dict:
     """Run a model with ONNX Runtime on CPU; returns outputs by name."""
-    import onnxruntime as ort
-
+    ort = onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimize:

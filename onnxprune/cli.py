@@ -1,0 +1,146 @@
+"""The `onnxprune` command line: `onnxprune MODEL --criterion l1 --ratio 0.5 -o OUT`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .api import default_plan_path, load_and_analyze, prune
+from .criteria import CRITERIA
+from .errors import InputError, OnnxPruneError
+from .report import group_rows, prunable_share
+
+EXAMPLES = """examples:
+  onnxprune model.onnx --ratio 0.5                 prune half of every group's channels (L1)
+  onnxprune model.onnx --criterion fpgm --ratio 0.3 --round-to 8 -o small.onnx
+  onnxprune model.onnx --scope global --exclude '*/head/*'
+  onnxprune analyze model.onnx                     which channels are coupled, what is frozen and why
+  onnxprune ops                                    ops with a channel rule
+
+exit codes: 0 ok, 2 bad input (one line on stderr, nothing written),
+            3 the pruned model failed verification (nothing written)"""
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr with exit code 2."""
+
+    def error(self, message: str):
+        """Print one line and exit 2."""
+        sys.stderr.write(f"onnxprune: error: {message} (see 'onnxprune --help')\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> Parser:
+    """The argument parser with the prune, analyze and ops commands."""
+    parser = Parser(prog="onnxprune", description="Structured channel pruning of ONNX models. "
+                    "Finds coupled channels, scores them, writes a smaller model and proves it "
+                    "computes what the input model computes with those channels masked.",
+                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"onnxprune {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    _add_prune(commands)
+    _add_analyze(commands)
+    ops = commands.add_parser("ops", help="print the op-coverage table (which ops have channel rules)")
+    ops.set_defaults(func=run_ops)
+    return parser
+
+
+def _add_prune(commands) -> None:
+    sub = commands.add_parser("prune", help="prune a model (the default command)",
+                              description="Prune a model; 'onnxprune MODEL ...' means 'onnxprune prune MODEL ...'.")
+    sub.add_argument("model", help="input .onnx file (never modified)")
+    sub.add_argument("-o", "--output", help="output model (default: <input stem>.pruned.onnx)")
+    sub.add_argument("--criterion", default="l1", choices=sorted(CRITERIA), metavar="NAME",
+                     help=f"channel importance: {', '.join(sorted(CRITERIA))} (default l1)")
+    sub.add_argument("--ratio", type=float, default=0.5,
+                     help="fraction of each group's channels to remove, in [0, 1) (default 0.5)")
+    sub.add_argument("--min-channels", type=int, default=1, help="keep at least this many per layer (default 1)")
+    sub.add_argument("--round-to", type=int, default=1, help="kept channel counts become multiples of N")
+    sub.add_argument("--scope", choices=("local", "global"), default="local",
+                     help="local: ratio per group; global: rank normalized scores across groups")
+    sub.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                     help="freeze groups touching layers/weights matching this glob (repeatable)")
+    sub.add_argument("--seed", type=int, default=0, help="seed for 'random' and the verification inputs")
+    sub.add_argument("--no-verify", action="store_true", help="skip the masked-reference check")
+    sub.add_argument("--plan", help="plan file (default: <output stem>.plan.json)")
+    sub.add_argument("--report", help="also write the report as JSON here")
+    sub.set_defaults(func=run_prune)
+
+
+def _add_analyze(commands) -> None:
+    sub = commands.add_parser("analyze", help="print the channel groups of a model")
+    sub.add_argument("model", help="input .onnx file")
+    sub.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                     help="freeze groups touching layers/weights matching this glob")
+    sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub.set_defaults(func=run_analyze)
+
+
+def run_prune(args) -> int:
+    """The prune command."""
+    from .console import print_report
+
+    source = Path(args.model)
+    output = Path(args.output) if args.output else source.with_name(source.stem + ".pruned.onnx")
+    if output.resolve() == source.resolve():
+        raise InputError(f"output path {output} is the input; choose another with -o")
+    plan_path = Path(args.plan) if args.plan else default_plan_path(output)
+    result = prune(source, args.criterion, args.ratio, min_channels=args.min_channels,
+                   round_to=args.round_to, scope=args.scope, exclude=args.exclude,
+                   seed=args.seed, verify=not args.no_verify)
+    result.save(output, plan_path, args.report)
+    print_report(result.report, str(output), str(plan_path))
+    return 0
+
+
+def run_analyze(args) -> int:
+    """The analyze command."""
+    import json
+
+    from .console import print_analysis, stdout
+
+    analysis = load_and_analyze(args.model, tuple(args.exclude))
+    rows = group_rows(analysis.groups, analysis.view)
+    share = prunable_share(analysis.groups, analysis.view)
+    if args.json:
+        stdout.print_json(json.dumps({"groups": rows, "prunable_macs_share": share}))
+    else:
+        print_analysis(rows, share, Path(args.model).name)
+    return 0
+
+
+def run_ops(args) -> int:
+    """The ops command."""
+    from .console import print_rules
+
+    print_rules()
+    return 0
+
+
+COMMANDS = ("prune", "analyze", "ops")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        argv.insert(0, "prune")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except OnnxPruneError as exc:
+        sys.stderr.write(f"onnxprune: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("onnxprune: interrupted; nothing was written\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""Terminal rendering of analyses and reports (rich tables)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .analysis import RULES
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+
+def human(count: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(count) >= size:
+            return f"{count / size:.3g}{unit}"
+    return f"{count:.3g}"
+
+
+def groups_table(rows: list[dict], title: str, show_kept: bool) -> Table:
+    """One row per channel group."""
+    table = Table(title=title, title_justify="left")
+    for column in ("id", "first layer", "channels", "members", "MACs share", "status"):
+        table.add_column(column, justify="right" if column in ("channels", "members", "MACs share") else "left")
+    for row in rows:
+        channels = f"{row['channels']} → {row['kept']}" if show_kept and row["frozen"] is None else str(row["channels"])
+        status = "prunable" if row["frozen"] is None else f"[yellow]frozen[/]: {row['frozen']}"
+        table.add_row(row["id"], row["name"], channels, str(len(row["members"])),
+                      f"{row['macs_share']:.1%}", status)
+    return table
+
+
+def print_analysis(rows: list[dict], prunable_share: float, model_name: str) -> None:
+    """The `analyze` table and a summary line."""
+    stdout.print(groups_table(rows, f"Channel groups of {model_name}", show_kept=False))
+    frozen = sum(1 for r in rows if r["frozen"])
+    stdout.print(f"{len(rows)} groups: {len(rows) - frozen} prunable, {frozen} frozen; "
+                 f"{prunable_share:.1%} of the MACs are in layers with prunable channels")
+
+
+def print_report(report: dict, output: str, plan_path: str) -> None:
+    """The pruning report: groups, totals and the verification result."""
+    stdout.print(groups_table(report["groups"], f"Pruned with {report['criterion']}", show_kept=True))
+    before, after = report["before"], report["after"]
+    stdout.print(f"MACs    {human(before['macs'])} → {human(after['macs'])}  ({report['macs_ratio']:.1%} kept)")
+    stdout.print(f"params  {human(before['params'])} → {human(after['params'])}  ({report['params_ratio']:.1%} kept)")
+    check = report.get("verification")
+    if check:
+        worst = max(v["relative"] for v in check["outputs"].values())
+        stdout.print(f"verified: matches the masked reference (max relative difference {worst:.2g}, tolerance {check['rtol']:g})")
+    else:
+        stdout.print("[yellow]not verified (--no-verify)[/]")
+    stdout.print(f"wrote {output} and {plan_path}")
+
+
+def print_rules() -> None:
+    """The op-coverage table generated from the rule registry."""
+    table = Table(title="Ops with a channel rule (anything else freezes the channels it touches)",
+                  title_justify="left")
+    for column in ("op", "opsets", "how channels map", "freezes when"):
+        table.add_column(column)
+    for op in sorted(RULES):
+        rule = RULES[op]
+        table.add_row(op, rule.opsets, rule.mapping, rule.freezes_when)
+    stdout.print(table)
