@@ -7,6 +7,7 @@ Weight values are never changed; the dynamic batch dimension stays dynamic.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -103,7 +104,8 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
     del model.graph.value_info[:]
     try:
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        with _in_scratch_folder():  # on failure it saves a debug copy of the model into the cwd
+            inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
         if inferred is not None:
             return inferred
     except Exception:  # the symbolic engine refuses some graphs: fall back to ONNX's own
@@ -112,6 +114,17 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:
         raise InputError(f"shape inference failed ({_short(exc)})") from None
+
+
+@contextlib.contextmanager
+def _in_scratch_folder():
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="onnxprune-") as scratch:
+        os.chdir(scratch)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
 
 
 def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
