@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
 from .analysis import RULES
 
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+#: Wide enough for one-line reasons when the output is a file or a pipe.
+_WIDTH = None if sys.stdout.isatty() else 200
+stdout = Console(highlight=False, width=_WIDTH)
 
 
 def human(count: float) -> str:
