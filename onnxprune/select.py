@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -73,16 +74,16 @@ def rounded_keep(keep: int, round_to: int, channels: int) -> int:
 
 
 class _SpaceBudget:
-    """Tracks how many atoms each space of a group keeps, so no space drops below its minimum."""
+    """Tracks how many atoms each space of a group keeps, so no space drops below its floor."""
 
-    def __init__(self, group: ChannelGroup, min_channels: int):
+    def __init__(self, group: ChannelGroup, floor: Callable[[int], int]):
         vectors = {v.tobytes(): v for v in group.channel_of.values()}.values()
         self.counts = np.stack([np.bincount(v, minlength=group.channels) for v in vectors])
         self.left = self.counts.sum(axis=1)
-        self.floor = np.minimum(self.left, min_channels)
+        self.floor = np.array([floor(int(size)) for size in self.left])
 
     def try_remove(self, channel: int) -> bool:
-        """Remove a channel if every space keeps its minimum; report whether it was removed."""
+        """Remove a channel if every space keeps its floor; report whether it was removed."""
         after = self.left - self.counts[:, channel]
         if np.any(after < self.floor):
             return False
@@ -91,16 +92,18 @@ class _SpaceBudget:
 
 
 def _local_pruned(group: ChannelGroup, scores: np.ndarray, options: SelectOptions) -> list[int]:
-    keep = max(group.channels - math.floor(options.ratio * group.channels), options.min_channels)
-    keep = rounded_keep(keep, options.round_to, group.channels)
-    budget = _SpaceBudget(group, options.min_channels)
-    pruned: list[int] = []
-    for channel in np.argsort(scores, kind="stable"):
-        if len(pruned) >= group.channels - keep:
-            break
-        if budget.try_remove(int(channel)):
-            pruned.append(int(channel))
-    return pruned
+    """Lowest-scored channels first, while every space keeps (1 - ratio) of its size (rounded).
+
+    In a plain group this removes exactly floor(ratio * C) channels; in a group whose spaces differ
+    in size (Pad/Concat offsets) every layer loses about `ratio` of its channels.
+    """
+
+    def floor(size: int) -> int:
+        keep = max(size - math.floor(options.ratio * size), min(options.min_channels, size))
+        return rounded_keep(keep, options.round_to, size)
+
+    budget = _SpaceBudget(group, floor)
+    return [int(c) for c in np.argsort(scores, kind="stable") if budget.try_remove(int(c))]
 
 
 def _global_pruned(groups: list[ChannelGroup], scores, options: SelectOptions) -> dict[str, list[int]]:
@@ -108,7 +111,7 @@ def _global_pruned(groups: list[ChannelGroup], scores, options: SelectOptions) -
         return {}
     order = sorted(((float(s), g.id, c) for g in groups for c, s in enumerate(scores[g.id])))
     target = math.floor(options.ratio * sum(g.channels for g in groups))
-    budgets = {g.id: _SpaceBudget(g, options.min_channels) for g in groups}
+    budgets = {g.id: _SpaceBudget(g, lambda size: min(options.min_channels, size)) for g in groups}
     pruned: dict[str, list[int]] = {g.id: [] for g in groups}
     total = 0
     for _, gid, channel in order:
