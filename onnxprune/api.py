@@ -95,6 +95,7 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     _require_prunable(analysis.groups)
     plan = select(analysis.groups, score_groups(analysis, criterion, seed), options)
     applied = apply_plan(analysis.model, plan, analysis.view)
+    _check_model(applied.model)
     check = verify_masked(analysis.model, applied.model, plan, seed, input_shapes) if verify else None
     if check is not None and not check.ok:
         raise VerificationError(_verify_message(check))
@@ -105,6 +106,15 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
                           check.to_dict() if check else None)
     plan_file = plan_document(analysis, plan, applied.weights, criterion, option_dict)
     return PruneResult(applied.model, plan_file, report, analysis.groups)
+
+
+def _check_model(model: onnx.ModelProto) -> None:
+    """The pruned model must pass the full ONNX checker (types and shapes included)."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # the checker raises several types
+        raise VerificationError(f"the pruned model is not valid ONNX ({str(exc).splitlines()[0][:200]}); "
+                                "it was not written") from None
 
 
 def _require_prunable(groups: list[ChannelGroup]) -> None:

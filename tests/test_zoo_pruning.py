@@ -3,9 +3,12 @@ and 0.7 and with --round-to 8; every pruned model matches its masked reference."
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
 import pytest
 
 import onnxprune
+from onnxprune.verify import random_inputs, run_model
 from onnxprune.api import load_and_analyze
 from onnxprune.report import prunable_share
 from zoo import ZOO
@@ -61,3 +64,14 @@ def test_round_to_8(zoo_model, name, exporter):
     for g in result.report["groups"]:
         if g["frozen"] is None:
             assert g["kept"] % 8 == 0 or g["kept"] == g["channels"], g
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_pruned_model_keeps_a_dynamic_batch(zoo_model, exporter):
+    result = onnxprune.prune(zoo_model("mobilenet_v2", exporter), ratio=0.5)
+    onnx.checker.check_model(result.model, full_check=True)
+    for batch in (1, 5):
+        feeds = random_inputs(result.model, seed=batch, batch=batch)
+        (logits,) = run_model(result.model, feeds).values()
+        assert logits.shape == (batch, 10)
+        assert np.all(np.isfinite(logits))
