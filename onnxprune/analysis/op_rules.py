@@ -184,36 +184,21 @@ def flatten(rel, node, view):
     x, y = node.input[0], node.output[0]
     shape = view.shape(x)
     split = attr(node, "axis", 1) % len(shape) if shape else 1
-    _link_merge(rel, x, list(range(split)), y, 0)
-    _link_merge(rel, x, list(range(split, len(shape))), y, 1)
+    _link_outer(rel, x, list(range(split)), y, 0)
+    _link_outer(rel, x, list(range(split, len(shape))), y, 1)
 
 
-def _link_merge(rel, x: str, in_axes: list[int], y: str, out_axis: int) -> None:
-    """Link the outermost non-unit axis of `in_axes` to `out_axis` with a block of the rest."""
-    shape = rel.view.shape(x)
-    real = [a for a in in_axes if shape[a] != 1]
-    for axis in in_axes:
+def _link_outer(rel, parts: str, part_axes: list[int], whole: str, whole_axis: int) -> None:
+    """Axes `part_axes` of `parts` are one axis of `whole` (merged by Flatten/Reshape, or `whole`
+    split into them): link their outermost non-unit axis to it, one index = a block of the rest."""
+    shape = rel.view.shape(parts)
+    real = [a for a in part_axes if shape[a] != 1]
+    for axis in part_axes:
         if shape[axis] == 1:
-            rel.touch(x, axis)
-    if not real:
-        return
+            rel.touch(parts, axis)
     inner = [shape[a] for a in real[1:]]
-    if all(isinstance(d, int) for d in inner):
-        rel.link(x, real[0], y, out_axis, block=int(np.prod(inner, dtype=np.int64)))
-
-
-def _link_split(rel, x: str, in_axis: int, y: str, out_axes: list[int]) -> None:
-    """Link one input axis split into `out_axes`: each outer output index is a block of inputs."""
-    shape = rel.view.shape(y)
-    real = [a for a in out_axes if shape[a] != 1]
-    for axis in out_axes:
-        if shape[axis] == 1:
-            rel.touch(y, axis)
-    if not real:
-        return
-    inner = [shape[a] for a in real[1:]]
-    if all(isinstance(d, int) for d in inner):
-        rel.link(y, real[0], x, in_axis, block=int(np.prod(inner, dtype=np.int64)))
+    if real and all(isinstance(d, int) for d in inner):
+        rel.link(parts, real[0], whole, whole_axis, block=int(np.prod(inner, dtype=np.int64)))
 
 
 def align_axes(in_shape: tuple, out_shape: tuple) -> list[tuple[list[int], list[int]]] | None:
@@ -265,9 +250,9 @@ def reshape(rel, node, view):
     target = _target_entries(view, node.input[1], rel.rank(y))
     for in_axes, out_axes in pairs:
         if len(out_axes) == 1:
-            _link_merge(rel, x, in_axes, y, out_axes[0])
+            _link_outer(rel, x, in_axes, y, out_axes[0])
         elif len(in_axes) == 1:
-            _link_split(rel, x, in_axes[0], y, out_axes)
+            _link_outer(rel, y, out_axes, x, in_axes[0])
     for out_axis in range(rel.rank(y)):
         if target[out_axis] is None:
             rel.freeze(y, out_axis, f"the target shape is computed at run time ({rel.label})")

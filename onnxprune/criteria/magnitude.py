@@ -8,26 +8,14 @@ from ..errors import InputError
 from .base import Criterion, group_scores, register
 
 
-@register
-class L1(Criterion):
-    """Sum of absolute filter weights (Li et al., "Pruning Filters for Efficient ConvNets")."""
-
-    name = "l1"
-    description = "L1 norm of each channel's filter"
-
-    def score(self, group, ctx):
-        return group_scores(group, ctx, lambda rows: np.abs(rows).sum(axis=1))
+def l1_rows(rows: np.ndarray) -> np.ndarray:
+    """Sum of absolute values of each row."""
+    return np.abs(rows).sum(axis=1)
 
 
-@register
-class L2(Criterion):
-    """Euclidean norm of each filter."""
-
-    name = "l2"
-    description = "L2 norm of each channel's filter"
-
-    def score(self, group, ctx):
-        return group_scores(group, ctx, lambda rows: np.sqrt((rows * rows).sum(axis=1)))
+def l2_rows(rows: np.ndarray) -> np.ndarray:
+    """Euclidean norm of each row."""
+    return np.sqrt((rows * rows).sum(axis=1))
 
 
 def geometric_median_distance(rows: np.ndarray) -> np.ndarray:
@@ -41,15 +29,44 @@ def geometric_median_distance(rows: np.ndarray) -> np.ndarray:
     return np.sqrt(dist2).sum(axis=1)
 
 
+class FilterCriterion(Criterion):
+    """A criterion that scores each filter (row of a producer weight) with `row_score`."""
+
+    roles: tuple[str, ...] = ("out",)
+
+    @staticmethod
+    def row_score(rows: np.ndarray) -> np.ndarray:
+        """One score per row of a member matrix."""
+        return l1_rows(rows)
+
+    def score(self, group, ctx):
+        return group_scores(group, ctx, self.row_score, self.roles)
+
+
 @register
-class FPGM(Criterion):
+class L1(FilterCriterion):
+    """Sum of absolute filter weights (Li et al., "Pruning Filters for Efficient ConvNets")."""
+
+    name = "l1"
+    description = "L1 norm of each channel's filter"
+
+
+@register
+class L2(FilterCriterion):
+    """Euclidean norm of each filter."""
+
+    name = "l2"
+    description = "L2 norm of each channel's filter"
+    row_score = staticmethod(l2_rows)
+
+
+@register
+class FPGM(FilterCriterion):
     """Filter pruning via geometric median: prune filters closest to the others' geometric median."""
 
     name = "fpgm"
     description = "distance of each filter to the geometric median of its layer"
-
-    def score(self, group, ctx):
-        return group_scores(group, ctx, geometric_median_distance)
+    row_score = staticmethod(geometric_median_distance)
 
 
 @register
@@ -68,9 +85,8 @@ class BNScale(Criterion):
                              "none (its exporter folded them into the convolutions); use l1, l2 or fpgm")
 
     def score(self, group, ctx):
-        if group.members_with("bn_scale"):
-            return group_scores(group, ctx, lambda rows: np.abs(rows).sum(axis=1), ("bn_scale",))
-        return group_scores(group, ctx, lambda rows: np.abs(rows).sum(axis=1))
+        roles = ("bn_scale",) if group.members_with("bn_scale") else ("out",)
+        return group_scores(group, ctx, l1_rows, roles)
 
 
 @register
