@@ -197,9 +197,7 @@ def test_unknown_op_freezes_with_a_reason():
     assert any("no channel rule for op LRN" in r for r in frozen_reasons(model))
 
 
-def test_grouped_conv_is_frozen_depthwise_is_pruned():
-    grouped = conv_chain(lambda g, t: g.conv(t, 6, 6, group=2))
-    assert any("grouped convolution (group=2)" in r for r in frozen_reasons(grouped))
+def test_depthwise_conv_is_pruned_with_its_input():
     result = pruned(conv_chain(lambda g, t: g.op("Relu", g.conv(t, 6, 6, group=6))))
     dw = [n for n in result.model.graph.node if any(a.name == "group" and a.i > 1 for a in n.attribute)]
     assert [a.i for a in dw[0].attribute if a.name == "group"] == [3]

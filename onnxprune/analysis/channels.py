@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import onnx
 
-from . import op_rules  # noqa: F401  (registers the rules)
+from . import op_rules, topology_rules  # noqa: F401  (register the rules)
 from .model_view import ModelView, node_label
 from .registry import rule_for
 from .relations import Link, Relations, Space, WeightUse, tensors_of

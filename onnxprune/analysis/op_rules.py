@@ -27,33 +27,64 @@ def elementwise(rel, node, view):
 
 
 @rule("Conv", mapping="weight axis 0 = output channels; weight axis 1 = input channels; "
-      "depthwise (group = C_in) ties input to output channels",
-      freezes_when="grouped convolution that is not depthwise; weight not constant",
-      rewrite=lambda node, ctx: _rewrite_depthwise(node, ctx))
+      "depthwise (group = C_in) ties input to output channels; grouped convolutions prune whole groups",
+      freezes_when="weight not constant; group sizes that do not divide the channels",
+      rewrite=lambda node, ctx: _rewrite_group(node, ctx))
 def conv(rel, node, view):
     """Conv: producer of its output channels, consumer of its input channels."""
     x, w, y = node.input[0], node.input[1], node.output[0]
     if not view.is_const(w):
         return rel.freeze_node("convolution weight is computed at run time")
     rel.link(x, 0, y, 0)
-    group, c_in, c_out = attr(node, "group", 1), rel.size(x, 1), view.shape(w)[0]
     rel.weight(w, 0, "out", 0.0, like=(y, 1))
-    if group == 1:
+    if attr(node, "group", 1) == 1:
         rel.weight(w, 1, "in", 0.0, like=(x, 1))
-    elif group == c_in and c_out % c_in == 0:
-        rel.link(x, 1, y, 1, block=c_out // c_in)
     else:
-        reason = f"grouped convolution (group={group}) is not supported yet ({rel.label})"
-        rel.freeze(x, 1, reason)
-        rel.freeze(y, 1, reason)
+        rel.touch(w, 1)
+        _link_groups(rel, node, x, y)
     if len(node.input) > 2 and node.input[2]:
         rel.weight(node.input[2], 0, "param", 0.0, like=(y, 1))
 
 
-def _rewrite_depthwise(node, ctx) -> None:
+def _link_groups(rel, node, x: str, y: str) -> None:
+    """Grouped/depthwise convolution: a group's input and output channels go together."""
+    group, c_in, c_out = attr(node, "group", 1), rel.size(x, 1), rel.size(y, 1)
+    if not (isinstance(c_in, int) and isinstance(c_out, int)) or c_in % group or c_out % group:
+        return rel.freeze_node(f"group={group} does not divide the channels")
+    if group == c_in:
+        rel.link(x, 1, y, 1, block=c_out // c_in)
+        return
+    groups = rel.virtual("groups", group)
+    rel.link(groups, 0, x, 1, block=c_in // group)
+    rel.link(groups, 0, y, 1, block=c_out // group)
+
+
+def _rewrite_group(node, ctx) -> None:
     group = attr(node, "group", 1)
     if group > 1:
-        ctx.set_attr(node, "group", ctx.new_size(node.input[0], 1))
+        c_in = ctx.shape(node.input[0])[1]
+        ctx.set_attr(node, "group", group * ctx.new_size(node.input[0], 1) // c_in)
+
+
+@rule("ConvTranspose", mapping="weight axis 0 = input channels; weight axis 1 = output channels "
+      "per group; depthwise and grouped as for Conv", freezes_when="weight not constant",
+      rewrite=lambda node, ctx: _rewrite_group(node, ctx))
+def conv_transpose(rel, node, view):
+    """ConvTranspose: weight layout [C_in, C_out / group, k...]."""
+    x, w, y = node.input[0], node.input[1], node.output[0]
+    if not view.is_const(w):
+        return rel.freeze_node("convolution weight is computed at run time")
+    rel.link(x, 0, y, 0)
+    group = attr(node, "group", 1)
+    if group == 1:
+        rel.weight(w, 0, "in", 0.0, like=(x, 1))
+        rel.weight(w, 1, "out", 0.0, like=(y, 1))
+    else:
+        rel.weight(w, 0, "out" if group == rel.size(x, 1) else "in", 0.0, like=(x, 1))
+        rel.touch(w, 1)
+        _link_groups(rel, node, x, y)
+    if len(node.input) > 2 and node.input[2]:
+        rel.weight(node.input[2], 0, "param", 0.0, like=(y, 1))
 
 
 @rule("BatchNormalization", mapping="every axis passes through; scale/bias/mean/var follow axis 1",
@@ -71,7 +102,7 @@ def batch_norm(rel, node, view):
     rel.weight(var, 0, "stat", None, like=(y, 1))
 
 
-BROADCAST_BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min")
+BROADCAST_BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min", "PRelu")
 
 
 @rule(*BROADCAST_BINARY, mapping="numpy broadcasting: equal axes are coupled; per-channel "
@@ -378,21 +409,38 @@ def _write_pads(node, ctx, pads: list[int], rank: int) -> None:
     ctx.set_input(node, 1, np.array(pads, dtype=np.int64))
 
 
-@rule("Slice", mapping="axes that are not sliced (or sliced to their full range) pass through",
-      freezes_when="the channel axis is sliced (until Slice rules land); bounds computed at run time")
+@rule("Slice", mapping="unsliced axes pass through; a contiguous range (step 1) of the channel axis "
+      "maps to an offset of the input's channels", freezes_when="strided or reversed slicing of a "
+      "channel axis; bounds computed at run time", rewrite=lambda node, ctx: _rewrite_slice(node, ctx))
 def slice_(rel, node, view):
-    """Slice over spatial axes (e.g. the stride-2 subsampling of an option-A shortcut)."""
+    """Slice: spatial subsampling passes channels through; a channel range is an offset."""
     x, y = node.input[0], node.output[0]
-    shape = view.shape(x)
-    starts, ends, axes, steps = _slice_bounds(node, view)
-    if starts is None or ends is None:
+    ranges = _slice_ranges(node, view)
+    if ranges is None:
         return rel.freeze_node("Slice bounds computed at run time")
-    axes = [a % len(shape) for a in (axes or range(len(starts)))]
-    steps = steps or [1] * len(axes)
-    sliced = {a for a, s, e, st in zip(axes, starts, ends, steps) if not _full(shape[a], s, e, st)}
-    for axis in range(len(shape)):
-        if axis not in sliced:
+    for axis in range(rel.rank(x)):
+        if axis not in ranges:
             rel.link(x, axis, y, axis)
+        elif ranges[axis][2] == 1:
+            rel.link(y, axis, x, axis, offset=ranges[axis][0])
+
+
+def _slice_ranges(node, view) -> dict[int, tuple[int, int, int]] | None:
+    """Sliced axes -> (start, end, step), normalized to the axis size; full ranges are left out."""
+    starts, ends, axes, steps = _slice_bounds(node, view)
+    shape = view.shape(node.input[0])
+    if starts is None or ends is None:
+        return None
+    axes = [a % len(shape) for a in (axes or range(len(starts)))]
+    ranges = {}
+    for axis, start, end, step in zip(axes, starts, ends, steps or [1] * len(axes)):
+        size = shape[axis]
+        if not isinstance(size, int):
+            return None
+        begin, stop, _ = slice(start, end, step).indices(size)
+        if (begin, stop, step) != (0, size, 1):
+            ranges[axis] = (begin, stop, step)
+    return ranges
 
 
 def _slice_bounds(node, view) -> list:
@@ -403,8 +451,27 @@ def _slice_bounds(node, view) -> list:
     return [_const_list(view, n) if n else None for n in names]
 
 
-def _full(size, start: int, end: int, step: int) -> bool:
-    return isinstance(size, int) and step == 1 and start in (0, -size) and end >= size
+def _rewrite_slice(node, ctx) -> None:
+    starts, ends, axes, _ = _slice_bounds(node, ctx.view)
+    shape = ctx.shape(node.input[0])
+    axes = [a % len(shape) for a in (axes or range(len(starts)))]
+    new_starts, new_ends = list(starts), list(ends)
+    for k, axis in enumerate(axes):
+        kept = ctx.kept(node.input[0], axis)
+        if kept is None:
+            continue
+        begin, stop, _ = slice(starts[k], ends[k], 1).indices(shape[axis])
+        new_starts[k] = int(np.sum(kept < begin))
+        new_ends[k] = new_starts[k] + ctx.new_size(node.output[0], axis)
+    if (new_starts, new_ends) == (starts, ends):
+        return
+    if len(node.input) == 1:
+        ctx.set_attr(node, "starts", new_starts)
+        ctx.set_attr(node, "ends", new_ends)
+    else:
+        dtype = ctx.const(node.input[1]).dtype
+        ctx.set_input(node, 1, np.array(new_starts, dtype=dtype))
+        ctx.set_input(node, 2, np.array(new_ends, dtype=dtype))
 
 
 @rule("Concat", mapping="each input's channels sit at an offset of the output's channel axis; "

@@ -73,6 +73,12 @@ class Relations:
         shape = self.view.shape(tensor)
         return None if shape is None else len(shape)
 
+    def virtual(self, tag: str, size: int) -> str:
+        """A 1-D tensor that exists only in the analysis, e.g. the groups of a grouped conv."""
+        name = f"{node_label(self.node)}::{tag}"
+        self.view.shapes[name] = (size,)
+        return name
+
     def _space(self, tensor: str, axis: int) -> Space | None:
         rank = self.rank(tensor)
         axis = axis % rank if rank else axis
@@ -80,23 +86,29 @@ class Relations:
         size = self.size(tensor, axis)
         return Space(tensor, axis) if isinstance(size, int) and size > 1 else None
 
-    def link(self, a: str, a_axis: int, b: str, b_axis: int, offset: int = 0, block: int = 1) -> None:
-        """Relate axis `a_axis` of `a` to `b_axis` of `b` (see `Link`); checks the sizes agree."""
+    def link(self, a: str, a_axis: int, b: str, b_axis: int, offset: int | None = None,
+             block: int = 1) -> None:
+        """Relate axis `a_axis` of `a` to `b_axis` of `b` (see `Link`); checks the sizes agree.
+
+        Without `offset` and `block` the two axes are the same channels (equal sizes); with an
+        `offset` (even 0) `a` is embedded in a part of `b` (Pad, Concat, Split, Slice).
+        """
         src, dst = self._space(a, a_axis), self._space(b, b_axis)
+        identity = offset is None and block == 1
         if src is None or dst is None:
-            if (src is None) != (dst is None) and offset == 0 and block == 1:
+            if (src is None) != (dst is None) and identity:
                 self.freeze_space(src or dst, f"size mismatch through {self.label}")
             return
         src_size, dst_size = self.size(a, a_axis), self.size(b, b_axis)
-        fits = offset + src_size * block <= dst_size
-        if not fits or (offset == 0 and block == 1 and src_size != dst_size):
+        fits = (offset or 0) + src_size * block <= dst_size
+        if not fits or (identity and src_size != dst_size):
             self.freeze_space(src, f"size mismatch through {self.label}")
             self.freeze_space(dst, f"size mismatch through {self.label}")
             return
-        self.links.append(Link(src, dst, offset, block))
+        self.links.append(Link(src, dst, offset or 0, block))
 
     def weight(self, tensor: str, axis: int, role: str, fill: float | None, like: tuple[str, int],
-               offset: int = 0) -> None:
+               offset: int | None = None) -> None:
         """Declare a weight axis as a member with `role`, the same channels as `like` (tensor, axis)
         starting at `offset`."""
         space = self._space(tensor, axis)

@@ -69,13 +69,23 @@ class RewriteContext:
         node.attribute.append(helper.make_attribute(name, value))
 
     def set_input(self, node: onnx.NodeProto, index: int, value: np.ndarray) -> None:
-        """Give a node a new constant input; a constant shared with other nodes is copied first."""
-        name = node.input[index]
-        if len(self.view.consumers.get(name, [])) > 1:
-            name = _unique_name(f"{name}__{node_label(node)}", self._inits)
+        """Give a node a new constant input (appended when `index` is past the last input);
+        a constant shared with other nodes is copied first."""
+        name = node.input[index] if index < len(node.input) else ""
+        if not name or len(self.view.consumers.get(name, [])) > 1:
+            name = _unique_name(f"{name or node_label(node) + '_input'}__{node_label(node)}", self._inits)
+            while len(node.input) <= index:
+                node.input.append("")
             node.input[index] = name
             self._inits[name] = self.model.graph.initializer.add()
         self._inits[name].CopyFrom(numpy_helper.from_array(value, name))
+
+    def remove_attr(self, node: onnx.NodeProto, name: str) -> None:
+        """Drop a node attribute if present."""
+        for attribute in node.attribute:
+            if attribute.name == name:
+                node.attribute.remove(attribute)
+                return
 
 
 def _unique_name(base: str, taken) -> str:
