@@ -47,7 +47,7 @@ class PruneResult:
         """Write the model (atomically), the plan next to it (or to `plan_path`), and the report."""
         path = Path(path)
         save_model(self.model, path)
-        atomic_write_text(plan_path or default_plan_path(path), json.dumps(self.plan, indent=1))
+        atomic_write_text(plan_path or default_plan_path(path), json.dumps(self.plan))
         if report_path:
             atomic_write_text(report_path, json.dumps(self.report, indent=1))
         return path
@@ -96,7 +96,7 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     plan = select(analysis.groups, score_groups(analysis, criterion, seed), options)
     applied = apply_plan(analysis.model, plan, analysis.view)
     _check_model(applied.model)
-    check = verify_masked(analysis.model, applied.model, plan, seed, input_shapes) if verify else None
+    check = verify_masked(analysis.model, applied.model, plan, seed, input_shapes, analysis.view) if verify else None
     if check is not None and not check.ok:
         raise VerificationError(_verify_message(check))
     option_dict = {"ratio": ratio, "min_channels": min_channels, "round_to": round_to,

@@ -8,6 +8,7 @@ Weight values are never changed; the dynamic batch dimension stays dynamic.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import tempfile
@@ -44,9 +45,11 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
-    digest = file_sha256(path)
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load_model_from_string(data)
+        del data
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:  # protobuf raises several unrelated types on bad bytes
         raise InputError(f"{path}: not a readable ONNX model ({_short(exc)})") from None
@@ -99,9 +102,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     ONNX Runtime's symbolic shape inference goes through computed Reshape targets and keeps
     symbolic batch dims; ONNX's own inference is the fallback.
     """
-    onnxruntime()
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
+    SymbolicShapeInference = _symbolic_shape_inference()
     del model.graph.value_info[:]
     try:
         with _in_scratch_folder():  # on failure it saves a debug copy of the model into the cwd
@@ -114,6 +115,21 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:
         raise InputError(f"shape inference failed ({_short(exc)})") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _symbolic_shape_inference():
+    """ONNX Runtime's SymbolicShapeInference, loaded from its file: importing it as
+    `onnxruntime.tools.symbolic_shape_infer` runs `onnxruntime/tools/__init__.py`, which imports
+    torch when torch is installed (seconds of start-up for every command)."""
+    import importlib.util
+
+    ort = onnxruntime()
+    path = Path(ort.__file__).parent / "tools" / "symbolic_shape_infer.py"
+    spec = importlib.util.spec_from_file_location("onnxprune._symbolic_shape_infer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SymbolicShapeInference
 
 
 @contextlib.contextmanager

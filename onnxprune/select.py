@@ -82,6 +82,16 @@ class _SpaceBudget:
         self.left = self.counts.sum(axis=1)
         self.floor = np.array([floor(int(size)) for size in self.left])
 
+    @property
+    def plain(self) -> bool:
+        """True when every space holds exactly one atom of every channel."""
+        return bool(np.all(self.counts == 1))
+
+    @property
+    def removable(self) -> int:
+        """In a plain group: how many channels can go before a space reaches its floor."""
+        return int(np.min(self.left - self.floor))
+
     def try_remove(self, channel: int) -> bool:
         """Remove a channel if every space keeps its floor; report whether it was removed."""
         after = self.left - self.counts[:, channel]
@@ -102,8 +112,11 @@ def _local_pruned(group: ChannelGroup, scores: np.ndarray, options: SelectOption
         keep = max(size - math.floor(options.ratio * size), min(options.min_channels, size))
         return rounded_keep(keep, options.round_to, size)
 
+    order = np.argsort(scores, kind="stable")
     budget = _SpaceBudget(group, floor)
-    return [int(c) for c in np.argsort(scores, kind="stable") if budget.try_remove(int(c))]
+    if budget.plain:
+        return [int(c) for c in order[: budget.removable]]
+    return [int(c) for c in order if budget.try_remove(int(c))]
 
 
 def _global_pruned(groups: list[ChannelGroup], scores, options: SelectOptions) -> dict[str, list[int]]:

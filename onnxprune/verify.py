@@ -10,7 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from .analysis import ModelView
-from .errors import InputError
+from .errors import InputError, OnnxPruneError
 from .runtime import onnxruntime
 from .select import PruningPlan
 
@@ -58,10 +58,9 @@ class VerifyResult:
                 "outputs": {o.name: {"max_abs_diff": o.max_abs_diff, "relative": o.relative} for o in self.outputs}}
 
 
-def masked_reference(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
-    """A copy of the (normalized) input model whose pruned channels' weight slices are masked."""
-    view = ModelView(model)
-    values = {}
+def masked_weights(view: ModelView, plan: PruningPlan) -> dict[str, np.ndarray]:
+    """Copies of the weights that hold pruned slices, with those slices set to their fill value."""
+    values: dict[str, np.ndarray] = {}
     for group in plan.groups:
         if not plan.is_pruned(group):
             continue
@@ -71,10 +70,15 @@ def masked_reference(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelPro
                 continue
             name, axis = member.space.tensor, member.space.axis
             value = values.setdefault(name, view.value(name).copy())
-            atoms = group.kept_atoms(member.space, dropped)
             index = [slice(None)] * value.ndim
-            index[axis] = atoms
+            index[axis] = group.kept_atoms(member.space, dropped)
             value[tuple(index)] = member.fill
+    return values
+
+
+def masked_reference(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
+    """A copy of the (normalized) input model whose pruned channels' weight slices are masked."""
+    values = masked_weights(ModelView(model), plan)
     masked = onnx.ModelProto()
     masked.CopyFrom(model)
     for init in masked.graph.initializer:
@@ -108,17 +112,69 @@ def _concrete_shape(info: onnx.ValueInfoProto, batch: int) -> tuple:
     return tuple(d.dim_value if d.HasField("dim_value") else (batch if i == 0 else 1) for i, d in enumerate(dims))
 
 
-def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimize: bool = False) -> dict:
-    """Run a model with ONNX Runtime on CPU; returns outputs by name."""
+#: Initializers larger than this are handed to ONNX Runtime from memory, not serialized.
+IN_MEMORY_BYTES = 1024
+
+
+def _skeleton(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str]]:
+    """The model with its large initializers marked external (their values come from memory);
+    small ones are embedded, from `arrays` when given there."""
+    skeleton = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(skeleton, field, getattr(model, field))
+    skeleton.opset_import.extend(model.opset_import)
+    graph = skeleton.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    external = []
+    for init in model.graph.initializer:
+        entry = graph.initializer.add()
+        if init.ByteSize() <= IN_MEMORY_BYTES:
+            entry.CopyFrom(numpy_helper.from_array(arrays[init.name], init.name) if init.name in arrays else init)
+            continue
+        entry.name, entry.data_type = init.name, init.data_type
+        entry.dims.extend(init.dims)
+        entry.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", "in-memory"), ("offset", "0"), ("length", "0")):
+            item = entry.external_data.add()
+            item.key, item.value = key, value
+        external.append(init.name)
+    return skeleton, external
+
+
+def make_cpu_session(model: onnx.ModelProto, arrays: dict[str, np.ndarray] | None = None,
+                     optimize: bool = False):
+    """An ONNX Runtime CPU session; large weights are passed from memory (`arrays` by name, else
+    the model's own values) instead of being serialized with the graph."""
     ort = onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    arrays = arrays or {}
+    skeleton, external = _skeleton(model, arrays)
+    inits = {init.name: init for init in model.graph.initializer}
+    values = [np.ascontiguousarray(arrays[n] if n in arrays else numpy_helper.to_array(inits[n]))
+              for n in external]
+    ort_values = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]
+    if external:
+        options.add_external_initializers(external, ort_values)
+    session = ort.InferenceSession(skeleton.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.keepalive = (values, ort_values)  # the session reads these buffers
+    return session
+
+
+def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimize: bool = False,
+              arrays: dict[str, np.ndarray] | None = None) -> dict:
+    """Run a model with ONNX Runtime on CPU; returns outputs by name."""
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = make_cpu_session(model, arrays, optimize)
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, feeds)))
+    except OnnxPruneError:
+        raise
     except Exception as exc:
         raise InputError(f"ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:300]}") from None
 
@@ -139,8 +195,9 @@ def compare(pruned: dict, reference: dict) -> VerifyResult:
 
 
 def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: PruningPlan, seed: int = 0,
-           shapes: dict[str, tuple] | None = None) -> VerifyResult:
+           shapes: dict[str, tuple] | None = None, view: ModelView | None = None) -> VerifyResult:
     """Run the pruned model and the masked reference on the same seeded random inputs."""
+    view = view or ModelView(original)
     feeds = random_inputs(original, seed, shapes=shapes)
-    reference = run_model(masked_reference(original, plan), feeds)
+    reference = run_model(original, feeds, arrays={**view.consts, **masked_weights(view, plan)})
     return compare(run_model(pruned, feeds), reference)

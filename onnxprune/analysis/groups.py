@@ -58,7 +58,10 @@ def find_groups(view: ModelView, exclude: tuple[str, ...] = ()) -> list[ChannelG
     components = [c for c in nx.connected_components(channels.graph) if c & weight_spaces]
     order = _tensor_order(view)
     components.sort(key=lambda c: min(order.get(s.tensor, len(order)) for s in c))
-    groups = [_make_group(f"g{i}", comp, channels, order) for i, comp in enumerate(components)]
+    uses: dict[Space, list[WeightUse]] = {}
+    for use in channels.weights:
+        uses.setdefault(use.space, []).append(use)
+    groups = [_make_group(f"g{i}", comp, channels, order, uses) for i, comp in enumerate(components)]
     for group in groups:
         _apply_exclusions(group, exclude)
     return groups
@@ -72,9 +75,9 @@ def _tensor_order(view: ModelView) -> dict[str, int]:
     return order
 
 
-def _make_group(gid: str, component: set[Space], channels: ChannelGraph, order) -> ChannelGroup:
+def _make_group(gid: str, component: set[Space], channels: ChannelGraph, order, uses) -> ChannelGroup:
     spaces = sorted(component, key=lambda s: (order.get(s.tensor, 0), s.tensor, s.axis))
-    members = [use for use in channels.weights if use.space in component]
+    members = [use for space in spaces for use in uses.get(space, [])]
     nodes = list(dict.fromkeys(n for s in spaces for n in channels.touching.get(s, [])))
     producers = [m.node for m in members if m.role == "out"]
     name = producers[0] if producers else (nodes[0] if nodes else spaces[0].tensor)
