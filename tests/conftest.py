@@ -1,10 +1,11 @@
 """Shared pytest fixtures for onnxprune's tests.
 
-* ``zoo_model(name, exporter)``: path of the zoo model ``name`` (see ``tests/zoo.py``) exported
-  with ``exporter`` -- ``"torchscript"`` (opset 17, BN folded), ``"torchscript_bn"`` (opset 17,
-  BatchNormalization nodes kept) or ``"dynamo"`` (opset 20, BN folded, external data in
-  ``<file>.data``). Each (name, exporter) pair is exported at most once per session; treat the
-  file as read-only (copy it before modifying it).
+* ``zoo_model(name, exporter)``: path of the zoo model ``name`` -- a key of ``ZOO`` or of
+  ``TOPOLOGY_ZOO`` (see ``tests/zoo.py``; both are merged in ``ALL_MODELS``) -- exported
+  with ``exporter`` -- ``"torchscript"`` (opset 17, BN folded into the conv before it),
+  ``"torchscript_bn"`` (opset 17, BatchNormalization nodes kept) or ``"dynamo"`` (opset 20, BN
+  folded likewise, external data in ``<file>.data``). Each (name, exporter) pair is exported at
+  most once per session; treat the file as read-only (copy it before modifying it).
 * ``shared_dir``: ``../shared`` beside the repository (real CIFAR-10 models and data); tests
   that use it are skipped when it is missing.
 """
@@ -21,7 +22,7 @@ TESTS_DIR = pathlib.Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:  # pyproject sets pythonpath = ["tests"]; this is a fallback
     sys.path.insert(0, str(TESTS_DIR))
 
-from zoo import EXPORTERS, ZOO, export_onnx  # noqa: E402
+from zoo import ALL_MODELS, EXPORTERS, export_onnx  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -31,13 +32,13 @@ def zoo_model(tmp_path_factory) -> Callable[[str, str], pathlib.Path]:
     root = tmp_path_factory.mktemp("zoo")
 
     def get(name: str, exporter: str = "torchscript") -> pathlib.Path:
-        if name not in ZOO:
-            raise KeyError(f"unknown zoo model {name!r}; known: {sorted(ZOO)}")
+        if name not in ALL_MODELS:
+            raise KeyError(f"unknown zoo model {name!r}; known: {sorted(ALL_MODELS)}")
         if exporter not in EXPORTERS:
             raise ValueError(f"unknown exporter {exporter!r}; known: {EXPORTERS}")
         key = (name, exporter)
         if key not in cache:
-            module, shape = ZOO[name]()
+            module, shape = ALL_MODELS[name]()
             out_dir = root / exporter  # one folder per exporter: <name>.onnx (+ <name>.onnx.data)
             cache[key] = export_onnx(
                 module,
