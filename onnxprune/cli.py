@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -143,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("onnxprune: interrupted; nothing was written\n")
         return 130
+    except Exception as exc:  # a bug: say so in one line; ONNXPRUNE_DEBUG=1 shows the traceback
+        if os.environ.get("ONNXPRUNE_DEBUG"):
+            raise
+        sys.stderr.write(f"onnxprune: internal error: {type(exc).__name__}: {exc} "
+                         "(nothing was written; rerun with ONNXPRUNE_DEBUG=1 for the traceback)\n")
+        return 1
 
 
 if __name__ == "__main__":

@@ -76,6 +76,11 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a normalized copy: constants lifted and folded, dead nodes removed, shapes inferred."""
     import onnx_graphsurgeon as gs
 
+    onnxruntime().set_default_logger_severity(3)  # graph-surgeon folds with ONNX Runtime sessions
+    if any(node.op_type == "Shape" for node in model.graph.node):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = infer_shapes(copy)  # static sizes read by Shape (e.g. torch.chunk bounds) then fold
     try:
         graph = gs.import_onnx(model)
         graph.fold_constants(error_ok=True).cleanup(remove_unused_graph_inputs=False).toposort()

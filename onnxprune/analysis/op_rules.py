@@ -280,8 +280,14 @@ def reshape(rel, node, view):
         return
     target = _target_entries(view, node.input[1], rel.rank(y))
     for in_axes, out_axes in pairs:
+        sizes = [view.shape(y)[a] for a in out_axes if view.shape(y)[a] != 1]
         if len(out_axes) == 1:
             _link_outer(rel, x, in_axes, y, out_axes[0])
+        elif len(in_axes) == 1 and len(sizes) > 1:
+            reason = (f"{rel.label} splits channels into {sizes} (a channel shuffle or channel "
+                      "groups): pruning would reorder them")
+            for name, axis in [(x, in_axes[0])] + [(y, a) for a in out_axes]:
+                rel.freeze(name, axis, reason)
         elif len(in_axes) == 1:
             _link_outer(rel, y, out_axes, x, in_axes[0])
     for out_axis in range(rel.rank(y)):

@@ -103,9 +103,11 @@ def apply_plan(model: onnx.ModelProto, plan: PruningPlan, view: ModelView | None
     pruned.CopyFrom(model)
     record = _slice_initializers(pruned, view, kept)
     ctx = RewriteContext(view, pruned, kept)
+    pruned_tensors = {space.tensor for space in kept}
     for node in pruned.graph.node:
         rule = rule_for(node)
-        if rule is not None and rule.rewrite is not None:
+        touched = any(name in pruned_tensors for name in list(node.input) + list(node.output))
+        if rule is not None and rule.rewrite is not None and touched:
             rule.rewrite(node, ctx)
     return AppliedPlan(infer_shapes(pruned), record)
 
