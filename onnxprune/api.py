@@ -92,10 +92,10 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     options.validate()
     get_criterion(criterion)
     analysis = load_and_analyze(model_or_path, tuple(exclude))
-    _require_prunable(analysis.groups)
+    _require_prunable(analysis)
     plan = select(analysis.groups, score_groups(analysis, criterion, seed), options)
     applied = apply_plan(analysis.model, plan, analysis.view)
-    _check_model(applied.model)
+    _check_model(applied.model, analysis.model)
     check = verify_masked(analysis.model, applied.model, plan, seed, input_shapes, analysis.view) if verify else None
     if check is not None and not check.ok:
         raise VerificationError(_verify_message(check))
@@ -108,18 +108,34 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     return PruneResult(applied.model, plan_file, report, analysis.groups)
 
 
-def _check_model(model: onnx.ModelProto) -> None:
-    """The pruned model must pass the full ONNX checker (types and shapes included)."""
+def _checker_error(model: onnx.ModelProto) -> str | None:
+    """The full ONNX checker's complaint about a model, or None when it passes."""
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # the checker raises several types
-        raise VerificationError(f"the pruned model is not valid ONNX ({str(exc).splitlines()[0][:200]}); "
-                                "it was not written") from None
+        return str(exc).strip().splitlines()[0][:200]
+    return None
 
 
-def _require_prunable(groups: list[ChannelGroup]) -> None:
+def _check_model(pruned: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """The pruned model must pass the full ONNX checker; when the input fails it too, the input
+    is to blame (checked only then: the checker serializes the whole model)."""
+    problem = _checker_error(pruned)
+    if problem is None:
+        return
+    source_problem = _checker_error(source)
+    if source_problem is not None:
+        raise InputError(f"the input model is not valid ONNX ({source_problem})")
+    raise VerificationError(f"the pruned model is not valid ONNX ({problem}); it was not written")
+
+
+def _require_prunable(analysis: Analysis) -> None:
+    groups = analysis.groups
     if any(g.prunable for g in groups):
         return
+    problem = _checker_error(analysis.model)
+    if problem is not None:
+        raise InputError(f"the input model is not valid ONNX ({problem})")
     reasons = sorted({g.frozen for g in groups if g.frozen})
     detail = f"; e.g. {reasons[0]}" if reasons else ""
     raise InputError(f"the model has no prunable channel group ({len(groups)} frozen{detail})")

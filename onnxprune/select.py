@@ -52,7 +52,7 @@ class SelectOptions:
 def select(groups: list[ChannelGroup], scores: dict[str, np.ndarray], options: SelectOptions) -> PruningPlan:
     """Choose the channels to keep in every prunable group."""
     options.validate()
-    prunable = [g for g in groups if g.prunable]
+    prunable = [g for g in groups if g.prunable and options.ratio > 0]
     if options.scope == "global":
         pruned = _global_pruned(prunable, scores, options)
     else:
@@ -81,11 +81,12 @@ class _SpaceBudget:
         self.counts = np.stack([np.bincount(v, minlength=group.channels) for v in vectors])
         self.left = self.counts.sum(axis=1)
         self.floor = np.array([floor(int(size)) for size in self.left])
+        self.pinned = set(group.pinned.tolist())
 
     @property
     def plain(self) -> bool:
         """True when every space holds exactly one atom of every channel."""
-        return bool(np.all(self.counts == 1))
+        return bool(np.all(self.counts == 1)) and not self.pinned
 
     @property
     def removable(self) -> int:
@@ -93,9 +94,10 @@ class _SpaceBudget:
         return int(np.min(self.left - self.floor))
 
     def try_remove(self, channel: int) -> bool:
-        """Remove a channel if every space keeps its floor; report whether it was removed."""
+        """Remove a channel if it is not pinned and every space keeps its floor; report whether
+        it was removed."""
         after = self.left - self.counts[:, channel]
-        if np.any(after < self.floor):
+        if channel in self.pinned or np.any(after < self.floor):
             return False
         self.left = after
         return True

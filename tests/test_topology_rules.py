@@ -164,3 +164,25 @@ def test_shared_weight_couples_its_users():
     y = g.op("GlobalAveragePool", g.op("Add", g.conv(a, 6, 2), g.conv(b, 6, 2)))
     result = pruned(g.model(y))
     assert [(r["channels"], r["kept"]) for r in prunable_rows(result)] == [(6, 3)]
+
+
+def test_single_channel_concat_input_is_pinned():
+    """A 1-channel input has no channel space; its position in the Concat must never be pruned."""
+    g = GraphBuilder()
+    one = g.op("Slice", "x", g.const(ints([1]), "i"), g.const(ints([2]), "i"), g.const(ints([1]), "i"))
+    conv = g.op("Relu", g.conv("x", 4, 6))
+    cat = g.op("Concat", g.op("GlobalAveragePool", one), g.op("GlobalAveragePool", conv), axis=1)
+    y = g.gemm_head(g.op("Flatten", cat, axis=1), 7, 3)
+    (group,) = [gr for gr in onnxprune.analyze(g.model(y)) if gr.channels == 7]
+    (concat_space,) = [s for s in group.spaces if s.tensor == cat]
+    assert group.pinned.tolist() == [group.channel_of[concat_space][0]]
+    result = pruned(g.model(y), ratio=0.8)
+    gemm = [e for e in result.plan["weights"].values() if e["shape"] == [3, 7]][0]
+    assert gemm["kept"]["1"][0] == 0 and len(gemm["kept"]["1"]) == 2
+
+
+def test_invalid_input_model_is_an_input_error():
+    g = GraphBuilder(opset=13)
+    y = g.op("GlobalAveragePool", g.conv(g.op("HardSwish", g.conv("x", 4, 6)), 6, 3))
+    with pytest.raises(onnxprune.InputError, match="input model is not valid ONNX|cannot run"):
+        onnxprune.prune(g.model(y), ratio=0.5)

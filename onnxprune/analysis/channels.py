@@ -20,6 +20,7 @@ class ChannelGraph:
     graph: nx.Graph = field(default_factory=nx.Graph)
     weights: list[WeightUse] = field(default_factory=list)
     frozen: dict[Space, str] = field(default_factory=dict)
+    pins: list[tuple[Space, int, int]] = field(default_factory=list)
     touching: dict[Space, list[str]] = field(default_factory=dict)
     rewrites: list[onnx.NodeProto] = field(default_factory=list)
 
@@ -35,6 +36,7 @@ class ChannelGraph:
         self.weights.extend(rel.weights)
         for space, reason in rel.frozen.items():
             self.frozen.setdefault(space, reason)
+        self.pins.extend(rel.pins)
         for space in {link.src for link in rel.links} | {link.dst for link in rel.links}:
             self.touching.setdefault(space, []).append(node_label(rel.node))
 

@@ -21,7 +21,9 @@ from .relations import Link, Space, WeightUse
 
 @dataclass
 class ChannelGroup:
-    """Coupled channel spaces with their weight members; pruned as one unit or frozen with a reason."""
+    """Coupled channel spaces with their weight members; pruned as one unit or frozen with a reason.
+
+    `pinned` channels can never be pruned (e.g. the position of a single-channel Concat input)."""
 
     id: str
     name: str
@@ -31,6 +33,7 @@ class ChannelGroup:
     channel_of: dict[Space, np.ndarray] = field(repr=False)
     nodes: list[str] = field(default_factory=list)
     frozen: str | None = None
+    pinned: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def prunable(self) -> bool:
@@ -84,8 +87,10 @@ def _make_group(gid: str, component: set[Space], channels: ChannelGraph, order, 
     reasons = [channels.frozen[s] for s in spaces if s in channels.frozen]
     sizes = {s: channels.graph.nodes[s].get("size") for s in spaces}
     channel_of, count = assign_channels(spaces, channels.links_between(component), sizes)
+    pinned = [channel_of[space][start:stop] for space, start, stop in channels.pins if space in component]
     return ChannelGroup(gid, name, count, spaces, members, channel_of, nodes,
-                        reasons[0] if reasons else None)
+                        reasons[0] if reasons else None,
+                        np.unique(np.concatenate(pinned)) if pinned else np.zeros(0, dtype=np.int64))
 
 
 def assign_channels(spaces: list[Space], links: list[Link], sizes: dict) -> tuple[dict, int]:

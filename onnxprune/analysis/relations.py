@@ -55,6 +55,7 @@ class Relations:
     weights: list[WeightUse] = field(default_factory=list)
     frozen: dict[Space, str] = field(default_factory=dict)
     mentioned: set[tuple[str, int]] = field(default_factory=set)
+    pins: list[tuple[Space, int, int]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -95,8 +96,12 @@ class Relations:
         """
         src, dst = self._space(a, a_axis), self._space(b, b_axis)
         identity = offset is None and block == 1
+        if src is None and dst is not None and not identity and self.size(a, a_axis) == 1:
+            start = offset or 0  # a single channel embedded in `b` (e.g. a Concat input of size 1)
+            self.pins.append((dst, start, start + block))
+            return
         if src is None or dst is None:
-            if (src is None) != (dst is None) and identity:
+            if (src is None) != (dst is None):
                 self.freeze_space(src or dst, f"size mismatch through {self.label}")
             return
         src_size, dst_size = self.size(a, a_axis), self.size(b, b_axis)
