@@ -178,7 +178,7 @@ def test_single_channel_concat_input_is_pinned():
     assert group.pinned.tolist() == [group.channel_of[concat_space][0]]
     result = pruned(g.model(y), ratio=0.8)
     gemm = [e for e in result.plan["weights"].values() if e["shape"] == [3, 7]][0]
-    assert gemm["kept"]["1"][0] == 0 and len(gemm["kept"]["1"]) == 2
+    assert gemm["kept"]["1"][0] == 0 and len(gemm["kept"]["1"]) == 3  # pinned + 2 of the conv's 6
 
 
 def test_invalid_input_model_is_an_input_error():
