@@ -43,7 +43,8 @@ class GraphBuilder:
         inputs = [x, self.weight(c_out, c_in // group, k, k)]
         if bias:
             inputs.append(self.weight(c_out))
-        return self.op("Conv", *inputs, pads=[k // 2] * 4, group=group, **attrs)
+        attrs.setdefault("pads", [k // 2] * 4)
+        return self.op("Conv", *inputs, group=group, **attrs)
 
     def bn(self, x: str, c: int, scale=None) -> str:
         """A BatchNormalization with random statistics."""
