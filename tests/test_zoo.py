@@ -47,20 +47,8 @@ def test_factories_are_deterministic_and_not_degenerate():
     import torch
 
     for name, factory in ZOO.items():
-        (m1, s1), (m2, s2) = factory(), factory()
-        assert s1 == s2 and not m1.training
-        for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
-            assert torch.equal(a, b), f"{name}.{k} differs between two builds"
-        bns = [m for m in m1.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        assert bns, name
-        for bn in bns:
-            assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
-            assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
-        # the output must really depend on the input (signal survives the depth)
-        with torch.no_grad(), single_thread():
-            y = m1(torch.randn(8, *s1[1:], generator=torch.Generator().manual_seed(0)))
-        assert torch.isfinite(y).all()
-        assert y.std(0).mean() > 0.05 * y.std(), f"{name}: output barely depends on the input"
+        m1, _ = check_deterministic_and_alive(factory, name)
+        assert [m for m in m1.modules() if isinstance(m, torch.nn.BatchNorm2d)], name
 
 
 def test_architecture_landmarks(zoo_model):
@@ -227,16 +215,23 @@ def test_topology_factories_are_deterministic_and_not_degenerate():
 
     assert not set(ZOO) & set(TOPOLOGY_ZOO)
     for name, factory in TOPOLOGY_ZOO.items():
-        (m1, s1), (m2, s2) = factory(), factory()
-        assert s1 == s2 and not m1.training
+        m1, s1 = check_deterministic_and_alive(factory, name)
         assert len(s1) == 4 and s1[0] == 1 and s1[2] <= 32 and s1[3] <= 32
         assert sum(p.numel() for p in m1.parameters()) <= 100_000, name
-        for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
-            assert torch.equal(a, b), f"{name}.{k} differs between two builds"
-        for bn in (m for m in m1.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-            assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
-            assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
-        with torch.no_grad(), single_thread():
-            y = m1(torch.randn(8, *s1[1:], generator=torch.Generator().manual_seed(0)))
-        assert torch.isfinite(y).all()
-        assert y.std(0).mean() > 0.05 * y.std(), f"{name}: output barely depends on the input"
+
+
+def check_deterministic_and_alive(factory, name):
+    """Two builds are identical, BN statistics are not the defaults, and the output really
+    depends on the input (the signal survives the depth). Returns one build."""
+    (m1, s1), (m2, s2) = factory(), factory()
+    assert s1 == s2 and not m1.training
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(a, b), f"{name}.{k} differs between two builds"
+    for bn in (m for m in m1.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+        assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
+    with torch.no_grad(), single_thread():
+        y = m1(torch.randn(8, *s1[1:], generator=torch.Generator().manual_seed(0)))
+    assert torch.isfinite(y).all()
+    assert y.std(0).mean() > 0.05 * y.std(), f"{name}: output barely depends on the input"
+    return m1, s1

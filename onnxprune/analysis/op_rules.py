@@ -19,8 +19,7 @@ ELEMENTWISE_UNARY = (
 )
 
 
-@rule(*ELEMENTWISE_UNARY, mapping="every axis passes through unchanged",
-      freezes_when="Dropout/Clip with extra outputs never matter; never")
+@rule(*ELEMENTWISE_UNARY, mapping="every axis passes through unchanged", freezes_when="never")
 def elementwise(rel, node, view):
     """Unary element-wise ops (value 0 maps to a finite value): every axis passes through."""
     rel.identity(node.input[0], node.output[0])
@@ -106,7 +105,7 @@ BROADCAST_BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min", "PRelu")
 
 
 @rule(*BROADCAST_BINARY, mapping="numpy broadcasting: equal axes are coupled; per-channel "
-      "constants become group members", freezes_when="division by an activation")
+      "constants become group members", freezes_when="Div: the divisor is an activation")
 def broadcast_binary(rel, node, view):
     """Element-wise binary ops couple every non-broadcast axis of their inputs and output."""
     y = node.output[0]
@@ -131,7 +130,7 @@ POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool
 
 
 @rule(*POOLS, mapping="batch and channel axes pass through; spatial axes are pooled",
-      freezes_when="MaxPool returns indices")
+      freezes_when="MaxPool with an Indices output")
 def pool(rel, node, view):
     """Pooling over spatial axes keeps channels."""
     if len([o for o in node.output if o]) > 1:
@@ -485,27 +484,24 @@ def _rewrite_slice(node, ctx) -> None:
 def concat(rel, node, view):
     """Concat: input k's channels are output channels [offset_k, offset_k + C_k)."""
     y = node.output[0]
-    axis = attr(node, "axis") % rel.rank(y)
+    link_pieces(rel, view, y, list(node.input), attr(node, "axis") % rel.rank(y))
+
+
+def link_pieces(rel, view, whole: str, pieces: list[str], axis: int) -> None:
+    """`pieces` laid end to end on `axis` make `whole` (Concat inputs, Split outputs); every
+    other axis is shared. Constant pieces become members of the group."""
     offset = 0
-    for name in node.input:
-        size = rel.size(name, axis)
+    for piece in pieces:
+        size = rel.size(piece, axis)
         if not isinstance(size, int):
-            return rel.freeze_node("Concat of a dynamic-sized input")
-        for other in range(rel.rank(y)):
-            if other != axis:
-                _couple(rel, view, name, other, y)
-        if view.is_const(name):
-            rel.weight(name, axis, "param", None, like=(y, axis), offset=offset)
-        else:
-            rel.link(name, axis, y, axis, offset=offset)
+            return rel.freeze_node(f"{rel.node.op_type} of dynamic-sized pieces")
+        for other in range(rel.rank(whole)):
+            like, at = (whole, other), (None if other != axis else offset)
+            if view.is_const(piece):
+                rel.weight(piece, other, "param", None, like=like, offset=at)
+            else:
+                rel.link(piece, other, *like, offset=at)
         offset += size
-
-
-def _couple(rel, view, name: str, axis: int, y: str) -> None:
-    if view.is_const(name):
-        rel.weight(name, axis, "param", None, like=(y, axis))
-    else:
-        rel.link(name, axis, y, axis)
 
 
 @rule("Shape", mapping="reads sizes: allowed when only the sizes of non-channel axes are used",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .model_view import attr
+from .op_rules import link_pieces
 from .registry import rule
 
 
@@ -15,17 +16,7 @@ from .registry import rule
 def split(rel, node, view):
     """Split (e.g. torch.chunk in YOLOv8's C2f): each output is an offset range of the input."""
     x = node.input[0]
-    axis = attr(node, "axis", 0) % rel.rank(x)
-    offset = 0
-    for out in node.output:
-        size = rel.size(out, axis)
-        if not isinstance(size, int):
-            return rel.freeze_node("Split into dynamic sizes")
-        for other in range(rel.rank(x)):
-            if other != axis:
-                rel.link(x, other, out, other)
-        rel.link(out, axis, x, axis, offset=offset)
-        offset += size
+    link_pieces(rel, view, x, list(node.output), attr(node, "axis", 0) % rel.rank(x))
 
 
 def _rewrite_split(node, ctx) -> None:
@@ -88,7 +79,7 @@ def _rewrite_resize(node, ctx) -> None:
         ctx.set_input(node, 3, new)
 
 
-@rule("LayerNormalization", mapping="axes before `axis` pass through; normalized axes are frozen",
+@rule("LayerNormalization", opsets="17-21", mapping="axes before `axis` pass through; normalized axes are frozen",
       freezes_when="always for the normalized axes (their statistics mix the channels)")
 def layer_norm(rel, node, view):
     """LayerNormalization over axes [axis, rank): those channels cannot be pruned."""
