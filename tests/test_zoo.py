@@ -6,6 +6,7 @@ import collections
 
 import onnx
 import pytest
+import torch
 
 from zoo import EXPORTERS, TOPOLOGY_ZOO, ZOO, build, ort_matches_torch, single_thread
 
@@ -44,7 +45,6 @@ def test_zoo_model_is_cached(zoo_model):
 
 
 def test_factories_are_deterministic_and_not_degenerate():
-    import torch
 
     for name, factory in ZOO.items():
         m1, _ = check_deterministic_and_alive(factory, name)
@@ -82,7 +82,6 @@ TOPOLOGY_EXPORT_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def _bn_count(module) -> int:
-    import torch
 
     return sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
 
@@ -211,7 +210,6 @@ def test_topology_landmarks(zoo_model, name):
 
 
 def test_topology_factories_are_deterministic_and_not_degenerate():
-    import torch
 
     assert not set(ZOO) & set(TOPOLOGY_ZOO)
     for name, factory in TOPOLOGY_ZOO.items():
