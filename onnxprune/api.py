@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from .analysis import ChannelGroup, ModelView, find_groups
+from .calib import load_calibration
 from .criteria import ScoringContext, get_criterion
 from .errors import InputError, VerificationError
 from .graph import atomic_write_text, load_model, normalize, save_model
@@ -71,10 +72,13 @@ def analyze(model_or_path: ModelLike, exclude: tuple[str, ...] = ()) -> list[Cha
     return load_and_analyze(model_or_path, exclude).groups
 
 
-def score_groups(analysis: Analysis, criterion: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """Scores of every prunable group's channels by the named criterion."""
+def score_groups(analysis: Analysis, criterion: str, seed: int = 0, data=None,
+                 progress=None) -> dict[str, np.ndarray]:
+    """Scores of every prunable group's channels by the named criterion (`data`: calibration set
+    for the data-driven criteria; `progress()` is called once per calibration batch)."""
     scorer = get_criterion(criterion)
-    ctx = ScoringContext(analysis.view.consts, analysis.groups, seed)
+    ctx = ScoringContext(analysis.view.consts, analysis.groups, seed, analysis.model, analysis.view,
+                         data, progress)
     scorer.check(ctx)
     return {g.id: scorer.score(g, ctx) for g in analysis.groups if g.prunable}
 
@@ -82,8 +86,12 @@ def score_groups(analysis: Analysis, criterion: str, seed: int = 0) -> dict[str,
 def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *,
           min_channels: int = 1, round_to: int = 1, scope: str = "local",
           exclude: tuple[str, ...] | list[str] = (), seed: int = 0, verify: bool = True,
-          input_shapes: dict[str, tuple] | None = None) -> PruneResult:
+          input_shapes: dict[str, tuple] | None = None, calib=None, calib_samples: int | None = 512,
+          preprocess: str | None = None, batch_size: int = 64, progress=None) -> PruneResult:
     """Prune `ratio` of the channels of every prunable group, chosen by `criterion`.
+
+    Data-driven criteria need `calib`: a .npz/.npy file or an image folder (see `calib.py`), of
+    which `calib_samples` samples are used, preprocessed by `preprocess`.
 
     Raises InputError for unusable input and VerificationError when the pruned model does not
     match the masked reference (nothing is returned then).
@@ -93,14 +101,16 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     get_criterion(criterion)
     analysis = load_and_analyze(model_or_path, tuple(exclude))
     _require_prunable(analysis)
-    plan = select(analysis.groups, score_groups(analysis, criterion, seed), options)
+    data = load_calibration(calib, analysis.model, calib_samples, preprocess, batch_size, seed) if calib else None
+    plan = select(analysis.groups, score_groups(analysis, criterion, seed, data, progress), options)
     applied = apply_plan(analysis.model, plan, analysis.view)
     _check_model(applied.model, analysis.model)
     check = verify_masked(analysis.model, applied.model, plan, seed, input_shapes, analysis.view) if verify else None
     if check is not None and not check.ok:
         raise VerificationError(_verify_message(check))
     option_dict = {"ratio": ratio, "min_channels": min_channels, "round_to": round_to,
-                   "scope": scope, "exclude": list(exclude), "seed": seed}
+                   "scope": scope, "exclude": list(exclude), "seed": seed,
+                   "calib": str(calib) if calib else None, "calib_samples": data.samples if data else None}
     report = build_report(model_summary(analysis.model, analysis.view), model_summary(applied.model),
                           group_rows(analysis.groups, analysis.view, plan), criterion, option_dict,
                           check.to_dict() if check else None)

@@ -11,6 +11,7 @@ from . import __version__
 from .api import default_plan_path, load_and_analyze, prune
 from .criteria import CRITERIA
 from .errors import InputError, OnnxPruneError
+from .console import progress_bar
 from .report import group_rows, prunable_share
 
 EXAMPLES = """examples:
@@ -64,10 +65,24 @@ def _add_prune(commands) -> None:
     sub.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                      help="freeze groups touching layers/weights matching this glob (repeatable)")
     sub.add_argument("--seed", type=int, default=0, help="seed for 'random' and the verification inputs")
+    add_calibration_options(sub)
     sub.add_argument("--no-verify", action="store_true", help="skip the masked-reference check")
     sub.add_argument("--plan", help="plan file (default: <output stem>.plan.json)")
     sub.add_argument("--report", help="also write the report as JSON here")
     sub.set_defaults(func=run_prune)
+
+
+def add_calibration_options(sub) -> None:
+    """--calib, --calib-samples, --preprocess, --batch-size."""
+    sub.add_argument("--calib", metavar="PATH",
+                     help="calibration data for data-driven criteria: .npz/.npy (arrays named like the "
+                          "model input, or 'x'; labels 'y') or an image folder class/xxx.jpg")
+    sub.add_argument("--calib-samples", type=int, default=512, metavar="N",
+                     help="calibration samples to use (default 512)")
+    sub.add_argument("--preprocess", metavar="SPEC",
+                     help="for images/uint8 arrays, e.g. 'resize=32,scale=255,mean=0.485/0.456/0.406,"
+                          "std=0.229/0.224/0.225,layout=nchw' (default scale=255, layout from the model)")
+    sub.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default 64)")
 
 
 def _add_analyze(commands) -> None:
@@ -88,9 +103,12 @@ def run_prune(args) -> int:
     if output.resolve() == source.resolve():
         raise InputError(f"output path {output} is the input; choose another with -o")
     plan_path = Path(args.plan) if args.plan else default_plan_path(output)
-    result = prune(source, args.criterion, args.ratio, min_channels=args.min_channels,
-                   round_to=args.round_to, scope=args.scope, exclude=args.exclude,
-                   seed=args.seed, verify=not args.no_verify)
+    with progress_bar(f"scoring channels ({args.criterion})") as advance:
+        result = prune(source, args.criterion, args.ratio, min_channels=args.min_channels,
+                       round_to=args.round_to, scope=args.scope, exclude=args.exclude,
+                       seed=args.seed, verify=not args.no_verify, calib=args.calib,
+                       calib_samples=args.calib_samples, preprocess=args.preprocess,
+                       batch_size=args.batch_size, progress=advance)
     result.save(output, plan_path, args.report)
     print_report(result.report, str(output), str(plan_path))
     return 0

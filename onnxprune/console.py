@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from rich.console import Console
@@ -68,3 +69,15 @@ def print_rules() -> None:
         rule = RULES[op]
         table.add_row(op, rule.opsets, rule.mapping, rule.freezes_when)
     stdout.print(table)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None = None):
+    """A progress bar on stderr (shown only on a terminal); yields `advance()`, to call per step."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True,
+                  disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda steps=1: progress.advance(task, steps)

@@ -43,6 +43,7 @@ class WeightUse:
     role: str  # "out" (filters), "in" (consumer columns), "bn_scale", "param", "stat"
     fill: float | None  # value a pruned slice takes in the masked reference (None: untouched)
     node: str
+    partner: Space | None = None  # the activation axis this weight axis is tied to (e.g. a conv's input)
 
 
 @dataclass
@@ -117,8 +118,9 @@ class Relations:
         """Declare a weight axis as a member with `role`, the same channels as `like` (tensor, axis)
         starting at `offset`."""
         space = self._space(tensor, axis)
+        partner = self._space(*like) if like[0] in self.view.shapes else None
         if space is not None:
-            self.weights.append(WeightUse(space, role, fill, node_label(self.node)))
+            self.weights.append(WeightUse(space, role, fill, node_label(self.node), partner))
         self.link(tensor, axis, *like, offset=offset)
 
     def touch(self, tensor: str, axis: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -16,11 +16,24 @@ CRITERIA: dict[str, "Criterion"] = {}
 
 @dataclass
 class ScoringContext:
-    """What a criterion may look at: the weights by name, the seed, and every group of the model."""
+    """What a criterion may look at: the weights by name, the seed, every group of the model, and
+    for data-driven criteria the model, its view and the calibration data (`cache` keeps what
+    several criteria share, e.g. activation statistics)."""
 
     weights: dict[str, np.ndarray]
     groups: list[ChannelGroup]
     seed: int = 0
+    model: object = None
+    view: object = None
+    data: object = None
+    progress: object = None
+    cache: dict = field(default_factory=dict)
+
+    def cached(self, key: str, compute):
+        """`compute()` once per context."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
 
 
 class Criterion(ABC):
@@ -28,9 +41,12 @@ class Criterion(ABC):
 
     name: str = ""
     description: str = ""
+    needs_data: bool = False
 
     def check(self, ctx: ScoringContext) -> None:
         """Raise InputError when the criterion cannot be used on this model."""
+        if self.needs_data and ctx.data is None:
+            raise InputError(f"criterion {self.name} needs calibration data: add --calib PATH")
 
     @abstractmethod
     def score(self, group: ChannelGroup, ctx: ScoringContext) -> np.ndarray:
@@ -87,3 +103,14 @@ def member_matrix(weight: np.ndarray, axis: int) -> np.ndarray:
 
 def _unique(members: list) -> list:
     return list({m.space: m for m in members}.values())
+
+
+def atoms_to_channels(group: ChannelGroup, values: dict) -> np.ndarray:
+    """Per-channel mean of per-atom values given for some of the group's spaces ({Space: array})."""
+    total = np.zeros(group.channels)
+    count = np.zeros(group.channels)
+    for space, per_atom in values.items():
+        channels = group.channel_of[space]
+        total += np.bincount(channels, np.asarray(per_atom, dtype=np.float64), minlength=group.channels)
+        count += np.bincount(channels, minlength=group.channels)
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)

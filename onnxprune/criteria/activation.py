@@ -1,0 +1,183 @@
+"""Criteria computed from calibration data with ONNX Runtime.
+
+Statistics criteria (apoz, mean_act, std_act, hrank, es) look at the activations that consumer
+layers read (one streaming pass, see `activations.collect_stats`). Effect criteria (kl, taylor)
+gate each channel and measure what happens at the output (one or two passes per channel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Criterion, ScoringContext, atoms_to_channels, register
+
+
+def activation_stats(ctx: ScoringContext):
+    """Per-space statistics, computed once per scoring context."""
+    from ..activations import collect_stats
+
+    return ctx.cached("stats", lambda: collect_stats(ctx.model, ctx.groups, ctx.view, ctx.data,
+                                                     ctx.progress))
+
+
+class StatisticCriterion(Criterion):
+    """A criterion that reads one per-atom statistic of the probed activations."""
+
+    needs_data = True
+
+    def statistic(self, stats) -> np.ndarray:
+        """Per-atom value of one space's statistics (higher = keep)."""
+        return stats.mean
+
+    def score(self, group, ctx):
+        stats = activation_stats(ctx)
+        return atoms_to_channels(group, {s: self.statistic(v) for s, v in stats.items() if s in group.channel_of})
+
+
+@register
+class APoZ(StatisticCriterion):
+    """Average Percentage of Zeros (Network Trimming): many zeros = unimportant; score = 1 - APoZ."""
+
+    name = "apoz"
+    description = "1 - fraction of zero activations (after ReLU)"
+
+    def statistic(self, stats):
+        return 1.0 - stats.zeros / np.maximum(stats.elements, 1)
+
+
+@register
+class MeanActivation(StatisticCriterion):
+    """Mean absolute activation of the channel (Molchanov et al.)."""
+
+    name = "mean_act"
+    description = "mean |activation|"
+
+    def statistic(self, stats):
+        return stats.total_abs / np.maximum(stats.elements, 1)
+
+
+@register
+class StdActivation(StatisticCriterion):
+    """Standard deviation of the channel's activation (Molchanov et al.)."""
+
+    name = "std_act"
+    description = "standard deviation of the activation"
+
+    def statistic(self, stats):
+        return stats.std
+
+
+@register
+class HRank(StatisticCriterion):
+    """Average rank of the channel's feature maps (Lin et al., HRank)."""
+
+    name = "hrank"
+    description = "average rank of the channel's feature maps"
+
+    def statistic(self, stats):
+        return stats.rank_sum / max(stats.samples, 1)
+
+
+@register
+class EmpiricalSensitivity(StatisticCriterion):
+    """Largest relative contribution of the channel to the next layer (Liebenwein et al.):
+    max over samples of |W[:, c]|_1 * mean|a_c| / sum_k |W[:, k]|_1 * mean|a_k|, the largest over
+    the channel's consumers."""
+
+    name = "es"
+    description = "largest relative contribution to the next layer's input (max over samples)"
+
+    def statistic(self, stats):
+        return np.max(np.stack(list(stats.sensitivity.values())), axis=0)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the class axis: the last axis of [N, K], axis 1 otherwise."""
+    axis = -1 if logits.ndim == 2 else 1
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=axis, keepdims=True)
+
+
+def _per_sample(values: np.ndarray) -> np.ndarray:
+    return values.reshape(values.shape[0], -1).mean(axis=1)
+
+
+class EffectCriterion(Criterion):
+    """Gates one channel at a time and accumulates a per-sample effect on the first output."""
+
+    needs_data = True
+    gate_values: tuple[float, ...] = (0.0,)
+
+    def effect(self, reference: np.ndarray, gated: list[np.ndarray], labels) -> np.ndarray:
+        """Per-sample effect of gating a channel, from the reference and gated outputs."""
+        return np.zeros(reference.shape[0])
+
+    def score(self, group, ctx):
+        return ctx.cached(f"effect:{self.name}", lambda: self._all_scores(ctx))[group.id]
+
+    def _all_scores(self, ctx) -> dict[str, np.ndarray]:
+        from ..activations import GatedModel
+
+        model = GatedModel(ctx.model, ctx.groups, ctx.view)
+        groups = [g for g in ctx.groups if g.prunable]
+        sums = {g.id: np.zeros(g.channels) for g in groups}
+        for feeds, labels in ctx.data.batches():
+            reference = next(iter(model.run(feeds).values()))
+            for group in groups:
+                for channel in range(group.channels):
+                    outputs = [next(iter(model.run(feeds, {group.id: _gate(group.channels, channel, v)}).values()))
+                               for v in self.gate_values]
+                    sums[group.id][channel] += self.effect(reference, outputs, labels).sum()
+            if ctx.progress:
+                ctx.progress()
+        return {gid: total / ctx.data.samples for gid, total in sums.items()}
+
+
+def _gate(channels: int, channel: int, value: float) -> np.ndarray:
+    gate = np.ones(channels, np.float32)
+    gate[channel] = value
+    return gate
+
+
+@register
+class KL(EffectCriterion):
+    """KL divergence of the output distribution when the channel is masked (Luo & Wu)."""
+
+    name = "kl"
+    description = "KL(original || channel masked) of the output distribution"
+
+    def effect(self, reference, gated, labels):
+        p, q = softmax(reference.astype(np.float64)), softmax(gated[0].astype(np.float64))
+        axis = -1 if p.ndim == 2 else 1
+        kl = np.sum(p * (np.log(np.maximum(p, 1e-12)) - np.log(np.maximum(q, 1e-12))), axis=axis)
+        return _per_sample(kl)
+
+
+#: Relative step of the central finite difference of the Taylor criterion.
+TAYLOR_STEP = 1e-2
+
+
+def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-sample cross-entropy (mean over positions for [N, K, ...] outputs)."""
+    logp = np.log(np.maximum(softmax(logits.astype(np.float64)), 1e-300))
+    picked = np.take_along_axis(logp, np.expand_dims(targets, 1), axis=1).squeeze(1)
+    return -_per_sample(picked)
+
+
+@register
+class Taylor(EffectCriterion):
+    """First-order Taylor (Molchanov et al.): |sum over positions of activation x gradient| of the
+    loss, per sample, averaged. The gradient-activation product is the derivative of the loss
+    along the channel's own gate, taken by a central finite difference (gates 1 +- 1e-2); the
+    loss is the cross-entropy with the labels, or with the unpruned model's predictions."""
+
+    name = "taylor"
+    description = "|activation x gradient| of the loss (central finite difference on a gate)"
+    gate_values = (1.0 + TAYLOR_STEP, 1.0 - TAYLOR_STEP)
+
+    def effect(self, reference, gated, labels):
+        axis = -1 if reference.ndim == 2 else 1
+        targets = labels if labels is not None and reference.ndim == 2 else reference.argmax(axis=axis)
+        up, down = (cross_entropy(out, targets) for out in gated)
+        return np.abs((up - down) / (2 * TAYLOR_STEP))
