@@ -148,6 +148,29 @@ def _in_scratch_folder():
             os.chdir(previous)
 
 
+def copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model without the main graph's initializers (cheap even for big models)."""
+    shell = onnx.ModelProto()
+    _copy_fields(model, shell, skip="graph")
+    _copy_fields(model.graph, shell.graph, skip="initializer")
+    return shell
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for descriptor, value in source.ListFields():
+        if descriptor.name == skip:
+            continue
+        repeated = getattr(descriptor, "is_repeated", None)
+        if repeated is None:  # protobuf < 5
+            repeated = descriptor.label == descriptor.LABEL_REPEATED
+        if repeated:
+            getattr(target, descriptor.name).extend(value)
+        elif descriptor.type == descriptor.TYPE_MESSAGE:
+            getattr(target, descriptor.name).CopyFrom(value)
+        else:
+            setattr(target, descriptor.name, value)
+
+
 def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """All initializers of the main graph as numpy arrays, by name."""
     return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}

@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from .analysis import ModelView
+from .graph import copy_without_initializers
 from .errors import InputError, OnnxPruneError
 from .runtime import onnxruntime
 from .select import PruningPlan
@@ -119,15 +120,8 @@ IN_MEMORY_BYTES = 1024
 def _skeleton(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str]]:
     """The model with its large initializers marked external (their values come from memory);
     small ones are embedded, from `arrays` when given there."""
-    skeleton = onnx.ModelProto()
-    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
-        setattr(skeleton, field, getattr(model, field))
-    skeleton.opset_import.extend(model.opset_import)
+    skeleton = copy_without_initializers(model)
     graph = skeleton.graph
-    graph.name = model.graph.name
-    graph.node.extend(model.graph.node)
-    graph.input.extend(model.graph.input)
-    graph.output.extend(model.graph.output)
     external = []
     for init in model.graph.initializer:
         entry = graph.initializer.add()

@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 from ..analysis import ModelView, Space
 from ..analysis.model_view import node_label
 from ..analysis.registry import rule_for
-from ..graph import infer_shapes
+from ..graph import copy_without_initializers, infer_shapes
 from ..select import PruningPlan
 
 
@@ -99,9 +99,8 @@ def apply_plan(model: onnx.ModelProto, plan: PruningPlan, view: ModelView | None
     """Return a pruned copy of a normalized model; the input model is not modified."""
     view = view or ModelView(model)
     kept = pruned_atoms(plan)
-    pruned = onnx.ModelProto()
-    pruned.CopyFrom(model)
-    record = _slice_initializers(pruned, view, kept)
+    pruned = copy_without_initializers(model)
+    record = _slice_initializers(model, pruned, view, kept)
     ctx = RewriteContext(view, pruned, kept)
     pruned_tensors = {space.tensor for space in kept}
     for node in pruned.graph.node:
@@ -112,7 +111,9 @@ def apply_plan(model: onnx.ModelProto, plan: PruningPlan, view: ModelView | None
     return AppliedPlan(infer_shapes(pruned), record)
 
 
-def _slice_initializers(model: onnx.ModelProto, view: ModelView, kept) -> dict[str, dict]:
+def _slice_initializers(model: onnx.ModelProto, pruned: onnx.ModelProto, view: ModelView, kept) -> dict[str, dict]:
+    """Add the model's initializers to `pruned`, sliced where channels are dropped; returns the
+    plan file's `weights` record."""
     by_tensor: dict[str, dict[int, np.ndarray]] = {}
     for space, indices in kept.items():
         if view.is_const(space.tensor):
@@ -121,10 +122,11 @@ def _slice_initializers(model: onnx.ModelProto, view: ModelView, kept) -> dict[s
     for init in model.graph.initializer:
         axes = by_tensor.get(init.name)
         if not axes:
+            pruned.graph.initializer.append(init)
             continue
         value = view.value(init.name)
         sliced = value[np.ix_(*[axes.get(a, np.arange(n)) for a, n in enumerate(value.shape)])]
-        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(sliced), init.name))
+        pruned.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(sliced), init.name))
         record[init.name] = {"shape": list(value.shape),
                              "kept": {str(a): idx.tolist() for a, idx in sorted(axes.items())}}
     return record
