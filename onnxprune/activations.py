@@ -166,13 +166,18 @@ class SpaceStats:
 
 
 def feature_map_ranks(activation: np.ndarray) -> np.ndarray:
-    """Rank of each sample's feature map per channel, [N, C] (HRank); 0/1 for non-spatial features."""
+    """Rank of each sample's feature map per channel, [N, C] (HRank); 0/1 for non-spatial features.
+
+    The rank is numerical at the precision the activation was computed in (tolerance
+    max(H, W) * eps(dtype) * largest singular value, as `torch.linalg.matrix_rank`): a float32
+    map that is low-rank up to rounding counts as low-rank."""
     if activation.ndim < 4:
         flat = activation.reshape(activation.shape[0], activation.shape[1], -1)
         return (np.abs(flat).max(axis=2) > 0).astype(np.float64)
     maps = activation.reshape(activation.shape[:2] + (-1,) + activation.shape[-1:]) if activation.ndim > 4 \
         else activation
-    return np.linalg.matrix_rank(maps.astype(np.float64)).astype(np.float64)
+    precision = np.promote_types(maps.dtype, np.float32)  # float16 maps: float32 (linalg has no float16)
+    return np.linalg.matrix_rank(maps.astype(precision, copy=False)).astype(np.float64)
 
 
 def collect_stats(model: onnx.ModelProto, groups: list[ChannelGroup], view: ModelView, data,

@@ -52,6 +52,11 @@ class Preprocess:
 
     def apply(self, images: np.ndarray, channels_first: bool) -> np.ndarray:
         """uint8/float images [N, H, W, C] -> float32 model input."""
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and len(values) not in (1, images.shape[-1]):
+                raise InputError(f"--preprocess: {key} has {len(values)} values for images with "
+                                 f"{images.shape[-1]} channels")
         x = images.astype(np.float32) / self.scale
         if self.mean is not None:
             x = x - np.asarray(self.mean, np.float32)
@@ -121,7 +126,11 @@ class CalibrationData:
 
     def _files_batch(self, start: int, stop: int):
         chosen = self._files[start:stop]
-        images = np.stack([_read_image(path, self.preprocess.resize) for path, _ in chosen])
+        images = [_read_image(path, self.preprocess.resize) for path, _ in chosen]
+        if len({image.shape for image in images}) > 1:
+            raise InputError(f"--calib {self.source}: images of different sizes in one batch; "
+                             "add --preprocess resize=SIZE")
+        images = np.stack(images)
         x = self.preprocess.apply(images, self.target.channels_first).astype(self.target.dtype, copy=False)
         return x, np.array([label for _, label in chosen], dtype=np.int64)
 
@@ -147,7 +156,19 @@ def load_calibration(path: str | Path, model: onnx.ModelProto, samples: int | No
     data.samples = min(total, samples) if samples else total
     if data.samples < 1:
         raise InputError(f"--calib {path}: no samples found")
+    _check_sample_shape(data)
     return data
+
+
+def _check_sample_shape(data: CalibrationData) -> None:
+    """Raise InputError when a (preprocessed) sample does not fit the model input's fixed sizes."""
+    x, _ = data._files_batch(0, 1) if data._files else data._array_batch(0, 1)
+    expected = data.target.shape
+    fixed = [e is None or e == got for e, got in zip(expected[1:], x.shape[1:])]
+    if len(x.shape) != len(expected) or not all(fixed):
+        want = "x".join("?" if e is None else str(e) for e in expected[1:])
+        raise InputError(f"--calib {data.source}: samples of shape {'x'.join(map(str, x.shape[1:]))} do not fit "
+                         f"model input '{data.target.name}' ({want})")
 
 
 def _load_arrays(path: Path, input_name: str):
@@ -158,6 +179,8 @@ def _load_arrays(path: Path, input_name: str):
     except Exception as exc:
         raise InputError(f"--calib {path}: not a readable .npz/.npy file ({exc})") from None
     names = list(archive.files)
+    if not names:
+        raise InputError(f"--calib {path}: the .npz file holds no arrays")
     key = input_name if input_name in names else ("x" if "x" in names else names[0])
     labels = archive["y"] if "y" in names and key != "y" else None
     return archive[key], labels
@@ -177,8 +200,11 @@ def _image_files(folder: Path, seed: int) -> list[tuple[Path, int]]:
 def _read_image(path: Path, size: int | None) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        if size is not None and image.size != (size, size):
-            image = image.resize((size, size), Image.BILINEAR)
-        return np.asarray(image)
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if size is not None and image.size != (size, size):
+                image = image.resize((size, size), Image.BILINEAR)
+            return np.asarray(image)
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise InputError(f"--calib: cannot read image {path} ({exc})") from None

@@ -87,8 +87,13 @@ class EmpiricalSensitivity(StatisticCriterion):
     name = "es"
     description = "largest relative contribution to the next layer's input (max over samples)"
 
-    def statistic(self, stats):
-        return np.max(np.stack(list(stats.sensitivity.values())), axis=0)
+    def score(self, group, ctx):
+        """Per consumer, the channel's atoms averaged; then the largest over all the consumers of
+        the channel, whichever space they read (a residual stream's consumers included)."""
+        per_consumer = [atoms_to_channels(group, {space: running})
+                        for space, stats in activation_stats(ctx).items() if space in group.channel_of
+                        for running in stats.sensitivity.values()]
+        return np.max(per_consumer, axis=0)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
