@@ -48,13 +48,14 @@ class GatedModel:
     returning the probed activations too."""
 
     def __init__(self, model: onnx.ModelProto, groups: list[ChannelGroup], view: ModelView,
-                 observe: bool = False):
+                 observe: bool = False, threads: int = 0):
         self.groups = {g.id: g for g in groups}
         self.probes = find_probes(groups, view)
         self.spaces = list(dict.fromkeys(p.space for p in self.probes))
         self.observe = observe
         self.outputs = [o.name for o in model.graph.output]
-        self.session = make_cpu_session(self._build(model, view), view.consts)
+        # graph optimizations on: gated runs are measurements, not the equivalence proof
+        self.session = make_cpu_session(self._build(model, view), view.consts, optimize=True, threads=threads)
         self.space_group = {p.space: p.group for p in self.probes}
 
     @staticmethod

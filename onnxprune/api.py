@@ -100,7 +100,7 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     options.validate()
     get_criterion(criterion)
     analysis = load_and_analyze(model_or_path, tuple(exclude))
-    _require_prunable(analysis)
+    require_prunable(analysis)
     data = load_calibration(calib, analysis.model, calib_samples, preprocess, batch_size, seed) if calib else None
     plan = select(analysis.groups, score_groups(analysis, criterion, seed, data, progress), options)
     applied = apply_plan(analysis.model, plan, analysis.view)
@@ -139,7 +139,7 @@ def _check_model(pruned: onnx.ModelProto, source: onnx.ModelProto) -> None:
     raise VerificationError(f"the pruned model is not valid ONNX ({problem}); it was not written")
 
 
-def _require_prunable(analysis: Analysis) -> None:
+def require_prunable(analysis: Analysis) -> None:
     groups = analysis.groups
     if any(g.prunable for g in groups):
         return

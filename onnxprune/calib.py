@@ -139,6 +139,10 @@ def load_calibration(path: str | Path, model: onnx.ModelProto, samples: int | No
                      preprocess: str | Preprocess | None = None, batch_size: int = 64,
                      seed: int = 0) -> CalibrationData:
     """Open a calibration set for `model`: a .npz/.npy file or an image folder."""
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if samples is not None and samples < 1:
+        raise InputError(f"--calib-samples must be at least 1, got {samples}")
     path = Path(path)
     spec = preprocess if isinstance(preprocess, Preprocess) else Preprocess.parse(preprocess)
     target = ModelInput.of(model)

@@ -206,7 +206,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     big = sum(init.ByteSize() for init in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
     if big:
         return _save_with_external_data(model, path)
-    _atomic_write_bytes(path, model.SerializeToString())
+    atomic_write_bytes(path, model.SerializeToString())
     return path
 
 
@@ -223,7 +223,7 @@ def _save_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -240,5 +240,5 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
     return path

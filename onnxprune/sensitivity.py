@@ -11,7 +11,6 @@ reference output is computed once, then every gated run adds to running sums of 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -25,11 +24,11 @@ from typing import Callable
 import numpy as np
 
 from .activations import GatedModel
-from .api import Analysis, ModelLike, _require_prunable, load_and_analyze, score_groups
+from .api import Analysis, ModelLike, require_prunable, load_and_analyze, score_groups
 from .calib import CalibrationData, load_calibration
 from .criteria import get_criterion
 from .errors import InputError
-from .graph import _atomic_write_bytes, atomic_write_text
+from .graph import atomic_write_bytes, atomic_write_text
 from .report import group_rows
 from .runtime import onnxruntime
 from .select import SelectOptions, select
@@ -97,7 +96,7 @@ class SensitivityResult:
         plot_figure(self).savefig(buffer, format="png", dpi=110, bbox_inches="tight")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, buffer.getvalue())
         return path
 
 
@@ -228,29 +227,9 @@ def _init_worker(progress_queue) -> None:
 def _worker(job: _Job) -> _Sums:
     """Entry point of a worker process: its own analysis, session and data stream."""
     analysis = load_and_analyze(job.source)
-    with intra_op_threads(job.threads):
-        gated = GatedModel(analysis.model, analysis.groups, analysis.view)
+    gated = GatedModel(analysis.model, analysis.groups, analysis.view, threads=job.threads or 0)
     data = load_calibration(job.calib, analysis.model, job.samples, job.preprocess, job.batch_size, job.seed)
     return measure(gated, data, job.plans, lambda: _PROGRESS_QUEUE.put(1))
-
-
-@contextlib.contextmanager
-def intra_op_threads(threads: int | None):
-    """ONNX Runtime sessions created inside use `threads` intra-op threads (None: the default).
-    `verify.make_cpu_session` takes no thread count, so its `SessionOptions` is wrapped meanwhile."""
-    ort = onnxruntime()
-    original = ort.SessionOptions
-    if threads:
-        def limited():
-            options = original()
-            options.intra_op_num_threads = threads
-            return options
-
-        ort.SessionOptions = limited
-    try:
-        yield
-    finally:
-        ort.SessionOptions = original
 
 
 def _run_parallel(jobs: list[_Job], progress: Callable | None) -> list[_Sums]:
@@ -306,7 +285,7 @@ class SensitivityStudy:
         _check_counts(jobs, batch_size)
         get_criterion(criterion)
         analysis = load_and_analyze(model_or_path)
-        _require_prunable(analysis)
+        require_prunable(analysis)
         data = load_calibration(calib, analysis.model, calib_samples, preprocess, batch_size, seed)
         scores = score_groups(analysis, criterion, seed, data, progress)
         plans = [(g.id, [kept_channels(g, scores[g.id], r) for r in ratios])

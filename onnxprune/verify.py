@@ -139,12 +139,14 @@ def _skeleton(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> tuple[on
 
 
 def make_cpu_session(model: onnx.ModelProto, arrays: dict[str, np.ndarray] | None = None,
-                     optimize: bool = False):
+                     optimize: bool = False, threads: int = 0):
     """An ONNX Runtime CPU session; large weights are passed from memory (`arrays` by name, else
-    the model's own values) instead of being serialized with the graph."""
+    the model's own values) instead of being serialized with the graph; `threads` intra-op
+    threads (0: ONNX Runtime's default)."""
     ort = onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     arrays = arrays or {}
