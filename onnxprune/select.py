@@ -106,8 +106,10 @@ class _SpaceBudget:
 def _local_pruned(group: ChannelGroup, scores: np.ndarray, options: SelectOptions) -> list[int]:
     """Lowest-scored channels first, while every space keeps (1 - ratio) of its size (rounded).
 
-    In a plain group this removes exactly floor(ratio * C) channels; in a group whose spaces differ
-    in size (Pad/Concat offsets) every layer loses about `ratio` of its channels.
+    In a plain group this removes exactly floor(ratio * C) channels. In a group whose spaces differ
+    in size (Pad/Concat offsets), spaces are filled smallest first: each removes its lowest-scored
+    channels down to its floor before a larger space (which also holds those channels) takes its
+    turn, so every layer loses `ratio` of its channels whatever the criterion ranks lowest.
     """
 
     def floor(size: int) -> int:
@@ -118,7 +120,14 @@ def _local_pruned(group: ChannelGroup, scores: np.ndarray, options: SelectOption
     budget = _SpaceBudget(group, floor)
     if budget.plain:
         return [int(c) for c in order[: budget.removable]]
-    return [int(c) for c in order if budget.try_remove(int(c))]
+    pruned: list[int] = []
+    for row in np.argsort(budget.counts.sum(axis=1), kind="stable"):
+        for channel in order:
+            if budget.left[row] <= budget.floor[row]:
+                break
+            if budget.counts[row, channel] and channel not in pruned and budget.try_remove(int(channel)):
+                pruned.append(int(channel))
+    return pruned
 
 
 def _global_pruned(groups: list[ChannelGroup], scores, options: SelectOptions) -> dict[str, list[int]]:

@@ -106,11 +106,18 @@ def _unique(members: list) -> list:
 
 
 def atoms_to_channels(group: ChannelGroup, values: dict) -> np.ndarray:
-    """Per-channel mean of per-atom values given for some of the group's spaces ({Space: array})."""
+    """Per-channel mean of per-atom values given for some of the group's spaces ({Space: array}).
+
+    Each space's values are first divided by their mean, as `group_scores` does for weights, so
+    spaces on different scales (a feature-map rank is at most H, and H halves per stage) weigh
+    the same and scores of different groups are comparable."""
     total = np.zeros(group.channels)
     count = np.zeros(group.channels)
     for space, per_atom in values.items():
         channels = group.channel_of[space]
-        total += np.bincount(channels, np.asarray(per_atom, dtype=np.float64), minlength=group.channels)
+        per_atom = np.asarray(per_atom, dtype=np.float64)
+        mean = per_atom.mean() if per_atom.size else 0.0
+        per_atom = per_atom / mean if mean > 0 else per_atom
+        total += np.bincount(channels, per_atom, minlength=group.channels)
         count += np.bincount(channels, minlength=group.channels)
     return np.where(count > 0, total / np.maximum(count, 1), 0.0)
