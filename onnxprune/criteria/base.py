@@ -81,18 +81,8 @@ def group_scores(group: ChannelGroup, ctx: ScoringContext, row_score: RowScore,
     Members with the first of `roles`, else consumer ("in") members, are used.
     """
     members = _unique(group.members_with(*roles)) or _unique(group.members_with("in"))
-    total = np.zeros(group.channels)
-    count = np.zeros(group.channels)
-    for member in members:
-        matrix = member_matrix(ctx.weights[member.space.tensor], member.space.axis)
-        rows = np.asarray(row_score(matrix), dtype=np.float64)
-        mean = rows.mean()
-        if mean > 0:
-            rows = rows / mean
-        channels = group.channel_of[member.space]
-        total += np.bincount(channels, rows, minlength=group.channels)
-        count += np.bincount(channels, minlength=group.channels)
-    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+    return atoms_to_channels(group, {m.space: row_score(member_matrix(ctx.weights[m.space.tensor], m.space.axis))
+                                     for m in members})
 
 
 def member_matrix(weight: np.ndarray, axis: int) -> np.ndarray:
