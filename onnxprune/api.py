@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from .analysis import ChannelGroup, ModelView, find_groups
+from .allocate import AllocationContext, AllocationRequest, PlanCost, allocate
 from .calib import load_calibration
 from .criteria import ScoringContext, get_criterion
 from .errors import InputError, VerificationError
@@ -87,11 +88,19 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
           min_channels: int = 1, round_to: int = 1, scope: str = "local",
           exclude: tuple[str, ...] | list[str] = (), seed: int = 0, verify: bool = True,
           input_shapes: dict[str, tuple] | None = None, calib=None, calib_samples: int | None = 512,
-          preprocess: str | None = None, batch_size: int = 64, progress=None) -> PruneResult:
+          preprocess: str | None = None, batch_size: int = 64, progress=None,
+          target_flops=None, target_params=None, target_latency=None, allocate: str | None = None,
+          layerwise: dict | str | None = None, samples: int = 64, jobs: int = 1) -> PruneResult:
     """Prune `ratio` of the channels of every prunable group, chosen by `criterion`.
 
     Data-driven criteria need `calib`: a .npz/.npy file or an image folder (see `calib.py`), of
     which `calib_samples` samples are used, preprocessed by `preprocess`.
+
+    With a target (`target_flops`/`target_params`: a fraction like 0.5 or an absolute '2.1G';
+    `target_latency`: milliseconds on ONNX Runtime CPU), `allocate` (default 'uniform'; also
+    'global', 'sensitivity', 'random-search' with `samples`/`jobs`) chooses each group's ratio;
+    `allocate='layerwise'` applies `layerwise` (a dict or a JSON/YAML file: group id or layer
+    name -> ratio) exactly.
 
     Raises InputError for unusable input and VerificationError when the pruned model does not
     match the masked reference (nothing is returned then).
@@ -102,7 +111,9 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     analysis = load_and_analyze(model_or_path, tuple(exclude))
     require_prunable(analysis)
     data = load_calibration(calib, analysis.model, calib_samples, preprocess, batch_size, seed) if calib else None
-    plan = select(analysis.groups, score_groups(analysis, criterion, seed, data, progress), options)
+    scores = score_groups(analysis, criterion, seed, data, progress)
+    request = AllocationRequest(target_flops, target_params, target_latency, allocate, layerwise, samples, jobs)
+    plan, allocation = plan_pruning(analysis, scores, options, request, data, seed, progress)
     applied = apply_plan(analysis.model, plan, analysis.view)
     _check_model(applied.model, analysis.model)
     check = verify_masked(analysis.model, applied.model, plan, seed, input_shapes, analysis.view) if verify else None
@@ -114,8 +125,35 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     report = build_report(model_summary(analysis.model, analysis.view), model_summary(applied.model),
                           group_rows(analysis.groups, analysis.view, plan), criterion, option_dict,
                           check.to_dict() if check else None)
+    if allocation is not None:
+        report["allocation"] = allocation_report(allocation, request, report)
     plan_file = plan_document(analysis, plan, applied.weights, criterion, option_dict)
     return PruneResult(applied.model, plan_file, report, analysis.groups)
+
+
+def plan_pruning(analysis: Analysis, scores: dict, options: SelectOptions, request: "AllocationRequest",
+                 data=None, seed: int = 0, progress=None):
+    """The plan: plain selection at `options.ratio`, or a strategy's allocation for a target
+    or a layerwise map. Returns (plan, Allocation or None)."""
+    if not request.active:
+        return select(analysis.groups, scores, options), None
+    cost = PlanCost(analysis)
+    budget = request.budget(cost, analysis)
+    ctx = AllocationContext(analysis, scores, budget, options, cost, request.latency_meter(analysis), data,
+                            seed, request.samples, request.jobs, request.layerwise_map(), progress)
+    result = allocate(ctx, request.strategy)
+    return result.plan, result
+
+
+def allocation_report(result, request: "AllocationRequest", report: dict) -> dict:
+    """What the strategy did: target vs achieved, each group's ratio, the search history."""
+    entry = {"strategy": request.strategy, "ratios": result.ratios, "history": result.history}
+    if request.kind:
+        budget = request.resolved
+        achieved = {"flops": report["after"]["macs"], "params": report["after"]["params"]}.get(
+            request.kind, result.history[-1].get("latency") if result.history else None)
+        entry["target"] = {**budget.to_dict(), "achieved": achieved}
+    return entry
 
 
 def _checker_error(model: onnx.ModelProto) -> str | None:

@@ -67,10 +67,26 @@ def _add_prune(commands) -> None:
                      help="freeze groups touching layers/weights matching this glob (repeatable)")
     sub.add_argument("--seed", type=int, default=0, help="seed for 'random' and the verification inputs")
     add_calibration_options(sub)
+    add_allocation_options(sub)
     sub.add_argument("--no-verify", action="store_true", help="skip the masked-reference check")
     sub.add_argument("--plan", help="plan file (default: <output stem>.plan.json)")
     sub.add_argument("--report", help="also write the report as JSON here")
     sub.set_defaults(func=run_prune)
+
+
+def add_allocation_options(sub) -> None:
+    """Targets and allocation strategies (replace --ratio)."""
+    from .allocate import STRATEGIES
+
+    group = sub.add_argument_group("targets (instead of --ratio, one ratio per group is chosen)")
+    group.add_argument("--target-flops", metavar="F", help="MACs of the pruned model: a fraction (0.5) or absolute (2.1G)")
+    group.add_argument("--target-params", metavar="P", help="parameters: a fraction (0.5) or absolute (500k)")
+    group.add_argument("--target-latency", metavar="MS", help="ONNX Runtime CPU latency at batch 1, milliseconds")
+    group.add_argument("--allocate", choices=sorted(STRATEGIES), metavar="STRATEGY",
+                       help=f"how to spread the budget: {', '.join(sorted(STRATEGIES))} (default uniform)")
+    group.add_argument("--layerwise", metavar="FILE", help="JSON/YAML map of group id or layer name to ratio")
+    group.add_argument("--samples", type=int, default=64, help="random-search: candidates to evaluate (default 64)")
+    group.add_argument("--jobs", type=int, default=1, help="random-search: processes (default 1)")
 
 
 def add_calibration_options(sub) -> None:
@@ -128,7 +144,9 @@ def run_prune(args) -> int:
                        round_to=args.round_to, scope=args.scope, exclude=args.exclude,
                        seed=args.seed, verify=not args.no_verify, calib=args.calib,
                        calib_samples=args.calib_samples, preprocess=args.preprocess,
-                       batch_size=args.batch_size, progress=advance)
+                       batch_size=args.batch_size, progress=advance, target_flops=args.target_flops,
+                       target_params=args.target_params, target_latency=args.target_latency,
+                       allocate=args.allocate, layerwise=args.layerwise, samples=args.samples, jobs=args.jobs)
     result.save(output, plan_path, args.report)
     print_report(result.report, str(output), str(plan_path))
     return 0

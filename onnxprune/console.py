@@ -50,6 +50,14 @@ def print_report(report: dict, output: str, plan_path: str) -> None:
     before, after = report["before"], report["after"]
     stdout.print(f"MACs    {human(before['macs'])} → {human(after['macs'])}  ({report['macs_ratio']:.1%} kept)")
     stdout.print(f"params  {human(before['params'])} → {human(after['params'])}  ({report['params_ratio']:.1%} kept)")
+    allocation = report.get("allocation")
+    if allocation and allocation.get("target"):
+        target = allocation["target"]
+        unit = " ms" if target["kind"] == "latency" else ""
+        stdout.print(f"target  {target['kind']} {human(target['target'])}{unit} → achieved "
+                     f"{human(target['achieved'])}{unit} ({allocation['strategy']} allocation)")
+    elif allocation:
+        stdout.print(f"ratios from the {allocation['strategy']} map: {len(allocation['ratios'])} groups")
     check = report.get("verification")
     if check:
         worst = max(v["relative"] for v in check["outputs"].values())

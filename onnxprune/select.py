@@ -52,16 +52,31 @@ class SelectOptions:
 def select(groups: list[ChannelGroup], scores: dict[str, np.ndarray], options: SelectOptions) -> PruningPlan:
     """Choose the channels to keep in every prunable group."""
     options.validate()
+    if options.scope == "local":
+        return select_ratios(groups, scores, {g.id: options.ratio for g in groups if g.prunable}, options)
     prunable = [g for g in groups if g.prunable and options.ratio > 0]
-    if options.scope == "global":
-        pruned = _global_pruned(prunable, scores, options)
-    else:
-        pruned = {g.id: _local_pruned(g, scores[g.id], options) for g in prunable}
+    return _plan(groups, _global_pruned(prunable, scores, options))
+
+
+def select_ratios(groups: list[ChannelGroup], scores: dict[str, np.ndarray], ratios: dict[str, float],
+                  options: SelectOptions) -> PruningPlan:
+    """Local selection with each group's own ratio (groups missing from `ratios` keep everything)."""
+    pruned = {}
+    for group in groups:
+        ratio = ratios.get(group.id, 0.0)
+        if group.prunable and ratio > 0:
+            own = SelectOptions(ratio, options.min_channels, options.round_to, "local")
+            pruned[group.id] = _local_pruned(group, scores[group.id], own)
+    return _plan(groups, pruned)
+
+
+def _plan(groups: list[ChannelGroup], pruned: dict[str, list[int]]) -> PruningPlan:
     kept = {}
-    for group in prunable:
-        mask = np.ones(group.channels, dtype=bool)
-        mask[pruned[group.id]] = False
-        kept[group.id] = np.flatnonzero(mask)
+    for group in groups:
+        if group.id in pruned:
+            mask = np.ones(group.channels, dtype=bool)
+            mask[pruned[group.id]] = False
+            kept[group.id] = np.flatnonzero(mask)
     return PruningPlan(groups, kept)
 
 
