@@ -185,7 +185,9 @@ def uniform(ctx: AllocationContext) -> Allocation:
     high, plan, low = fit(ctx, lambda r: ctx.ratios_plan({g: r for g in groups}), history)
     if ctx.value(plan) >= ctx.budget.target * (1 - TOLERANCE):
         return Allocation(plan, {g: high for g in groups}, history)
-    return _mix_two_ratios(ctx, groups, low, high, history)
+    mixed = _mix_two_ratios(ctx, groups, low, high, history)
+    plan = refill(ctx, mixed.plan, history)  # when one group's step is still wider than the tolerance
+    return mixed if plan is mixed.plan else Allocation(plan, achieved_ratios(plan), history)
 
 
 def _mix_two_ratios(ctx: AllocationContext, groups: list[str], low: float, high: float,
@@ -254,7 +256,11 @@ def resolve_layerwise(mapping: dict, groups: list[ChannelGroup]) -> dict[str, fl
     """Group ids for the keys of a layerwise map (group ids, or the name of a layer in the group)."""
     ratios = {}
     for key, ratio in mapping.items():
-        matches = [g for g in groups if key == g.id or key == g.name or key in {m.node for m in g.members}]
+        # a layer name means the group of the layer's output channels (a Conv also reads the group
+        # before it, and a first layer's name is also the name of the frozen input group)
+        matches = ([g for g in groups if key == g.id]
+                   or [g for g in groups if key in {m.node for m in g.members_with("out")}]
+                   or [g for g in groups if key == g.name or key in {m.node for m in g.members}])
         if not matches:
             raise InputError(f"layerwise: '{key}' names no group or layer (see 'onnxprune analyze')")
         for group in matches:
@@ -366,3 +372,6 @@ def allocate(ctx: AllocationContext, name: str) -> Allocation:
     if name != "layerwise" and ctx.budget is None:
         raise InputError(f"--allocate {name} needs a target: --target-flops, --target-params or --target-latency")
     return STRATEGIES[name](ctx)
+
+
+from . import search  # noqa: E402,F401  (registers the data-driven strategies: sensitivity, random-search)

@@ -11,12 +11,13 @@ import numpy as np
 import onnx
 
 from .analysis import ChannelGroup, ModelView, find_groups
-from .allocate import AllocationContext, AllocationRequest, PlanCost, allocate
+from .allocate import Allocation, AllocationContext, AllocationRequest, PlanCost, allocate
 from .calib import load_calibration
 from .criteria import ScoringContext, get_criterion
 from .errors import InputError, VerificationError
 from .graph import atomic_write_text, load_model, normalize, save_model
 from .passes import apply_plan
+from .plots import kept_per_layer
 from .report import build_report, group_rows, model_summary
 from .select import PruningPlan, SelectOptions, select
 from .verify import VerifyResult, verify as verify_masked
@@ -131,27 +132,58 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     return PruneResult(applied.model, plan_file, report, analysis.groups)
 
 
+@dataclass
+class PlannedAllocation(Allocation):
+    """A strategy's Allocation with what the report needs: the fraction of output channels each
+    producer layer keeps (network order) and the budget's value as the strategy measured it."""
+
+    layers: list[dict] = field(default_factory=list)
+    achieved: float | None = None
+
+
 def plan_pruning(analysis: Analysis, scores: dict, options: SelectOptions, request: "AllocationRequest",
                  data=None, seed: int = 0, progress=None):
     """The plan: plain selection at `options.ratio`, or a strategy's allocation for a target
-    or a layerwise map. Returns (plan, Allocation or None)."""
+    or a layerwise map. Returns (plan, PlannedAllocation or None)."""
     if not request.active:
         return select(analysis.groups, scores, options), None
     cost = PlanCost(analysis)
     budget = request.budget(cost, analysis)
-    ctx = AllocationContext(analysis, scores, budget, options, cost, request.latency_meter(analysis), data,
+    measure = _memoized(request.latency_meter(analysis))
+    ctx = AllocationContext(analysis, scores, budget, options, cost, measure, data,
                             seed, request.samples, request.jobs, request.layerwise_map(), progress)
     result = allocate(ctx, request.strategy)
-    return result.plan, result
+    layers = kept_per_layer(analysis.view.graph.node, analysis.groups, result.plan.kept)
+    achieved = ctx.value(result.plan) if budget is not None else None
+    return result.plan, PlannedAllocation(result.plan, result.ratios, result.history, layers, achieved)
+
+
+def _memoized(measure):
+    """`measure` (latency of a plan) run once per distinct plan: a strategy's bisection meets the
+    same kept sets many times, and the reported latency is the one the strategy saw."""
+    if measure is None:
+        return None
+    seen: dict = {}
+
+    def cached(plan: PruningPlan) -> float:
+        channels = {g.id: g.channels for g in plan.groups}
+        key = tuple(sorted((gid, kept.tobytes()) for gid, kept in plan.kept.items() if len(kept) < channels[gid]))
+        if key not in seen:
+            seen[key] = measure(plan)
+        return seen[key]
+
+    return cached
 
 
 def allocation_report(result, request: "AllocationRequest", report: dict) -> dict:
-    """What the strategy did: target vs achieved, each group's ratio, the search history."""
-    entry = {"strategy": request.strategy, "ratios": result.ratios, "history": result.history}
+    """What the strategy did: target vs achieved, each group's ratio, the fraction of channels each
+    layer keeps (network order), the search history."""
+    entry = {"strategy": request.strategy, "ratios": result.ratios, "layers": getattr(result, "layers", None),
+             "history": result.history}
     if request.kind:
         budget = request.resolved
         achieved = {"flops": report["after"]["macs"], "params": report["after"]["params"]}.get(
-            request.kind, result.history[-1].get("latency") if result.history else None)
+            request.kind, getattr(result, "achieved", None))
         entry["target"] = {**budget.to_dict(), "achieved": achieved}
     return entry
 

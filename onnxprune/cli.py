@@ -87,6 +87,8 @@ def add_allocation_options(sub) -> None:
     group.add_argument("--layerwise", metavar="FILE", help="JSON/YAML map of group id or layer name to ratio")
     group.add_argument("--samples", type=int, default=64, help="random-search: candidates to evaluate (default 64)")
     group.add_argument("--jobs", type=int, default=1, help="random-search: processes (default 1)")
+    group.add_argument("--plot", metavar="DIR", help="write PNG plots here: kept_per_layer.png (fraction of "
+                       "channels kept per layer) and, for random-search, random_search.png")
 
 
 def add_calibration_options(sub) -> None:
@@ -139,6 +141,9 @@ def run_prune(args) -> int:
     if output.resolve() == source.resolve():
         raise InputError(f"output path {output} is the input; choose another with -o")
     plan_path = Path(args.plan) if args.plan else default_plan_path(output)
+    plot_dir = Path(args.plot) if args.plot else None
+    if plot_dir is not None and plot_dir.exists() and not plot_dir.is_dir():
+        raise InputError(f"--plot {plot_dir}: not a folder")
     with progress_bar(f"scoring channels ({args.criterion})") as advance:
         result = prune(source, args.criterion, args.ratio, min_channels=args.min_channels,
                        round_to=args.round_to, scope=args.scope, exclude=args.exclude,
@@ -149,7 +154,23 @@ def run_prune(args) -> int:
                        allocate=args.allocate, layerwise=args.layerwise, samples=args.samples, jobs=args.jobs)
     result.save(output, plan_path, args.report)
     print_report(result.report, str(output), str(plan_path))
+    if plot_dir is not None:
+        _save_plots(result, plot_dir)
     return 0
+
+
+def _save_plots(result, directory: Path) -> None:
+    """The allocation plots; the per-layer fractions come from the report (or, after a plain
+    --ratio run, from the plan)."""
+    from .console import stdout
+    from .plots import kept_per_layer, save_allocation_plots
+
+    layers = (result.report.get("allocation") or {}).get("layers")
+    if layers is None:
+        layers = kept_per_layer(result.model.graph.node, result.groups,
+                                {g["id"]: g["kept"] for g in result.plan["groups"]})
+    paths = save_allocation_plots(result.report, directory, layers)
+    stdout.print("wrote " + " and ".join(str(p) for p in paths))
 
 
 def run_analyze(args) -> int:
