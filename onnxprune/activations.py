@@ -109,6 +109,13 @@ class GatedModel:
         return dict(zip(names, self.session.run(names, {**feeds, **self.gates(class_gates)})))
 
 
+def keep_gate(channels: int, kept: np.ndarray) -> np.ndarray:
+    """Class gate that keeps `kept` channels (1) and masks the others (0)."""
+    gate = np.zeros(channels, np.float32)
+    gate[kept] = 1.0
+    return gate
+
+
 def _topological_sort(graph: onnx.GraphProto) -> None:
     """Reorder nodes so every input is produced before it is read (gates were appended)."""
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}

@@ -31,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 
+from .activations import keep_gate
 from .allocate import TOLERANCE, Allocation, AllocationContext, achieved_ratios, fit, refill, strategy
 from .errors import InputError
 from .select import PruningPlan
@@ -64,12 +65,6 @@ def _require_data(ctx: AllocationContext, name: str):
     return ctx.data
 
 
-def _gate(channels: int, kept: np.ndarray) -> np.ndarray:
-    gate = np.zeros(channels, np.float32)
-    gate[kept] = 1.0
-    return gate
-
-
 def score_candidates(gated, data, candidates: list[dict[str, np.ndarray]],
                      progress: Callable[[], None] | None = None) -> dict:
     """Stream the calibration set once: per batch the unpruned output, then each candidate
@@ -80,7 +75,7 @@ def score_candidates(gated, data, candidates: list[dict[str, np.ndarray]],
     output = gated.outputs[0]
     sums = {"reference_sq": 0.0, "reference_correct": 0, "samples": 0, "labelled": True,
             "diff_sq": np.zeros(len(candidates)), "correct": np.zeros(len(candidates), np.int64)}
-    gates = [{gid: _gate(gated.groups[gid].channels, kept) for gid, kept in c.items()} for c in candidates]
+    gates = [{gid: keep_gate(gated.groups[gid].channels, kept) for gid, kept in c.items()} for c in candidates]
     for feeds, labels in data.batches():
         reference = gated.run(feeds)[output].astype(np.float64)
         labels = _top1_labels(reference, labels)

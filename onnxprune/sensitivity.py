@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from .activations import GatedModel
+from .activations import GatedModel, keep_gate
 from .api import Analysis, ModelLike, require_prunable, load_and_analyze, score_groups
 from .calib import CalibrationData, load_calibration
 from .criteria import get_criterion
@@ -138,12 +138,6 @@ def _top1_labels(output: np.ndarray, labels: np.ndarray | None) -> np.ndarray | 
     return labels.astype(np.int64)
 
 
-def _gate(channels: int, kept: np.ndarray) -> np.ndarray:
-    gate = np.zeros(channels, np.float32)
-    gate[kept] = 1.0
-    return gate
-
-
 def measure(gated: GatedModel, data: CalibrationData, plans: Plans,
             progress: Callable[[], None] | None = None) -> _Sums:
     """Stream the calibration set once through `gated`: per batch the reference output, then every
@@ -175,7 +169,7 @@ def _gated_outputs(gated: GatedModel, feeds: dict, gid: str, channels: int, kept
             previous_key, previous = key, reference
         elif key != previous_key:
             previous_key = key
-            previous = gated.run(feeds, {gid: _gate(channels, kept)})[gated.outputs[0]]
+            previous = gated.run(feeds, {gid: keep_gate(channels, kept)})[gated.outputs[0]]
         yield previous
 
 
