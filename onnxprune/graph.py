@@ -107,14 +107,16 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     ONNX Runtime's symbolic shape inference goes through computed Reshape targets and keeps
     symbolic batch dims; ONNX's own inference is the fallback.
     """
-    SymbolicShapeInference = _symbolic_shape_inference()
     del model.graph.value_info[:]
     try:
+        SymbolicShapeInference = _symbolic_shape_inference()
         with _in_scratch_folder():  # on failure it saves a debug copy of the model into the cwd
             inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
         if inferred is not None:
             return inferred
-    except Exception:  # the symbolic engine refuses some graphs: fall back to ONNX's own
+    except InputError:
+        raise
+    except Exception:  # the symbolic engine refuses some graphs (or sympy is missing): ONNX's own
         pass
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
