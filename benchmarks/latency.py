@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 import onnxprune  # noqa: E402
+import onnxprune.bench  # noqa: E402
 
 GOAL = 0.9
 
@@ -60,28 +61,8 @@ def session(path: Path, threads: int, spin: bool = True) -> ort.InferenceSession
 
 def interleaved(sessions: list[ort.InferenceSession], feed: np.ndarray, warmup: int, iters: int,
                 block: int = 10) -> list[list[float]]:
-    """Per-session latency samples (seconds) of ``iters`` runs each (rounded up to whole blocks),
-    taken in blocks of ``block`` consecutive runs of one session, the sessions alternating
-    block by block in ABBA order. The first run after each switch is not timed: each session
-    has its own ORT thread pool, whose workers keep spinning for a while after a run, so
-    alternating run by run (or timing the run right after a switch) measures the contention
-    between the two pools and penalises the faster model (measured here: a batch-1 median of
-    9.7 ms instead of 5.2 ms for the pruned model)."""
-    names = [s.get_inputs()[0].name for s in sessions]
-    for _ in range(warmup):
-        for s, n in zip(sessions, names):
-            s.run(None, {n: feed})
-    samples: list[list[float]] = [[] for _ in sessions]
-    order = list(range(len(sessions)))
-    blocks = -(-iters // block)
-    for i in range(blocks):
-        for k in (order if i % 2 == 0 else order[::-1]):
-            sessions[k].run(None, {names[k]: feed})  # after the switch: not timed
-            for _ in range(block):
-                t0 = time.perf_counter()
-                sessions[k].run(None, {names[k]: feed})
-                samples[k].append(time.perf_counter() - t0)
-    return samples
+    """`onnxprune.bench.interleaved` with the model's single input."""
+    return onnxprune.bench.interleaved(sessions, {sessions[0].get_inputs()[0].name: feed}, warmup, iters, block)
 
 
 def pct(values: list[float], q: float) -> float:

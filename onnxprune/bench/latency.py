@@ -43,10 +43,27 @@ def make_session(model: onnx.ModelProto, threads: int = 0, providers: list[str] 
                                 providers=providers or ["CPUExecutionProvider"])
 
 
-def _time_once(session, feeds: dict) -> float:
-    start = time.perf_counter()
-    session.run(None, feeds)
-    return time.perf_counter() - start
+def interleaved(sessions: list, feeds: dict[str, np.ndarray], warmup: int, iters: int,
+                block: int = 10) -> list[list[float]]:
+    """Per-session latency samples (seconds) of `iters` runs each (rounded up to whole blocks),
+    taken in blocks of `block` runs of one session, the sessions alternating block by block in
+    ABBA order so drifting load hits all alike. The first run after each switch is not timed:
+    each session has its own ONNX Runtime thread pool whose workers keep spinning for a while
+    after a run, so alternating run by run measures the contention between the pools and
+    penalises the faster model."""
+    for session in sessions:
+        for _ in range(warmup):
+            session.run(None, feeds)
+    samples: list[list[float]] = [[] for _ in sessions]
+    order = list(range(len(sessions)))
+    for index in range(-(-iters // block)):
+        for k in (order if index % 2 == 0 else order[::-1]):
+            sessions[k].run(None, feeds)  # right after the switch: not timed
+            for _ in range(block):
+                start = time.perf_counter()
+                sessions[k].run(None, feeds)
+                samples[k].append(time.perf_counter() - start)
+    return samples
 
 
 def measure_latency(model: onnx.ModelProto, feeds: dict[str, np.ndarray], warmup: int = 5,
@@ -57,14 +74,7 @@ def measure_latency(model: onnx.ModelProto, feeds: dict[str, np.ndarray], warmup
 
 def compare_latency(models: list[onnx.ModelProto], feeds: dict[str, np.ndarray], warmup: int = 5,
                     iters: int = 50, threads: int = 0) -> list[LatencyStats]:
-    """Latency of several models on the same inputs, runs interleaved so noise hits all alike."""
+    """Latency of several models on the same inputs, measured side by side (see `interleaved`)."""
     sessions = [make_session(m, threads) for m in models]
-    for session in sessions:
-        for _ in range(warmup):
-            session.run(None, feeds)
-    samples: list[list[float]] = [[] for _ in sessions]
-    for _ in range(iters):
-        for index, session in enumerate(sessions):
-            samples[index].append(_time_once(session, feeds))
     batch = next(iter(feeds.values())).shape[0] if feeds else 1
-    return [LatencyStats.from_samples(s, batch) for s in samples]
+    return [LatencyStats.from_samples(s, batch) for s in interleaved(sessions, feeds, warmup, iters)]
