@@ -226,6 +226,8 @@ def _save_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes to a temporary file beside `path`, fsync, then rename over `path`: readers see
+    the old file or the new one, never a partial one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a written model should not be private
     try:
