@@ -91,7 +91,8 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
           input_shapes: dict[str, tuple] | None = None, calib=None, calib_samples: int | None = 512,
           preprocess: str | None = None, batch_size: int = 64, progress=None,
           target_flops=None, target_params=None, target_latency=None, allocate: str | None = None,
-          layerwise: dict | str | None = None, samples: int = 64, jobs: int = 1) -> PruneResult:
+          layerwise: dict | str | None = None, samples: int = 64, jobs: int = 1,
+          reconstruct: bool = False, ridge: float = 1e-4) -> PruneResult:
     """Prune `ratio` of the channels of every prunable group, chosen by `criterion`.
 
     Data-driven criteria need `calib`: a .npz/.npy file or an image folder (see `calib.py`), of
@@ -103,11 +104,16 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     `allocate='layerwise'` applies `layerwise` (a dict or a JSON/YAML file: group id or layer
     name -> ratio) exactly.
 
+    `reconstruct` (needs `calib`) refits the kept columns and bias of every pruned consumer layer
+    by least squares (ridge `ridge`) to the unpruned model's layer outputs, after verification;
+    the report's `reconstruction` gives the held-out output error before and after.
+
     Raises InputError for unusable input and VerificationError when the pruned model does not
     match the masked reference (nothing is returned then).
     """
     options = SelectOptions(ratio, min_channels, round_to, scope)
     options.validate()
+    _check_reconstruct_options(reconstruct, ridge, calib)
     get_criterion(criterion)
     analysis = load_and_analyze(model_or_path, tuple(exclude))
     require_prunable(analysis)
@@ -120,6 +126,10 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     check = verify_masked(analysis.model, applied.model, plan, seed, input_shapes, analysis.view) if verify else None
     if check is not None and not check.ok:
         raise VerificationError(_verify_message(check))
+    recovered = _reconstruct(analysis, applied, data, ridge, seed, progress) if reconstruct else None
+    if recovered is not None and recovered.applied:
+        _check_model(recovered.model, analysis.model)
+        applied.model = recovered.model
     option_dict = {"ratio": ratio, "min_channels": min_channels, "round_to": round_to,
                    "scope": scope, "exclude": list(exclude), "seed": seed,
                    "calib": str(calib) if calib else None, "calib_samples": data.samples if data else None}
@@ -129,7 +139,35 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     if allocation is not None:
         report["allocation"] = allocation_report(allocation, request, report)
     plan_file = plan_document(analysis, plan, applied.weights, criterion, option_dict)
+    if recovered is not None:
+        report["reconstruction"] = recovered.to_dict(ridge)
+        _record_recovery(plan_file, recovered, ridge)
     return PruneResult(applied.model, plan_file, report, analysis.groups)
+
+
+def _check_reconstruct_options(reconstruct: bool, ridge: float, calib) -> None:
+    if reconstruct and not calib:
+        raise InputError("--reconstruct needs calibration data: add --calib PATH (.npz/.npy or an image folder)")
+    if not (ridge >= 0 and np.isfinite(ridge)):
+        raise InputError(f"--ridge must be a finite number >= 0, got {ridge}")
+
+
+def _reconstruct(analysis: Analysis, applied, data, ridge: float, seed: int, progress):
+    """Least-squares reconstruction of the verified pruned model (see recover/reconstruct.py)."""
+    from .recover import reconstruct
+
+    return reconstruct(analysis.model, applied.model, applied.weights, data, ridge, seed, progress)
+
+
+def _record_recovery(plan_file: dict, recovered, ridge: float) -> None:
+    """The plan says which tensors reconstruction changed: they are no longer exact slices."""
+    if not recovered.applied:
+        return
+    plan_file["recovered"] = {"method": "least-squares", "layers": recovered.layers, "ridge": ridge}
+    for name, shape in recovered.changed.items():
+        entry = plan_file["weights"].setdefault(name, {"shape": list(shape), "kept": {}})
+        entry["exact"] = False
+        entry["recovered"] = "least-squares"
 
 
 @dataclass

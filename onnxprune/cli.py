@@ -69,6 +69,11 @@ def _add_prune(commands) -> None:
     add_calibration_options(sub)
     add_allocation_options(sub)
     sub.add_argument("--no-verify", action="store_true", help="skip the masked-reference check")
+    sub.add_argument("--reconstruct", action="store_true",
+                     help="after verification, refit each pruned layer's kept weights and bias by least squares "
+                          "to the unpruned model's layer outputs on --calib data (needs --calib)")
+    sub.add_argument("--ridge", type=float, default=1e-4, metavar="L",
+                     help="--reconstruct: ridge λ, relative to the mean diagonal of XᵀX (default 1e-4)")
     sub.add_argument("--plan", help="plan file (default: <output stem>.plan.json)")
     sub.add_argument("--report", help="also write the report as JSON here")
     sub.set_defaults(func=run_prune)
@@ -151,7 +156,8 @@ def run_prune(args) -> int:
                        calib_samples=args.calib_samples, preprocess=args.preprocess,
                        batch_size=args.batch_size, progress=advance, target_flops=args.target_flops,
                        target_params=args.target_params, target_latency=args.target_latency,
-                       allocate=args.allocate, layerwise=args.layerwise, samples=args.samples, jobs=args.jobs)
+                       allocate=args.allocate, layerwise=args.layerwise, samples=args.samples, jobs=args.jobs,
+                       reconstruct=args.reconstruct, ridge=args.ridge)
     result.save(output, plan_path, args.report)
     print_report(result.report, str(output), str(plan_path))
     if plot_dir is not None:

@@ -1,0 +1,5 @@
+"""Recovery after pruning: least-squares reconstruction of the pruned consumer layers."""
+
+from .reconstruct import NormalEquations, Reconstruction, im2col, reconstruct
+
+__all__ = ["NormalEquations", "Reconstruction", "im2col", "reconstruct"]

@@ -1,0 +1,155 @@
+"""Least-squares reconstruction (`--reconstruct`): im2col, the normal equations, the end-to-end
+error on held-out data, the plan record and the CLI's refusal without calibration data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from graphs import GraphBuilder
+from onnxprune import prune
+from onnxprune.cli import main
+from onnxprune.recover import NormalEquations, im2col
+from onnxprune.recover.reconstruct import conv_geometry
+from onnxprune.verify import run_model
+
+
+def conv_net(seed: int = 0) -> onnx.ModelProto:
+    """x[N,4,8,8] -> Conv 4->16 -> Relu -> Conv 16->16 (stride 2) -> Relu -> Conv 16->8 -> GAP -> Flatten -> Gemm."""
+    g = GraphBuilder(seed=seed)
+    t = g.op("Relu", g.conv("x", 4, 16))
+    t = g.op("Relu", g.conv(t, 16, 16, strides=[2, 2]))
+    t = g.op("Relu", g.conv(t, 16, 8))
+    t = g.op("Flatten", g.op("GlobalAveragePool", t))
+    return g.model(g.gemm_head(t, 8, 5))
+
+
+def inputs(n: int, seed: int) -> np.ndarray:
+    """Inputs with correlated channels (as images have)."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n, 2, 8, 8))
+    mix = np.array([[1.0, 0.0], [0.7, 0.7], [0.0, 1.0], [0.5, -0.5]])
+    return (np.einsum("cb,nbhw->nchw", mix, base) + 0.3 * rng.standard_normal((n, 4, 8, 8))).astype(np.float32)
+
+
+def held_out_error(model, pruned, x) -> float:
+    name = model.graph.output[0].name
+    reference = run_model(model, {"x": x})[name].astype(np.float64)
+    got = run_model(pruned, {"x": x})[name].astype(np.float64)
+    return float(np.linalg.norm(got - reference) / np.linalg.norm(reference))
+
+
+@pytest.fixture()
+def calib(tmp_path):
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=inputs(320, seed=1))
+    return path
+
+
+def test_reconstruction_lowers_the_error_on_held_out_data(calib):
+    model = conv_net()
+    plain = prune(model, "l1", 0.5, calib=calib, batch_size=32)
+    rebuilt = prune(model, "l1", 0.5, calib=calib, batch_size=32, reconstruct=True)
+    x = inputs(200, seed=99)  # not the calibration set
+    before, after = held_out_error(model, plain.model, x), held_out_error(model, rebuilt.model, x)
+    assert after < 0.9 * before
+    entry = rebuilt.report["reconstruction"]
+    assert entry["applied"] and entry["output_error_after"] < entry["output_error_before"]
+    assert entry["held_out_samples"] == 64 and entry["fit_samples"] == 256
+    assert rebuilt.report["verification"]["ok"]  # verified before reconstruction
+    onnx.checker.check_model(rebuilt.model, full_check=True)
+
+
+def test_plan_records_the_recovery(calib, tmp_path):
+    result = prune(conv_net(), "l1", 0.5, calib=calib, batch_size=32, reconstruct=True, ridge=1e-3)
+    result.save(tmp_path / "out.onnx")
+    plan = json.loads((tmp_path / "out.plan.json").read_text())
+    recovered = plan["recovered"]
+    assert recovered["method"] == "least-squares" and recovered["ridge"] == 1e-3
+    layers = [entry["node"] for entry in recovered["layers"]]
+    conv_nodes = [n for n in result.model.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert layers == [n.name for n in conv_nodes[1:]]  # every consumer of a pruned group, network order
+    for entry in recovered["layers"]:
+        assert plan["weights"][entry["weight"]]["exact"] is False
+    untouched = [name for name, e in plan["weights"].items() if "exact" not in e]
+    assert untouched  # the first conv's filters are still exact slices
+    assert plan["weights"][untouched[0]]["kept"]
+
+
+def test_normal_equations_match_lstsq_for_a_gemm_layer(tmp_path):
+    g = GraphBuilder(shape=("N", 6))
+    hidden = g.op("Relu", g.op("Gemm", "x", g.weight(10, 6), g.weight(10), transB=1))
+    model = g.model(g.op("Gemm", hidden, g.weight(4, 10), g.weight(4), transB=1))
+    rng = np.random.default_rng(3)
+    path = tmp_path / "c.npz"
+    np.savez(path, x=rng.standard_normal((100, 6)).astype(np.float32))
+    result = prune(model, "l1", 0.5, calib=path, batch_size=10, reconstruct=True, ridge=0.0)
+    head = result.model.graph.node[-1]
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in result.model.graph.initializer}
+    # the same problem, directly: kept hidden features of the pruned model -> unpruned head output
+    x = np.load(path)["x"][:80]  # the fit batches (the last 20 samples are held out)
+    pruned_reads = _outputs(result.model, x, head.input[0])
+    target = _outputs(model, x, model.graph.output[0].name)
+    design = np.hstack([pruned_reads, np.ones((len(x), 1))]).astype(np.float64)
+    solution = np.linalg.lstsq(design, target.astype(np.float64), rcond=None)[0]
+    np.testing.assert_allclose(weights[head.input[1]], solution[:-1].T, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(weights[head.input[2]], solution[-1], rtol=1e-4, atol=1e-5)
+
+
+def _outputs(model, x, name):
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return run_model(copy, {"x": x})[name]
+
+
+def test_normal_equations_with_ridge_zero_equal_lstsq():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((50, 5)), rng.standard_normal((50, 3))
+    eq = NormalEquations()
+    eq.add(x[:20], y[:20])
+    eq.add(x[20:], y[20:])
+    w, b = eq.solve(0.0)
+    expected = np.linalg.lstsq(np.hstack([x, np.ones((50, 1))]), y, rcond=None)[0]
+    np.testing.assert_allclose(w, expected[:-1], atol=1e-10)
+    np.testing.assert_allclose(b, expected[-1], atol=1e-10)
+
+
+@pytest.mark.parametrize("k, attrs", [(3, {"strides": [2, 2], "pads": [1, 1, 1, 1], "dilations": [1, 1]}),
+                                      (1, {"pads": [0, 0, 0, 0]}),
+                                      (3, {"pads": [2, 1, 0, 2], "dilations": [2, 1], "strides": [1, 2]})])
+def test_im2col_equals_onnx_runtime_conv(k, attrs):
+    g = GraphBuilder(shape=(2, 5, 9, 7))
+    out = g.conv("x", 5, 6, k=k, **attrs)
+    model = g.model(out)
+    node = model.graph.node[0]
+    weight, bias = (onnx.numpy_helper.to_array(i) for i in model.graph.initializer)
+    x = np.random.default_rng(1).standard_normal((2, 5, 9, 7)).astype(np.float32)
+    expected = run_model(model, {"x": x})[out]
+    strides, pads, dilations = conv_geometry(node)
+    patches = im2col(x, (k, k), strides, pads, dilations)
+    got = (patches @ weight.reshape(6, -1).T + bias).reshape(2, expected.shape[2], expected.shape[3], 6)
+    np.testing.assert_allclose(got.transpose(0, 3, 1, 2), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_reconstruct_without_calib_is_one_line_exit_2(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_net(), path)
+    code = main([str(path), "--reconstruct", "-o", str(tmp_path / "out.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--calib" in err
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_cli_reconstruct_writes_the_recovery(tmp_path, capsys, calib):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_net(), path)
+    code = main([str(path), "--reconstruct", "--calib", str(calib), "--batch-size", "64",
+                 "--report", str(tmp_path / "r.json"), "-o", str(tmp_path / "out.onnx")])
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["reconstruction"]["output_error_after"] <= report["reconstruction"]["output_error_before"]
+    assert json.loads((tmp_path / "out.plan.json").read_text())["recovered"]["ridge"] == 1e-4
