@@ -58,10 +58,17 @@ def print_report(report: dict, output: str, plan_path: str) -> None:
                      f"{human(target['achieved'])}{unit} ({allocation['strategy']} allocation)")
     elif allocation:
         stdout.print(f"ratios from the {allocation['strategy']} map: {len(allocation['ratios'])} groups")
+    recon = report.get("reconstruction")
+    if recon:
+        state = "applied" if recon.get("applied") else "not applied (it did not lower the error)"
+        stdout.print(f"reconstruction: {recon.get('layers', 0)} layers refitted by least squares, {state}; "
+                     f"held-out output error {recon['output_error_before']:.3g} → {recon['output_error_after']:.3g}")
     check = report.get("verification")
     if check:
         worst = max(v["relative"] for v in check["outputs"].values())
-        stdout.print(f"verified: matches the masked reference (max relative difference {worst:.2g}, tolerance {check['rtol']:g})")
+        when = " (checked before reconstruction changed the weights)" if report.get("reconstruction") else ""
+        stdout.print(f"verified: matches the masked reference (max relative difference {worst:.2g}, "
+                     f"tolerance {check['rtol']:g}){when}")
     else:
         stdout.print("[yellow]not verified (--no-verify)[/]")
     stdout.print(f"wrote {output} and {plan_path}")
