@@ -38,3 +38,21 @@ def test_digits_onnx_model():
     logits = sess.run(["logits"], {"input": x_test})[0]
     assert logits.shape == (450, 10)
     assert (logits.argmax(1) == y_test).mean() >= 0.97
+
+
+def test_demo_script_end_to_end(tmp_path):
+    """`make demo` runs examples/digits/demo.py: it must finish, verify, and recover accuracy."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "digits" / "demo.py"
+    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "verified: matches the masked reference" in done.stdout
+    accuracies = [float(a) for a in re.findall(r"([0-9.]+)%", done.stdout.splitlines()[-1])]
+    unpruned, pruned, recovered = accuracies[:3]
+    assert unpruned > 97 and recovered > 90 and recovered > pruned
+    assert (tmp_path / "digits_cnn.pruned.onnx").exists()
