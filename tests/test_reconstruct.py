@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from graphs import GraphBuilder
+import onnxprune
 from onnxprune import prune
 from onnxprune.cli import main
 from onnxprune.recover import NormalEquations, im2col
@@ -153,3 +154,26 @@ def test_cli_reconstruct_writes_the_recovery(tmp_path, capsys, calib):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["reconstruction"]["output_error_after"] <= report["reconstruction"]["output_error_before"]
     assert json.loads((tmp_path / "out.plan.json").read_text())["recovered"]["ridge"] == 1e-4
+
+
+def test_batchnorm_statistics_are_recalibrated(zoo_model, tmp_path):
+    """With BN still a node, reconstruction re-estimates each BN's mean/variance in the pruned
+    network: the first BN's new statistics equal those of its input measured directly."""
+    from onnxprune.calib import load_calibration
+    from onnxprune.recover.batchnorm import batchnorm_nodes, recalibrate_batchnorm
+    from onnxprune.recover.reconstruct import _with_outputs
+    from onnxprune.verify import run_model
+
+    path = zoo_model("vgg16_bn", "torchscript_bn")
+    x = np.random.default_rng(0).standard_normal((24, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", input=x)
+    result = onnxprune.prune(path, ratio=0.5, calib=tmp_path / "c.npz", reconstruct=True, batch_size=8)
+    assert result.report["reconstruction"]["batchnorm_recalibrated"] > 0
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(result.model)
+    first = batchnorm_nodes(pruned)[0]
+    recalibrate_batchnorm(pruned, load_calibration(tmp_path / "c.npz", pruned, batch_size=8), batches=3)
+    seen = run_model(_with_outputs(pruned, [first.input[0]]), {"input": x})[first.input[0]].astype(np.float64)
+    stats = {i.name: onnx.numpy_helper.to_array(i) for i in pruned.graph.initializer}
+    np.testing.assert_allclose(stats[first.input[3]], seen.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stats[first.input[4]], seen.var(axis=(0, 2, 3)), rtol=1e-4, atol=1e-5)
