@@ -107,7 +107,7 @@ def test_train_step_and_reexport(zoo_model, tmp_path, name):
     opt.step()
     with torch.no_grad():
         after = loss_fn()
-    assert float(after) < float(before)
+    assert after.item() < before.item()
 
     out_path = tmp_path / f"{name}_trained.onnx"
     export_onnx(module, (x,), out_path)
@@ -134,3 +134,132 @@ def test_unknown_op_raises():
     with pytest.raises(onnxprune.InputError, match="no torch translation for op NoSuchOp"):
         OnnxModule(model)
     assert "NoSuchOp" not in OPS
+
+
+# ------------------------------------------------------------------------- single-op checks
+# Ops / attributes the zoo does not reach, each as a one-node graph: torch == ORT.
+
+H = onnx.helper
+FLOAT, INT64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+
+
+def _i64(*v):
+    return np.array(v, dtype=np.int64)
+
+
+def _f32(*v):
+    return np.array(v, dtype=np.float32)
+
+
+_RNG = np.random.default_rng(3)
+W_CT = _RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+W_G = _RNG.standard_normal((5, 6)).astype(np.float32)
+
+# (op, attrs, input shape, extra initializer inputs (name -> array; "" = missing), outputs)
+SINGLE_OPS = [
+    ("ConvTranspose", dict(strides=[2, 2], pads=[1, 0, 0, 1], output_padding=[1, 1]),
+     (2, 4, 5, 5), {"w": W_CT}, 1),
+    ("ConvTranspose", dict(strides=[2, 2], dilations=[2, 1], group=1), (2, 4, 5, 5), {"w": W_CT}, 1),
+    ("Conv", dict(pads=[0, 1, 2, 1], strides=[2, 1], dilations=[1, 2]), (2, 3, 9, 9),
+     {"w": _RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)}, 1),
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 1], ceil_mode=1),
+     (2, 3, 8, 8), {}, 1),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=0),
+     (2, 3, 7, 7), {}, 1),
+    ("Gemm", dict(transA=1, transB=0, alpha=0.5, beta=2.0), (5, 3),
+     {"b": W_G, "c": _f32(*range(6))}, 1),
+    ("Split", dict(axis=1), (2, 6, 3), {"split": _i64(1, 2, 3)}, 3),
+    ("Split", dict(axis=-1, num_outputs=3), (2, 3, 7), {}, 3),
+    ("Slice", {}, (4, 6, 8), {"starts": _i64(1, -1, 0), "ends": _i64(3, -100, 2**62),
+                             "axes": _i64(0, 1, 2), "steps": _i64(1, -2, 3)}, 1),
+    ("Pad", dict(mode="constant"), (2, 3, 4, 4), {"pads": _i64(0, 0, 1, -1, 0, 1, 2, 0),
+                                                  "value": _f32(1.5)}, 1),
+    ("Reshape", {}, (2, 3, 4), {"shape": _i64(0, -1, 2)}, 1),
+    ("Reshape", dict(allowzero=1), (2, 3, 4), {"shape": _i64(2, 12)}, 1),
+    ("Flatten", dict(axis=2), (2, 3, 4, 5), {}, 1),
+    ("Flatten", dict(axis=0), (2, 3, 4), {}, 1),
+    ("Transpose", {}, (2, 3, 4), {}, 1),
+    ("Softmax", dict(axis=1), (2, 5, 3), {}, 1),
+    ("LeakyRelu", dict(alpha=0.2), (2, 7), {}, 1),
+    ("Tanh", {}, (2, 7), {}, 1),
+    ("Gelu", dict(approximate="tanh"), (2, 7), {}, 1),
+    ("HardSigmoid", dict(alpha=0.3, beta=0.4), (2, 7), {}, 1),
+    ("Clip", {}, (2, 7), {"min": np.array(-0.5, np.float32)}, 1),
+    ("Dropout", {}, (2, 7), {}, 1),
+    ("Pow", {}, (2, 7), {"e": np.array(3.0, np.float32)}, 1),
+    ("ReduceMean", dict(keepdims=0), (2, 3, 4), {"axes": _i64(0, 2)}, 1),
+    ("Squeeze", {}, (2, 1, 4, 1), {"axes": _i64(1, -1)}, 1),
+    ("Unsqueeze", {}, (2, 4), {"axes": _i64(0, -1)}, 1),
+    ("Gather", dict(axis=1), (2, 5, 3), {"idx": _i64([0, -1], [2, 2])}, 1),
+    ("Resize", dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+     (2, 3, 4, 5), {"roi": "", "scales": _f32(1, 1, 2, 3)}, 1),
+    ("Resize", dict(mode="linear", coordinate_transformation_mode="align_corners"),
+     (2, 3, 4, 5), {"roi": "", "scales": "", "sizes": _i64(2, 3, 7, 9)}, 1),
+    ("Resize", dict(mode="linear", coordinate_transformation_mode="half_pixel"),
+     (2, 3, 4, 5), {"roi": "", "scales": _f32(1, 1, 2, 2)}, 1),
+    ("LayerNormalization", dict(axis=-2, epsilon=1e-3), (2, 3, 4, 5),
+     {"scale": _RNG.standard_normal((4, 5)).astype(np.float32)}, 1),
+]
+
+
+def _single_op_model(op_type, attrs, shape, extra, n_out):
+    inits, names = [], ["x"]
+    for name, value in extra.items():
+        if isinstance(value, str):
+            names.append("")
+            continue
+        if op_type == "Gather":
+            value = np.array(value, dtype=np.int64)
+        inits.append(onnx.numpy_helper.from_array(value, name))
+        names.append(name)
+    outs = [f"y{i}" for i in range(n_out)]
+    node = H.make_node(op_type, names, outs, **attrs)
+    graph = H.make_graph(
+        [node], "g", [H.make_tensor_value_info("x", FLOAT, list(shape))],
+        [H.make_tensor_value_info(o, FLOAT, None) for o in outs], initializer=inits)
+    return H.make_model(graph, opset_imports=[H.make_opsetid("", 20)], ir_version=9)
+
+
+@pytest.mark.parametrize("case", SINGLE_OPS, ids=[f"{c[0]}-{i}" for i, c in enumerate(SINGLE_OPS)])
+def test_single_op_matches_onnxruntime(case):
+    from onnxprune.torch.convert import OnnxModule
+
+    model = _single_op_model(*case)
+    x = np.random.default_rng(7).standard_normal(case[2]).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = sess.run(None, {"x": x})
+    with torch.no_grad():
+        actual = OnnxModule(model)(torch.from_numpy(x))
+    actual = actual if isinstance(actual, tuple) else (actual,)
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a.numpy(), e, rtol=1e-5, atol=1e-5)
+
+
+def test_shape_ops_chain_matches_onnxruntime():
+    """Shape -> Gather -> ConstantOfShape / Cast / Div (int) / Concat -> Reshape, like the
+    TorchScript exporter's computed shapes."""
+    from onnxprune.torch.convert import OnnxModule
+
+    inits = [onnx.numpy_helper.from_array(_i64(1), "i1"), onnx.numpy_helper.from_array(_i64(2), "two"),
+             onnx.numpy_helper.from_array(_i64(-1), "m1")]
+    nodes = [
+        H.make_node("Shape", ["x"], ["s"]),
+        H.make_node("Gather", ["s", "i1"], ["c"], axis=0),           # [C]
+        H.make_node("Div", ["c", "two"], ["half"]),                  # integer division
+        H.make_node("Concat", ["m1", "half"], ["shape"], axis=0),   # [-1, C // 2]
+        H.make_node("Reshape", ["x", "shape"], ["r"]),
+        H.make_node("Shape", ["r"], ["rs"]),
+        H.make_node("ConstantOfShape", ["rs"], ["ones"],
+                    value=onnx.numpy_helper.from_array(np.array([1], np.int32))),
+        H.make_node("Cast", ["ones"], ["onesf"], to=FLOAT),
+        H.make_node("Add", ["r", "onesf"], ["y"]),
+    ]
+    graph = H.make_graph(nodes, "g", [H.make_tensor_value_info("x", FLOAT, [2, 6, 3])],
+                         [H.make_tensor_value_info("y", FLOAT, None)], initializer=inits)
+    model = H.make_model(graph, opset_imports=[H.make_opsetid("", 17)], ir_version=8)
+    x = np.random.default_rng(5).standard_normal((2, 6, 3)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        actual = OnnxModule(model)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(actual, sess.run(None, {"x": x})[0], rtol=1e-6, atol=1e-6)

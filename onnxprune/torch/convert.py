@@ -429,10 +429,7 @@ def _resize(a, x, roi=None, scales=None, sizes=None):
         nearest = a.get("nearest_mode", "round_prefer_floor")
         if ctm == "asymmetric" and nearest == "floor":
             return F.interpolate(x, mode="nearest", **kw)
-        if ctm in ("half_pixel", "pytorch_half_pixel") and nearest in ("round_prefer_ceil", "floor") \
-                and False:
-            pass
-        if ctm in ("half_pixel",) and nearest == "round_prefer_ceil":
+        if ctm == "half_pixel" and nearest == "round_prefer_ceil":  # floor((i + 0.5) / scale)
             return F.interpolate(x, mode="nearest-exact", **kw)
         raise InputError(f"no torch translation for op Resize nearest with {ctm}/{nearest}")
     if mode == "linear":
