@@ -45,6 +45,7 @@ def build_parser() -> Parser:
     _add_prune(commands)
     _add_analyze(commands)
     _add_sensitivity(commands)
+    _add_finetune(commands)
     ops = commands.add_parser("ops", help="print the op-coverage table (which ops have channel rules)")
     ops.set_defaults(func=run_ops)
     return parser
@@ -137,6 +138,36 @@ def _add_sensitivity(commands) -> None:
     sub.set_defaults(func=run_sensitivity)
 
 
+def _add_finetune(commands) -> None:
+    sub = commands.add_parser("finetune", help="fine-tune a (pruned) model on labelled data in torch",
+                              description="Train the model (converted to torch) on labelled data with "
+                              "cross-entropy and optional knowledge distillation from --teacher, then write it "
+                              "as ONNX. Needs the torch extra.")
+    sub.add_argument("model", help="input .onnx file (never modified)")
+    sub.add_argument("-o", "--output", help="output model (default: <input stem>.finetuned.onnx)")
+    sub.add_argument("--data", metavar="PATH", help="training data: .npz (inputs and labels 'y') or an image "
+                     "folder class/xxx.jpg (required)")
+    sub.add_argument("--val", metavar="PATH", help="validation data (same formats); top-1 and loss per epoch")
+    sub.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
+    sub.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="default sgd (momentum)")
+    sub.add_argument("--lr", type=float, help="peak learning rate, cosine decay (default 0.01 sgd, 0.001 adamw)")
+    sub.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    sub.add_argument("--weight-decay", type=float, help="default 5e-4 (sgd), 0.01 (adamw)")
+    sub.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    sub.add_argument("--teacher", metavar="ONNX", help="distil from this model (e.g. the unpruned original)")
+    sub.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term (default 0.5)")
+    sub.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature (default 4)")
+    sub.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                     help="random crop (4-pixel padding) and horizontal flip for NCHW images (default on)")
+    sub.add_argument("--checkpoint-dir", metavar="DIR", help="write DIR/last.pt after every epoch")
+    sub.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir/last.pt")
+    sub.add_argument("--preprocess", metavar="SPEC",
+                     help="for images/uint8 arrays, e.g. 'resize=32,scale=255,mean=0.485/0.456/0.406,"
+                          "std=0.229/0.224/0.225,layout=nchw'")
+    sub.add_argument("--seed", type=int, default=0, help="seed for the data order, augmentation and init")
+    sub.set_defaults(func=run_finetune)
+
+
 def run_prune(args) -> int:
     """The prune command."""
     from .console import print_report
@@ -219,6 +250,36 @@ def run_sensitivity(args) -> int:
     return 0
 
 
+def run_finetune(args) -> int:
+    """The finetune command."""
+    from .console import stdout
+
+    if not args.data:
+        raise InputError("finetune needs labelled training data: add --data PATH (.npz with 'y' or an image folder)")
+    source = Path(args.model)
+    output = Path(args.output) if args.output else source.with_name(source.stem + ".finetuned.onnx")
+    if output.resolve() == source.resolve():
+        raise InputError(f"output path {output} is the input; choose another with -o")
+    try:
+        from .recover.finetune import finetune
+        import torch  # noqa: F401
+    except ImportError:
+        raise InputError("finetune needs torch: pip install 'onnxprune[torch]'") from None
+    result = finetune(source, args.data, epochs=args.epochs, val=args.val, optimizer=args.optimizer, lr=args.lr,
+                      momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size,
+                      teacher=args.teacher, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
+                      augment=args.augment, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+                      preprocess=args.preprocess, seed=args.seed, output=output, log=stdout.print)
+    last = result.history[-1] if result.history else {}
+    summary = f"fine-tuned {len(result.history)} epochs on {result.device} in {result.seconds:.1f}s"
+    if "val_top1" in last:
+        before = f"{result.initial['val_top1']:.2%} -> " if result.initial else ""
+        summary += f"; val top-1 {before}{last['val_top1']:.2%}"
+    stdout.print(summary)
+    stdout.print(f"wrote {output}")
+    return 0
+
+
 def run_ops(args) -> int:
     """The ops command."""
     from .console import print_rules
@@ -227,7 +288,7 @@ def run_ops(args) -> int:
     return 0
 
 
-COMMANDS = ("prune", "analyze", "sensitivity", "ops")
+COMMANDS = ("prune", "analyze", "sensitivity", "finetune", "ops")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,139 @@
+"""onnxprune finetune: training loop, export, resume, distillation and CLI errors on a tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from onnxprune.api import prune  # noqa: E402
+from onnxprune.cli import main  # noqa: E402
+from onnxprune.recover.finetune import finetune  # noqa: E402
+from onnxprune.torch import export_onnx  # noqa: E402
+
+CLASSES = 3
+
+
+def _tiny_net():
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, CLASSES))
+
+
+def _samples(n: int, seed: int):
+    """Images whose class is the brightest colour channel (translation- and flip-invariant)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, CLASSES, n)
+    x = rng.standard_normal((n, 3, 8, 8)).astype(np.float32)
+    x[np.arange(n), y] += 1.5
+    return x, y.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    torch.manual_seed(0)
+    net = _tiny_net().eval()
+    original = root / "original.onnx"
+    export_onnx(net, torch.zeros(1, 3, 8, 8), original)
+    pruned = root / "pruned.onnx"
+    result = prune(original, "l1", 0.5)
+    onnx.save(result.model, str(pruned))
+    train, val = root / "train.npz", root / "val.npz"
+    x, y = _samples(384, 1)
+    np.savez(train, x=x, y=y)
+    teacher_net = _tiny_net()  # a trained teacher for distillation
+    opt = torch.optim.Adam(teacher_net.parameters(), lr=0.01)
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(teacher_net(torch.from_numpy(x)), torch.from_numpy(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    teacher = root / "teacher.onnx"
+    export_onnx(teacher_net.eval(), torch.zeros(1, 3, 8, 8), teacher)
+    x, y = _samples(192, 2)
+    np.savez(val, x=x, y=y)
+    return {"root": root, "original": original, "teacher": teacher, "pruned": pruned, "train": train, "val": val}
+
+
+def _weights(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_training_improves_and_export_matches(setup, tmp_path):
+    out = tmp_path / "tuned.onnx"
+    lines = []
+    result = finetune(setup["pruned"], setup["train"], epochs=3, val=setup["val"], optimizer="adamw", lr=0.02, batch_size=32,
+                      seed=0, device="cpu", output=out, log=lines.append)
+    losses = [h["train_loss"] for h in result.history]
+    print("loss", losses, "val before", result.initial, "after", result.history[-1])
+    assert len(result.history) == 3 and len(lines) == 4
+    assert losses[-1] < losses[0]
+    assert result.history[-1]["val_top1"] > result.initial["val_top1"] + 0.2
+    assert result.history[-1]["val_loss"] < result.initial["val_loss"]
+    # the written model runs in ORT and computes what the torch module computes
+    x, _ = _samples(16, 3)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        want = result.module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert onnx.load(str(out)).graph.output[0].name == result.model.graph.output[0].name
+
+
+def test_resume_equals_uninterrupted(setup, tmp_path):
+    common = dict(epochs=2, lr=0.05, batch_size=64, seed=3, device="cpu")
+    straight = finetune(setup["pruned"], setup["train"], checkpoint_dir=tmp_path / "a", **common)
+
+    def stop(entry):
+        if entry["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(setup["pruned"], setup["train"], checkpoint_dir=tmp_path / "b", on_epoch_end=stop, **common)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["epoch"] == 1
+    resumed = finetune(setup["pruned"], setup["train"], checkpoint_dir=tmp_path / "b", resume=True, **common)
+    a, b = _weights(straight.module), _weights(resumed.module)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+
+
+def test_distillation_lowers_kd_loss(setup):
+    result = finetune(setup["pruned"], setup["train"], epochs=2, teacher=setup["teacher"], kd_alpha=0.9,
+                      kd_temperature=4.0, optimizer="adamw", lr=0.01, batch_size=32, seed=0, device="cpu")
+    kd = [h["train_kd"] for h in result.history]
+    print("kd", kd)
+    assert kd[-1] < kd[0]
+
+
+def test_cli_finetune(setup, tmp_path, capsys):
+    out = tmp_path / "cli.onnx"
+    code = main(["finetune", str(setup["pruned"]), "--data", str(setup["train"]), "--val", str(setup["val"]),
+                 "--epochs", "1", "--lr", "0.05", "--batch-size", "64", "-o", str(out),
+                 "--checkpoint-dir", str(tmp_path / "ck")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert out.exists() and (tmp_path / "ck" / "last.pt").exists()
+    assert "val top-1" in captured.out and "wrote" in captured.out
+
+
+@pytest.mark.parametrize("case", ["no_data", "no_labels", "resume_without_checkpoint", "bad_epochs"])
+def test_cli_errors(setup, tmp_path, capsys, case):
+    args = ["finetune", str(setup["pruned"]), "-o", str(tmp_path / "o.onnx")]
+    if case == "no_labels":
+        np.savez(tmp_path / "x.npz", x=_samples(8, 0)[0])
+        args += ["--data", str(tmp_path / "x.npz")]
+    elif case == "resume_without_checkpoint":
+        args += ["--data", str(setup["train"]), "--resume", "--checkpoint-dir", str(tmp_path / "none")]
+    elif case == "bad_epochs":
+        args += ["--data", str(setup["train"]), "--epochs", "0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("onnxprune: error:")
+    assert not (tmp_path / "o.onnx").exists()
