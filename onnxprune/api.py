@@ -134,7 +134,8 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
                    "scope": scope, "exclude": list(exclude), "seed": seed,
                    "calib": str(calib) if calib else None, "calib_samples": data.samples if data else None}
     report = build_report(model_summary(analysis.model, analysis.view), model_summary(applied.model),
-                          group_rows(analysis.groups, analysis.view, plan), criterion, option_dict,
+                          group_rows(analysis.groups, analysis.view, plan, ModelView(applied.model)),
+                          criterion, option_dict,
                           check.to_dict() if check else None)
     if allocation is not None:
         report["allocation"] = allocation_report(allocation, request, report)

@@ -24,16 +24,29 @@ def human(count: float) -> str:
 
 
 def groups_table(rows: list[dict], title: str, show_kept: bool) -> Table:
-    """One row per channel group."""
+    """One row per channel group (with MACs and parameters before → after when pruned)."""
     table = Table(title=title, title_justify="left")
-    for column in ("id", "first layer", "channels", "members", "MACs share", "status"):
-        table.add_column(column, justify="right" if column in ("channels", "members", "MACs share") else "left")
+    columns = ["id", "first layer", "channels", "members", "MACs share"]
+    columns += ["MACs", "params"] if show_kept else []
+    for column in columns + ["status"]:
+        table.add_column(column, justify="left" if column in ("id", "first layer") else "right")
+    table.columns[-1].justify = "left"
     for row in rows:
-        channels = f"{row['channels']} → {row['kept']}" if show_kept and row["frozen"] is None else str(row["channels"])
+        pruned = show_kept and row["frozen"] is None
+        cells = [row["id"], row["name"], f"{row['channels']} → {row['kept']}" if pruned else str(row["channels"]),
+                 str(len(row["members"])), f"{row['macs_share']:.1%}"]
+        if show_kept:
+            cells += [_before_after(row, "macs"), _before_after(row, "params")]
         status = "prunable" if row["frozen"] is None else f"[yellow]frozen[/]: {row['frozen']}"
-        table.add_row(row["id"], row["name"], channels, str(len(row["members"])),
-                      f"{row['macs_share']:.1%}", status)
+        table.add_row(*cells, status)
     return table
+
+
+def _before_after(row: dict, key: str) -> str:
+    after = row.get(f"{key}_after")
+    if after is None or after == row[key]:
+        return human(row[key])
+    return f"{human(row[key])} → {human(after)}"
 
 
 def print_analysis(rows: list[dict], prunable_share: float, model_name: str) -> None:

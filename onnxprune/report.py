@@ -13,17 +13,31 @@ def model_summary(model, view: ModelView | None = None) -> dict:
     return {"macs": sum(model_macs(view).values()), "params": model_params(model)}
 
 
-def group_rows(groups: list[ChannelGroup], view: ModelView, plan: PruningPlan | None = None) -> list[dict]:
-    """One row per group: channels (before and after), share of MACs, frozen reason."""
+def group_rows(groups: list[ChannelGroup], view: ModelView, plan: PruningPlan | None = None,
+               pruned: ModelView | None = None) -> list[dict]:
+    """One row per group: channels, MACs of its layers and parameters of its weights (before,
+    and after when the pruned model's view is given), share of the model's MACs, frozen reason."""
     macs = model_macs(view)
+    macs_after = model_macs(pruned) if pruned else None
     total = max(sum(macs.values()), 1)
     rows = []
     for group in groups:
         row = group.to_dict()
         row["kept"] = plan.kept_count(group) if plan else group.channels
-        row["macs_share"] = group_macs(group, macs) / total
+        row["macs"] = group_macs(group, macs)
+        row["macs_share"] = row["macs"] / total
+        row["params"] = _member_params(group, view)
+        if pruned is not None:
+            row["macs_after"] = group_macs(group, macs_after)
+            row["params_after"] = _member_params(group, pruned)
         rows.append(row)
     return rows
+
+
+def _member_params(group: ChannelGroup, view: ModelView) -> int:
+    """Elements of the weight tensors that hold the group's channels (each tensor once)."""
+    names = {m.space.tensor for m in group.members}
+    return int(sum(view.value(n).size for n in names if view.value(n) is not None))
 
 
 def prunable_share(groups: list[ChannelGroup], view: ModelView) -> float:
