@@ -46,6 +46,8 @@ def test_prune_writes_model_plan_and_report(tiny, capsys, tmp_path):
     assert plan_doc["format"] == "onnxprune-plan/1" and plan_doc["input_sha256"] == before
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["after"]["macs"] < report["before"]["macs"]
+    (group,) = [g for g in report["groups"] if g["frozen"] is None]
+    assert group["macs_after"] < group["macs"] and group["params_after"] == group["params"] // 2
     assert "verified" in out and "MACs" in out
     onnx.checker.check_model(onnx.load(output), full_check=True)
 
