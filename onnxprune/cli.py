@@ -158,7 +158,8 @@ def _add_finetune(commands) -> None:
     sub.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term (default 0.5)")
     sub.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature (default 4)")
     sub.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                     help="random crop (4-pixel padding) and horizontal flip for NCHW images (default on)")
+                     help="random crop (padding H/8: 4 pixels on 32x32) and horizontal flip for NCHW images "
+                          "(default on; turn off for data that is not flip-invariant, e.g. digits or text)")
     sub.add_argument("--checkpoint-dir", metavar="DIR", help="write DIR/last.pt after every epoch")
     sub.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir/last.pt")
     sub.add_argument("--preprocess", metavar="SPEC",
