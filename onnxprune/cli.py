@@ -70,6 +70,14 @@ def _add_prune(commands) -> None:
     add_calibration_options(sub)
     add_allocation_options(sub)
     sub.add_argument("--no-verify", action="store_true", help="skip the masked-reference check")
+    chain = sub.add_argument_group("one command: prune -> reconstruct -> fine-tune -> check -> bench")
+    chain.add_argument("--finetune-data", metavar="DATA", help="labelled training data (.npz with y, or an "
+                       "image folder): fine-tune the pruned model, distilling from the input model")
+    chain.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs (default 10)")
+    chain.add_argument("--val", metavar="DATA", help="validation data for the fine-tuning")
+    chain.add_argument("--no-teacher", action="store_true", help="fine-tune without distillation")
+    chain.add_argument("--no-augment", action="store_true",
+                       help="no random crop/flip (for data that is not flip-invariant, e.g. digits)")
     sub.add_argument("--reconstruct", action="store_true",
                      help="after verification, refit each pruned layer's kept weights and bias by least squares "
                           "to the unpruned model's layer outputs on --calib data (needs --calib)")
@@ -171,7 +179,7 @@ def _add_finetune(commands) -> None:
 
 def run_prune(args) -> int:
     """The prune command."""
-    from .console import print_report
+    from .console import print_report, stdout
 
     source = Path(args.model)
     output = Path(args.output) if args.output else source.with_name(source.stem + ".pruned.onnx")
@@ -190,6 +198,13 @@ def run_prune(args) -> int:
                        target_params=args.target_params, target_latency=args.target_latency,
                        allocate=args.allocate, layerwise=args.layerwise, samples=args.samples, jobs=args.jobs,
                        reconstruct=args.reconstruct, ridge=args.ridge)
+    if args.finetune_data:
+        from .recover.chain import finetune_pruned
+
+        result = finetune_pruned(result, source, args.finetune_data, epochs=args.finetune_epochs,
+                                 val=args.val, preprocess=args.preprocess, batch_size=args.batch_size,
+                                 seed=args.seed, teacher=not args.no_teacher, augment=not args.no_augment,
+                                 log=stdout.print)
     result.save(output, plan_path, args.report)
     print_report(result.report, str(output), str(plan_path))
     if plot_dir is not None:

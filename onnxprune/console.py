@@ -76,6 +76,17 @@ def print_report(report: dict, output: str, plan_path: str) -> None:
         state = "applied" if recon.get("applied") else "not applied (it did not lower the error)"
         stdout.print(f"reconstruction: {recon.get('layers', 0)} layers refitted by least squares, {state}; "
                      f"held-out output error {recon['output_error_before']:.3g} → {recon['output_error_after']:.3g}")
+    tuned = report.get("finetune")
+    if tuned and tuned["history"]:
+        last, first = tuned["history"][-1], tuned.get("before") or {}
+        val = f"; val top-1 {first.get('val_top1', float('nan')):.1%} → {last.get('val_top1', float('nan')):.1%}" \
+            if "val_top1" in last else ""
+        kept = "" if tuned.get("applied", True) else " — not kept: validation top-1 dropped"
+        stdout.print(f"fine-tuned {tuned['epochs']} epochs{' with distillation' if tuned['teacher'] else ''}{val}{kept}")
+    latency = report.get("latency")
+    if latency:
+        stdout.print(f"latency (ONNX Runtime CPU, batch 1): {latency['before_ms']:.3f} ms → {latency['after_ms']:.3f} ms "
+                     f"({latency['speedup']:.2f}×)")
     check = report.get("verification")
     if check:
         worst = max(v["relative"] for v in check["outputs"].values())

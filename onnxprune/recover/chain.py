@@ -1,0 +1,58 @@
+"""`onnxprune prune … --finetune-data`: after pruning (and reconstruction), fine-tune, check that
+the result is valid ONNX that runs, and benchmark it against the input model with ONNX Runtime."""
+
+from __future__ import annotations
+
+import onnx
+
+from ..api import PruneResult, load_and_analyze
+from ..bench import compare_latency
+from ..errors import VerificationError
+from ..verify import random_inputs, run_model
+
+
+def finetune_pruned(result: PruneResult, source, data, *, epochs: int, val=None, preprocess=None,
+                    batch_size: int = 64, seed: int = 0, teacher: bool = True, augment: bool = True,
+                    log=None) -> PruneResult:
+    """Fine-tune `result.model` on `data` (distilling from the unpruned `source` when `teacher`),
+    then check it and time it against the input; the report gains `finetune` and `latency`.
+    With `val` data, a fine-tuned model whose validation top-1 is lower than before fine-tuning
+    is not kept (`applied: false`)."""
+    from .finetune import finetune
+
+    original = load_and_analyze(source).model
+    tuned = finetune(result.model, data, epochs=epochs, val=val, preprocess=preprocess, augment=augment,
+                     batch_size=batch_size, seed=seed, teacher=original if teacher else None, log=log)
+    check_runs(tuned.model)
+    applied = not _worse(tuned)
+    result.report["finetune"] = {"epochs": epochs, "data": str(data), "teacher": bool(teacher),
+                                 "augment": augment, "applied": applied, "before": tuned.initial,
+                                 "history": tuned.history}
+    if applied:
+        result.model = tuned.model
+        result.plan["recovered_finetune"] = {"method": "fine-tuning", "epochs": epochs, "data": str(data)}
+        for entry in result.plan["weights"].values():
+            entry["exact"] = False
+    result.report["latency"] = latency_report(original, result.model)
+    return result
+
+
+def _worse(tuned) -> bool:
+    before, after = tuned.initial or {}, tuned.history[-1] if tuned.history else {}
+    return "val_top1" in before and "val_top1" in after and after["val_top1"] < before["val_top1"]
+
+
+def check_runs(model: onnx.ModelProto) -> None:
+    """The fine-tuned model must pass the full checker and run in ONNX Runtime."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # the checker raises several types
+        raise VerificationError(f"the fine-tuned model is not valid ONNX ({str(exc).splitlines()[0][:200]})") from None
+    run_model(model, random_inputs(model, batch=2))
+
+
+def latency_report(original: onnx.ModelProto, pruned: onnx.ModelProto) -> dict:
+    """ONNX Runtime CPU median latency at batch 1, input vs final model, measured side by side."""
+    before, after = compare_latency([original, pruned], random_inputs(original, batch=1), warmup=5, iters=50)
+    return {"batch": 1, "before_ms": before.median_ms, "after_ms": after.median_ms,
+            "speedup": before.median_ms / after.median_ms if after.median_ms else None}
