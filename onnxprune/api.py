@@ -133,8 +133,9 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     option_dict = {"ratio": ratio, "min_channels": min_channels, "round_to": round_to,
                    "scope": scope, "exclude": list(exclude), "seed": seed,
                    "calib": str(calib) if calib else None, "calib_samples": data.samples if data else None}
-    report = build_report(model_summary(analysis.model, analysis.view), model_summary(applied.model),
-                          group_rows(analysis.groups, analysis.view, plan, ModelView(applied.model)),
+    pruned_view = ModelView(applied.model)
+    report = build_report(model_summary(analysis.model, analysis.view), model_summary(applied.model, pruned_view),
+                          group_rows(analysis.groups, analysis.view, plan, pruned_view),
                           criterion, option_dict,
                           check.to_dict() if check else None)
     if allocation is not None:

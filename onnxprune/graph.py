@@ -158,6 +158,16 @@ def copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return shell
 
 
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of the model that also returns the tensors `names` (float32) as graph outputs."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    copy.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                             for n in dict.fromkeys(names) if n not in present)
+    return copy
+
+
 def _copy_fields(source, target, skip: str) -> None:
     for descriptor, value in source.ListFields():
         if descriptor.name == skip:

@@ -161,7 +161,7 @@ def test_batchnorm_statistics_are_recalibrated(zoo_model, tmp_path):
     network: the first BN's new statistics equal those of its input measured directly."""
     from onnxprune.calib import load_calibration
     from onnxprune.recover.batchnorm import batchnorm_nodes, recalibrate_batchnorm
-    from onnxprune.recover.reconstruct import _with_outputs
+    from onnxprune.graph import with_outputs
     from onnxprune.verify import run_model
 
     path = zoo_model("vgg16_bn", "torchscript_bn")
@@ -173,7 +173,7 @@ def test_batchnorm_statistics_are_recalibrated(zoo_model, tmp_path):
     pruned.CopyFrom(result.model)
     first = batchnorm_nodes(pruned)[0]
     recalibrate_batchnorm(pruned, load_calibration(tmp_path / "c.npz", pruned, batch_size=8), batches=3)
-    seen = run_model(_with_outputs(pruned, [first.input[0]]), {"input": x})[first.input[0]].astype(np.float64)
+    seen = run_model(with_outputs(pruned, [first.input[0]]), {"input": x})[first.input[0]].astype(np.float64)
     stats = {i.name: onnx.numpy_helper.to_array(i) for i in pruned.graph.initializer}
     np.testing.assert_allclose(stats[first.input[3]], seen.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stats[first.input[4]], seen.var(axis=(0, 2, 3)), rtol=1e-4, atol=1e-5)

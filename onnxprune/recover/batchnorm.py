@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..graph import with_outputs
 from ..verify import make_cpu_session
 
 
@@ -21,9 +22,7 @@ def batchnorm_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 def input_statistics(model: onnx.ModelProto, tensor: str, data, batches: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (axis 1) mean and population variance of `tensor` over the first `batches`."""
-    from .reconstruct import _with_outputs
-
-    session = make_cpu_session(_with_outputs(model, [tensor]), optimize=True)
+    session = make_cpu_session(with_outputs(model, [tensor]), optimize=True)
     count, total, total_sq = 0, 0.0, 0.0
     for index, (feeds, _) in enumerate(data.batches()):
         if index >= batches:

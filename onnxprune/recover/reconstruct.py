@@ -31,6 +31,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..analysis.model_view import ModelView, attr, node_label
+from ..graph import with_outputs
 from ..verify import make_cpu_session
 from .batchnorm import recalibrate_batchnorm
 
@@ -239,16 +240,6 @@ class Reconstruction:
                 "metric": "relative L2 of the first output vs the unpruned model, held-out batches"}
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of the model that also returns `names`."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    present = {o.name for o in copy.graph.output}
-    copy.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-                             for n in dict.fromkeys(names) if n not in present)
-    return copy
-
-
 def _split(batches: int) -> int:
     """How many batches are held out for evaluation (0 when there is only one)."""
     return 0 if batches < 2 else max(1, round(0.2 * batches))
@@ -260,8 +251,8 @@ def accumulate(original: onnx.ModelProto, pruned: onnx.ModelProto, layers: list[
     Returns the number of samples used."""
     for layer in layers:
         layer.stats = NormalEquations(intercept=layer.node.op_type != "MatMul")
-    reads = make_cpu_session(_with_outputs(pruned, [l.node.input[0] for l in layers]), optimize=True)
-    targets = make_cpu_session(_with_outputs(original, [l.node.output[0] for l in layers]), optimize=True)
+    reads = make_cpu_session(with_outputs(pruned, [l.node.input[0] for l in layers]), optimize=True)
+    targets = make_cpu_session(with_outputs(original, [l.node.output[0] for l in layers]), optimize=True)
     rng, samples = np.random.default_rng(seed), 0
     for index, (feeds, _) in enumerate(data.batches()):
         if index >= fit_batches:
