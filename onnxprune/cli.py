@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .commands import add_parsers as add_command_parsers, command_names
 from .api import default_plan_path, load_and_analyze, prune
 from .criteria import CRITERIA
 from .errors import InputError, OnnxPruneError
@@ -46,6 +47,7 @@ def build_parser() -> Parser:
     _add_analyze(commands)
     _add_sensitivity(commands)
     _add_finetune(commands)
+    add_command_parsers(commands)
     ops = commands.add_parser("ops", help="print the op-coverage table (which ops have channel rules)")
     ops.set_defaults(func=run_ops)
     return parser
@@ -304,7 +306,7 @@ def run_ops(args) -> int:
     return 0
 
 
-COMMANDS = ("prune", "analyze", "sensitivity", "finetune", "ops")
+COMMANDS = ("prune", "analyze", "sensitivity", "finetune", "ops") + command_names()
 
 
 def main(argv: list[str] | None = None) -> int:
