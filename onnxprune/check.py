@@ -1,0 +1,164 @@
+"""Re-check a stored pruned model against its original and plan, long after pruning.
+
+`check_pruned` reads the original model, confirms it is the plan's input (SHA-256), rebuilds the
+plan's channel selection on the original's channel groups, and then checks two things:
+
+* every weight the plan marks as an exact slice equals ``original[np.ix_(kept...)]``;
+* the pruned model computes what the original computes with the pruned channels masked
+  (`verify.py`'s masked reference), on seeded random inputs and optionally calibration data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .analysis import ModelView, find_groups
+from .api import PLAN_FORMAT
+from .errors import InputError
+from .graph import load_model, normalize
+from .select import PruningPlan
+from .verify import RTOL, OutputCheck, compare, masked_weights, random_inputs, run_model
+
+
+@dataclass
+class CheckResult:
+    """The outcome of a re-check: per-output differences over all inputs, weight slices that differ."""
+
+    outputs: dict[str, OutputCheck] = field(default_factory=dict)
+    bad_weights: list[str] = field(default_factory=list)
+    batches: int = 0
+    recovered: str | None = None
+
+    @property
+    def max_relative(self) -> float:
+        """The largest relative output difference seen (inf when an output is not finite; 0 without outputs)."""
+        return max((_rank(o) for o in self.outputs.values()), default=0.0)
+
+    @property
+    def ok(self) -> bool:
+        """True when every exact weight is an exact slice and (unless recovered) every output matches."""
+        outputs_ok = self.recovered is not None or all(o.ok for o in self.outputs.values())
+        return not self.bad_weights and outputs_ok
+
+    def add(self, checks) -> None:
+        """Merge one batch's comparison, keeping each output's worst relative difference."""
+        self.batches += 1
+        for check in checks.outputs:
+            seen = self.outputs.get(check.name)
+            if seen is None or _rank(check) > _rank(seen):
+                self.outputs[check.name] = check
+
+
+def _rank(check: OutputCheck) -> float:
+    """Relative difference, inf when not finite (NaN included)."""
+    value = check.relative
+    return float(value) if np.isfinite(value) and np.isfinite(check.max_abs_diff) else float("inf")
+
+
+def read_plan(path: Path) -> dict:
+    """The plan file, or InputError when it is missing or not an onnxprune plan."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such plan file (give it with --plan)")
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a JSON plan file ({exc})") from None
+    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
+        raise InputError(f"{path}: not an {PLAN_FORMAT} plan file")
+    if not isinstance(plan.get("groups"), list) or not isinstance(plan.get("weights"), dict):
+        raise InputError(f"{path}: plan file without 'groups' and 'weights'")
+    return plan
+
+
+def rebuild_plan(groups, plan: dict) -> PruningPlan:
+    """The PruningPlan that `plan`'s groups describe, on the original model's channel groups."""
+    by_id = {g.id: g for g in groups}
+    kept = {}
+    for entry in plan["groups"]:
+        group = by_id.get(entry.get("id"))
+        if group is None or group.channels != entry.get("channels") or \
+                sorted({str(m.space) for m in group.members}) != entry.get("members"):
+            raise InputError(f"the plan's group {entry.get('id')!r} does not match the original model's channel "
+                             "groups (different model or onnxprune version)")
+        chosen = np.asarray(entry.get("kept", []), dtype=np.int64)
+        if len(chosen) < group.channels:
+            if chosen.size and (chosen.min() < 0 or chosen.max() >= group.channels):
+                raise InputError(f"the plan's group {group.id!r} keeps channels outside 0..{group.channels - 1}")
+            kept[group.id] = np.unique(chosen)
+    return PruningPlan(groups, kept)
+
+
+def sliced_weights_differ(view: ModelView, pruned: onnx.ModelProto, weights: dict) -> list[str]:
+    """Names of plan weights marked exact whose pruned value is not `original[np.ix_(kept...)]`."""
+    stored = {init.name: init for init in pruned.graph.initializer}
+    bad = []
+    for name, entry in sorted(weights.items()):
+        if entry.get("exact") is False:
+            continue
+        original, init = view.consts.get(name), stored.get(name)
+        if original is None or init is None or list(original.shape) != entry.get("shape"):
+            bad.append(name)
+            continue
+        index = [np.asarray(entry["kept"].get(str(a), range(n)), dtype=np.int64) for a, n in enumerate(original.shape)]
+        if not np.array_equal(numpy_helper.to_array(init), original[np.ix_(*index)], equal_nan=True):
+            bad.append(name)
+    return bad
+
+
+def check_pruned(pruned_path, original_path, plan_path, seed: int = 0, runs: int = 3,
+                 calib=None, calib_samples: int = 64, preprocess: str | None = None) -> CheckResult:
+    """Re-run the masked-reference check of a stored pruned model (see the module docstring).
+
+    `runs` batches of seeded random inputs (seeds seed, seed+1, ...) and, with `calib`, up to
+    `calib_samples` calibration samples. Raises InputError when the files do not belong together.
+    """
+    plan_doc = read_plan(Path(plan_path))
+    original = load_model(original_path)
+    if plan_doc.get("input_sha256") != original.sha256:
+        raise InputError(f"{original_path} is not the model this plan was made from (SHA-256 differs)")
+    pruned = load_model(pruned_path).model
+    model = normalize(original.model)
+    view = ModelView(model)
+    groups = find_groups(view, tuple((plan_doc.get("options") or {}).get("exclude") or ()))
+    plan = rebuild_plan(groups, plan_doc)
+    result = CheckResult(recovered=(plan_doc.get("recovered") or {}).get("method"))
+    result.bad_weights = sliced_weights_differ(view, pruned, plan_doc["weights"])
+    arrays = {**view.consts, **masked_weights(view, plan)}
+    for feeds in _feeds(model, seed, runs, calib, calib_samples, preprocess):
+        reference = run_model(model, feeds, arrays=arrays)
+        result.add(compare(run_model(pruned, feeds), reference))
+    return result
+
+
+def _feeds(model: onnx.ModelProto, seed: int, runs: int, calib, samples: int, preprocess):
+    for run in range(runs):
+        yield random_inputs(model, seed + run)
+    if calib:
+        from .calib import load_calibration
+
+        data = load_calibration(calib, model, samples, preprocess, 32, seed)
+        for feeds, _ in data.batches():
+            yield feeds
+
+
+def summary_line(result: CheckResult, pruned_name: str) -> str:
+    """One line: PASS or FAIL, what was compared and the largest relative difference."""
+    verdict = "PASS" if result.ok else "FAIL"
+    detail = f"max relative difference {result.max_relative:.3g} (tolerance {RTOL:g}) over {result.batches} batches"
+    if result.bad_weights:
+        names = ", ".join(result.bad_weights[:3]) + (" ..." if len(result.bad_weights) > 3 else "")
+        return f"{verdict}: {pruned_name}: {len(result.bad_weights)} weights are not the plan's slices ({names}); {detail}"
+    if result.recovered:
+        return (f"{verdict}: {pruned_name}: exact weights match the plan; weights refitted by {result.recovered} "
+                f"differ from the masked reference by design ({detail})")
+    failed = [o for o in result.outputs.values() if not o.ok]
+    if failed:
+        worst = max(failed, key=_rank)
+        return f"{verdict}: {pruned_name}: output '{worst.name}' differs from the masked original; {detail}"
+    return f"{verdict}: {pruned_name} computes the masked original; {detail}"

@@ -1,0 +1,52 @@
+"""`onnxprune check PRUNED --against ORIGINAL [--plan PLAN]`: re-run the masked-reference check later."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "check"
+
+DESCRIPTION = ("Re-run the masked-reference check of a stored pruned model: the original (which must be the "
+               "plan's input, by SHA-256) with the plan's pruned channels masked must compute what the pruned "
+               "model computes, and every weight the plan records as a slice must be exactly that slice. "
+               "Prints one PASS/FAIL line with the largest relative output difference.")
+
+EPILOG = """examples:
+  onnxprune check model.pruned.onnx --against model.onnx
+  onnxprune check small.onnx --against model.onnx --plan small.plan.json --runs 5 --calib calib.npz
+
+exit codes: 0 pass, 3 fail, 2 bad input (missing file, plan of another model, ...)"""
+
+
+def add_parser(commands) -> None:
+    """The `check` sub-parser."""
+    import argparse
+
+    sub = commands.add_parser(NAME, help="re-check a pruned model against its original and plan",
+                              description=DESCRIPTION, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("pruned", help="the pruned .onnx file")
+    sub.add_argument("--against", required=True, metavar="ORIGINAL", help="the original .onnx file the plan was made from")
+    sub.add_argument("--plan", metavar="PLAN", help="plan file (default: <pruned stem>.plan.json beside it)")
+    sub.add_argument("--runs", type=int, default=3, help="batches of seeded random inputs (default 3)")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the first random batch (default 0)")
+    sub.add_argument("--calib", metavar="PATH", help="also compare on calibration data (.npz/.npy or image folder)")
+    sub.add_argument("--calib-samples", type=int, default=64, metavar="N", help="calibration samples (default 64)")
+    sub.add_argument("--preprocess", metavar="SPEC", help="preprocessing of images/uint8 arrays (as for prune)")
+    sub.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Run the check; print one PASS/FAIL line; 0 pass, 3 fail."""
+    from ..api import default_plan_path
+    from ..check import check_pruned, summary_line
+    from ..errors import InputError
+
+    if args.runs < 1 and not args.calib:
+        raise InputError(f"--runs must be at least 1 (or give --calib), got {args.runs}")
+    pruned = Path(args.pruned)
+    plan = Path(args.plan) if args.plan else default_plan_path(pruned)
+    result = check_pruned(pruned, args.against, plan, seed=args.seed, runs=max(args.runs, 0),
+                          calib=args.calib, calib_samples=args.calib_samples, preprocess=args.preprocess)
+    print(summary_line(result, pruned.name))
+    return 0 if result.ok else 3
