@@ -25,6 +25,11 @@ EXAMPLES = """examples:
 exit codes: 0 ok, 2 bad input (one line on stderr, nothing written),
             3 the pruned model failed verification (nothing written)"""
 
+FINETUNE_EXAMPLES = """examples:
+  onnxprune finetune pruned.onnx --data train/ --val val.npz --epochs 30 --teacher model.onnx
+  torchrun --nproc_per_node=4 -m onnxprune finetune pruned.onnx --data train/ --epochs 30
+      data-parallel on 4 GPUs (NCCL; gloo on CPUs); --batch-size is the global batch"""
+
 
 class Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line on stderr with exit code 2."""
@@ -152,7 +157,8 @@ def _add_finetune(commands) -> None:
     sub = commands.add_parser("finetune", help="fine-tune a (pruned) model on labelled data in torch",
                               description="Train the model (converted to torch) on labelled data with "
                               "cross-entropy and optional knowledge distillation from --teacher, then write it "
-                              "as ONNX. Needs the torch extra.")
+                              "as ONNX. Needs the torch extra.", epilog=FINETUNE_EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     sub.add_argument("model", help="input .onnx file (never modified)")
     sub.add_argument("-o", "--output", help="output model (default: <input stem>.finetuned.onnx)")
     sub.add_argument("--data", metavar="PATH", help="training data: .npz (inputs and labels 'y') or an image "
@@ -163,7 +169,8 @@ def _add_finetune(commands) -> None:
     sub.add_argument("--lr", type=float, help="peak learning rate, cosine decay (default 0.01 sgd, 0.001 adamw)")
     sub.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     sub.add_argument("--weight-decay", type=float, help="default 5e-4 (sgd), 0.01 (adamw)")
-    sub.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    sub.add_argument("--batch-size", type=int, default=64,
+                     help="batch size (default 64); under torchrun the global batch, split across processes")
     sub.add_argument("--teacher", metavar="ONNX", help="distil from this model (e.g. the unpruned original)")
     sub.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term (default 0.5)")
     sub.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature (default 4)")
@@ -288,6 +295,8 @@ def run_finetune(args) -> int:
                       teacher=args.teacher, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
                       augment=args.augment, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                       preprocess=args.preprocess, seed=args.seed, output=output, log=stdout.print)
+    if result.rank != 0:  # torchrun: rank 0 reports and writes
+        return 0
     last = result.history[-1] if result.history else {}
     summary = f"fine-tuned {len(result.history)} epochs on {result.device} in {result.seconds:.1f}s"
     if "val_top1" in last:

@@ -29,17 +29,23 @@ per epoch.
 * Device: CUDA when ``torch.cuda.is_available()`` (or ``device=...``), else CPU; the module is
   moved back to the CPU for the export.
 
-Multi-GPU (not implemented): the loop would run under ``torchrun --nproc_per_node=G``, call
-``torch.distributed.init_process_group("nccl")``, place the module on ``cuda:LOCAL_RANK`` and wrap
-it in ``DistributedDataParallel``; each rank would read a disjoint shard of the per-epoch
-permutation (``perm[rank::world_size]``, same seed on every rank, so the shards cover the set),
-the learning rate would be scaled by the world size (or the per-rank batch divided), validation
-metrics would be summed with ``all_reduce``, and only rank 0 would write checkpoints, print and
-export the ONNX model; resuming would broadcast rank 0's checkpoint.
+Multi-GPU / multi-node: run the same command under ``torchrun`` (see :mod:`.distributed`)::
+
+    torchrun --nproc_per_node=4 -m onnxprune finetune pruned.onnx --data train/ --epochs 30
+
+Each process trains a replica wrapped in ``DistributedDataParallel`` (NCCL on GPUs, one GPU per
+``LOCAL_RANK``; gloo on CPUs). ``--batch-size`` stays the *global* batch: every global batch of the
+single-process run is split across the ranks (rank r reads samples r, r + W, r + 2W, … of it, and
+the augmentation parameters are drawn for the whole batch from the same seeded generator on every
+rank), so W processes compute the same steps as one process, up to float summation order. The
+batch size must be divisible by the world size. Training metrics are summed over ranks; only rank 0
+evaluates, prints, writes checkpoints and the ONNX model; ``--resume`` reads the checkpoint on
+every rank (keep ``--checkpoint-dir`` on a shared file system for multi-node runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import math
@@ -55,6 +61,7 @@ import onnx
 from ..calib import CalibrationData, ModelInput, Preprocess, load_calibration
 from ..errors import InputError
 from ..graph import atomic_write_bytes, save_model
+from .distributed import Shard, pick_device, start, stop, sum_over_ranks, wrap
 
 OPTIMIZERS = ("sgd", "adamw")
 CHECKPOINT_NAME = "last.pt"
@@ -70,6 +77,7 @@ class FinetuneResult:
     device: str = "cpu"
     seconds: float = 0.0
     module: object = field(default=None, repr=False)  # the trained torch module (CPU, eval mode)
+    rank: int = 0  # the data-parallel rank of this process (0 outside torchrun)
 
     def save(self, path) -> Path:
         """Write the model atomically."""
@@ -88,19 +96,29 @@ def _labelled(path, model, preprocess, batch_size, seed, what) -> CalibrationDat
     return data
 
 
-def _epoch_batches(data: CalibrationData, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(inputs, labels) of one epoch in an order drawn from `seed`."""
-    if data._files:  # image folders: reopened with the seed, which shuffles the files
-        data = dataclasses.replace(data, seed=seed, _files=_reshuffled(data._files, seed))
-        for feeds, labels in data.batches():
-            yield feeds[data.target.name], labels
+def _epoch_batches(data: CalibrationData, seed: int, shard: Shard = Shard()):
+    """(inputs, labels, global batch size) of one epoch in an order drawn from `seed`.
+
+    Each global batch of `data.batch_size` samples is split across the workers of `shard`; only
+    this rank's part is read. With several workers, a last batch smaller than the world is skipped.
+    """
+    if data._files:  # image folders: reshuffled by the epoch seed
+        files = _reshuffled(data._files, seed)
+        for start in range(0, len(files), data.batch_size):
+            chosen = files[start:start + data.batch_size]
+            if len(chosen) >= shard.world:
+                part = shard.part(chosen)
+                yield (*dataclasses.replace(data, _files=part, samples=len(part))._files_batch(0, len(part)),
+                       len(chosen))
         return
     x, y = data._arrays
     perm = np.random.default_rng(seed).permutation(data.samples)
     for start in range(0, data.samples, data.batch_size):
         idx = np.sort(perm[start:start + data.batch_size])
-        chunk = dataclasses.replace(data, _arrays=(np.asarray(x[idx]), np.asarray(y[idx])), samples=len(idx))
-        yield chunk._array_batch(0, len(idx))
+        if len(idx) >= shard.world:
+            part = shard.part(idx)
+            chunk = dataclasses.replace(data, _arrays=(np.asarray(x[part]), np.asarray(y[part])), samples=len(part))
+            yield (*chunk._array_batch(0, len(part)), len(idx))
 
 
 def _reshuffled(files, seed):
@@ -114,18 +132,23 @@ def _logits(out):
     return out.reshape(out.shape[0], -1)
 
 
-def _augment(x, generator, pad: int | None = None):
+def _augment(x, generator, shard: Shard = Shard(), global_n: int | None = None, pad: int | None = None):
     """Random crop with `pad`-pixel zero padding (default H/8: the usual 4 pixels on 32x32 images,
-    1 on 8x8 ones) and horizontal flip of an [N, C, H, W] batch."""
+    1 on 8x8 ones) and horizontal flip of an [N, C, H, W] batch.
+
+    The offsets and flips are drawn for the whole global batch of `global_n` samples, and this
+    rank's part of them is applied, so sharded runs augment exactly like one process.
+    """
     import torch
     import torch.nn.functional as F
 
     n, _, h, w = x.shape
+    total = n if global_n is None else global_n
     pad = max(1, h // 8) if pad is None else pad
     padded = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    oy = shard.part(torch.randint(0, 2 * pad + 1, (total,), generator=generator)).to(x.device)
+    ox = shard.part(torch.randint(0, 2 * pad + 1, (total,), generator=generator)).to(x.device)
+    flip = shard.part(torch.rand(total, generator=generator) < 0.5).to(x.device)
     cols = torch.arange(w, device=x.device)
     cols = torch.where(flip[:, None], w - 1 - cols[None, :], cols[None, :]) + ox[:, None]
     rows = torch.arange(h, device=x.device)[None, :] + oy[:, None]
@@ -162,80 +185,71 @@ def _save_checkpoint(directory: Path, state: dict) -> None:
     atomic_write_bytes(directory / CHECKPOINT_NAME, buffer.getvalue())
 
 
-def finetune(model_or_path, data, *, epochs: int, val=None, optimizer: str = "sgd",
-             lr: float | None = None, momentum: float = 0.9, weight_decay: float | None = None,
-             batch_size: int = 64, teacher=None, kd_alpha: float = 0.5, kd_temperature: float = 4.0,
-             augment: bool = True, checkpoint_dir=None, resume: bool = False,
-             preprocess: str | Preprocess | None = None, seed: int = 0, device: str | None = None,
-             output=None, log: Callable[[str], None] | None = None,
-             on_epoch_end: Callable[[dict], None] | None = None) -> FinetuneResult:
-    """Fine-tune an ONNX model on labelled `data`; see the module docstring.
+@dataclass
+class _Settings:
+    """Validated hyper-parameters of one fine-tuning run."""
 
-    Defaults: lr 0.01 (sgd) / 0.001 (adamw); weight decay 5e-4 (sgd) / 0.01 (adamw). `output`
-    writes the ONNX model atomically; `log` receives one line per epoch; `on_epoch_end` gets each
-    history entry after its checkpoint is written.
-    """
-    import torch
-    import torch.nn.functional as F
+    epochs: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    kd_alpha: float
+    kd_temperature: float
 
-    from ..api import load_and_analyze
-    from ..console import progress_bar
-    from ..torch import export_onnx, to_torch
+    @classmethod
+    def check(cls, epochs, optimizer, lr, momentum, weight_decay, kd_alpha, kd_temperature) -> "_Settings":
+        """The settings with defaults filled in, or an InputError naming the bad option."""
+        if epochs < 1:
+            raise InputError(f"--epochs must be at least 1, got {epochs}")
+        if optimizer not in OPTIMIZERS:
+            raise InputError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer}")
+        if not 0.0 <= kd_alpha <= 1.0:
+            raise InputError(f"--kd-alpha must be in [0, 1], got {kd_alpha}")
+        if kd_temperature <= 0:
+            raise InputError(f"--kd-temperature must be positive, got {kd_temperature}")
+        lr = (0.01 if optimizer == "sgd" else 1e-3) if lr is None else lr
+        if lr <= 0:
+            raise InputError(f"--lr must be positive, got {lr}")
+        if weight_decay is None:
+            weight_decay = 5e-4 if optimizer == "sgd" else 0.01
+        return cls(epochs, optimizer, lr, momentum, weight_decay, kd_alpha, float(kd_temperature))
 
-    if epochs < 1:
-        raise InputError(f"--epochs must be at least 1, got {epochs}")
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer}")
-    if not 0.0 <= kd_alpha <= 1.0:
-        raise InputError(f"--kd-alpha must be in [0, 1], got {kd_alpha}")
-    if kd_temperature <= 0:
-        raise InputError(f"--kd-temperature must be positive, got {kd_temperature}")
-    if lr is None:
-        lr = 0.01 if optimizer == "sgd" else 1e-3
-    if weight_decay is None:
-        weight_decay = 5e-4 if optimizer == "sgd" else 0.01
-    if lr <= 0:
-        raise InputError(f"--lr must be positive, got {lr}")
-    if resume and checkpoint_dir is None:
-        raise InputError("--resume needs --checkpoint-dir")
-    if data is None:
-        raise InputError("finetune needs labelled training data: add --data PATH (.npz with 'y' or an image folder)")
+    def optimizer_for(self, params):
+        """SGD with momentum or AdamW over `params`."""
+        import torch
 
-    model = load_and_analyze(model_or_path).model
-    inits = {t.name for t in model.graph.initializer}
-    if sum(1 for i in model.graph.input if i.name not in inits) != 1:
-        raise InputError("finetune supports models with one input")
-    train = _labelled(data, model, preprocess, batch_size, seed, "--data")
-    val_data = _labelled(val, model, preprocess, batch_size, seed, "--val") if val is not None else None
-    target = train.target
-    image_input = len(target.shape) == 4 and target.channels_first
-    augment = bool(augment and image_input)
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(seed)
-    module = to_torch(model).to(dev)
-    module.train()
-    teacher_module = None
-    if teacher is not None:
-        teacher_module = to_torch(teacher).to(dev).eval()
-        for p in teacher_module.parameters():
-            p.requires_grad_(False)
 
-    params = [p for p in module.parameters() if p.requires_grad]
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    steps = epochs * train.num_batches
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    gen = torch.Generator().manual_seed(seed)
-    history: list[dict] = []
-    start_epoch = 1
-    initial = None
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+@dataclass
+class _Run:
+    """The mutable state of a fine-tuning run (what a checkpoint holds)."""
 
-    if resume:
-        path = ckpt_dir / CHECKPOINT_NAME
+    module: object
+    opt: object
+    sched: object
+    gen: object
+    history: list = field(default_factory=list)
+    initial: dict | None = None
+    start_epoch: int = 1
+
+    def state(self, epoch: int, epochs: int, seed: int, module) -> dict:
+        """The checkpoint after `epoch`."""
+        import torch
+
+        return {"module": module.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "epoch": epoch, "epochs": epochs, "seed": seed,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "augment_rng": self.gen.get_state(), "history": self.history, "initial": self.initial}
+
+    def restore(self, path: Path, epochs: int, module) -> None:
+        """Continue from the checkpoint at `path` (an InputError if it does not fit)."""
+        import torch
+
         if not path.is_file():
             raise InputError(f"--resume: no checkpoint {path}")
         try:
@@ -248,86 +262,175 @@ def finetune(model_or_path, data, *, epochs: int, val=None, optimizer: str = "sg
             module.load_state_dict(state["module"])
         except RuntimeError as exc:
             raise InputError(f"--resume: {path} does not fit this model ({str(exc).splitlines()[0]})") from None
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        gen.set_state(state["augment_rng"])
-        history = list(state.get("history", []))
-        initial = state.get("initial")
-        start_epoch = state["epoch"] + 1
+        self.gen.set_state(state["augment_rng"])
+        self.history = list(state.get("history", []))
+        self.initial = state.get("initial")
+        self.start_epoch = state["epoch"] + 1
 
-    started = time.perf_counter()
-    if val_data is not None and start_epoch == 1:
-        initial = evaluate(module, val_data, dev)
-        if log:
-            log(f"epoch 0/{epochs}  val loss {initial['val_loss']:.4f}  val top-1 {initial['val_top1']:.2%}")
 
-    temperature = float(kd_temperature)
-    for epoch in range(start_epoch, epochs + 1):
-        t0 = time.perf_counter()
-        totals = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
-        count = 0
-        correct = 0
-        with progress_bar(f"epoch {epoch}/{epochs}", total=train.num_batches) as advance:
-            for x_np, y_np in _epoch_batches(train, seed + epoch):
-                x = torch.from_numpy(np.ascontiguousarray(x_np)).to(dev)
-                y = torch.from_numpy(np.asarray(y_np, dtype=np.int64)).to(dev)
-                if augment:
-                    x = _augment(x, gen)
-                logits = _logits(module(x))
-                ce = F.cross_entropy(logits, y)
-                if teacher_module is not None:
-                    with torch.no_grad():
-                        t_logits = _logits(teacher_module(x))
-                    kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(t_logits / temperature, 1),
-                                  reduction="batchmean", log_target=True)
-                    loss = kd_alpha * temperature ** 2 * kd + (1 - kd_alpha) * ce
-                    totals["kd"] += float(kd.detach()) * len(y)
-                else:
-                    loss = ce
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                totals["loss"] += float(loss.detach()) * len(y)
-                totals["ce"] += float(ce.detach()) * len(y)
-                correct += int((logits.detach().argmax(1) == y).sum())
-                count += len(y)
-                advance()
-        entry = {"epoch": epoch, "train_loss": totals["loss"] / count, "train_ce": totals["ce"] / count,
-                 "train_top1": correct / count, "lr": sched.get_last_lr()[0]}
-        if teacher_module is not None:
-            entry["train_kd"] = totals["kd"] / count
-        if val_data is not None:
-            entry.update(evaluate(module, val_data, dev))
-        entry["seconds"] = time.perf_counter() - t0
-        history.append(entry)
-        if log:
-            line = f"epoch {epoch}/{epochs}  loss {entry['train_loss']:.4f}  train top-1 {entry['train_top1']:.2%}"
-            if "train_kd" in entry:
-                line += f"  kd {entry['train_kd']:.4f}"
-            if "val_top1" in entry:
-                line += f"  val loss {entry['val_loss']:.4f}  val top-1 {entry['val_top1']:.2%}"
-            log(line + f"  lr {entry['lr']:.3g}  {entry['seconds']:.1f}s")
-        if ckpt_dir is not None:
-            _save_checkpoint(ckpt_dir, {
-                "module": module.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "epoch": epoch, "epochs": epochs, "seed": seed, "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "augment_rng": gen.get_state(), "history": history, "initial": initial})
-        if on_epoch_end:
-            on_epoch_end(entry)
+def _teacher_module(teacher, device):
+    """The teacher ONNX model as a frozen torch module in eval mode (None without a teacher)."""
+    from ..torch import to_torch
 
-    module = module.cpu().eval()
-    x_np, _ = next(_epoch_batches(train, seed))
+    if teacher is None:
+        return None
+    module = to_torch(teacher).to(device).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def _loss(logits, y, t_logits, settings: _Settings):
+    """(loss, cross-entropy, distillation term or None) of one batch."""
+    import torch.nn.functional as F
+
+    ce = F.cross_entropy(logits, y)
+    if t_logits is None:
+        return ce, ce, None
+    temperature = settings.kd_temperature
+    kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(t_logits / temperature, 1),
+                  reduction="batchmean", log_target=True)
+    return settings.kd_alpha * temperature ** 2 * kd + (1 - settings.kd_alpha) * ce, ce, kd
+
+
+def _train_epoch(run: _Run, trainer, teacher, train: CalibrationData, epoch: int, settings: _Settings,
+                 augment: bool, seed: int, shard: Shard, device) -> dict:
+    """One epoch over this rank's part of every batch; the metrics summed over all ranks."""
+    import torch
+
+    from ..console import progress_bar
+
+    totals = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "correct": 0.0, "count": 0.0}
+    bar = progress_bar(f"epoch {epoch}/{settings.epochs}", total=train.num_batches) if shard.main \
+        else contextlib.nullcontext(lambda steps=1: None)
+    with bar as advance:
+        for x_np, y_np, global_n in _epoch_batches(train, seed + epoch, shard):
+            x = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
+            y = torch.from_numpy(np.asarray(y_np, dtype=np.int64)).to(device)
+            if augment:
+                x = _augment(x, run.gen, shard, global_n)
+            logits = _logits(trainer(x))
+            with torch.no_grad():
+                t_logits = _logits(teacher(x)) if teacher is not None else None
+            loss, ce, kd = _loss(logits, y, t_logits, settings)
+            run.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            run.opt.step()
+            run.sched.step()
+            n = len(y)
+            totals["loss"] += float(loss.detach()) * n
+            totals["ce"] += float(ce.detach()) * n
+            totals["kd"] += float(kd.detach()) * n if kd is not None else 0.0
+            totals["correct"] += int((logits.detach().argmax(1) == y).sum())
+            totals["count"] += n
+            advance()
+    totals = sum_over_ranks(totals, shard, device)
+    count = totals["count"]
+    entry = {"epoch": epoch, "train_loss": totals["loss"] / count, "train_ce": totals["ce"] / count,
+             "train_top1": totals["correct"] / count, "lr": run.sched.get_last_lr()[0]}
+    if teacher is not None:
+        entry["train_kd"] = totals["kd"] / count
+    return entry
+
+
+def _epoch_line(entry: dict, epochs: int) -> str:
+    line = f"epoch {entry['epoch']}/{epochs}  loss {entry['train_loss']:.4f}  train top-1 {entry['train_top1']:.2%}"
+    if "train_kd" in entry:
+        line += f"  kd {entry['train_kd']:.4f}"
+    if "val_top1" in entry:
+        line += f"  val loss {entry['val_loss']:.4f}  val top-1 {entry['val_top1']:.2%}"
+    return line + f"  lr {entry['lr']:.3g}  {entry['seconds']:.1f}s"
+
+
+def _export(module, train: CalibrationData) -> onnx.ModelProto:
+    """The trained module (CPU, eval mode) exported to ONNX with a real input as the example."""
+    import torch
+
+    from ..torch import export_onnx
+
+    x_np, _ = train._files_batch(0, 1) if train._files else train._array_batch(0, 1)
     example = torch.from_numpy(np.ascontiguousarray(x_np[:1]))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "finetuned.onnx"
         export_onnx(module, example, path)
-        tuned = onnx.load(str(path))
-    result = FinetuneResult(tuned, history, initial, str(dev), time.perf_counter() - started, module)
-    if output is not None:
-        result.save(output)
-    return result
+        return onnx.load(str(path))
+
+
+def finetune(model_or_path, data, *, epochs: int, val=None, optimizer: str = "sgd",
+             lr: float | None = None, momentum: float = 0.9, weight_decay: float | None = None,
+             batch_size: int = 64, teacher=None, kd_alpha: float = 0.5, kd_temperature: float = 4.0,
+             augment: bool = True, checkpoint_dir=None, resume: bool = False,
+             preprocess: str | Preprocess | None = None, seed: int = 0, device: str | None = None,
+             output=None, log: Callable[[str], None] | None = None,
+             on_epoch_end: Callable[[dict], None] | None = None) -> FinetuneResult:
+    """Fine-tune an ONNX model on labelled `data`; see the module docstring.
+
+    Defaults: lr 0.01 (sgd) / 0.001 (adamw); weight decay 5e-4 (sgd) / 0.01 (adamw). `output`
+    writes the ONNX model atomically; `log` receives one line per epoch; `on_epoch_end` gets each
+    history entry after its checkpoint is written. Under ``torchrun`` the run is data-parallel
+    (module docstring); only rank 0 logs and writes, and the result's ``rank`` says which this is.
+    """
+    import torch
+
+    from ..api import load_and_analyze
+    from ..torch import to_torch
+
+    settings = _Settings.check(epochs, optimizer, lr, momentum, weight_decay, kd_alpha, kd_temperature)
+    if resume and checkpoint_dir is None:
+        raise InputError("--resume needs --checkpoint-dir")
+    if data is None:
+        raise InputError("finetune needs labelled training data: add --data PATH (.npz with 'y' or an image folder)")
+    model = load_and_analyze(model_or_path).model
+    inits = {t.name for t in model.graph.initializer}
+    if sum(1 for i in model.graph.input if i.name not in inits) != 1:
+        raise InputError("finetune supports models with one input")
+    train = _labelled(data, model, preprocess, batch_size, seed, "--data")
+    val_data = _labelled(val, model, preprocess, batch_size, seed, "--val") if val is not None else None
+    augment = bool(augment and len(train.target.shape) == 4 and train.target.channels_first)
+
+    dev = pick_device(device)
+    shard = start(dev, batch_size)
+    try:
+        torch.manual_seed(seed)
+        module = to_torch(model).to(dev).train()
+        teacher_module = _teacher_module(teacher, dev)
+        opt = settings.optimizer_for([p for p in module.parameters() if p.requires_grad])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * train.num_batches)
+        run = _Run(module, opt, sched, torch.Generator().manual_seed(seed))
+        ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if resume:
+            run.restore(ckpt_dir / CHECKPOINT_NAME, epochs, module)
+        log = log if shard.main else None
+        started = time.perf_counter()
+        if val_data is not None and run.start_epoch == 1 and shard.main:
+            run.initial = evaluate(module, val_data, dev)
+            if log:
+                log(f"epoch 0/{epochs}  val loss {run.initial['val_loss']:.4f}  "
+                    f"val top-1 {run.initial['val_top1']:.2%}")
+        trainer = wrap(module, shard, dev)
+        for epoch in range(run.start_epoch, epochs + 1):
+            t0 = time.perf_counter()
+            entry = _train_epoch(run, trainer, teacher_module, train, epoch, settings, augment, seed, shard, dev)
+            if val_data is not None and shard.main:
+                entry.update(evaluate(module, val_data, dev))
+            entry["seconds"] = time.perf_counter() - t0
+            run.history.append(entry)
+            if log:
+                log(_epoch_line(entry, epochs))
+            if ckpt_dir is not None and shard.main:
+                _save_checkpoint(ckpt_dir, run.state(epoch, epochs, seed, module))
+            if on_epoch_end:
+                on_epoch_end(entry)
+        module = module.cpu().eval()
+        result = FinetuneResult(_export(module, train), run.history, run.initial, str(dev),
+                                time.perf_counter() - started, module, shard.rank)
+        if output is not None and shard.main:
+            result.save(output)
+        return result
+    finally:
+        stop(shard)
