@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES: tuple[str, ...] = ("check",)
+MODULES: tuple[str, ...] = ("check", "bench")
 
 
 def command_names() -> tuple[str, ...]:
