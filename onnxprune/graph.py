@@ -39,6 +39,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     """Read an ONNX model (with its external data) from a path, or take a ModelProto as is."""
     if isinstance(source, onnx.ModelProto):
         digest = hashlib.sha256(source.SerializeToString()).hexdigest()
+        check_structure(source)
         return LoadedModel(source, digest, None)
     path = Path(source)
     if not path.exists():
@@ -49,13 +50,58 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     digest = hashlib.sha256(data).hexdigest()
     try:
         model = onnx.load_model_from_string(data)
-        del data
-        onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:  # protobuf raises several unrelated types on bad bytes
         raise InputError(f"{path}: not a readable ONNX model ({_short(exc)})") from None
+    del data
     if not model.graph.node:
         raise InputError(f"{path}: not an ONNX model with a graph (no nodes found)")
+    check_structure(model, f"{path}: ")
+    check_external_locations(model, path.parent)
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read the model's external data ({_short(exc)})") from None
     return LoadedModel(model, digest, path)
+
+
+def check_structure(model: onnx.ModelProto, where: str = "") -> None:
+    """ONNX's structural checker (unique names, every input defined, topological order, opsets,
+    op schemas and attributes), run on a copy whose initializers are empty stand-ins: cheap for
+    any model size, and the weights are neither copied nor read."""
+    skeleton = copy_without_initializers(model)
+    for init in model.graph.initializer:
+        stand_in = skeleton.graph.initializer.add()
+        stand_in.name, stand_in.data_type = init.name, init.data_type
+        stand_in.dims.append(0)
+    graph = skeleton.graph
+    for info in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if info.type.HasField("tensor_type") and not info.type.tensor_type.HasField("shape"):
+            info.type.tensor_type.shape.SetInParent()  # unknown rank: ONNX Runtime accepts it, so do we
+    try:
+        onnx.checker.check_model(skeleton)
+    except Exception as exc:  # ValidationError, or a protobuf error on a corrupt proto
+        raise InputError(f"{where}the input model is not valid ONNX ({_short(exc)})") from None
+    if not model.graph.output:
+        raise InputError(f"{where}the model's graph has no outputs")
+
+
+def check_external_locations(model: onnx.ModelProto, folder: Path) -> None:
+    """Every external-data file must be a regular file inside the model's folder (after resolving
+    symbolic links): a model cannot make onnxprune read files elsewhere (`../`, absolute paths)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    root = folder.resolve()
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        inside = location and not Path(location).is_absolute() and target.is_relative_to(root)
+        if not inside:
+            raise InputError(f"weight '{tensor.name}': external data location {location!r} is outside the "
+                             "model's folder; refusing to read it")
+        if not target.is_file():
+            raise InputError(f"weight '{tensor.name}': external data file {location!r} not found beside the model")
 
 
 def file_sha256(path: Path) -> str:
@@ -76,7 +122,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a normalized copy: constants lifted and folded, dead nodes removed, shapes inferred."""
     import onnx_graphsurgeon as gs
 
-    onnxruntime().set_default_logger_severity(3)  # graph-surgeon folds with ONNX Runtime sessions
+    onnxruntime().set_default_logger_severity(4)  # graph-surgeon folds with ONNX Runtime sessions
     if any(node.op_type == "Shape" for node in model.graph.node):
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
@@ -184,8 +230,21 @@ def _copy_fields(source, target, skip: str) -> None:
 
 
 def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """All initializers of the main graph as numpy arrays, by name."""
-    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    """All initializers of the main graph as numpy arrays, by name (InputError for a tensor whose
+    data does not fit its shape or type)."""
+    return {init.name: tensor_value(init) for init in model.graph.initializer}
+
+
+def tensor_value(tensor: onnx.TensorProto) -> np.ndarray:
+    """A TensorProto as a numpy array; InputError when its data disagree with its shape or type."""
+    try:
+        value = numpy_helper.to_array(tensor)
+    except Exception as exc:  # ValueError (size), TypeError/KeyError (data type)
+        raise InputError(f"weight '{tensor.name}' cannot be read: its data do not fit its shape "
+                         f"{list(tensor.dims)} and type ({_short(exc)})") from None
+    if list(value.shape) != list(tensor.dims):
+        raise InputError(f"weight '{tensor.name}' holds {value.size} values but its shape is {list(tensor.dims)}")
+    return value
 
 
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple]:

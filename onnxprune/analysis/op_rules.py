@@ -48,7 +48,7 @@ def conv(rel, node, view):
 def _link_groups(rel, node, x: str, y: str) -> None:
     """Grouped/depthwise convolution: a group's input and output channels go together."""
     group, c_in, c_out = attr(node, "group", 1), rel.size(x, 1), rel.size(y, 1)
-    if not (isinstance(c_in, int) and isinstance(c_out, int)) or c_in % group or c_out % group:
+    if group < 1 or not (isinstance(c_in, int) and isinstance(c_out, int)) or c_in % group or c_out % group:
         return rel.freeze_node(f"group={group} does not divide the channels")
     if group == c_in:
         rel.link(x, 1, y, 1, block=c_out // c_in)
