@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import onnx
 
-from . import op_rules, topology_rules  # noqa: F401  (register the rules)
+from . import attention_rules, op_rules, topology_rules  # noqa: F401  (register the rules)
 from .model_view import ModelView, node_label
 from .registry import rule_for
 from .relations import Link, Relations, Space, WeightUse, tensors_of
@@ -65,7 +65,8 @@ def relate_node(rel: Relations, node: onnx.NodeProto, view: ModelView) -> None:
     unknown = [t for t in tensors_of(node) if view.shape(t) is None]
     if rule is None:
         domain = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
-        rel.freeze_node(f"no channel rule for op {domain}{node.op_type}")
+        rel.freeze_node(attention_rules.contrib_attention_reason(node)
+                        or f"no channel rule for op {domain}{node.op_type}")
     elif unknown:
         rel.freeze_node(f"shape of '{unknown[0]}' is unknown")
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .attention_rules import batched_matmul, link_head_split, rewrite_computed_target
 from .model_view import attr
 from .registry import rule
 
@@ -195,10 +196,14 @@ def gemm(rel, node, view):
 
 
 @rule("MatMul", mapping="constant B [K, N]: K = input features (A's last axis), N = output "
-      "features; leading axes of A pass through", freezes_when="both operands are activations")
+      "features; leading axes of A pass through; two activations (attention q·kᵀ, softmax·v): "
+      "batch axes (heads) coupled, the contracted axes coupled",
+      freezes_when="a constant weight that is not 2-D, or a constant A")
 def matmul(rel, node, view):
-    """MatMul by a constant 2-D weight: a Linear layer."""
+    """MatMul by a constant 2-D weight (a Linear layer), or of two activations (attention)."""
     a, b, y = node.input[0], node.input[1], node.output[0]
+    if not view.is_const(a) and not view.is_const(b):
+        return batched_matmul(rel, node, view)
     if not view.is_const(b) or rel.rank(b) != 2 or rel.rank(a) < 2:
         return rel.freeze_node("MatMul without a constant 2-D weight")
     for axis in range(rel.rank(a) - 1):
@@ -268,9 +273,10 @@ def _match_run(a: tuple, b: tuple, i: int, j: int) -> tuple[int, int] | None:
 
 
 @rule("Reshape", mapping="axes are paired by their sizes: equal axes pass through, merged axes "
-      "become blocks, a split axis maps blocks of inputs to its outer part",
-      freezes_when="the pairing is ambiguous; the target shape of a channel axis is computed at run "
-      "time", rewrite=lambda node, ctx: _rewrite_reshape(node, ctx))
+      "become blocks, a split axis maps blocks of inputs to its outer part; a split of the last "
+      "axis into [..., H, D] (attention heads) makes one head one channel",
+      freezes_when="the pairing is ambiguous; a split of any other axis (channel shuffle); the "
+      "target shape of a channel axis is computed at run time", rewrite=lambda node, ctx: _rewrite_reshape(node, ctx))
 def reshape(rel, node, view):
     """Reshape (e.g. flattening [N, C, 1, 1] into [N, C] before a Linear layer)."""
     x, y = node.input[0], node.output[0]
@@ -282,6 +288,8 @@ def reshape(rel, node, view):
         sizes = [view.shape(y)[a] for a in out_axes if view.shape(y)[a] != 1]
         if len(out_axes) == 1:
             _link_outer(rel, x, in_axes, y, out_axes[0])
+        elif len(in_axes) == 1 and len(sizes) > 1 and link_head_split(rel, x, in_axes[0], y, out_axes):
+            continue
         elif len(in_axes) == 1 and len(sizes) > 1:
             reason = (f"{rel.label} splits channels into {sizes} (a channel shuffle or channel "
                       "groups): pruning would reorder them")
@@ -316,7 +324,7 @@ def _target_entries(view, name: str, rank: int) -> list:
 def _rewrite_reshape(node, ctx) -> None:
     target = ctx.const(node.input[1])
     if target is None:
-        return
+        return rewrite_computed_target(node, ctx)
     new = target.copy()
     for axis, entry in enumerate(target):
         if entry > 0:
