@@ -74,11 +74,12 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """A transformer encoder block: pre-LN (ViT) or post-LN (BERT)."""
 
-    def __init__(self, pre_norm: bool, fused: bool, sdpa: bool = False):
+    def __init__(self, pre_norm: bool, fused: bool, sdpa: bool = False, dim: int = EMBED,
+                 heads: int = HEADS, hidden: int = MLP):
         super().__init__()
         self.pre_norm = pre_norm
-        self.norm1, self.norm2 = nn.LayerNorm(EMBED), nn.LayerNorm(EMBED)
-        self.attn, self.mlp = Attention(fused=fused, sdpa=sdpa), Mlp()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn, self.mlp = Attention(dim, heads, fused=fused, sdpa=sdpa), Mlp(dim, hidden)
 
     def forward(self, x):
         if self.pre_norm:
@@ -89,15 +90,17 @@ class Block(nn.Module):
 
 
 class TinyViT(nn.Module):
-    """Patch embedding, class token, position embedding, 2 pre-LN blocks, LayerNorm, head."""
+    """Patch embedding, class token, position embedding, pre-LN blocks, LayerNorm, head (the
+    defaults are the test model; `benchmarks/vit.py` builds a ViT-S/16 from the same class)."""
 
-    def __init__(self, sdpa: bool = False, classes: int = 10, max_tokens: int = 65):
+    def __init__(self, sdpa: bool = False, classes: int = 10, max_tokens: int = 65, dim: int = EMBED,
+                 heads: int = HEADS, hidden: int = MLP, depth: int = BLOCKS, patch: int = 4):
         super().__init__()
-        self.patch = nn.Conv2d(3, EMBED, 4, stride=4)
-        self.cls = nn.Parameter(torch.randn(1, 1, EMBED) * 0.5)
-        self.pos = nn.Parameter(torch.randn(1, max_tokens, EMBED) * 0.5)
-        self.blocks = nn.Sequential(*[Block(True, fused=True, sdpa=sdpa) for _ in range(BLOCKS)])
-        self.norm, self.head = nn.LayerNorm(EMBED), nn.Linear(EMBED, classes)
+        self.patch = nn.Conv2d(3, dim, patch, stride=patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
+        self.pos = nn.Parameter(torch.randn(1, max_tokens, dim) * 0.5)
+        self.blocks = nn.Sequential(*[Block(True, True, sdpa, dim, heads, hidden) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
 
     def forward(self, image):
         x = self.patch(image).flatten(2).transpose(1, 2)
@@ -151,20 +154,23 @@ def build(name: str, seed: int = 0) -> nn.Module:
 TRANSFORMERS = ("vit", "vit_sdpa", "bert")
 
 
-def export_transformer(name: str, path, dynamo: bool, module: nn.Module | None = None) -> pathlib.Path:
-    """Export model `name` with batch and sequence (image side) dynamic; returns the path."""
+def export_transformer(name: str, path, dynamo: bool, module: nn.Module | None = None,
+                       x: torch.Tensor | None = None, dynamic_sequence: bool = True) -> pathlib.Path:
+    """Export model `name` (or `module`, traced on `x`) with batch and sequence (image side)
+    dynamic, or batch only (TorchScript) without `dynamic_sequence`; returns the path."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module or build(name)
-    x = example_input(name)
+    x = example_input(name) if x is None else x
     vit = name.startswith("vit")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if not dynamo:
             axes = {0: "batch", 2: "height", 3: "width"} if vit else {0: "batch", 1: "tokens"}
+            axes = axes if dynamic_sequence else {0: "batch"}
             torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=17,
                               input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": axes, "output": {0: "batch"} if vit else {0: "batch", 1: "tokens"}})
+                              dynamic_axes={"input": axes, "output": {0: "batch"} if vit else axes})
         else:
             batch = torch.export.Dim("batch", min=1, max=64)
             if vit:
