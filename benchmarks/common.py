@@ -187,3 +187,12 @@ def wait_for_idle(max_wait: float, threshold: float = 0.3) -> str:
             break
     note = "" if busy < threshold else "  ** timings are unreliable: other processes compete for the CPU **"
     return f"background load: {busy:.2f} of {os.cpu_count()} cores busy with other processes{note}"
+
+
+def build_mobilenet_v2(num_classes: int = 1000, seed: int = 0) -> nn.Module:
+    """The real MobileNetV2 (width 1.0, last conv 1280, 1000 classes) for 224x224 inputs, in eval
+    mode with seeded weights and randomised BN statistics."""
+    torch.manual_seed(seed)
+    model = zoo.MobileNetV2(width=1.0, num_classes=num_classes)
+    zoo.randomize_bn(model, seed)
+    return model.eval()

@@ -86,13 +86,14 @@ def score_groups(analysis: Analysis, criterion: str, seed: int = 0, data=None,
 
 
 def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *,
-          min_channels: int = 1, round_to: int = 1, scope: str = "local",
+          min_channels: int = 1, round_to: int | str = 1, scope: str = "local",
           exclude: tuple[str, ...] | list[str] = (), seed: int = 0, verify: bool = True,
           input_shapes: dict[str, tuple] | None = None, calib=None, calib_samples: int | None = 512,
           preprocess: str | None = None, batch_size: int = 64, progress=None,
           target_flops=None, target_params=None, target_latency=None, allocate: str | None = None,
           layerwise: dict | str | None = None, samples: int = 64, jobs: int = 1,
-          reconstruct: bool = False, ridge: float = 1e-4) -> PruneResult:
+          reconstruct: bool = False, ridge: float = 1e-4, round_ep: str = "cpu",
+          round_batch: int = 1) -> PruneResult:
     """Prune `ratio` of the channels of every prunable group, chosen by `criterion`.
 
     Data-driven criteria need `calib`: a .npz/.npy file or an image folder (see `calib.py`), of
@@ -108,10 +109,16 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     by least squares (ridge `ridge`) to the unpruned model's layer outputs, after verification;
     the report's `reconstruction` gives the held-out output error before and after.
 
+    `round_to='auto'` chooses every pruned group's kept count by timing its layers on the
+    execution provider `round_ep` ('cpu', 'cuda', 'tensorrt') at batch `round_batch` (see
+    rounding.py); the report's `rounding` gives the timing tables.
+
     Raises InputError for unusable input and VerificationError when the pruned model does not
     match the masked reference (nothing is returned then).
     """
-    options = SelectOptions(ratio, min_channels, round_to, scope)
+    request = AllocationRequest(target_flops, target_params, target_latency, allocate, layerwise, samples, jobs)
+    auto_round = _check_round_to(round_to, round_batch, round_ep, request)
+    options = SelectOptions(ratio, min_channels, 1 if auto_round else round_to, scope)
     options.validate()
     _check_reconstruct_options(reconstruct, ridge, calib)
     get_criterion(criterion)
@@ -120,8 +127,12 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     require_finite_weights(analysis)
     data = load_calibration(calib, analysis.model, calib_samples, preprocess, batch_size, seed) if calib else None
     scores = score_groups(analysis, criterion, seed, data, progress)
-    request = AllocationRequest(target_flops, target_params, target_latency, allocate, layerwise, samples, jobs)
     plan, allocation = plan_pruning(analysis, scores, options, request, data, seed, progress)
+    rounding = None
+    if auto_round:
+        from .rounding import AutoRoundOptions, auto_round as round_counts
+
+        plan, rounding = round_counts(analysis, scores, plan, AutoRoundOptions(round_ep, round_batch), progress)
     applied = apply_plan(analysis.model, plan, analysis.view)
     _check_model(applied.model, analysis.model)
     check = verify_masked(analysis.model, applied.model, plan, seed, input_shapes, analysis.view) if verify else None
@@ -141,11 +152,30 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
                           check.to_dict() if check else None)
     if allocation is not None:
         report["allocation"] = allocation_report(allocation, request, report)
+    if rounding is not None:
+        report["rounding"] = rounding
     plan_file = plan_document(analysis, plan, applied.weights, criterion, option_dict)
     if recovered is not None:
         report["reconstruction"] = recovered.to_dict(ridge)
         _record_recovery(plan_file, recovered, ridge)
     return PruneResult(applied.model, plan_file, report, analysis.groups)
+
+
+def _check_round_to(round_to, round_batch: int, round_ep: str, request: "AllocationRequest") -> bool:
+    """True for round_to='auto' (which works on a --ratio plan, not on a target's allocation)."""
+    if round_to != "auto":
+        if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)):
+            raise InputError(f"--round-to must be a positive integer or 'auto', got '{round_to}'")
+        return False
+    if request.active:
+        raise InputError("--round-to auto cannot be combined with a target or --allocate (rounding up would "
+                         "move the result off the target); use --ratio, or an integer --round-to")
+    if not isinstance(round_batch, int) or round_batch < 1:
+        raise InputError(f"--round-batch must be a positive integer, got {round_batch}")
+    from .bench.providers import resolve_ep
+
+    resolve_ep(round_ep)  # before the work: a missing provider is a clear error now
+    return True
 
 
 def _check_reconstruct_options(reconstruct: bool, ridge: float, calib) -> None:

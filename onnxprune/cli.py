@@ -68,7 +68,14 @@ def _add_prune(commands) -> None:
     sub.add_argument("--ratio", type=float, default=0.5,
                      help="fraction of each group's channels to remove, in [0, 1) (default 0.5)")
     sub.add_argument("--min-channels", type=int, default=1, help="keep at least this many per layer (default 1)")
-    sub.add_argument("--round-to", type=int, default=1, help="kept channel counts become multiples of N")
+    sub.add_argument("--round-to", type=round_to_arg, default=1, metavar="N|auto",
+                     help="kept channel counts become multiples of N; 'auto': per group, the smallest count >= "
+                          "the requested one that no larger count (up to the next multiple of 32) beats in "
+                          "latency, timed layer by layer on --ep (timings cached on disk)")
+    sub.add_argument("--ep", default="cpu", choices=("cpu", "cuda", "tensorrt"), metavar="EP",
+                     help="--round-to auto: execution provider to time on: cpu, cuda, tensorrt (default cpu)")
+    sub.add_argument("--round-batch", type=int, default=1, metavar="B",
+                     help="--round-to auto: batch size to time at (default 1)")
     sub.add_argument("--scope", choices=("local", "global"), default="local",
                      help="local: ratio per group; global: rank normalized scores across groups")
     sub.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
@@ -93,6 +100,16 @@ def _add_prune(commands) -> None:
     sub.add_argument("--plan", help="plan file (default: <output stem>.plan.json)")
     sub.add_argument("--report", help="also write the report as JSON here")
     sub.set_defaults(func=run_prune)
+
+
+def round_to_arg(text: str):
+    """--round-to: a positive integer or 'auto'."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got '{text}'") from None
 
 
 def add_allocation_options(sub) -> None:
@@ -206,7 +223,8 @@ def run_prune(args) -> int:
                        batch_size=args.batch_size, progress=advance, target_flops=args.target_flops,
                        target_params=args.target_params, target_latency=args.target_latency,
                        allocate=args.allocate, layerwise=args.layerwise, samples=args.samples, jobs=args.jobs,
-                       reconstruct=args.reconstruct, ridge=args.ridge)
+                       reconstruct=args.reconstruct, ridge=args.ridge, round_ep=args.ep,
+                       round_batch=args.round_batch)
     if args.finetune_data:
         from .recover.chain import finetune_pruned
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES: tuple[str, ...] = ("check", "bench")
+MODULES: tuple[str, ...] = ("check", "bench", "profile")
 
 
 def command_names() -> tuple[str, ...]:
