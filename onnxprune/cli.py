@@ -84,6 +84,9 @@ def _add_prune(commands) -> None:
     add_calibration_options(sub)
     add_allocation_options(sub)
     sub.add_argument("--no-verify", action="store_true", help="skip the masked-reference check")
+    sub.add_argument("--shape", action="append", default=[], metavar="NAME=DxDx...",
+                     help="input shape for the verification where dimensions are dynamic (default: batch 2, "
+                          "other dynamic dimensions 1), e.g. input=2x3x224x224 for a ViT; repeatable")
     chain = sub.add_argument_group("one command: prune -> reconstruct -> fine-tune -> check -> bench")
     chain.add_argument("--finetune-data", metavar="DATA", help="labelled training data (.npz with y, or an "
                        "image folder): fine-tune the pruned model, distilling from the input model")
@@ -203,6 +206,13 @@ def _add_finetune(commands) -> None:
     sub.set_defaults(func=run_finetune)
 
 
+def _input_shapes(items: list[str]) -> dict | None:
+    """--shape NAME=DxDx... items as a dict (None when none were given)."""
+    from .bench.suite import parse_shapes
+
+    return parse_shapes(items) or None
+
+
 def run_prune(args) -> int:
     """The prune command."""
     from .console import print_report, stdout
@@ -224,7 +234,7 @@ def run_prune(args) -> int:
                        target_params=args.target_params, target_latency=args.target_latency,
                        allocate=args.allocate, layerwise=args.layerwise, samples=args.samples, jobs=args.jobs,
                        reconstruct=args.reconstruct, ridge=args.ridge, round_ep=args.ep,
-                       round_batch=args.round_batch)
+                       round_batch=args.round_batch, input_shapes=_input_shapes(args.shape))
     if args.finetune_data:
         from .recover.chain import finetune_pruned
 
