@@ -23,7 +23,8 @@ EXAMPLES = """examples:
   onnxprune ops                                    ops with a channel rule
 
 exit codes: 0 ok, 2 bad input (one line on stderr, nothing written),
-            3 the pruned model failed verification (nothing written)"""
+            3 the pruned model failed verification (nothing written),
+            4 fine-tuning diverged (nothing written)"""
 
 FINETUNE_EXAMPLES = """examples:
   onnxprune finetune pruned.onnx --data train/ --val val.npz --epochs 30 --teacher model.onnx
@@ -84,6 +85,10 @@ def _add_prune(commands) -> None:
     add_calibration_options(sub)
     add_allocation_options(sub)
     sub.add_argument("--no-verify", action="store_true", help="skip the masked-reference check")
+    sub.add_argument("--prune-residual", action="store_true",
+                     help="also prune the channels LayerNorms normalize over (a transformer's residual stream), "
+                          "in every LayerNorm, projection and embedding; the LayerNorms then normalize over "
+                          "the kept channels")
     sub.add_argument("--shape", action="append", default=[], metavar="NAME=DxDx...",
                      help="input shape for the verification where dimensions are dynamic (default: batch 2, "
                           "other dynamic dimensions 1), e.g. input=2x3x224x224 for a ViT; repeatable")
@@ -191,6 +196,9 @@ def _add_finetune(commands) -> None:
     sub.add_argument("--weight-decay", type=float, help="default 5e-4 (sgd), 0.01 (adamw)")
     sub.add_argument("--batch-size", type=int, default=64,
                      help="batch size (default 64); under torchrun the global batch, split across processes")
+    sub.add_argument("--clip-grad", type=float, default=1.0, metavar="NORM",
+                     help="clip the gradients' global L2 norm to NORM (default 1; 0: off). Exported models "
+                          "usually have BatchNormalization folded into the convolutions and diverge without it")
     sub.add_argument("--teacher", metavar="ONNX", help="distil from this model (e.g. the unpruned original)")
     sub.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term (default 0.5)")
     sub.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature (default 4)")
@@ -234,7 +242,8 @@ def run_prune(args) -> int:
                        target_params=args.target_params, target_latency=args.target_latency,
                        allocate=args.allocate, layerwise=args.layerwise, samples=args.samples, jobs=args.jobs,
                        reconstruct=args.reconstruct, ridge=args.ridge, round_ep=args.ep,
-                       round_batch=args.round_batch, input_shapes=_input_shapes(args.shape))
+                       round_batch=args.round_batch, input_shapes=_input_shapes(args.shape),
+                       prune_residual=args.prune_residual)
     if args.finetune_data:
         from .recover.chain import finetune_pruned
 
@@ -322,7 +331,8 @@ def run_finetune(args) -> int:
                       momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size,
                       teacher=args.teacher, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
                       augment=args.augment, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-                      preprocess=args.preprocess, seed=args.seed, output=output, log=stdout.print)
+                      preprocess=args.preprocess, seed=args.seed, output=output, log=stdout.print,
+                      clip_grad=args.clip_grad)
     if result.rank != 0:  # torchrun: rank 0 reports and writes
         return 0
     last = result.history[-1] if result.history else {}

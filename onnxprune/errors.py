@@ -17,3 +17,9 @@ class VerificationError(OnnxPruneError):
     """The pruned model does not compute what the masked reference computes; it was not written."""
 
     exit_code = 3
+
+
+class TrainingDivergedError(OnnxPruneError):
+    """Fine-tuning produced a non-finite loss (learning rate too high); nothing was written."""
+
+    exit_code = 4

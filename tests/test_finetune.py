@@ -137,3 +137,29 @@ def test_cli_errors(setup, tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("onnxprune: error:")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_divergence_is_a_clear_error(setup, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    code = main(["finetune", str(setup["pruned"]), "--data", str(setup["train"]), "--lr", "1e8",
+                 "--clip-grad", "0", "--epochs", "1", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 4
+    assert len(err.strip().splitlines()) == 1 and "diverged" in err and "--lr" in err
+    assert not out.exists()
+
+
+def test_gradient_clipping_bounds_the_first_step(setup):
+    """With --clip-grad c, one SGD step (no momentum yet, no decay) moves the weights by at most lr·c."""
+    import onnx as onnx_
+
+    before = {t.name: onnx_.numpy_helper.to_array(t) for t in onnx_.load(str(setup["pruned"])).graph.initializer}
+    for clip in (0.05, 0.0):
+        result = finetune(setup["pruned"], setup["train"], epochs=1, batch_size=384, lr=1.0, momentum=0.0,
+                          weight_decay=0.0, augment=False, clip_grad=clip)
+        moved = [p.detach().numpy() for p in result.module.parameters()]
+        step = np.sqrt(sum(float(((m - b) ** 2).sum()) for m, b in zip(moved, before.values())))
+        if clip:
+            assert step <= 1.0 * clip * 1.0001
+        else:
+            assert step > 1.0 * 0.05 * 1.5
