@@ -61,11 +61,11 @@ def default_plan_path(output: Path) -> Path:
     return output.with_name(output.stem + ".plan.json")
 
 
-def load_and_analyze(source: ModelLike, exclude: tuple[str, ...] = ()) -> Analysis:
-    """Load, normalize and analyze a model."""
+def load_and_analyze(source: ModelLike, exclude: tuple[str, ...] = (), prune_residual: bool = False) -> Analysis:
+    """Load, normalize and analyze a model (`prune_residual`: LayerNorm channels are prunable)."""
     loaded = load_model(source)
     model = normalize(loaded.model)
-    view = ModelView(model)
+    view = ModelView(model, prune_normalized=prune_residual)
     return Analysis(model, view, find_groups(view, tuple(exclude)), loaded.sha256)
 
 
@@ -93,7 +93,7 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
           target_flops=None, target_params=None, target_latency=None, allocate: str | None = None,
           layerwise: dict | str | None = None, samples: int = 64, jobs: int = 1,
           reconstruct: bool = False, ridge: float = 1e-4, round_ep: str = "cpu",
-          round_batch: int = 1) -> PruneResult:
+          round_batch: int = 1, prune_residual: bool = False) -> PruneResult:
     """Prune `ratio` of the channels of every prunable group, chosen by `criterion`.
 
     Data-driven criteria need `calib`: a .npz/.npy file or an image folder (see `calib.py`), of
@@ -113,6 +113,10 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     execution provider `round_ep` ('cpu', 'cuda', 'tensorrt') at batch `round_batch` (see
     rounding.py); the report's `rounding` gives the timing tables.
 
+    `prune_residual` also prunes the channels LayerNorms normalize over (a transformer's residual
+    stream), consistently in every LayerNorm, projection and embedding; those LayerNorms then
+    normalize over the kept channels (verified against a reference that does the same).
+
     Raises InputError for unusable input and VerificationError when the pruned model does not
     match the masked reference (nothing is returned then).
     """
@@ -122,7 +126,7 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     options.validate()
     _check_reconstruct_options(reconstruct, ridge, calib)
     get_criterion(criterion)
-    analysis = load_and_analyze(model_or_path, tuple(exclude))
+    analysis = load_and_analyze(model_or_path, tuple(exclude), prune_residual)
     require_prunable(analysis)
     require_finite_weights(analysis)
     data = load_calibration(calib, analysis.model, calib_samples, preprocess, batch_size, seed) if calib else None

@@ -204,7 +204,11 @@ def _compare_one(name: str, got: np.ndarray, ref: np.ndarray) -> OutputCheck:
 def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: PruningPlan, seed: int = 0,
            shapes: dict[str, tuple] | None = None, view: ModelView | None = None) -> VerifyResult:
     """Run the pruned model and the masked reference on the same seeded random inputs."""
+    from .passes.apply_plan import pruned_atoms
+    from .passes.masked_norm import masked_norm_reference
+
     view = view or ModelView(original)
     feeds = random_inputs(original, seed, shapes=shapes)
-    reference = run_model(original, feeds, arrays={**view.consts, **masked_weights(view, plan)})
+    masked = masked_norm_reference(original, pruned_atoms(plan), view)  # --prune-residual only
+    reference = run_model(masked, feeds, arrays={**view.consts, **masked_weights(view, plan)})
     return compare(run_model(pruned, feeds), reference)

@@ -210,3 +210,45 @@ def test_contrib_attention_is_frozen_with_a_reason():
     reasons = [g.frozen for g in groups]
     assert reasons and all(r for r in reasons)
     assert any("packs its heads" in r for r in reasons), reasons
+
+
+def _residual_group(groups):
+    (group,) = [g for g in groups if g.channels == EMBED and any(m.role == "bn_scale" for m in g.members)]
+    return group
+
+
+@pytest.mark.parametrize("size", [16, 8, 24])
+def test_prune_residual_stream_dynamo_vit(transformer, size):
+    """--prune-residual: one group through the patch embedding, class token, position embedding,
+    every LayerNorm, projection and the head; verified against LayerNorms over the kept
+    channels, at several image sizes (sequence lengths)."""
+    path = transformer("vit", "dynamo")
+    analysis = load_and_analyze(path, prune_residual=True)
+    residual = _residual_group(analysis.groups)
+    assert residual.prunable
+    scales = {m.space.tensor for m in residual.members if m.role == "bn_scale"}
+    assert len(scales) == 5  # 2 blocks x 2 LayerNorms + the final one
+    result = onnxprune.prune(path, ratio=0.5, prune_residual=True, input_shapes={"input": (2, 3, size, size)})
+    assert result.report["verification"]["ok"]
+    shapes = {i.name: tuple(i.dims) for i in result.model.graph.initializer}
+    assert {shapes[name] for name in scales} == {(EMBED // 2,)}
+    assert shapes["cls"] == (1, 1, EMBED // 2) and shapes["pos"][-1] == EMBED // 2
+    assert _reshape_head_counts(result.model) == [HEADS // 2] * 2
+    # LayerNorm statistics change: the plain masked export is *not* the reference here
+    x = example_input("vit", 2, size).numpy()
+    got, plain = _run(result.model, x), _run(masked_export(path, result.plan), x)
+    assert np.abs(got - plain).max() > 1e-3 * np.abs(plain).max()
+
+
+@pytest.mark.parametrize("name,exporter,reason", [
+    ("vit", "torchscript", "read by Shape"),   # flatten(2) reads C from the Shape of the patches
+    ("bert", "torchscript", "reaches graph output"),  # the hidden states are the output
+    ("bert", "dynamo", "reaches graph output"),
+])
+def test_prune_residual_frozen_with_a_reason(transformer, name, exporter, reason):
+    path = transformer(name, exporter)
+    groups = load_and_analyze(path, prune_residual=True).groups
+    assert reason in _residual_group(groups).frozen
+    result = onnxprune.prune(path, ratio=0.5, prune_residual=True, input_shapes=_shapes(name))
+    assert result.report["verification"]["ok"]
+    _assert_matches_masked(path, name, result)

@@ -15,8 +15,11 @@ from ..graph import initializers, tensor_shapes
 class ModelView:
     """Shapes, constant values and producer/consumer maps of a model's main graph."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, prune_normalized: bool = False):
         self.model = model
+        #: LayerNormalization passes its normalized axis (a transformer's residual stream) so it can
+        #: be pruned; the statistics then change, and verification normalizes over kept channels
+        self.prune_normalized = prune_normalized
         self.graph = model.graph
         self.shapes = tensor_shapes(model)
         self.consts = initializers(model)

@@ -245,16 +245,27 @@ def align_axes(in_shape: tuple, out_shape: tuple) -> list[tuple[list[int], list[
     while i < len(in_shape) or j < len(out_shape):
         if i < len(in_shape) and not isinstance(in_shape[i], int):
             if in_shape[i] is None or j >= len(out_shape) or in_shape[i] != out_shape[j]:
-                return None
+                return None if in_shape[i] is None else _dynamic_tail(pairs, in_shape, out_shape, i, j)
             pairs.append(([i], [j]))
             i, j = i + 1, j + 1
             continue
         run = _match_run(in_shape, out_shape, i, j)
         if run is None:
-            return None
+            return _dynamic_tail(pairs, in_shape, out_shape, i, j)
         pairs.append((list(range(i, run[0])), list(range(j, run[1]))))
         i, j = run
     return pairs
+
+
+def _dynamic_tail(pairs: list, in_shape: tuple, out_shape: tuple, i: int, j: int) -> list | None:
+    """After equal leading runs, the rest of both shapes is one run when it holds a dynamic dim on
+    each side and one side is a single axis (e.g. [N, C, H, W] -> [N, C, H*W] with dynamic H, W):
+    the leading pairs stand."""
+    rest_in, rest_out = in_shape[i:], out_shape[j:]
+    if not pairs or not rest_in or not rest_out or min(len(rest_in), len(rest_out)) != 1 \
+            or all(isinstance(d, int) for d in rest_in) or all(isinstance(d, int) for d in rest_out):
+        return None
+    return pairs + [(list(range(i, len(in_shape))), list(range(j, len(out_shape))))]
 
 
 def _match_run(a: tuple, b: tuple, i: int, j: int) -> tuple[int, int] | None:
@@ -430,12 +441,27 @@ def slice_(rel, node, view):
     x, y = node.input[0], node.output[0]
     ranges = _slice_ranges(node, view)
     if ranges is None:
-        return rel.freeze_node("Slice bounds computed at run time")
+        ranges = _computed_slice_axes(node, view, rel.rank(x))
+        if ranges is None:
+            return rel.freeze_node("Slice bounds and axes computed at run time")
     for axis in range(rel.rank(x)):
-        if axis not in ranges:
+        if axis not in ranges and view.is_const(x):
+            rel.weight(x, axis, "param", 0.0, like=(y, axis))
+        elif axis not in ranges:
             rel.link(x, axis, y, axis)
+        elif ranges[axis] is None:
+            rel.freeze(x, axis, f"Slice bounds computed at run time ({rel.label})")
         elif ranges[axis][2] == 1:
             rel.link(y, axis, x, axis, offset=ranges[axis][0])
+
+
+def _computed_slice_axes(node, view, rank: int) -> dict[int, None] | None:
+    """The sliced axes (each -> None) of a Slice whose bounds are computed at run time but whose
+    `axes` are constant (e.g. a position embedding cut to the sequence length); else None."""
+    if len(node.input) < 4 or not node.input[3]:
+        return None
+    axes = _const_list(view, node.input[3])
+    return None if axes is None else {a % rank: None for a in axes}
 
 
 def _slice_ranges(node, view) -> dict[int, tuple[int, int, int]] | None:
@@ -466,6 +492,8 @@ def _slice_bounds(node, view) -> list:
 
 def _rewrite_slice(node, ctx) -> None:
     starts, ends, axes, _ = _slice_bounds(node, ctx.view)
+    if starts is None or ends is None:
+        return  # computed bounds: only unsliced axes lost channels
     shape = ctx.shape(node.input[0])
     axes = [a % len(shape) for a in (axes or range(len(starts)))]
     new_starts, new_ends = list(starts), list(ends)
@@ -499,17 +527,23 @@ def link_pieces(rel, view, whole: str, pieces: list[str], axis: int) -> None:
     """`pieces` laid end to end on `axis` make `whole` (Concat inputs, Split outputs); every
     other axis is shared. Constant pieces become members of the group."""
     offset = 0
+    dynamic = not all(isinstance(rel.size(p, axis), int) for p in pieces)
+    if dynamic and isinstance(rel.size(whole, axis), int):
+        return rel.freeze_node(f"{rel.node.op_type} of dynamic-sized pieces")
     for piece in pieces:
         size = rel.size(piece, axis)
-        if not isinstance(size, int):
-            return rel.freeze_node(f"{rel.node.op_type} of dynamic-sized pieces")
+        if dynamic:  # e.g. a class token joined to the patch tokens: the other axes are shared
+            rel.touch(piece, axis)
+            rel.touch(whole, axis)
         for other in range(rel.rank(whole)):
+            if dynamic and other == axis:
+                continue
             like, at = (whole, other), (None if other != axis else offset)
             if view.is_const(piece):
                 rel.weight(piece, other, "param", None, like=like, offset=at)
             else:
                 rel.link(piece, other, *like, offset=at)
-        offset += size
+        offset += size if not dynamic else 0
 
 
 @rule("Shape", mapping="reads sizes: allowed when only the sizes of non-channel axes are used",

@@ -7,6 +7,7 @@ import numpy as np
 
 from .model_view import attr
 from .op_rules import link_pieces
+from .residual_rules import normalized_channels
 from .registry import rule
 
 
@@ -79,12 +80,16 @@ def _rewrite_resize(node, ctx) -> None:
         ctx.set_input(node, 3, new)
 
 
-@rule("LayerNormalization", opsets="17-21", mapping="axes before `axis` pass through; normalized axes are frozen",
-      freezes_when="always for the normalized axes (their statistics mix the channels)")
+@rule("LayerNormalization", opsets="17-21", mapping="axes before `axis` pass through; normalized axes are "
+      "frozen, or (--prune-residual) a last normalized axis passes through with scale/bias",
+      freezes_when="the normalized axes (their statistics mix the channels), unless --prune-residual")
 def layer_norm(rel, node, view):
-    """LayerNormalization over axes [axis, rank): those channels cannot be pruned."""
+    """LayerNormalization over axes [axis, rank): those channels cannot be pruned (unless the view
+    allows it: `residual_rules.normalized_channels`)."""
     x, y = node.input[0], node.output[0]
     first = attr(node, "axis", -1) % rel.rank(x)
+    if view.prune_normalized and normalized_channels(rel, node, view):
+        return
     for axis in range(rel.rank(x)):
         if axis < first:
             rel.link(x, axis, y, axis)
