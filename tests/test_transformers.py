@@ -252,3 +252,44 @@ def test_prune_residual_frozen_with_a_reason(transformer, name, exporter, reason
     result = onnxprune.prune(path, ratio=0.5, prune_residual=True, input_shapes=_shapes(name))
     assert result.report["verification"]["ok"]
     _assert_matches_masked(path, name, result)
+
+
+def _opset23_attention_model() -> onnx.ModelProto:
+    """q/k/v MatMul -> Reshape [0, 0, H, D] -> Transpose -> Attention (opset 23) -> Transpose ->
+    Reshape [0, 0, C] -> out MatMul, sequence length dynamic."""
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    head_dim = EMBED // HEADS
+    for p in "qkv":
+        w = const(f"w{p}", rng.standard_normal((EMBED, EMBED)).astype(np.float32))
+        nodes += [helper.make_node("MatMul", ["x", w], [f"{p}0"]),
+                  helper.make_node("Reshape", [f"{p}0", const(f"s{p}", np.array([0, 0, HEADS, head_dim]))], [f"{p}1"]),
+                  helper.make_node("Transpose", [f"{p}1"], [p], perm=[0, 2, 1, 3])]
+    nodes += [helper.make_node("Attention", ["q", "k", "v"], ["a"]),
+              helper.make_node("Transpose", ["a"], ["a1"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["a1", const("so", np.array([0, 0, EMBED]))], ["a2"]),
+              helper.make_node("MatMul", ["a2", const("wo", rng.standard_normal((EMBED, EMBED)).astype(np.float32))], ["y"])]
+    graph = helper.make_graph(nodes, "attention23",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", "T", EMBED])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", "T", EMBED])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10  # what ONNX Runtime reads
+    return model
+
+
+def test_opset23_attention_heads():
+    """ONNX Attention (opset 23) with 4-D q/k/v: heads pass through it and prune; the pruned model
+    runs at other sequence lengths."""
+    model = _opset23_attention_model()
+    heads = [g for g in onnxprune.analyze(model) if g.channels == HEADS]
+    assert len(heads) == 1 and heads[0].prunable
+    result = onnxprune.prune(model, ratio=0.5, input_shapes={"x": (2, 5, EMBED)})
+    assert result.report["verification"]["ok"]
+    assert result.plan["weights"]["wq"]["kept"]["1"] and len(result.plan["weights"]["wq"]["kept"]["1"]) == EMBED // 2
+    x = np.random.default_rng(1).standard_normal((3, 11, EMBED)).astype(np.float32)
+    assert ort.InferenceSession(result.model.SerializeToString()).run(None, {"x": x})[0].shape == (3, 11, EMBED)
