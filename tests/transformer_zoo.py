@@ -157,7 +157,7 @@ TRANSFORMERS = ("vit", "vit_sdpa", "bert")
 def export_transformer(name: str, path, dynamo: bool, module: nn.Module | None = None,
                        x: torch.Tensor | None = None, dynamic_sequence: bool = True) -> pathlib.Path:
     """Export model `name` (or `module`, traced on `x`) with batch and sequence (image side)
-    dynamic, or batch only (TorchScript) without `dynamic_sequence`; returns the path."""
+    dynamic, or batch only without `dynamic_sequence`; returns the path."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module or build(name)
@@ -173,7 +173,9 @@ def export_transformer(name: str, path, dynamo: bool, module: nn.Module | None =
                               dynamic_axes={"input": axes, "output": {0: "batch"} if vit else axes})
         else:
             batch = torch.export.Dim("batch", min=1, max=64)
-            if vit:
+            if not dynamic_sequence:
+                shapes = ({0: batch},)
+            elif vit:
                 side = torch.export.Dim("side", min=1, max=8)
                 shapes = ({0: batch, 2: 4 * side, 3: 4 * side},)
             else:
