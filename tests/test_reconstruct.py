@@ -119,6 +119,44 @@ def test_normal_equations_with_ridge_zero_equal_lstsq():
     np.testing.assert_allclose(b, expected[-1], atol=1e-10)
 
 
+def grouped_net(seed: int = 0) -> onnx.ModelProto:
+    """Conv 4->16 -> Relu -> depthwise 3x3 (16 groups) -> Relu -> grouped 3x3 (4 groups) -> Relu -> Conv -> GAP."""
+    g = GraphBuilder(seed=seed)
+    t = g.op("Relu", g.conv("x", 4, 16))
+    t = g.op("Relu", g.conv(t, 16, 16, group=16))
+    t = g.op("Relu", g.conv(t, 16, 16, group=4))
+    t = g.op("Flatten", g.op("GlobalAveragePool", g.conv(t, 16, 8)))
+    return g.model(g.gemm_head(t, 8, 5))
+
+
+def test_grouped_and_depthwise_convs_are_refitted(calib):
+    model = grouped_net()
+    plain = prune(model, "l1", 0.5, calib=calib, batch_size=32)
+    rebuilt = prune(model, "l1", 0.5, calib=calib, batch_size=32, reconstruct=True)
+    entry = rebuilt.report["reconstruction"]
+    assert entry["applied"] and not entry["skipped"]
+    groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1) for n in rebuilt.model.graph.node
+              if n.op_type == "Conv"}
+    refitted = {r["node"] for r in rebuilt.plan["recovered"]["layers"]}
+    assert sorted(groups[name] for name in refitted if name in groups) == [1, 2, 8]  # 1x grouped, 1x depthwise
+    x = inputs(200, seed=99)
+    assert held_out_error(model, rebuilt.model, x) < 0.9 * held_out_error(model, plain.model, x)
+
+
+def test_grouped_normal_equations_solve_each_group():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((60, 3, 4)), rng.standard_normal((60, 3, 2))
+    eq = NormalEquations()
+    eq.add(x[:25], y[:25])
+    eq.add(x[25:], y[25:])
+    w, b = eq.solve(0.0)
+    assert w.shape == (3, 4, 2) and b.shape == (3, 2)
+    for g in range(3):
+        expected = np.linalg.lstsq(np.hstack([x[:, g], np.ones((60, 1))]), y[:, g], rcond=None)[0]
+        np.testing.assert_allclose(w[g], expected[:-1], atol=1e-10)
+        np.testing.assert_allclose(b[g], expected[-1], atol=1e-10)
+
+
 @pytest.mark.parametrize("k, attrs", [(3, {"strides": [2, 2], "pads": [1, 1, 1, 1], "dilations": [1, 1]}),
                                       (1, {"pads": [0, 0, 0, 0]}),
                                       (3, {"pads": [2, 1, 0, 2], "dilations": [2, 1], "strides": [1, 2]})])

@@ -2,8 +2,8 @@
 layer by ridge-regularized least squares, so that its output on calibration data matches the
 unpruned model's output of the same layer (ThiNet / channel pruning, He et al. 2017).
 
-For each Conv (group=1, 2-D), Gemm and MatMul with a constant weight whose input channels were
-reduced: X = what the layer reads in the pruned network, Y = the layer's output in the unpruned
+For each 2-D Conv, Gemm and MatMul with a constant weight whose input channels were reduced
+(grouped and depthwise Convs included: one independent problem per group, solved together): X = what the layer reads in the pruned network, Y = the layer's output in the unpruned
 network on the same batch. The pruned model *is* the input model with every group gated by the
 plan (that is what verification proved), so X is read from the pruned model itself (its consumer
 inputs added as outputs, on a copy), already restricted to the kept channels in the order of the
@@ -53,6 +53,7 @@ class Layer:
     out_kept: np.ndarray | None
     kernel: tuple[int, int] | None = None
     stats: "NormalEquations | None" = None
+    groups: int = 1  # Conv groups in the pruned model (one least-squares problem per group)
 
     @property
     def name(self) -> str:
@@ -63,37 +64,52 @@ class Layer:
 @dataclass
 class NormalEquations:
     """Running AᵀA and AᵀY (float64) of a least-squares problem Y ≈ X W + b, A = [X 1]
-    (A = X and b = 0 without `intercept`)."""
+    (A = X and b = 0 without `intercept`).
+
+    Rows are either x [R, D] with targets y [R, O] (one problem), or x [R, G, D] with y [R, G, O]:
+    G independent problems solved at once, one per convolution group (a depthwise Conv has one
+    per channel).
+    """
 
     intercept: bool = True
     ata: np.ndarray = None
     aty: np.ndarray = None
     rows: int = 0
+    grouped: bool = False
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Add rows x [R, D] with targets y [R, O]."""
-        a = np.empty((x.shape[0], x.shape[1] + int(self.intercept)))
-        a[:, :x.shape[1]] = x
+        """Add rows x [R, D] with targets y [R, O], or x [R, G, D] with y [R, G, O]."""
+        self.grouped = x.ndim == 3
+        x3 = x if self.grouped else x[:, None, :]
+        y3 = (y if self.grouped else y[:, None, :]).astype(np.float64, copy=False)
+        a = np.empty(x3.shape[:2] + (x3.shape[2] + int(self.intercept),))
+        a[:, :, :x3.shape[2]] = x3
         if self.intercept:
-            a[:, -1] = 1.0
-        y = y.astype(np.float64, copy=False)
+            a[:, :, -1] = 1.0
+        ata, aty = np.einsum("rgd,rge->gde", a, a), np.einsum("rgd,rgo->gdo", a, y3)
         if self.ata is None:
-            self.ata, self.aty = a.T @ a, a.T @ y
+            self.ata, self.aty = ata, aty
         else:
-            self.ata += a.T @ a
-            self.aty += a.T @ y
+            self.ata += ata
+            self.aty += aty
         self.rows += x.shape[0]
 
     def solve(self, ridge: float) -> tuple[np.ndarray, np.ndarray]:
-        """(W [D, O], b [O]) minimizing |Y - XW - b|² + λ·mean(diag XᵀX)·|W|²."""
-        lhs = self.ata.copy()
+        """(W [D, O], b [O]) minimizing |Y - XW - b|² + λ·mean(diag XᵀX)·|W|² (per group:
+        W [G, D, O], b [G, O])."""
+        solved = [self._solve_one(ata, aty, ridge) for ata, aty in zip(self.ata, self.aty)]
+        w, b = np.stack([s[0] for s in solved]), np.stack([s[1] for s in solved])
+        return (w, b) if self.grouped else (w[0], b[0])
+
+    def _solve_one(self, ata: np.ndarray, aty: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+        lhs = ata.copy()
         d = lhs.shape[0] - int(self.intercept)
         scale = float(np.mean(np.diag(lhs)[:d])) if d else 0.0
         lhs[np.arange(d), np.arange(d)] += ridge * max(scale, 1e-12)
         try:
-            solution = np.linalg.solve(lhs, self.aty) if ridge > 0 else np.linalg.lstsq(lhs, self.aty, rcond=None)[0]
+            solution = np.linalg.solve(lhs, aty) if ridge > 0 else np.linalg.lstsq(lhs, aty, rcond=None)[0]
         except np.linalg.LinAlgError:
-            solution = np.linalg.lstsq(lhs, self.aty, rcond=None)[0]
+            solution = np.linalg.lstsq(lhs, aty, rcond=None)[0]
         if not self.intercept:
             return solution, np.zeros(solution.shape[1])
         return solution[:-1], solution[-1]
@@ -134,7 +150,7 @@ def find_layers(pruned: onnx.ModelProto, weights: dict[str, dict]) -> tuple[list
             continue
         record = weights.get(node.input[1])
         layout = _layout(node, view)
-        if record is None or layout is None or str(layout[0]) not in record["kept"]:
+        if record is None or layout is None or not _input_reduced(node, layout, record):
             continue
         problem = _unsupported(node, view)
         if problem:
@@ -145,8 +161,17 @@ def find_layers(pruned: onnx.ModelProto, weights: dict[str, dict]) -> tuple[list
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         kernel = tuple(view.value(node.input[1]).shape[2:]) if node.op_type == "Conv" else None
         layers.append(Layer(node, node.input[1], bias, in_axis,
-                            None if out_kept is None else np.asarray(out_kept), kernel))
+                            None if out_kept is None else np.asarray(out_kept), kernel,
+                            groups=int(attr(node, "group", 1)) if node.op_type == "Conv" else 1))
     return layers, skipped
+
+
+def _input_reduced(node: onnx.NodeProto, layout: tuple[int, int], record: dict) -> bool:
+    """Whether the layer reads fewer channels than before: its weight's input axis was sliced, or
+    (grouped Conv, where whole groups are pruned) its output axis."""
+    if str(layout[0]) in record["kept"]:
+        return True
+    return node.op_type == "Conv" and attr(node, "group", 1) > 1 and str(layout[1]) in record["kept"]
 
 
 def _layout(node: onnx.NodeProto, view: ModelView) -> tuple[int, int] | None:
@@ -169,8 +194,6 @@ def _unsupported(node: onnx.NodeProto, view: ModelView) -> str | None:
     if weight.dtype != np.float32:
         return f"weight dtype {weight.dtype} (float32 only)"
     if node.op_type == "Conv":
-        if attr(node, "group", 1) != 1:
-            return "grouped convolution (group=1 only)"
         if weight.ndim != 4:
             return "not a 2-D convolution"
         if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
@@ -213,6 +236,9 @@ def layer_rows(layer: Layer, x: np.ndarray, y: np.ndarray, rng: np.random.Genera
             pick = np.concatenate([k * positions + rng.choice(positions, max_positions, replace=False)
                                    for k in range(count)])
             patches, target = patches[pick], target[pick]
+        if layer.groups > 1:  # group g reads input channels and writes outputs of its own block
+            patches = patches.reshape(patches.shape[0], layer.groups, -1)
+            target = target.reshape(target.shape[0], layer.groups, -1)
         yield patches, target
 
 
@@ -276,8 +302,9 @@ def write_fit(model: onnx.ModelProto, layer: Layer, ridge: float) -> dict:
     old = numpy_helper.to_array(inits[layer.weight])
     w, b = layer.stats.solve(ridge)  # w [D, O]
     alpha, beta = (float(attr(node, "alpha", 1.0)), float(attr(node, "beta", 1.0))) if node.op_type == "Gemm" else (1.0, 1.0)
-    if node.op_type == "Conv":
-        new = w.T.reshape(old.shape)
+    if node.op_type == "Conv":  # w [G, D, O/G] (grouped) or [D, O]
+        new = (w.transpose(0, 2, 1) if w.ndim == 3 else w.T).reshape(old.shape)
+        b = b.reshape(-1)
     else:
         new = (w.T if layer.in_axis == 1 else w) / alpha
     inits[layer.weight].CopyFrom(numpy_helper.from_array(new.astype(old.dtype), layer.weight))
