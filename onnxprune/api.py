@@ -64,7 +64,7 @@ def default_plan_path(output: Path) -> Path:
 def load_and_analyze(source: ModelLike, exclude: tuple[str, ...] = (), prune_residual: bool = False) -> Analysis:
     """Load, normalize and analyze a model (`prune_residual`: LayerNorm channels are prunable)."""
     loaded = load_model(source)
-    model = normalize(loaded.model)
+    model = normalize(loaded.model, in_place=loaded.path is not None)  # a file's model is ours to reuse
     view = ModelView(model, prune_normalized=prune_residual)
     return Analysis(model, view, find_groups(view, tuple(exclude)), loaded.sha256)
 

@@ -129,7 +129,7 @@ def check_pruned(pruned_path, original_path, plan_path, seed: int = 0, runs: int
     plan = rebuild_plan(groups, plan_doc)
     result = CheckResult(recovered=(plan_doc.get("recovered") or {}).get("method"))
     result.bad_weights = sliced_weights_differ(view, pruned, plan_doc["weights"])
-    arrays = {**view.consts, **masked_weights(view, plan)}
+    arrays = masked_weights(view, plan)  # the other weights are the model's own
     for feeds in _feeds(model, seed, runs, calib, calib_samples, preprocess):
         reference = run_model(model, feeds, arrays=arrays)
         result.add(compare(run_model(pruned, feeds), reference))

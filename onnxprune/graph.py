@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,8 +119,79 @@ def _short(exc: Exception) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a normalized copy: constants lifted and folded, dead nodes removed, shapes inferred."""
+def normalize(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
+    """Return a normalized copy: constants lifted and folded, dead nodes removed, shapes inferred.
+
+    Large weights that no constant sub-graph reads are set aside meanwhile (graph-surgeon and
+    shape inference copy the model several times) and put back once, at the end. `in_place`:
+    turn `model` itself into the normalized model, so those weights are never copied."""
+    light, detached = _detach_large_weights(model)
+    normalized = _normalize(light)
+    if not in_place:
+        return _reattach(normalized, detached)
+    _transplant(normalized, model, detached)
+    return model
+
+
+#: Weights above this size are set aside during normalization when no foldable node reads them.
+DETACH_BYTES = 1 << 20
+_DETACHED = "onnxprune-detached"
+
+
+def _detach_large_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
+    """A copy of the model in which large initializers are empty stand-ins (data location
+    external), unless a node whose inputs are all constant reads them (folding needs the values);
+    returns it and the set-aside originals by name (not copied)."""
+    graph = model.graph
+    constants = {init.name for init in graph.initializer} | \
+        {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    folded_inputs = {name for node in graph.node if node.input and all(i in constants or not i for i in node.input)
+                     for name in node.input}
+    light, detached = copy_without_initializers(model), {}
+    for init in graph.initializer:
+        entry = light.graph.initializer.add()
+        if init.name in folded_inputs or init.ByteSize() <= DETACH_BYTES or init.data_location == onnx.TensorProto.EXTERNAL:
+            entry.CopyFrom(init)
+            continue
+        entry.name, entry.data_type, entry.data_location = init.name, init.data_type, onnx.TensorProto.EXTERNAL
+        entry.dims.extend(init.dims)
+        location = entry.external_data.add()
+        location.key, location.value = "location", _DETACHED
+        detached[init.name] = init
+    return light, detached
+
+
+def _reattach(model: onnx.ModelProto, detached: dict[str, onnx.TensorProto]) -> onnx.ModelProto:
+    """Put the set-aside weights back in place of their stand-ins."""
+    for init in model.graph.initializer:
+        if init.name in detached and init.data_location == onnx.TensorProto.EXTERNAL:
+            init.CopyFrom(detached[init.name])
+    return model
+
+
+def _transplant(normalized: onnx.ModelProto, target: onnx.ModelProto, detached: dict) -> None:
+    """Make `target` (which holds the set-aside weights) equal to `normalized`, whose stand-ins
+    name them: everything but those weights is replaced; they stay where they are."""
+    kept = {i.name for i in normalized.graph.initializer
+            if i.name in detached and i.data_location == onnx.TensorProto.EXTERNAL}
+    graph = target.graph
+    for index in reversed(range(len(graph.initializer))):
+        if graph.initializer[index].name not in kept:
+            del graph.initializer[index]
+    small = [i for i in normalized.graph.initializer if i.name not in kept]
+    normalized.graph.ClearField("initializer")
+    normalized.graph.initializer.extend(small)
+    for descriptor, _ in graph.ListFields():
+        if descriptor.name != "initializer":
+            graph.ClearField(descriptor.name)
+    for descriptor, _ in target.ListFields():
+        if descriptor.name != "graph":
+            target.ClearField(descriptor.name)
+    _copy_fields(normalized.graph, graph, skip="")
+    _copy_fields(normalized, target, skip="graph")
+
+
+def _normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     import onnx_graphsurgeon as gs
 
     onnxruntime().set_default_logger_severity(4)  # graph-surgeon folds with ONNX Runtime sessions
@@ -229,10 +301,41 @@ def _copy_fields(source, target, skip: str) -> None:
             setattr(target, descriptor.name, value)
 
 
-def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def initializers(model: onnx.ModelProto) -> "WeightArrays":
     """All initializers of the main graph as numpy arrays, by name (InputError for a tensor whose
-    data does not fit its shape or type)."""
-    return {init.name: tensor_value(init) for init in model.graph.initializer}
+    data does not fit its shape or type); large ones are read from the model when asked for."""
+    return WeightArrays(model)
+
+
+#: Initializers larger than this are converted to numpy on each access instead of being kept:
+#: the model already holds them, and a second resident copy of a big model's weights is what
+#: makes it run out of memory.
+LAZY_BYTES = 64 << 20
+
+
+class WeightArrays(Mapping):
+    """Read-only mapping name -> numpy value of a model's initializers. Small tensors are converted
+    once; tensors over `LAZY_BYTES` are converted on every access (callers keep what they need,
+    and a large tensor whose data do not fit its shape raises InputError when first read)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self._tensors = {init.name: init for init in model.graph.initializer}
+        self._small = {name: tensor_value(init) for name, init in self._tensors.items()
+                       if init.ByteSize() <= LAZY_BYTES}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._small:
+            return self._small[name]
+        return tensor_value(self._tensors[name])
+
+    def __contains__(self, name) -> bool:
+        return name in self._tensors
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
 
 
 def tensor_value(tensor: onnx.TensorProto) -> np.ndarray:

@@ -10,7 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from .analysis import ModelView
-from .graph import copy_without_initializers
+from .graph import copy_without_initializers, tensor_value
 from .errors import InputError, OnnxPruneError
 from .runtime import onnxruntime
 from .select import PruningPlan
@@ -70,7 +70,9 @@ def masked_weights(view: ModelView, plan: PruningPlan) -> dict[str, np.ndarray]:
             if member.fill is None:
                 continue
             name, axis = member.space.tensor, member.space.axis
-            value = values.setdefault(name, view.value(name).copy())
+            if name not in values:
+                values[name] = np.array(view.value(name))  # a writable copy (large values are read per access)
+            value = values[name]
             index = [slice(None)] * value.ndim
             index[axis] = group.kept_atoms(member.space, dropped)
             value[tuple(index)] = member.fill
@@ -164,15 +166,38 @@ def make_cpu_session(model: onnx.ModelProto, arrays: dict[str, np.ndarray] | Non
 
 def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimize: bool = False,
               arrays: dict[str, np.ndarray] | None = None) -> dict:
-    """Run a model with ONNX Runtime on CPU; returns outputs by name."""
+    """Run a model with ONNX Runtime on CPU; returns outputs by name. Without graph optimizations,
+    large weights are fed as inputs: ONNX Runtime copies the initializers of a session, but reads
+    inputs in place, so a big model's weights are not held twice."""
     try:
-        session = make_cpu_session(model, arrays, optimize)
+        if optimize:
+            session, weights = make_cpu_session(model, arrays, optimize), {}
+        else:
+            skeleton, weights = _weights_as_inputs(model, arrays or {})
+            session = make_cpu_session(skeleton)
         names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, feeds)))
+        return dict(zip(names, session.run(names, {**feeds, **weights})))
     except OnnxPruneError:
         raise
     except Exception as exc:
         raise InputError(f"ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _weights_as_inputs(model: onnx.ModelProto, arrays: dict) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The model with its initializers over IN_MEMORY_BYTES turned into graph inputs, and their
+    values (from `arrays` by name, else the model's own) to feed."""
+    skeleton = copy_without_initializers(model)
+    declared = {i.name for i in skeleton.graph.input}
+    weights = {}
+    for init in model.graph.initializer:
+        if init.ByteSize() <= IN_MEMORY_BYTES:
+            small = numpy_helper.from_array(arrays[init.name], init.name) if init.name in arrays else init
+            skeleton.graph.initializer.add().CopyFrom(small)
+            continue
+        weights[init.name] = np.ascontiguousarray(arrays[init.name] if init.name in arrays else tensor_value(init))
+        if init.name not in declared:
+            skeleton.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return skeleton, weights
 
 
 def compare(pruned: dict, reference: dict) -> VerifyResult:
@@ -210,5 +235,5 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: PruningPlan
     view = view or ModelView(original)
     feeds = random_inputs(original, seed, shapes=shapes)
     masked = masked_norm_reference(original, pruned_atoms(plan), view)  # --prune-residual only
-    reference = run_model(masked, feeds, arrays={**view.consts, **masked_weights(view, plan)})
+    reference = run_model(masked, feeds, arrays=masked_weights(view, plan))  # other weights: the model's own
     return compare(run_model(pruned, feeds), reference)
