@@ -85,7 +85,9 @@ def rewrite_computed_target(node, ctx) -> None:
     position = 0
     for index, piece in enumerate(list(concat.input)):
         value = ctx.const(piece)
-        size = value.size if value is not None else 1
+        size = value.size if value is not None else (ctx.shape(piece) or (None,))[0]
+        if not isinstance(size, int):
+            return  # the analysis froze every axis of such a target (`_target_entries`)
         if value is not None:
             flat = value.reshape(-1)
             new = np.array([ctx.new_size(node.output[0], position + k) if v > 0 else v
