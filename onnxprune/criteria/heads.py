@@ -31,4 +31,5 @@ class HeadMask(EffectCriterion):
     description = "relative change of the output when the head (channel) is masked, mean over samples"
 
     def effect(self, reference, gated, labels):
+        """Per-sample relative L2 change of the output with the head masked."""
         return relative_change(reference, gated[0])
