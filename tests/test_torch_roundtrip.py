@@ -86,8 +86,11 @@ def test_parameters_keep_onnx_names(zoo_model):
 
 
 @pytest.mark.parametrize("name", ["resnet20_a", "convnext_block", "yolov8_neck", "unet"])
-def test_train_step_and_reexport(zoo_model, tmp_path, name):
-    path = zoo_model(name, "torchscript")
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_train_step_and_reexport(zoo_model, tmp_path, name, exporter):
+    """Train one step and export again, for models from both exporters (dynamo: opset 18+,
+    external data, shapes computed with Shape/Gather chains)."""
+    path = zoo_model(name, exporter)
     module = to_torch(path)
     model = onnx.load(str(path))
     torch.manual_seed(0)
