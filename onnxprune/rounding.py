@@ -100,7 +100,7 @@ def auto_round(analysis, scores: dict[str, np.ndarray], plan: PruningPlan, optio
     if timer is None:
         from .bench.layers import LayerTimer
 
-        timer = LayerTimer(ep.providers, TimingCache(ep.name, device, options.cache_dir), options.threads,
+        timer = LayerTimer(ep, TimingCache(ep.name, device, options.cache_dir), options.threads,
                            refresh=options.refresh)
     pruned_view = ModelView(apply_plan(analysis.model, plan, analysis.view).model)
     rows, kept = [], dict(plan.kept)

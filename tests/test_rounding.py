@@ -15,6 +15,7 @@ from onnxprune.analysis import ModelView
 from onnxprune.api import load_and_analyze, score_groups
 from onnxprune.bench.cache import TimingCache, cache_dir
 from onnxprune.bench.layers import group_layers
+from onnxprune.bench.providers import available_providers
 from onnxprune.cli import main
 from onnxprune.rounding import (AutoRoundOptions, auto_round, candidate_counts, choose_count, choose_counts,
                                 monotone_counts)
@@ -184,3 +185,10 @@ def test_profile_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "0 single-op models timed" in out and "20:" in out  # the second run reads the cache
     assert main(["profile", str(path), "--ep", "tensorrt"]) == 2
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in available_providers(), reason="needs onnxruntime-gpu and a GPU")
+def test_round_to_auto_on_cuda(tmp_path):
+    result = onnxprune.prune(str(_chain(tmp_path)), ratio=0.5, round_to="auto", round_ep="cuda")
+    assert result.report["rounding"]["provider"] == "CUDAExecutionProvider"
+    assert result.report["rounding"]["groups"][0]["times_ms"]

@@ -15,7 +15,8 @@ from ..analysis import ChannelGroup, ModelView
 from ..analysis.model_view import attr, node_label
 from ..analysis.relations import Space
 from .cache import TimingCache
-from .latency import interleaved_calls, make_session, plain_runner
+from .latency import interleaved_calls, io_binding_runner, make_session, plain_runner
+from .providers import ExecutionProvider, check_session_provider
 
 TIMED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -148,13 +149,14 @@ def _layer_spec(node: onnx.NodeProto, view: ModelView, atoms: dict, batch: int) 
 
 class LayerTimer:
     """Median latency (ms) of single-op models on one execution provider, read from / written to a
-    `TimingCache`. The candidates of one layer are timed side by side (interleaved blocks)."""
+    `TimingCache`. The candidates of one layer are timed side by side (interleaved blocks); on a GPU
+    provider with IO binding, so that transfers are not timed."""
 
-    def __init__(self, providers: tuple[str, ...], cache: TimingCache | None, threads: int = 0,
+    def __init__(self, ep: ExecutionProvider, cache: TimingCache | None, threads: int = 0,
                  warmup: int = 3, iters: int = 30, block: int = 5, refresh: bool = False):
         from ..runtime import onnxruntime
 
-        self.providers, self.cache, self.threads = providers, cache, threads
+        self.ep, self.cache, self.threads = ep, cache, threads
         self.warmup, self.iters, self.block, self.refresh = warmup, iters, block, refresh
         self.runtime = onnxruntime().__version__
         self.timed = 0  # single-op models actually run (not from the cache)
@@ -176,7 +178,10 @@ class LayerTimer:
         calls = []
         for count in counts:
             model, feeds = spec.model(count)
-            calls.append(plain_runner(make_session(model, self.threads, self.providers), feeds))
+            session = make_session(model, self.threads, self.ep.providers)
+            check_session_provider(session, self.ep)
+            gpu = self.ep.device_type != "cpu"
+            calls.append(io_binding_runner(session, feeds, self.ep.device_type) if gpu else plain_runner(session, feeds))
         samples = interleaved_calls(calls, self.warmup, self.iters, self.block)
         self.timed += len(counts)
         return [float(np.median(s)) * 1000.0 for s in samples]
