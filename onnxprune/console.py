@@ -71,6 +71,13 @@ def print_report(report: dict, output: str, plan_path: str) -> None:
                      f"{human(target['achieved'])}{unit} ({allocation['strategy']} allocation)")
     elif allocation:
         stdout.print(f"ratios from the {allocation['strategy']} map: {len(allocation['ratios'])} groups")
+    rounding = report.get("rounding")
+    if rounding:
+        changed = [g for g in rounding["groups"] if g["chosen"] != g["requested"]]
+        detail = ", ".join(f"{g['id']} {g['requested']} → {g['chosen']}" for g in changed[:8])
+        stdout.print(f"round-to auto ({rounding['provider']}, batch {rounding['batch']}): {len(changed)} of "
+                     f"{len(rounding['groups'])} groups keep more channels because it is faster"
+                     f"{': ' + detail if detail else ''}{' …' if len(changed) > 8 else ''}")
     recon = report.get("reconstruction")
     if recon:
         state = "applied" if recon.get("applied") else "not applied (it did not lower the error)"

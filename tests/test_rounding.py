@@ -192,3 +192,13 @@ def test_round_to_auto_on_cuda(tmp_path):
     result = onnxprune.prune(str(_chain(tmp_path)), ratio=0.5, round_to="auto", round_ep="cuda")
     assert result.report["rounding"]["provider"] == "CUDAExecutionProvider"
     assert result.report["rounding"]["groups"][0]["times_ms"]
+
+
+def test_cli_prune_round_to_auto(tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    assert main([str(_chain(tmp_path)), "--round-to", "auto", "-o", str(out), "--report", str(tmp_path / "r.json")]) == 0
+    assert "round-to auto (CPUExecutionProvider, batch 1):" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    (row,) = report["rounding"]["groups"]
+    kept = onnx.load(out).graph.initializer
+    assert any(list(init.dims)[:1] == [row["chosen"]] for init in kept)
