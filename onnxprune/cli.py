@@ -356,6 +356,27 @@ def run_ops(args) -> int:
 COMMANDS = ("prune", "analyze", "sensitivity", "finetune", "ops") + command_names()
 
 
+def _interrupt_on_sigterm():
+    """SIGTERM (a pipeline's `kill`) ends the command like Ctrl-C: temporary files are removed and
+    no output is left half-written. Returns the previous handler (None off the main thread)."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        import signal
+
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -369,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    previous = _interrupt_on_sigterm()
     try:
         return args.func(args)
     except OnnxPruneError as exc:
@@ -383,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"onnxprune: internal error: {type(exc).__name__}: {exc} "
                          "(nothing was written; rerun with ONNXPRUNE_DEBUG=1 for the traceback)\n")
         return 1
+    finally:
+        _restore_sigterm(previous)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import hashlib
 import os
 import tempfile
@@ -370,37 +371,112 @@ def _dim(dim) -> int | str | None:
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write a model atomically (temporary file in the same folder, then rename).
+    """Write a model atomically: readers (and a later run after a kill) see the previous file or
+    the new one, never a partial one.
 
     Models whose weights exceed ~1.8 GB are written with their weights as external data in
-    `<name>.data` beside the model, itself written atomically before the model file.
+    `<name>.<hash>.data` beside the model (`hash`: the first 12 hex digits of its SHA-256). The
+    data file is complete before the model file that names it replaces the old one, so an
+    interruption leaves the old pair intact; data files of earlier versions are removed after.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     big = sum(init.ByteSize() for init in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
     if big:
         return _save_with_external_data(model, path)
     atomic_write_bytes(path, model.SerializeToString())
+    _remove_old_data_files(path, keep=None)
     return path
+
+
+#: External data offsets are multiples of this (ONNX Runtime can map aligned data).
+DATA_ALIGNMENT = 4096
 
 
 def _save_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
-    data_name = path.name + ".data"
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        tmp_model = Path(tmp) / path.name
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        onnx.save_model(copy, str(tmp_model), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-        os.replace(Path(tmp) / data_name, path.parent / data_name)
-        os.replace(tmp_model, path)
+    """Weights over 1 KiB to one data file (written under a temporary name, then renamed to its
+    content hash), then the model that points at it (atomically); no copy of the whole model."""
+    shell = copy_without_initializers(model)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())
+    digest, placed = hashlib.sha256(), []
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for init in model.graph.initializer:
+                entry = shell.graph.initializer.add()
+                if init.ByteSize() <= 1024:
+                    entry.CopyFrom(init)
+                    continue
+                placed.append(entry)
+                _write_external(handle, init, entry, digest)
+            handle.flush()
+            os.fsync(handle.fileno())
+        data_name = f"{path.name}.{digest.hexdigest()[:12]}.data"
+        for entry in placed:
+            entry.external_data[0].value = data_name
+        os.replace(tmp, path.parent / data_name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    atomic_write_bytes(path, shell.SerializeToString())
+    _remove_old_data_files(path, keep=data_name)
     return path
+
+
+def _write_external(handle, init: onnx.TensorProto, entry: onnx.TensorProto, digest) -> None:
+    """Append one tensor's bytes (aligned) to the data file; `entry` becomes its external reference."""
+    padding = -handle.tell() % DATA_ALIGNMENT
+    if padding:
+        handle.write(b"\0" * padding)
+        digest.update(b"\0" * padding)
+    data = init.raw_data if init.HasField("raw_data") else tensor_value(init).tobytes()
+    offset = handle.tell()
+    handle.write(data)
+    digest.update(data)
+    entry.name, entry.data_type, entry.data_location = init.name, init.data_type, onnx.TensorProto.EXTERNAL
+    entry.dims.extend(init.dims)
+    for key, value in (("location", ""), ("offset", str(offset)), ("length", str(len(data)))):
+        item = entry.external_data.add()
+        item.key, item.value = key, value
+
+
+def _remove_old_data_files(path: Path, keep: str | None) -> None:
+    """Data files `<name>.<12 hex>.data` of earlier writes of `path`, other than `keep`."""
+    for old in path.parent.glob(f"{glob.escape(path.name)}.*.data"):
+        stem = old.name[len(path.name) + 1:-len(".data")]
+        if old.name != keep and len(stem) == 12 and all(c in "0123456789abcdef" for c in stem):
+            old.unlink(missing_ok=True)
+
+
+def _temp_prefix(path: Path) -> str:
+    """Temporary files of a write to `path` are `.<name>.<pid>.<random>.tmp` beside it."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove temporary files left beside `path` by writes whose process no longer exists (a
+    SIGKILL cannot be cleaned up after; the next write to the same path does it)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write bytes to a temporary file beside `path`, fsync, then rename over `path`: readers see
     the old file or the new one, never a partial one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a written model should not be private
     try:
         with os.fdopen(fd, "wb") as handle:
