@@ -153,3 +153,17 @@ def test_cuda_io_binding(tiny_pair):
     doc = bench_models([base, pruned], BenchOptions(ep="cuda", batches=(1, 8), iters=10, warmup=2)).to_dict()
     assert doc["provider"] == "CUDAExecutionProvider" and doc["io_binding"] is True
     assert all(row["median_ms"] > 0 for row in doc["results"])
+
+
+def test_model_onnx_runtime_cannot_load_is_one_line(tmp_path, capsys):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("FooBar", ["x"], ["y"], domain="com.nothing")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("com.nothing", 1)]), path)
+    assert main(["bench", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"onnxprune: error: ONNX Runtime cannot load {path}") and err.count("\n") == 1

@@ -111,18 +111,38 @@ def bench_models(paths: list[str | os.PathLike], options: BenchOptions,
     loaded = [_load(Path(p)) for p in paths]
     for model, path in zip(loaded, paths):
         _check_shapes(model, options.shapes, path)
-    sessions = [make_session(Path(p), options.threads, ep.providers) for p in paths]
-    check_session_provider(sessions[0], ep)
+    sessions = [_session(Path(p), options, ep) for p in paths]
     io_binding = ep.device_type != "cpu" if options.io_binding is None else options.io_binding
     stats: dict[int, list[LatencyStats]] = {}
     for batch in options.batches:
         feeds = [input_feeds(m, batch, options.shapes, options.seed) for m in loaded]
         calls = [io_binding_runner(s, f, ep.device_type) if io_binding else plain_runner(s, f)
                  for s, f in zip(sessions, feeds)]
+        for call, path in zip(calls, paths):
+            _runtime_guard(call, f"{path} fails in ONNX Runtime at batch {batch}")
         samples = interleaved_calls(calls, options.warmup, options.iters, options.block, progress)
         stats[batch] = [LatencyStats.from_samples(s, batch) for s in samples]
     models = [BenchModel(str(p), *count_macs_params(m, options.shapes)) for p, m in zip(paths, loaded)]
     return BenchResult(models, stats, options, ep, device_name(ep.device_type))
+
+
+def _session(path: Path, options: BenchOptions, ep: ExecutionProvider):
+    """The session of one model on the requested provider (InputError when ONNX Runtime refuses it)."""
+    session = _runtime_guard(lambda: make_session(path, options.threads, ep.providers),
+                             f"ONNX Runtime cannot load {path}")
+    check_session_provider(session, ep)
+    return session
+
+
+def _runtime_guard(call: Callable[[], object], context: str):
+    """`call()`, with ONNX Runtime's errors turned into one InputError line."""
+    try:
+        return call()
+    except InputError:
+        raise
+    except Exception as exc:  # ONNX Runtime raises its own exception types (Fail, InvalidArgument, ...)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise InputError(f"{context}: {first}") from None
 
 
 def _load(path: Path) -> onnx.ModelProto:
