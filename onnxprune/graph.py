@@ -151,7 +151,7 @@ def _detach_large_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict
     light, detached = copy_without_initializers(model), {}
     for init in graph.initializer:
         entry = light.graph.initializer.add()
-        if init.name in folded_inputs or init.ByteSize() <= DETACH_BYTES or init.data_location == onnx.TensorProto.EXTERNAL:
+        if init.name in folded_inputs or tensor_nbytes(init) <= DETACH_BYTES or init.data_location == onnx.TensorProto.EXTERNAL:
             entry.CopyFrom(init)
             continue
         entry.name, entry.data_type, entry.data_location = init.name, init.data_type, onnx.TensorProto.EXTERNAL
@@ -322,7 +322,7 @@ class WeightArrays(Mapping):
     def __init__(self, model: onnx.ModelProto):
         self._tensors = {init.name: init for init in model.graph.initializer}
         self._small = {name: tensor_value(init) for name, init in self._tensors.items()
-                       if init.ByteSize() <= LAZY_BYTES}
+                       if tensor_nbytes(init) <= LAZY_BYTES}
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self._small:
@@ -337,6 +337,16 @@ class WeightArrays(Mapping):
 
     def __len__(self) -> int:
         return len(self._tensors)
+
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's values from its shape and type. Unlike `ByteSize()`, which serializes
+    the tensor (a transient copy of a large weight), it costs nothing."""
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except Exception:  # an undefined or unusual type: measure it the slow way
+        return tensor.ByteSize()
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
 
 
 def tensor_value(tensor: onnx.TensorProto) -> np.ndarray:
@@ -382,7 +392,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    big = sum(init.ByteSize() for init in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
+    big = sum(tensor_nbytes(init) for init in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
     if big:
         return _save_with_external_data(model, path)
     atomic_write_bytes(path, model.SerializeToString())
@@ -405,7 +415,7 @@ def _save_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
         with os.fdopen(fd, "wb") as handle:
             for init in model.graph.initializer:
                 entry = shell.graph.initializer.add()
-                if init.ByteSize() <= 1024:
+                if tensor_nbytes(init) <= 1024:
                     entry.CopyFrom(init)
                     continue
                 placed.append(entry)

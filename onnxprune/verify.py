@@ -10,7 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from .analysis import ModelView
-from .graph import copy_without_initializers, tensor_value
+from .graph import copy_without_initializers, tensor_nbytes, tensor_value
 from .errors import InputError, OnnxPruneError
 from .runtime import onnxruntime
 from .select import PruningPlan
@@ -127,7 +127,7 @@ def _skeleton(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> tuple[on
     external = []
     for init in model.graph.initializer:
         entry = graph.initializer.add()
-        if init.ByteSize() <= IN_MEMORY_BYTES:
+        if tensor_nbytes(init) <= IN_MEMORY_BYTES:
             entry.CopyFrom(numpy_helper.from_array(arrays[init.name], init.name) if init.name in arrays else init)
             continue
         entry.name, entry.data_type = init.name, init.data_type
@@ -190,7 +190,7 @@ def _weights_as_inputs(model: onnx.ModelProto, arrays: dict) -> tuple[onnx.Model
     declared = {i.name for i in skeleton.graph.input}
     weights = {}
     for init in model.graph.initializer:
-        if init.ByteSize() <= IN_MEMORY_BYTES:
+        if tensor_nbytes(init) <= IN_MEMORY_BYTES:
             small = numpy_helper.from_array(arrays[init.name], init.name) if init.name in arrays else init
             skeleton.graph.initializer.add().CopyFrom(small)
             continue
