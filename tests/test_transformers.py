@@ -293,3 +293,17 @@ def test_opset23_attention_heads():
     assert result.plan["weights"]["wq"]["kept"]["1"] and len(result.plan["weights"]["wq"]["kept"]["1"]) == EMBED // 2
     x = np.random.default_rng(1).standard_normal((3, 11, EMBED)).astype(np.float32)
     assert ort.InferenceSession(result.model.SerializeToString()).run(None, {"x": x})[0].shape == (3, 11, EMBED)
+
+
+def test_cli_shape_and_prune_residual(transformer, tmp_path):
+    """`onnxprune vit.onnx --shape input=2x3x16x16 --prune-residual`: written, verified, the
+    residual stream halved in every LayerNorm."""
+    from onnxprune.cli import main
+
+    out = tmp_path / "vit.pruned.onnx"
+    code = main([str(transformer("vit", "dynamo")), "--shape", "input=2x3x16x16", "--prune-residual",
+                 "-o", str(out)])
+    assert code == 0 and out.exists()
+    model = onnx.load(str(out))
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    assert shapes["norm.weight"] == (EMBED // 2,) and shapes["blocks.1.norm2.weight"] == (EMBED // 2,)
