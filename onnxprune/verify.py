@@ -61,22 +61,36 @@ class VerifyResult:
 
 def masked_weights(view: ModelView, plan: PruningPlan) -> dict[str, np.ndarray]:
     """Copies of the weights that hold pruned slices, with those slices set to their fill value."""
-    values: dict[str, np.ndarray] = {}
+    masks: dict[str, list] = {}
     for group in plan.groups:
         if not plan.is_pruned(group):
             continue
         dropped = np.setdiff1d(np.arange(group.channels), plan.kept[group.id])
         for member in group.members:
-            if member.fill is None:
-                continue
-            name, axis = member.space.tensor, member.space.axis
-            if name not in values:
-                values[name] = np.array(view.value(name))  # a writable copy (large values are read per access)
-            value = values[name]
-            index = [slice(None)] * value.ndim
-            index[axis] = group.kept_atoms(member.space, dropped)
-            value[tuple(index)] = member.fill
-    return values
+            if member.fill is not None:
+                masks.setdefault(member.space.tensor, []).append(
+                    (member.space.axis, group.kept_atoms(member.space, dropped), member.fill))
+    return {name: _masked_copy(view.value(name), tensor_masks) for name, tensor_masks in masks.items()}
+
+
+def _masked_copy(value: np.ndarray, masks: list) -> np.ndarray:
+    """`value` with each (axis, indices, fill) slice set to fill. When every fill is 0, the kept
+    entries are copied into a fresh zero array instead: a large zero array's untouched pages
+    take no memory, so a big model's masked reference costs about what it keeps."""
+    if any(fill != 0 for _, _, fill in masks):
+        result = np.array(value)
+        for axis, indices, fill in masks:
+            index = [slice(None)] * result.ndim
+            index[axis] = indices
+            result[tuple(index)] = fill
+        return result
+    kept = [np.ones(size, dtype=bool) for size in value.shape]
+    for axis, indices, _ in masks:
+        kept[axis][indices] = False
+    result = np.zeros(value.shape, dtype=value.dtype)
+    index = np.ix_(*[np.flatnonzero(k) for k in kept])
+    result[index] = value[index]
+    return result
 
 
 def masked_reference(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
