@@ -87,10 +87,26 @@ def _masked_copy(value: np.ndarray, masks: list) -> np.ndarray:
     kept = [np.ones(size, dtype=bool) for size in value.shape]
     for axis, indices, _ in masks:
         kept[axis][indices] = False
-    result = np.zeros(value.shape, dtype=value.dtype)
+    result = lazy_zeros(value.shape, value.dtype)
     index = np.ix_(*[np.flatnonzero(k) for k in kept])
     result[index] = value[index]
     return result
+
+
+def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
+    """A zero array whose pages take memory only once written. Large ones come from an anonymous
+    mapping without transparent huge pages (numpy asks for huge pages: one written byte would
+    then make 2 MB resident, and scattered kept channels would make the whole array resident)."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    import mmap
+
+    if nbytes < (16 << 20) or not hasattr(mmap, "MAP_PRIVATE"):  # small, or not a POSIX system
+        return np.zeros(shape, dtype=dtype)
+
+    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # shared pages fill on read
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buffer.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
 def masked_reference(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
