@@ -17,6 +17,7 @@ from .criteria import ScoringContext, get_criterion
 from .errors import InputError, VerificationError
 from .graph import atomic_write_text, load_model, normalize, save_model
 from .passes import apply_plan
+from .passes.simplify_attention import simplify_attention
 from .plots import kept_per_layer
 from .report import build_report, group_rows, model_summary
 from .select import PruningPlan, SelectOptions, select
@@ -65,6 +66,7 @@ def load_and_analyze(source: ModelLike, exclude: tuple[str, ...] = (), prune_res
     """Load, normalize and analyze a model (`prune_residual`: LayerNorm channels are prunable)."""
     loaded = load_model(source)
     model = normalize(loaded.model, in_place=loaded.path is not None)  # a file's model is ours to reuse
+    model = simplify_attention(model)  # dynamo's kᵀ round trip through [N·H, T, D] -> one Transpose
     view = ModelView(model, prune_normalized=prune_residual)
     return Analysis(model, view, find_groups(view, tuple(exclude)), loaded.sha256)
 
