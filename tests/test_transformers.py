@@ -241,6 +241,24 @@ def test_prune_residual_stream_dynamo_vit(transformer, size):
     assert np.abs(got - plain).max() > 1e-3 * np.abs(plain).max()
 
 
+@pytest.mark.parametrize("tokens", [12, 5, 30])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_prune_residual_stream_bert_classifier(transformer, exporter, tokens):
+    """A BERT with a pooler and classifier: the residual stream (token and position embeddings,
+    every LayerNorm, q/k/v/out/fc1/fc2, the pooler's input) prunes with both exporters, verified
+    at several sequence lengths."""
+    path = transformer("bert_cls", exporter)
+    residual = _residual_group(load_and_analyze(path, prune_residual=True).groups)
+    assert residual.prunable
+    producers = {m.space.tensor for m in residual.members if m.role == "out"}
+    assert {"tokens.weight", "positions.weight"} <= producers  # the embedding tables
+    result = onnxprune.prune(path, ratio=0.5, prune_residual=True, input_shapes={"input": (2, tokens)})
+    assert result.report["verification"]["ok"]
+    shapes = {i.name: tuple(i.dims) for i in result.model.graph.initializer}
+    assert shapes["tokens.weight"] == (50, EMBED // 2) and shapes["norm.weight"] == (EMBED // 2,)
+    assert _reshape_head_counts(result.model) == [HEADS // 2] * 6
+
+
 @pytest.mark.parametrize("name,exporter,reason", [
     ("vit", "torchscript", "read by Shape"),   # flatten(2) reads C from the Shape of the patches
     ("bert", "torchscript", "reaches graph output"),  # the hidden states are the output

@@ -9,7 +9,8 @@
   ``softmax(q kᵀ / √D) v``.
 * ``bert``: token + position embeddings, 2 post-LN encoder blocks with 4 heads and *separate*
   q/k/v Linears (``view(N, T, H, D).transpose(1, 2)``), GELU MLP, the hidden states as output.
-  Input token ids ``[N, T]`` (int64).
+  Input token ids ``[N, T]`` (int64). ``bert_cls``: the same with a pooler and a 3-class
+  classifier on the first token (the residual stream then reaches no graph output).
 
 ``export_transformer(name, path, dynamo)`` exports with batch and sequence (image size for the
 ViT) dynamic: ``dynamic_axes`` for TorchScript (opset 17), ``dynamic_shapes`` for dynamo.
@@ -110,17 +111,23 @@ class TinyViT(nn.Module):
 
 
 class TinyBert(nn.Module):
-    """Token and position embeddings, LayerNorm, 2 post-LN encoder blocks; hidden states out."""
+    """Token and position embeddings, LayerNorm, 2 post-LN encoder blocks; hidden states out, or
+    with `classes` a pooler (tanh Linear on the first token) and a classifier."""
 
-    def __init__(self, max_tokens: int = 64):
+    def __init__(self, max_tokens: int = 64, classes: int = 0):
         super().__init__()
         self.tokens, self.positions = nn.Embedding(VOCAB, EMBED), nn.Embedding(max_tokens, EMBED)
         self.norm = nn.LayerNorm(EMBED)
         self.blocks = nn.Sequential(*[Block(False, fused=False) for _ in range(BLOCKS)])
+        self.pooler = nn.Linear(EMBED, EMBED) if classes else None
+        self.classifier = nn.Linear(EMBED, classes) if classes else None
 
     def forward(self, ids):
         positions = torch.arange(ids.shape[1], device=ids.device)
-        return self.blocks(self.norm(self.tokens(ids) + self.positions(positions)))
+        hidden = self.blocks(self.norm(self.tokens(ids) + self.positions(positions)))
+        if self.classifier is None:
+            return hidden
+        return self.classifier(torch.tanh(self.pooler(hidden[:, 0])))
 
 
 def _randomize(module: nn.Module, seed: int) -> nn.Module:
@@ -144,14 +151,14 @@ def example_input(name: str, batch: int = 2, size: int | None = None, seed: int 
 
 
 def build(name: str, seed: int = 0) -> nn.Module:
-    """The seeded module called `name` ('vit', 'vit_sdpa', 'bert')."""
+    """The seeded module called `name` ('vit', 'vit_sdpa', 'bert', 'bert_cls')."""
     torch.manual_seed(seed)
     module = {"vit": lambda: TinyViT(), "vit_sdpa": lambda: TinyViT(sdpa=True),
-              "bert": lambda: TinyBert()}[name]()
+              "bert": lambda: TinyBert(), "bert_cls": lambda: TinyBert(classes=3)}[name]()
     return _randomize(module, seed + 1)
 
 
-TRANSFORMERS = ("vit", "vit_sdpa", "bert")
+TRANSFORMERS = ("vit", "vit_sdpa", "bert", "bert_cls")
 
 
 def export_transformer(name: str, path, dynamo: bool, module: nn.Module | None = None,
@@ -170,7 +177,7 @@ def export_transformer(name: str, path, dynamo: bool, module: nn.Module | None =
             axes = axes if dynamic_sequence else {0: "batch"}
             torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=17,
                               input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": axes, "output": {0: "batch"} if vit else axes})
+                              dynamic_axes={"input": axes, "output": axes if name == "bert" else {0: "batch"}})
         else:
             batch = torch.export.Dim("batch", min=1, max=64)
             if not dynamic_sequence:
