@@ -43,10 +43,14 @@ class LatencyStats:
                 "throughput": self.throughput}
 
 
-def make_session(model, threads: int = 0, providers: list[str] | tuple[str, ...] | None = None):
-    """An ONNX Runtime session with full graph optimizations (`model`: a ModelProto or a path)."""
+def make_session(model, threads: int = 0, providers: list[str] | tuple[str, ...] | None = None,
+                 spin: bool = True):
+    """An ONNX Runtime session with full graph optimizations (`model`: a ModelProto or a path);
+    `spin=False`: idle intra-op workers sleep instead of spin-waiting (steadier on a busy machine)."""
     ort = onnxruntime()
     options = ort.SessionOptions()
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

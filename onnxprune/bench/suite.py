@@ -23,7 +23,8 @@ FORMAT = "onnxprune-bench/1"
 class BenchOptions:
     """How to time: execution provider (short name), batch sizes, ONNX Runtime intra-op threads
     (0 = its default), untimed and timed runs per model and batch, runs per interleaved block,
-    IO binding (None: on for GPU providers), shapes of dynamic input dims, input seed."""
+    IO binding (None: on for GPU providers), shapes of dynamic input dims, input seed, and whether
+    idle ONNX Runtime workers spin-wait (its default) or sleep."""
 
     ep: str = "cpu"
     batches: tuple[int, ...] = (1,)
@@ -34,6 +35,7 @@ class BenchOptions:
     io_binding: bool | None = None
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     seed: int = 0
+    spin: bool = True
 
     def validate(self) -> None:
         """Raise InputError for values outside their range."""
@@ -90,7 +92,7 @@ class BenchResult:
         return {"format": FORMAT, "ep": self.ep.name, "provider": self.ep.provider, "device": self.device,
                 "onnxruntime": onnxruntime().__version__, "threads": options.threads,
                 "warmup": options.warmup, "iters": options.iters, "block": options.block,
-                "io_binding": self._io_binding(), "batches": list(options.batches),
+                "io_binding": self._io_binding(), "spin": options.spin, "batches": list(options.batches),
                 "models": [{"path": m.path, "macs": m.macs, "params": m.params,
                             "macs_ratio": m.macs / self.models[0].macs if self.models[0].macs else None}
                            for m in self.models],
@@ -128,7 +130,7 @@ def bench_models(paths: list[str | os.PathLike], options: BenchOptions,
 
 def _session(path: Path, options: BenchOptions, ep: ExecutionProvider):
     """The session of one model on the requested provider (InputError when ONNX Runtime refuses it)."""
-    session = _runtime_guard(lambda: make_session(path, options.threads, ep.providers),
+    session = _runtime_guard(lambda: make_session(path, options.threads, ep.providers, options.spin),
                              f"ONNX Runtime cannot load {path}")
     check_session_provider(session, ep)
     return session

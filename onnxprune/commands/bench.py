@@ -38,6 +38,8 @@ def add_parser(commands) -> None:
     sub.add_argument("--io-binding", action=argparse.BooleanOptionalAction, default=None,
                      help="bind inputs/outputs on the device so transfers are not timed (default: on for "
                           "cuda/tensorrt, off for cpu)")
+    sub.add_argument("--no-spin", action="store_true",
+                     help="idle ONNX Runtime workers sleep instead of spin-waiting (steadier on a busy machine)")
     sub.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     sub.add_argument("--json", action="store_true", help="print the results as JSON (onnxprune-bench/1)")
     sub.set_defaults(func=run)
@@ -58,7 +60,7 @@ def run(args) -> int:
     from ..console import progress_bar, stdout
 
     options = BenchOptions(args.ep, parse_batches(args.batch), args.threads, args.warmup, args.iters, args.block,
-                           args.io_binding, parse_shapes(args.shape), args.seed)
+                           args.io_binding, parse_shapes(args.shape), args.seed, not args.no_spin)
     options.validate()
     total = len(args.models) * len(options.batches) * options.blocks()
     with progress_bar(f"timing on {args.ep}", total=total) as advance:
