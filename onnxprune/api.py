@@ -149,7 +149,7 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
         _check_model(recovered.model, analysis.model)
         applied.model = recovered.model
     option_dict = {"ratio": ratio, "min_channels": min_channels, "round_to": round_to,
-                   "scope": scope, "exclude": list(exclude), "seed": seed,
+                   "scope": scope, "exclude": list(exclude), "seed": seed, "prune_residual": prune_residual,
                    "calib": str(calib) if calib else None, "calib_samples": data.samples if data else None}
     pruned_view = ModelView(applied.model)
     report = build_report(model_summary(analysis.model, analysis.view), model_summary(applied.model, pruned_view),

@@ -22,6 +22,9 @@ from .analysis import ModelView, find_groups
 from .api import PLAN_FORMAT
 from .errors import InputError
 from .graph import load_model, normalize
+from .passes.apply_plan import pruned_atoms
+from .passes.masked_norm import masked_norm_reference
+from .passes.simplify_attention import simplify_attention
 from .select import PruningPlan
 from .verify import RTOL, OutputCheck, compare, masked_weights, random_inputs, run_model
 
@@ -123,15 +126,17 @@ def check_pruned(pruned_path, original_path, plan_path, seed: int = 0, runs: int
     if plan_doc.get("input_sha256") != original.sha256:
         raise InputError(f"{original_path} is not the model this plan was made from (SHA-256 differs)")
     pruned = load_model(pruned_path).model
-    model = normalize(original.model)
-    view = ModelView(model)
-    groups = find_groups(view, tuple((plan_doc.get("options") or {}).get("exclude") or ()))
+    options = plan_doc.get("options") or {}
+    model = simplify_attention(normalize(original.model))  # as `api.load_and_analyze` does
+    view = ModelView(model, prune_normalized=bool(options.get("prune_residual")))
+    groups = find_groups(view, tuple(options.get("exclude") or ()))
     plan = rebuild_plan(groups, plan_doc)
     result = CheckResult(recovered=(plan_doc.get("recovered") or {}).get("method"))
     result.bad_weights = sliced_weights_differ(view, pruned, plan_doc["weights"])
     arrays = masked_weights(view, plan)  # the other weights are the model's own
+    reference_model = masked_norm_reference(model, pruned_atoms(plan), view)  # --prune-residual
     for feeds in _feeds(model, seed, runs, calib, calib_samples, preprocess):
-        reference = run_model(model, feeds, arrays=arrays)
+        reference = run_model(reference_model, feeds, arrays=arrays)
         result.add(compare(run_model(pruned, feeds), reference))
     return result
 

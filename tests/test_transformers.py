@@ -326,3 +326,15 @@ def test_cli_shape_and_prune_residual(transformer, tmp_path):
     model = onnx.load(str(out))
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
     assert shapes["norm.weight"] == (EMBED // 2,) and shapes["blocks.1.norm2.weight"] == (EMBED // 2,)
+
+
+@pytest.mark.parametrize("name,residual", [("bert_cls", True), ("bert", False)])
+def test_check_command_rebuilds_transformer_plans(transformer, tmp_path, name, residual):
+    """`onnxprune check` re-verifies a stored pruned transformer (heads, MLP and, with
+    --prune-residual, LayerNorms over the kept channels)."""
+    from onnxprune.check import check_pruned
+
+    path = transformer(name, "dynamo")
+    saved = onnxprune.prune(path, ratio=0.5, prune_residual=residual).save(tmp_path / "pruned.onnx")
+    result = check_pruned(saved, path, tmp_path / "pruned.plan.json")
+    assert result.ok and not result.bad_weights
