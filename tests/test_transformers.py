@@ -338,3 +338,33 @@ def test_check_command_rebuilds_transformer_plans(transformer, tmp_path, name, r
     saved = onnxprune.prune(path, ratio=0.5, prune_residual=residual).save(tmp_path / "pruned.onnx")
     result = check_pruned(saved, path, tmp_path / "pruned.plan.json")
     assert result.ok and not result.bad_weights
+
+
+@pytest.mark.parametrize("split,replaced", [((2, 4), True), ((4, 2), False)])
+def test_simplify_attention_round_trip(split, replaced):
+    """Reshape [2, 4, 6, 8] -> [8, 6, 8] -> Transpose -> [8, 8, 6] -> Reshape: splitting back into
+    (2, 4) is a Transpose of the last two axes and is replaced; (4, 2) is not, and stays."""
+    from onnxprune.graph import normalize
+    from onnxprune.passes.simplify_attention import simplify_attention
+
+    x = np.random.default_rng(0).standard_normal((2, 4, 6, 8)).astype(np.float32)
+    nodes = [helper.make_node("Reshape", ["x", "s1"], ["m"]),
+             helper.make_node("Transpose", ["m"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Reshape", ["t", "s2"], ["r"]),
+             helper.make_node("Relu", ["r"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([-1, 6, 8]), "s1"),
+             numpy_helper.from_array(np.array([*split, 8, 6]), "s2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model = normalize(model)
+    before = _run_feed(model, {"x": x})
+    simplified = simplify_attention(model)
+    ops = [n.op_type for n in simplified.graph.node]
+    assert ops == (["Transpose", "Relu"] if replaced else ["Reshape", "Transpose", "Reshape", "Relu"])
+    np.testing.assert_array_equal(_run_feed(simplified, {"x": x}), before)
+
+
+def _run_feed(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
