@@ -90,12 +90,15 @@ def layer_norm(rel, node, view):
     first = attr(node, "axis", -1) % rel.rank(x)
     if view.prune_normalized and normalized_channels(rel, node, view):
         return
+    reason = f"normalized together by {rel.label}"
+    if first == rel.rank(x) - 1 and not view.prune_normalized:
+        reason += " (--prune-residual prunes it)"
     for axis in range(rel.rank(x)):
         if axis < first:
             rel.link(x, axis, y, axis)
         else:
-            rel.freeze(x, axis, f"normalized together by {rel.label}")
-            rel.freeze(y, axis, f"normalized together by {rel.label}")
+            rel.freeze(x, axis, reason)
+            rel.freeze(y, axis, reason)
 
 
 @rule("InstanceNormalization", mapping="every axis passes through; scale/bias follow axis 1",
