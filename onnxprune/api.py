@@ -15,7 +15,7 @@ from .allocate import Allocation, AllocationContext, AllocationRequest, PlanCost
 from .calib import load_calibration
 from .criteria import ScoringContext, get_criterion
 from .errors import InputError, VerificationError
-from .graph import atomic_write_text, load_model, normalize, save_model
+from .graph import atomic_write_text, large_weights_as_inputs, load_model, normalize, save_model
 from .passes import apply_plan
 from .passes.simplify_attention import simplify_attention
 from .plots import kept_per_layer
@@ -266,9 +266,10 @@ def allocation_report(result, request: "AllocationRequest", report: dict) -> dic
 
 
 def _checker_error(model: onnx.ModelProto) -> str | None:
-    """The full ONNX checker's complaint about a model, or None when it passes."""
+    """The full ONNX checker's complaint about a model, or None when it passes (large weights are
+    checked as typed inputs: the checker would serialize them, and refuses models over 2 GB)."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(large_weights_as_inputs(model), full_check=True)
     except Exception as exc:  # the checker raises several types
         return str(exc).strip().splitlines()[0][:200]
     return None

@@ -87,6 +87,19 @@ def check_structure(model: onnx.ModelProto, where: str = "") -> None:
         raise InputError(f"{where}the model's graph has no outputs")
 
 
+def large_weights_as_inputs(model: onnx.ModelProto, limit: int = 1 << 20) -> onnx.ModelProto:
+    """A copy in which initializers over `limit` bytes are graph inputs of the same type and shape
+    (no data): what the full ONNX checker and shape inference need, at any model size."""
+    light = copy_without_initializers(model)
+    declared = {i.name for i in light.graph.input}
+    for init in model.graph.initializer:
+        if tensor_nbytes(init) <= limit or init.data_location == onnx.TensorProto.EXTERNAL:
+            light.graph.initializer.add().CopyFrom(init)
+        elif init.name not in declared:
+            light.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return light
+
+
 def check_external_locations(model: onnx.ModelProto, folder: Path) -> None:
     """Every external-data file must be a regular file inside the model's folder (after resolving
     symbolic links): a model cannot make onnxprune read files elsewhere (`../`, absolute paths)."""
@@ -224,8 +237,17 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop stale intermediate shapes and infer them again (graph inputs/outputs are kept).
 
     ONNX Runtime's symbolic shape inference goes through computed Reshape targets and keeps
-    symbolic batch dims; ONNX's own inference is the fallback.
+    symbolic batch dims; ONNX's own inference is the fallback. Both copy the model, so large
+    weights are set aside meanwhile: then `model` itself is updated and returned.
     """
+    light, detached = _detach_large_weights(model)
+    if not detached:
+        return _infer_shapes(light)
+    _transplant(_infer_shapes(light), model, detached)
+    return model
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.graph.value_info[:]
     try:
         SymbolicShapeInference = _symbolic_shape_inference()
