@@ -105,7 +105,7 @@ def test_check_bad_input_is_one_line_exit_2(case, pruned, capsys, tmp_path):
 
 
 def test_same_command_twice_gives_identical_model_and_plan(tmp_path):
-    """Two processes with different hash seeds: byte-identical model and plan."""
+    """Two processes with different hash seeds: byte-identical model, plan and report."""
     def middle(g, t):
         a, b = g.conv(t, 6, 4), g.conv(t, 6, 2)
         return g.op("Relu", g.op("Concat", a, b, axis=1))
@@ -118,9 +118,10 @@ def test_same_command_twice_gives_identical_model_and_plan(tmp_path):
         folder.mkdir()
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         done = subprocess.run([sys.executable, "-m", "onnxprune", str(source), "--criterion", "fpgm",
-                               "--ratio", "0.5", "-o", str(folder / "out.onnx")], env=env, capture_output=True)
+                               "--ratio", "0.5", "-o", str(folder / "out.onnx"), "--report", str(folder / "r.json")],
+                              env=env, capture_output=True)
         assert done.returncode == 0, done.stderr.decode()
-        outputs.append((sha(folder / "out.onnx"), sha(folder / "out.plan.json")))
+        outputs.append((sha(folder / "out.onnx"), sha(folder / "out.plan.json"), sha(folder / "r.json")))
     assert outputs[0] == outputs[1]
 
 
