@@ -17,7 +17,7 @@ The published runs fine-tune for many epochs on a GPU. The defaults here are tha
 
     python benchmarks/reproduce_table.py --models resnet20 --epochs 2 --train-images 10000
 
-Results go to benchmarks/out/reproduce_table.{json,md}.
+Results go to benchmarks/out/<--name>.{json,md} (the JSON is rewritten after every row).
 """
 
 from __future__ import annotations
@@ -115,6 +115,12 @@ def rows_for_table(results: list[dict], base: dict[str, float]) -> list[list[str
     return rows
 
 
+def _write_json(args, base: dict, results: list[dict]) -> None:
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"{args.name}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                      "baseline_error": base, "rows": results}, indent=2))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet20,resnet56")
@@ -130,6 +136,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", help="torch device (default cuda when available)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--name", default="reproduce_table", help="output file stem in benchmarks/out/")
     args = parser.parse_args(argv)
     models, criteria = args.models.split(","), args.criteria.split(",")
     full_train = extract_train(SHARED / "cifar10-jpg.tar.gz", args.cache)
@@ -142,6 +149,7 @@ def main(argv=None) -> int:
             print(f"{model} / {criterion}: prune to {args.target:.0%} MACs, "
                   f"{'reconstruct, ' if args.reconstruct else ''}fine-tune {args.epochs} epochs", flush=True)
             results.append(run_one(model, criterion, args, train, full_train, images, labels))
+            _write_json(args, base, results)  # after every row: a long run that dies keeps its rows
     rows = rows_for_table(results, base)
     title = (f"CIFAR-10 top-1 error (%) on test1000, ~{args.target:.0%} MACs, {args.epochs} epochs on "
              f"{min(args.train_images, 50000)} JPEG train images, batch {args.batch_size}, lr {args.lr}, "
@@ -150,10 +158,8 @@ def main(argv=None) -> int:
     text = table(["model", "criterion", "MACs kept", "base", "pruned", "fine-tuned", "increase", "published",
                   f"goal (+{NOISE})", "time"], rows, title=title)
     print(text)
-    OUT.mkdir(exist_ok=True)
-    (OUT / "reproduce_table.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                          "baseline_error": base, "rows": results}, indent=2))
-    (OUT / "reproduce_table.md").write_text(f"{text}\n\n{environment()}\n")
+    _write_json(args, base, results)
+    (OUT / f"{args.name}.md").write_text(f"{text}\n\n{environment()}\n")
     return 0 if all(r["goal_met"] for r in results) else 1
 
 
