@@ -13,7 +13,10 @@ Goals, at every batch size: auto is not slower than round-to-1 (median auto <= m
 (1 + ``--tolerance``), the tolerance covering the timing noise between two medians), and auto is
 faster than the unpruned model. Exit status 1 when missed (unless ``--no-fail``).
 
-Usage: ``.venv/bin/python benchmarks/round_auto.py [--ratio 0.5] [--batch 1,8] [--iters 100]``.
+The layer timings of ``--round-to auto`` use ONNX Runtime's default threads (all cores).
+
+Usage: ``.venv/bin/python benchmarks/round_auto.py [--ratio 0.5] [--batch 1,8] [--iters 100]
+[--threads N] [--no-spin]``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def parse_args(argv):
     parser.add_argument("--iters", type=int, default=100, help="timed runs per model and batch (default 100)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs per model and batch (default 10)")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (default 0: all cores)")
+    parser.add_argument("--no-spin", action="store_true",
+                        help="idle ORT workers sleep instead of spin-waiting (steadier on a shared machine)")
     parser.add_argument("--tolerance", type=float, default=0.02,
                         help="auto may be this much slower than round-to-1 (timing noise; default 0.02)")
     parser.add_argument("--keep-cache", action="store_true", help="use the user's timing cache, not a fresh one")
@@ -76,7 +81,7 @@ def main(argv=None) -> int:
               f"{len(changed)} of {len(rounding['groups'])} groups rounded up: "
               + ", ".join(f"{g['id']} {g['requested']}->{g['chosen']}" for g in changed))
         options = BenchOptions(ep=args.ep, batches=args.batches, threads=args.threads, warmup=args.warmup,
-                               iters=args.iters)
+                               iters=args.iters, spin=not args.no_spin)
         doc = bench_models([base, exact, auto], options).to_dict()
     rows, ok = [], True
     macs = [m["macs"] for m in doc["models"]]
