@@ -72,7 +72,7 @@ def _add_prune(commands) -> None:
     sub.add_argument("--round-to", type=round_to_arg, default=1, metavar="N|auto",
                      help="kept channel counts become multiples of N; 'auto': per group, the smallest count >= "
                           "the requested one that no larger count (up to the next multiple of 32) beats in "
-                          "latency, timed layer by layer on --ep (timings cached on disk)")
+                          "latency by more than 3%%, timed layer by layer on --ep (timings cached on disk)")
     sub.add_argument("--ep", default="cpu", choices=("cpu", "cuda", "tensorrt"), metavar="EP",
                      help="--round-to auto: execution provider to time on: cpu, cuda, tensorrt (default cpu)")
     sub.add_argument("--round-batch", type=int, default=1, metavar="B",
