@@ -219,11 +219,14 @@ def _residual_group(groups):
 
 
 @pytest.mark.parametrize("size", [16, 8, 24])
-def test_prune_residual_stream_dynamo_vit(transformer, size):
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_prune_residual_stream_vit(transformer, exporter, size):
     """--prune-residual: one group through the patch embedding, class token, position embedding,
     every LayerNorm, projection and the head; verified against LayerNorms over the kept
-    channels, at several image sizes (sequence lengths)."""
-    path = transformer("vit", "dynamo")
+    channels, at several image sizes (sequence lengths). TorchScript's flatten(2) reads the
+    channel count from a Shape only to copy it back into the Reshape of the same tensor, and its
+    class-token Expand target is Where(Equal([N, -1, -1], -1), 1, ·) = [N, 1, 1]."""
+    path = transformer("vit", exporter)
     analysis = load_and_analyze(path, prune_residual=True)
     residual = _residual_group(analysis.groups)
     assert residual.prunable
@@ -260,7 +263,6 @@ def test_prune_residual_stream_bert_classifier(transformer, exporter, tokens):
 
 
 @pytest.mark.parametrize("name,exporter,reason", [
-    ("vit", "torchscript", "read by Shape"),   # flatten(2) reads C from the Shape of the patches
     ("bert", "torchscript", "reaches graph output"),  # the hidden states are the output
     ("bert", "dynamo", "reaches graph output"),
 ])

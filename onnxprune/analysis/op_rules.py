@@ -12,6 +12,7 @@ import numpy as np
 from .attention_rules import batched_matmul, link_head_split, rewrite_computed_target
 from .model_view import attr
 from .registry import rule
+from .shape_entries import copied_dims, copies_into, feeds_copies_only
 
 ELEMENTWISE_UNARY = (
     "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Identity",
@@ -294,7 +295,7 @@ def reshape(rel, node, view):
     pairs = align_axes(view.shape(x), view.shape(y))
     if pairs is None:
         return
-    target = _target_entries(view, node.input[1], rel.rank(y))
+    target = _target_entries(view, node.input[1], rel.rank(y), data=x)
     for in_axes, out_axes in pairs:
         sizes = [view.shape(y)[a] for a in out_axes if view.shape(y)[a] != 1]
         if len(out_axes) == 1:
@@ -313,8 +314,9 @@ def reshape(rel, node, view):
             rel.freeze(y, out_axis, f"the target shape is computed at run time ({rel.label})")
 
 
-def _target_entries(view, name: str, rank: int) -> list:
-    """The Reshape target per output axis: an int, or None when computed at run time (-1 is fine)."""
+def _target_entries(view, name: str, rank: int, data: str | None = None) -> list:
+    """The Reshape target per output axis: an int, or None when computed at run time (-1 is fine);
+    0 for entries that copy `data`'s own sizes (``Shape(data)[s:e]`` at positions s..e-1)."""
     value = view.value(name)
     if value is not None:
         return [int(v) for v in value.reshape(-1)]
@@ -327,6 +329,8 @@ def _target_entries(view, name: str, rank: int) -> list:
         size = (view.shape(piece) or (None,))[0]
         if piece_value is not None:
             entries += [int(v) for v in piece_value.reshape(-1)]
+        elif data is not None and isinstance(size, int) and copied_dims(view, piece, data, len(entries)):
+            entries += [0] * size
         else:
             entries += [None] * (size if isinstance(size, int) else 1)
     return entries if len(entries) == rank else [None] * rank
@@ -564,6 +568,9 @@ def _axes_read(node, view, rank: int) -> set[int]:
     available = set(range(rank)[start:end])
     read: set[int] = set()
     for user in view.consumers.get(node.output[0], []):
+        if (user.op_type == "Slice" and feeds_copies_only(view, user.output[0])) or \
+                copies_into(view, node.output[0], user):
+            continue  # sizes copied back into a Reshape of the same tensor (flatten(2))
         indices = view.value(user.input[1]) if user.op_type == "Gather" else None
         if indices is None or attr(user, "axis", 0) != 0:
             return available

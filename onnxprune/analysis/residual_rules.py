@@ -13,8 +13,8 @@ LayerNorms do the same (`passes.masked_norm`), not with the plain masked model.
 from __future__ import annotations
 
 from .model_view import attr
-from .op_rules import _target_entries
 from .registry import rule
+from .shape_entries import shape_entries
 
 
 def normalized_channels(rel, node, view) -> bool:
@@ -65,8 +65,7 @@ def expand(rel, node, view):
     """Expand (broadcast): an axis whose target entry is the constant 1 keeps the input's size."""
     x, y = node.input[0], node.output[0]
     rank_x, rank_y = rel.rank(x), rel.rank(y)
-    length = (view.shape(node.input[1]) or (None,))[0]
-    target = _target_entries(view, node.input[1], length) if isinstance(length, int) else [None] * rank_x
+    target = shape_entries(view, node.input[1]) or [None] * rank_x
     for a in range(rank_x):
         out = rank_y - rank_x + a
         entry = target[len(target) - rank_x + a] if len(target) >= rank_x - a else 1
