@@ -110,6 +110,7 @@ def markdown(doc: dict) -> str:
 
 
 def parse_args(argv):
+    """The command-line options (batch sizes parsed)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
@@ -141,6 +142,7 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    """Run the benchmark; the exit status says whether the goal was met."""
     args = parse_args(argv)
     ep = pick_ep(args.ep)
     environment = common.environment()

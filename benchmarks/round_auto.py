@@ -36,6 +36,7 @@ from onnxprune.bench import BenchOptions, bench_models  # noqa: E402
 
 
 def parse_args(argv):
+    """The command-line options (batch sizes parsed)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ratio", type=float, default=0.5, help="pruning ratio (default 0.5)")
@@ -67,6 +68,7 @@ def prune_both(path: Path, folder: Path, args) -> tuple[Path, Path, dict]:
 
 
 def main(argv=None) -> int:
+    """Run the benchmark; the exit status says whether the goal was met."""
     args = parse_args(argv)
     print(common.environment())
     print(common.wait_for_idle(args.wait_idle))
