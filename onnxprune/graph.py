@@ -69,12 +69,17 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
 def check_structure(model: onnx.ModelProto, where: str = "") -> None:
     """ONNX's structural checker (unique names, every input defined, topological order, opsets,
     op schemas and attributes), run on a copy whose initializers are empty stand-ins: cheap for
-    any model size, and the weights are neither copied nor read."""
-    skeleton = copy_without_initializers(model)
-    for init in model.graph.initializer:
-        stand_in = skeleton.graph.initializer.add()
-        stand_in.name, stand_in.data_type = init.name, init.data_type
-        stand_in.dims.append(0)
+    any model size, and the weights are neither copied nor read. Text that is not UTF-8 (which
+    protobuf only notices when it is read) is an InputError too."""
+    try:
+        skeleton = copy_without_initializers(model)
+        for init in model.graph.initializer:
+            stand_in = skeleton.graph.initializer.add()
+            stand_in.name, stand_in.data_type = init.name, init.data_type
+            stand_in.dims.append(0)
+        _read_all_text(skeleton)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{where}the input model is not valid ONNX (text that is not UTF-8: {_short(exc)})") from None
     graph = skeleton.graph
     for info in list(graph.input) + list(graph.output) + list(graph.value_info):
         if info.type.HasField("tensor_type") and not info.type.tensor_type.HasField("shape"):
@@ -85,6 +90,33 @@ def check_structure(model: onnx.ModelProto, where: str = "") -> None:
         raise InputError(f"{where}the input model is not valid ONNX ({_short(exc)})") from None
     if not model.graph.output:
         raise InputError(f"{where}the model's graph has no outputs")
+
+
+def _read_all_text(message) -> None:
+    """Read every field of a message tree once (protobuf decodes strings only when read)."""
+    for descriptor, value in message.ListFields():
+        if descriptor.type != descriptor.TYPE_MESSAGE:
+            continue
+        repeated = getattr(descriptor, "is_repeated", None)
+        if repeated is None:  # protobuf < 5
+            repeated = descriptor.label == descriptor.LABEL_REPEATED
+        for item in (value if repeated else [value]):
+            _read_all_text(item)
+
+
+#: A static dimension above this cannot belong to a model that runs (ONNX Runtime's limit).
+MAX_DIM = (1 << 31) - 1
+
+
+def check_dimensions(model: onnx.ModelProto) -> None:
+    """InputError when shape inference found a dimension no runtime could allocate (an attribute
+    such as pads or kernel_shape set to a huge value)."""
+    for info in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
+        if info.type.HasField("tensor_type"):
+            for dim in info.type.tensor_type.shape.dim:
+                if dim.HasField("dim_value") and not 0 <= dim.dim_value <= MAX_DIM:
+                    raise InputError(f"tensor '{info.name}' would have a dimension of {dim.dim_value}: "
+                                     "no runtime can run this model (check the attributes that size it)")
 
 
 def large_weights_as_inputs(model: onnx.ModelProto, limit: int = 1 << 20) -> onnx.ModelProto:
@@ -220,7 +252,9 @@ def _normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as exc:
         raise InputError(f"cannot read the model's graph ({_short(exc)})") from None
     _copy_model_metadata(model, folded)
-    return infer_shapes(folded)
+    inferred = infer_shapes(folded)
+    check_dimensions(inferred)
+    return inferred
 
 
 def _copy_model_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> None:
