@@ -16,6 +16,8 @@ def _numel(shape) -> int:
 def node_macs(node: onnx.NodeProto, view: ModelView) -> int:
     """MACs of one node, dynamic dims as 1 (convolutions and matrix products; other ops count 0)."""
     shape = view.shape
+    if node.domain not in ("", "ai.onnx") or len(node.input) < 2:  # custom ops: unknown cost
+        return 0
     if node.op_type in ("Conv", "ConvTranspose") and shape(node.input[1]) and shape(node.output[0]):
         w, y, x = shape(node.input[1]), shape(node.output[0]), shape(node.input[0])
         spatial = y[2:] if node.op_type == "Conv" else x[2:]
