@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .analysis import ModelView, find_groups
 from .api import PLAN_FORMAT
 from .errors import InputError
-from .graph import load_model, normalize
+from .graph import load_model, normalize, tensor_value
 from .passes.apply_plan import pruned_atoms
 from .passes.masked_norm import masked_norm_reference
 from .passes.simplify_attention import simplify_attention
@@ -74,8 +73,11 @@ def read_plan(path: Path) -> dict:
         raise InputError(f"{path}: not a JSON plan file ({exc})") from None
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
         raise InputError(f"{path}: not an {PLAN_FORMAT} plan file")
-    if not isinstance(plan.get("groups"), list) or not isinstance(plan.get("weights"), dict):
-        raise InputError(f"{path}: plan file without 'groups' and 'weights'")
+    groups, weights = plan.get("groups"), plan.get("weights")
+    if not isinstance(groups, list) or not isinstance(weights, dict) or \
+            not all(isinstance(g, dict) and isinstance(g.get("kept", []), list) for g in groups) or \
+            not all(isinstance(w, dict) and isinstance(w.get("kept"), dict) for w in weights.values()):
+        raise InputError(f"{path}: damaged plan file ('groups' and 'weights' are not as onnxprune writes them)")
     return plan
 
 
@@ -89,7 +91,10 @@ def rebuild_plan(groups, plan: dict) -> PruningPlan:
                 sorted({str(m.space) for m in group.members}) != entry.get("members"):
             raise InputError(f"the plan's group {entry.get('id')!r} does not match the original model's channel "
                              "groups (different model or onnxprune version)")
-        chosen = np.asarray(entry.get("kept", []), dtype=np.int64)
+        try:
+            chosen = np.asarray(entry.get("kept", []), dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError):
+            raise InputError(f"the plan's group {group.id!r} has kept channels that are not integers") from None
         if len(chosen) < group.channels:
             if chosen.size and (chosen.min() < 0 or chosen.max() >= group.channels):
                 raise InputError(f"the plan's group {group.id!r} keeps channels outside 0..{group.channels - 1}")
@@ -108,10 +113,26 @@ def sliced_weights_differ(view: ModelView, pruned: onnx.ModelProto, weights: dic
         if original is None or init is None or list(original.shape) != entry.get("shape"):
             bad.append(name)
             continue
-        index = [np.asarray(entry["kept"].get(str(a), range(n)), dtype=np.int64) for a, n in enumerate(original.shape)]
-        if not np.array_equal(numpy_helper.to_array(init), original[np.ix_(*index)], equal_nan=True):
+        if not _same(tensor_value(init), _plan_slice(original, entry["kept"], name)):
             bad.append(name)
     return bad
+
+
+def _plan_slice(value: np.ndarray, kept: dict, name: str) -> np.ndarray:
+    """`value[np.ix_(kept...)]`; InputError when the plan's indices do not fit the weight."""
+    try:
+        index = [np.asarray(kept.get(str(a), range(n)), dtype=np.int64).reshape(-1) for a, n in enumerate(value.shape)]
+        if any(len(i) and (i.min() < 0 or i.max() >= n) for i, n in zip(index, value.shape)):
+            raise IndexError
+        return value[np.ix_(*index)]
+    except (TypeError, ValueError, IndexError):
+        raise InputError(f"the plan's weight '{name}' keeps indices outside its shape {list(value.shape)}") from None
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal shapes and values (NaN equal to NaN for floating types)."""
+    floating = np.issubdtype(a.dtype, np.inexact) and np.issubdtype(b.dtype, np.inexact)
+    return np.array_equal(a, b, equal_nan=floating)
 
 
 def check_pruned(pruned_path, original_path, plan_path, seed: int = 0, runs: int = 3,

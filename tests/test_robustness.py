@@ -101,6 +101,33 @@ def test_check_bad_input_is_one_line_exit_2(case, pruned, capsys, tmp_path):
     assert code == 2 and out == "" and len(lines) == 1 and lines[0].startswith("onnxprune: error:")
 
 
+def damage(plan: dict, how: str) -> dict:
+    pruned_group = next(g for g in plan["groups"] if g["frozen"] is None)
+    weight = next(iter(plan["weights"].values()))
+    if how == "groups not a list":
+        plan["groups"] = {"g0": 1}
+    elif how == "kept not integers":
+        pruned_group["kept"] = ["a", "b"]
+    elif how == "kept channel out of range":
+        pruned_group["kept"] = [0, 999]
+    elif how == "weight index out of range":
+        weight["kept"][next(iter(weight["kept"]))] = [0, 10**6]
+    elif how == "unknown group":
+        pruned_group["id"] = "g999"
+    return plan
+
+
+@pytest.mark.parametrize("how", ["groups not a list", "kept not integers", "kept channel out of range",
+                                 "weight index out of range", "unknown group"])
+def test_check_damaged_plan_is_one_line_exit_2(how, pruned, capsys, tmp_path):
+    original, model, plan = pruned
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text(json.dumps(damage(json.loads(plan.read_text()), how)))
+    code, out, err = run_cli(capsys, "check", model, "--against", original, "--plan", damaged)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1 and lines[0].startswith("onnxprune: error:"), err
+
+
 # ---------------------------------------------------------------------------- determinism
 
 
