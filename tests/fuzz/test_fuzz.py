@@ -4,7 +4,7 @@ Every case is first analyzed (`onnxprune analyze`: exit 0, or 2 with one line), 
 the pruning must end in one of two ways: a clear error (exit 2, one line on stderr, no traceback,
 nothing written, input untouched) or a model that `onnxprune check` independently verifies against
 the mutated input and its plan. A wrong model or any other ending (internal error, traceback) fails
-the test. ``FUZZ_CASES`` (environment) sets the number of cases (default 600, about 10 s); the
+the test. ``FUZZ_CASES`` (environment) sets the number of cases (default 600, about 15 s); the
 counts per mutation kind are printed at the end of the pytest run.
 """
 
