@@ -447,7 +447,6 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
     big = sum(tensor_nbytes(init) for init in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
     if big:
         return _save_with_external_data(model, path)
@@ -464,6 +463,7 @@ def _save_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
     """Weights over 1 KiB to one data file (written under a temporary name, then renamed to its
     content hash), then the model that points at it (atomically); no copy of the whole model."""
     shell = copy_without_initializers(model)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     os.chmod(tmp, 0o666 & ~_umask())
     digest, placed = hashlib.sha256(), []
@@ -541,7 +541,9 @@ def _process_alive(pid: int) -> bool:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write bytes to a temporary file beside `path`, fsync, then rename over `path`: readers see
-    the old file or the new one, never a partial one."""
+    the old file or the new one, never a partial one. Temporaries of earlier writes to `path`
+    whose process is gone (SIGKILL) are removed first."""
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a written model should not be private
     try:
