@@ -211,6 +211,34 @@ def test_kill_during_write_leaves_the_previous_or_the_complete_output(tmp_path):
     assert sha(output) == complete[0] and not list(folder.glob(".*.tmp"))  # the next run cleans up
 
 
+def test_next_write_removes_temporaries_of_dead_writers_only(tmp_path):
+    from onnxprune.graph import save_model
+
+    dead, alive = tmp_path / ".out.onnx.999999999.x1.tmp", tmp_path / f".out.onnx.{os.getpid()}.x2.tmp"
+    dead.write_bytes(b"partial")
+    alive.write_bytes(b"being written")
+    save_model(conv_chain(lambda g, t: g.op("Relu", t)), tmp_path / "out.onnx")
+    assert not dead.exists() and alive.exists() and onnx.load(tmp_path / "out.onnx").graph.node
+
+
+def test_external_data_is_named_by_content_and_replaced_whole(tmp_path, monkeypatch):
+    import onnxprune.graph as graph
+    from onnxprune.verify import random_inputs, run_model
+
+    monkeypatch.setattr(graph, "EXTERNAL_DATA_THRESHOLD", 0)
+    first, second = conv_chain(lambda g, t: g.op("Relu", t), seed=1), conv_chain(lambda g, t: g.op("Relu", t), seed=2)
+    path = tmp_path / "m.onnx"
+    graph.save_model(first, path)
+    (old,) = tmp_path.glob("m.onnx.*.data")
+    graph.save_model(second, path)
+    (new,) = tmp_path.glob("m.onnx.*.data")
+    assert old.name != new.name and len(new.name) == len("m.onnx.") + 12 + len(".data")
+    feeds = random_inputs(second)
+    loaded = graph.load_model(path).model
+    for name, value in run_model(second, feeds).items():
+        np.testing.assert_array_equal(run_model(loaded, feeds)[name], value)
+
+
 # ------------------------------------------------------------------------------- security
 
 
