@@ -226,7 +226,7 @@ def test_external_data_is_named_by_content_and_replaced_whole(tmp_path, monkeypa
     from onnxprune.verify import random_inputs, run_model
 
     monkeypatch.setattr(graph, "EXTERNAL_DATA_THRESHOLD", 0)
-    first, second = conv_chain(lambda g, t: g.op("Relu", t), seed=1), conv_chain(lambda g, t: g.op("Relu", t), seed=2)
+    first, second = (conv_chain(lambda g, t: g.op("Relu", t), c=16, seed=s) for s in (1, 2))  # weights > 1 KiB
     path = tmp_path / "m.onnx"
     graph.save_model(first, path)
     (old,) = tmp_path.glob("m.onnx.*.data")
