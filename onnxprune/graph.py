@@ -40,8 +40,10 @@ class LoadedModel:
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     """Read an ONNX model (with its external data) from a path, or take a ModelProto as is."""
     if isinstance(source, onnx.ModelProto):
-        digest = hashlib.sha256(source.SerializeToString()).hexdigest()
+        serialized = source.SerializeToString()
+        digest = hashlib.sha256(serialized).hexdigest()
         check_structure(source)
+        check_weight_shapes(source, len(serialized))
         return LoadedModel(source, digest, None)
     path = Path(source)
     if not path.exists():
@@ -54,11 +56,13 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
         model = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf raises several unrelated types on bad bytes
         raise InputError(f"{path}: not a readable ONNX model ({_short(exc)})") from None
+    size = len(data)
     del data
     if not model.graph.node:
         raise InputError(f"{path}: not an ONNX model with a graph (no nodes found)")
     check_structure(model, f"{path}: ")
-    check_external_locations(model, path.parent)
+    external = check_external_locations(model, path.parent)
+    check_weight_shapes(model, size + sum(p.stat().st_size for p in external), f"{path}: ")
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
@@ -132,12 +136,27 @@ def large_weights_as_inputs(model: onnx.ModelProto, limit: int = 1 << 20) -> onn
     return light
 
 
-def check_external_locations(model: onnx.ModelProto, folder: Path) -> None:
+def check_weight_shapes(model: onnx.ModelProto, stored_bytes: int, where: str = "") -> None:
+    """InputError for an initializer whose shape has a negative dimension or more elements than
+    the files can hold (two per byte at most: int4): a corrupt shape must not make onnxprune
+    allocate terabytes."""
+    limit = 2 * stored_bytes + 64
+    for init in model.graph.initializer:
+        count = 1
+        for dim in init.dims:
+            count *= dim
+            if dim < 0 or count > limit:
+                raise InputError(f"{where}weight '{init.name}' has shape {list(init.dims)}, more values than "
+                                 f"the model's {stored_bytes} bytes can hold")
+
+
+def check_external_locations(model: onnx.ModelProto, folder: Path) -> set[Path]:
     """Every external-data file must be a regular file inside the model's folder (after resolving
-    symbolic links): a model cannot make onnxprune read files elsewhere (`../`, absolute paths)."""
+    symbolic links): a model cannot make onnxprune read files elsewhere (`../`, absolute paths).
+    Returns the files."""
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    root = folder.resolve()
+    root, files = folder.resolve(), set()
     for tensor in _get_all_tensors(model):
         if not uses_external_data(tensor):
             continue
@@ -149,6 +168,8 @@ def check_external_locations(model: onnx.ModelProto, folder: Path) -> None:
                              "model's folder; refusing to read it")
         if not target.is_file():
             raise InputError(f"weight '{tensor.name}': external data file {location!r} not found beside the model")
+        files.add(target)
+    return files
 
 
 def file_sha256(path: Path) -> str:

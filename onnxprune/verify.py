@@ -120,6 +120,10 @@ def masked_reference(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelPro
     return masked
 
 
+#: Verification inputs larger than this (elements) are refused rather than allocated.
+MAX_INPUT_ELEMENTS = 1 << 30
+
+
 def random_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = DEFAULT_BATCH,
                   shapes: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
     """Seeded random feeds for every graph input; dynamic dims become `batch` (first) or 1."""
@@ -130,6 +134,9 @@ def random_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = DEFAULT_BA
         if info.name in consts:
             continue
         shape = (shapes or {}).get(info.name) or _concrete_shape(info, batch)
+        if int(np.prod(shape, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
+            raise InputError(f"input '{info.name}' of shape {list(shape)} is too large to verify with random "
+                             "data; give smaller dimensions with --shape")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating):
             feeds[info.name] = rng.standard_normal(shape).astype(dtype)

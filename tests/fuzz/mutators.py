@@ -238,6 +238,19 @@ def external_data_escape(model: onnx.ModelProto, rng: np.random.Generator) -> by
     return copy.SerializeToString()
 
 
+def huge_shapes(model: onnx.ModelProto, rng: np.random.Generator) -> bytes:
+    """Declared dimensions no machine can allocate: the input's H and W, or a weight's dims."""
+    copy = _copy(model)
+    if rng.random() < 0.5:
+        dims = copy.graph.input[0].type.tensor_type.shape.dim
+        for d in dims[2:]:
+            d.dim_value = int(_pick(rng, [1 << 20, 1 << 31, 1 << 62]))
+    else:
+        init = _pick(rng, list(copy.graph.initializer))
+        init.dims[0] = int(_pick(rng, [1 << 31, 1 << 40]))
+    return copy.SerializeToString()
+
+
 def valid(model: onnx.ModelProto, rng: np.random.Generator) -> bytes:
     """The seed itself (the control: must prune and verify)."""
     return model.SerializeToString()
@@ -259,4 +272,5 @@ MUTATORS: dict[str, Mutator] = {
     "bad_attribute": bad_attribute,
     "wrong_type": wrong_type,
     "external_data_escape": external_data_escape,
+    "huge_shapes": huge_shapes,
 }
