@@ -21,9 +21,10 @@ exit codes: 0 pass, 3 fail, 2 bad input (missing file, plan of another model, ..
 def add_parser(commands) -> None:
     """The `check` sub-parser."""
     import argparse
+    import textwrap
 
     sub = commands.add_parser(NAME, help="re-check a pruned model against its original and plan",
-                              description=DESCRIPTION, epilog=EPILOG,
+                              description=textwrap.fill(DESCRIPTION, 90), epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub.add_argument("pruned", help="the pruned .onnx file")
     sub.add_argument("--against", required=True, metavar="ORIGINAL", help="the original .onnx file the plan was made from")
