@@ -261,7 +261,7 @@ class _Run:
         if not path.is_file():
             raise InputError(f"--resume: no checkpoint {path}")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: never runs code
         except Exception as exc:
             raise InputError(f"--resume: cannot read {path} ({exc})") from None
         if state.get("epochs") != epochs:
