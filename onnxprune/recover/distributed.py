@@ -21,7 +21,6 @@ class Shard:
 
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
     owns_group: bool = False  # this module initialised the process group (and tears it down)
 
     @property
@@ -73,7 +72,7 @@ def start(device, batch_size: int) -> Shard:
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Shard(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+    return Shard(dist.get_rank(), dist.get_world_size(), owns)
 
 
 def stop(shard: Shard) -> None:
