@@ -3,7 +3,6 @@ no output file, and an untouched input."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import onnx
 import pytest
 
 from graphs import GraphBuilder, conv_chain
-from onnxprune.cli import main
+from cli_helpers import run_cli, sha
 from onnxprune.verify import random_inputs, run_model
 
 
@@ -24,16 +23,6 @@ def tiny(tmp_path) -> Path:
     path = tmp_path / "tiny.onnx"
     onnx.save(conv_chain(lambda g, t: g.op("Relu", t), c=8), path)
     return path
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_prune_writes_model_plan_and_report(tiny, capsys, tmp_path):

@@ -3,7 +3,6 @@ and models that try to read files outside their folder or smuggle code."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -18,17 +17,7 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from graphs import GraphBuilder, conv_chain
-from onnxprune.cli import main
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_helpers import run_cli, sha
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ import pytest
 
 from graphs import GraphBuilder, conv_chain
 from onnxprune.api import load_and_analyze, score_groups
-from onnxprune.cli import main
+from cli_helpers import run_cli
 from onnxprune.passes import apply_plan
 from onnxprune.select import PruningPlan, SelectOptions, select
 from onnxprune.sensitivity import SensitivityStudy, analyze_sensitivity
@@ -121,12 +121,6 @@ def test_data_criterion_and_outputs_without_2d_logits(tmp_path, calib):
     assert result.criterion == "mean_act" and result.groups[0].points[0].kept == 4
     assert result.groups[0].points[0].output_change > 0
     assert result.baseline_top1 is not None  # the [N, 3, 1, 1] output is read as 3 classes
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_writes_json_and_png_and_prints_a_table(model_path, calib, capsys, tmp_path):
