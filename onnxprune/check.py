@@ -195,7 +195,7 @@ def summary_line(result: CheckResult, pruned_name: str) -> str:
     """One line: PASS or FAIL, what was compared and the largest relative difference."""
     verdict = "PASS" if result.ok else "FAIL"
     worst = max(result.outputs.values(), key=lambda o: _rank(o) / o.tolerance, default=None)
-    noise = f"float noise {worst.noise:.2g} [{result.noise_method}], tolerance {worst.tolerance:.2g}" \
+    noise = f"float noise {worst.noise:.2g} ({result.noise_method}), tolerance {worst.tolerance:.2g}" \
         if worst is not None else "no outputs"
     detail = (f"max relative difference {result.max_relative:.3g} ({noise}) over {result.batches} batches"
               + (f" at {result.shapes}" if result.shapes else ""))

@@ -102,7 +102,7 @@ def print_report(report: dict, output: str, plan_path: str) -> None:
         shapes = ", ".join(f"{name}={'x'.join(map(str, s['shape']))} ({s['source']})"
                            for name, s in (check.get("shapes") or {}).items())
         stdout.print(f"verified at {shapes}: matches the masked reference (max relative difference "
-                     f"{check['max_relative']:.2g}, float noise {check['noise']:.2g} [{check['noise_method']}], "
+                     f"{check['max_relative']:.2g}, float noise {check['noise']:.2g} ({check['noise_method']}), "
                      f"tolerance {check['tolerance']:.2g}){when}")
         for failed in check.get("failed_groups") or ():
             stdout.print(f"[yellow]frozen[/] {failed['id']}: {failed['reason']} — the other groups are pruned")
