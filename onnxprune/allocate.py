@@ -62,9 +62,9 @@ def parse_budget(kind: str, text: str, baseline: float) -> Budget:
 class PlanCost:
     """MACs and parameters of the model a plan would produce, computed from kept shares."""
 
-    def __init__(self, analysis):
+    def __init__(self, analysis, shapes: dict | None = None):
         self.groups = [g for g in analysis.groups if g.prunable]
-        self.macs = model_macs(analysis.view)
+        self.macs = model_macs(analysis.view, shapes)  # shapes: at the verification shape (flops.py)
         self.base_params = model_params(analysis.model)
         self.sizes = {name: int(v.size) for name, v in analysis.view.consts.items()}
         self.node_weight = _node_weights(analysis.view)
@@ -345,7 +345,8 @@ class AllocationRequest:
         from .passes import apply_plan
         from .verify import random_inputs
 
-        feeds = random_inputs(analysis.model, batch=1)
+        shapes = getattr(analysis, "shapes", None)  # the verification shapes, batch 1
+        feeds = random_inputs(analysis.model, batch=1, shapes=shapes.shapes if shapes else None)
 
         def measure(plan: PruningPlan) -> float:
             model = apply_plan(analysis.model, plan, analysis.view).model

@@ -22,6 +22,7 @@ from .plots import kept_per_layer
 from .report import build_report, group_rows, model_summary
 from .select import PruningPlan, SelectOptions, select
 from .verify import VerifyResult, verify as verify_masked
+from .verify_shapes import VerificationShapes, choose_shapes, macs_shapes
 
 PLAN_FORMAT = "onnxprune-plan/1"
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -35,6 +36,10 @@ class Analysis:
     view: ModelView
     groups: list[ChannelGroup]
     sha256: str
+    #: The verification shapes (set by `prune`; see verify_shapes.py) and every tensor's shape at
+    #: them, batch 1 (what MACs are counted at; {}: the view's shapes, dynamic dims as 1).
+    shapes: "VerificationShapes | None" = None
+    macs_shapes: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -95,7 +100,7 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
           target_flops=None, target_params=None, target_latency=None, allocate: str | None = None,
           layerwise: dict | str | None = None, samples: int = 64, jobs: int = 1,
           reconstruct: bool = False, ridge: float = 1e-4, round_ep: str = "cpu",
-          round_batch: int = 1, prune_residual: bool = False) -> PruneResult:
+          round_batch: int = 1, prune_residual: bool = False, strict: bool = False) -> PruneResult:
     """Prune `ratio` of the channels of every prunable group, chosen by `criterion`.
 
     Data-driven criteria need `calib`: a .npz/.npy file or an image folder (see `calib.py`), of
@@ -119,6 +124,13 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     stream), consistently in every LayerNorm, projection and embedding; those LayerNorms then
     normalize over the kept channels (verified against a reference that does the same).
 
+    Verification runs at `input_shapes` where given, else at shapes chosen from the model (see
+    verify_shapes.py; the report's `verification.shapes` says which and why); MACs are counted
+    there at batch 1. The tolerance is calibrated from the model's float noise (noise.py). When
+    the pruned model fails, the groups responsible are found by bisection and frozen (report
+    `verification.failed_groups`) and the rest is pruned and verified; `strict=True` refuses
+    instead.
+
     Raises InputError for unusable input and VerificationError when the pruned model does not
     match the masked reference (nothing is returned then).
     """
@@ -131,6 +143,7 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     analysis = load_and_analyze(model_or_path, tuple(exclude), prune_residual)
     require_prunable(analysis)
     require_finite_weights(analysis)
+    set_verification_shapes(analysis, input_shapes, required=verify)
     data = load_calibration(calib, analysis.model, calib_samples, preprocess, batch_size, seed) if calib else None
     scores = score_groups(analysis, criterion, seed, data, progress)
     plan, allocation = plan_pruning(analysis, scores, options, request, data, seed, progress)
@@ -141,21 +154,30 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
         plan, rounding = round_counts(analysis, scores, plan, AutoRoundOptions(round_ep, round_batch), progress)
     applied = apply_plan(analysis.model, plan, analysis.view)
     _check_model(applied.model, analysis.model)
-    check = verify_masked(analysis.model, applied.model, plan, seed, input_shapes, analysis.view) if verify else None
+    failed = []
+    check = verify_masked(analysis.model, applied.model, plan, seed, analysis.shapes.verify_shapes(),
+                          analysis.view) if verify else None
     if check is not None and not check.ok:
-        raise VerificationError(_verify_message(check))
+        if strict:
+            raise VerificationError(_verify_message(check))
+        plan, applied, check, failed = _freeze_failing_groups(analysis, plan, check, seed)
     recovered = _reconstruct(analysis, applied, data, ridge, seed, progress) if reconstruct else None
     if recovered is not None and recovered.applied:
         _check_model(recovered.model, analysis.model)
         applied.model = recovered.model
     option_dict = {"ratio": ratio, "min_channels": min_channels, "round_to": round_to,
                    "scope": scope, "exclude": list(exclude), "seed": seed, "prune_residual": prune_residual,
-                   "calib": str(calib) if calib else None, "calib_samples": data.samples if data else None}
+                   "calib": str(calib) if calib else None, "calib_samples": data.samples if data else None,
+                   "shapes": {name: list(shape) for name, shape in (input_shapes or {}).items()}}
     pruned_view = ModelView(applied.model)
-    report = build_report(model_summary(analysis.model, analysis.view), model_summary(applied.model, pruned_view),
-                          group_rows(analysis.groups, analysis.view, plan, pruned_view),
+    pruned_shapes = macs_shapes(applied.model, analysis.shapes.shapes)
+    report = build_report(model_summary(analysis.model, analysis.view, analysis.macs_shapes),
+                          model_summary(applied.model, pruned_view, pruned_shapes),
+                          group_rows(analysis.groups, analysis.view, plan, pruned_view,
+                                     analysis.macs_shapes, pruned_shapes),
                           criterion, option_dict,
-                          check.to_dict() if check else None)
+                          verification_report(check, analysis.shapes, failed) if check else None)
+    report["shapes"] = analysis.shapes.to_dict()
     if allocation is not None:
         report["allocation"] = allocation_report(allocation, request, report)
     if rounding is not None:
@@ -165,6 +187,73 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
         report["reconstruction"] = recovered.to_dict(ridge)
         _record_recovery(plan_file, recovered, ridge)
     return PruneResult(applied.model, plan_file, report, analysis.groups)
+
+
+def set_verification_shapes(analysis: Analysis, input_shapes: dict | None, required: bool = True) -> None:
+    """Choose the verification shapes (probing ONNX Runtime when needed) and infer every tensor's
+    shape there for the MACs. `required=False` (no verification): when no probed size runs, the
+    MACs are counted at the first candidates."""
+    try:
+        analysis.shapes = choose_shapes(analysis.model, input_shapes)
+    except InputError:
+        if required:
+            raise
+        analysis.shapes = choose_shapes(analysis.model, input_shapes, probe=False)
+    analysis.macs_shapes = macs_shapes(analysis.model, analysis.shapes.shapes)
+
+
+def _freeze_failing_groups(analysis: Analysis, plan: PruningPlan, check: VerifyResult, seed: int):
+    """Bisect for the groups whose pruning fails verification, freeze them with the reason, and
+    prune the rest: (plan, applied, passing check, [FailedGroup]). VerificationError when no
+    pruned group is left or the final model still fails."""
+    from .bisect import find_failing_groups
+
+    shapes = analysis.shapes.verify_shapes()
+    fixed, fixed_view = _static_copy(analysis, shapes)
+
+    def verify_plan(partial: PruningPlan) -> VerifyResult:
+        applied = apply_plan(fixed, partial, fixed_view)
+        return verify_masked(fixed, applied.model, partial, seed, shapes, fixed_view, noise=check.noise)
+
+    failed, plan, _ = find_failing_groups(plan, verify_plan)
+    for culprit in failed:
+        next(g for g in analysis.groups if g.id == culprit.id).frozen = culprit.reason
+    if not any(plan.is_pruned(g) for g in analysis.groups):
+        raise VerificationError(_verify_message(check, "; pruning any of its groups fails verification"))
+    applied = apply_plan(analysis.model, plan, analysis.view)
+    _check_model(applied.model, analysis.model)
+    final = verify_masked(analysis.model, applied.model, plan, seed, shapes, analysis.view, noise=check.noise)
+    if not final.ok:
+        raise VerificationError(_verify_message(final, f" after freezing {len(failed)} failing groups"))
+    return plan, applied, final, failed
+
+
+def _static_copy(analysis: Analysis, shapes: dict) -> tuple[onnx.ModelProto, ModelView]:
+    """The normalized model with its graph inputs fixed to the verification shapes and shapes
+    inferred there (static shapes make each bisection step's apply fast), and its view; the
+    analysis' own when no input dim is dynamic."""
+    from .graph import infer_shapes
+
+    if not analysis.shapes.is_dynamic:
+        return analysis.model, analysis.view
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(analysis.model)
+    for info in fixed.graph.input:
+        if info.name in shapes:
+            for dim, size in zip(info.type.tensor_type.shape.dim, shapes[info.name]):
+                dim.Clear()
+                dim.dim_value = int(size)
+    fixed = infer_shapes(fixed)
+    return fixed, ModelView(fixed, prune_normalized=analysis.view.prune_normalized)
+
+
+def verification_report(check: VerifyResult, shapes: VerificationShapes, failed: list) -> dict:
+    """The report's `verification`: difference, noise, tolerance (per output and the worst), how
+    the noise was measured, the shapes verified at, the groups frozen because they failed."""
+    entry = check.to_dict()
+    entry["shapes"] = shapes.to_dict()
+    entry["failed_groups"] = [f.to_dict() for f in failed]
+    return entry
 
 
 def _check_round_to(round_to, round_batch: int, round_ep: str, request: "AllocationRequest") -> bool:
@@ -224,7 +313,7 @@ def plan_pruning(analysis: Analysis, scores: dict, options: SelectOptions, reque
     or a layerwise map. Returns (plan, PlannedAllocation or None)."""
     if not request.active:
         return select(analysis.groups, scores, options), None
-    cost = PlanCost(analysis)
+    cost = PlanCost(analysis, analysis.macs_shapes)
     budget = request.budget(cost, analysis)
     measure = _memoized(request.latency_meter(analysis))
     ctx = AllocationContext(analysis, scores, budget, options, cost, measure, data,
@@ -309,10 +398,11 @@ def require_finite_weights(analysis: Analysis) -> None:
             raise InputError(f"weight '{name}' holds NaN or Inf values; channel scores need finite weights")
 
 
-def _verify_message(check: VerifyResult) -> str:
+def _verify_message(check: VerifyResult, detail: str = "") -> str:
     worst = check.worst()
     return (f"verification failed: output '{worst.name}' differs from the masked reference by "
-            f"{worst.relative:.3g} (relative; tolerance {1e-4:g}); the model was not written")
+            f"{worst.relative:.3g} (relative; float noise {worst.noise:.2g}, tolerance {worst.tolerance:.2g})"
+            f"{detail}; the model was not written")
 
 
 def plan_document(analysis: Analysis, plan: PruningPlan, weights: dict, criterion: str, options: dict) -> dict:

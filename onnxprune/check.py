@@ -25,7 +25,9 @@ from .passes.apply_plan import pruned_atoms
 from .passes.masked_norm import masked_norm_reference
 from .passes.simplify_attention import simplify_attention
 from .select import PruningPlan
-from .verify import RTOL, OutputCheck, compare, masked_weights, random_inputs, run_model
+from .noise import measure_noise
+from .verify import OutputCheck, compare, masked_weights, random_inputs, run_model
+from .verify_shapes import choose_shapes
 
 
 @dataclass
@@ -36,6 +38,8 @@ class CheckResult:
     bad_weights: list[str] = field(default_factory=list)
     batches: int = 0
     recovered: str | None = None
+    noise_method: str | None = None
+    shapes: str = ""
 
     @property
     def max_relative(self) -> float:
@@ -156,15 +160,29 @@ def check_pruned(pruned_path, original_path, plan_path, seed: int = 0, runs: int
     result.bad_weights = sliced_weights_differ(view, pruned, plan_doc["weights"])
     arrays = masked_weights(view, plan)  # the other weights are the model's own
     reference_model = masked_norm_reference(model, pruned_atoms(plan), view)  # --prune-residual
-    for feeds in _feeds(model, seed, runs, calib, calib_samples, preprocess):
+    shapes = choose_shapes(model, _plan_shapes(options))  # as `api.prune` chose them
+    result.shapes, noise = shapes.describe(), None
+    for feeds in _feeds(model, seed, runs, calib, calib_samples, preprocess, shapes.verify_shapes()):
         reference = run_model(reference_model, feeds, arrays=arrays)
-        result.add(compare(run_model(pruned, feeds), reference))
+        if noise is None:  # the tolerance is calibrated once, on the first batch (as `prune` does)
+            noise = measure_noise(reference_model, arrays, feeds, reference)
+            result.noise_method = noise.method
+        result.add(compare(run_model(pruned, feeds), reference, noise))
     return result
 
 
-def _feeds(model: onnx.ModelProto, seed: int, runs: int, calib, samples: int, preprocess):
+def _plan_shapes(options: dict) -> dict | None:
+    """The --shape values the plan was made with (options 'shapes'), as tuples."""
+    shapes = options.get("shapes") or {}
+    try:
+        return {str(name): tuple(int(d) for d in dims) for name, dims in shapes.items()} or None
+    except (AttributeError, TypeError, ValueError):
+        raise InputError("damaged plan file (options 'shapes' is not a map of input name to dims)") from None
+
+
+def _feeds(model: onnx.ModelProto, seed: int, runs: int, calib, samples: int, preprocess, shapes=None):
     for run in range(runs):
-        yield random_inputs(model, seed + run)
+        yield random_inputs(model, seed + run, shapes=shapes)
     if calib:
         from .calib import load_calibration
 
@@ -176,7 +194,11 @@ def _feeds(model: onnx.ModelProto, seed: int, runs: int, calib, samples: int, pr
 def summary_line(result: CheckResult, pruned_name: str) -> str:
     """One line: PASS or FAIL, what was compared and the largest relative difference."""
     verdict = "PASS" if result.ok else "FAIL"
-    detail = f"max relative difference {result.max_relative:.3g} (tolerance {RTOL:g}) over {result.batches} batches"
+    worst = max(result.outputs.values(), key=lambda o: _rank(o) / o.tolerance, default=None)
+    noise = f"float noise {worst.noise:.2g} ({result.noise_method}), tolerance {worst.tolerance:.2g}" \
+        if worst is not None else "no outputs"
+    detail = (f"max relative difference {result.max_relative:.3g} ({noise}) over {result.batches} batches"
+              + (f" at {result.shapes}" if result.shapes else ""))
     if result.bad_weights:
         names = ", ".join(result.bad_weights[:3]) + (" ..." if len(result.bad_weights) > 3 else "")
         return f"{verdict}: {pruned_name}: {len(result.bad_weights)} weights are not the plan's slices ({names}); {detail}"

@@ -23,7 +23,8 @@ EXAMPLES = """examples:
   onnxprune ops                                    ops with a channel rule
 
 exit codes: 0 ok, 2 bad input (one line on stderr, nothing written),
-            3 the pruned model failed verification (nothing written),
+            3 the pruned model failed verification (nothing written; without --strict only
+              when freezing the failing groups does not help),
             4 fine-tuning diverged (nothing written)"""
 
 FINETUNE_EXAMPLES = """examples:
@@ -90,8 +91,12 @@ def _add_prune(commands) -> None:
                           "in every LayerNorm, projection and embedding; the LayerNorms then normalize over "
                           "the kept channels")
     sub.add_argument("--shape", action="append", default=[], metavar="NAME=DxDx...",
-                     help="input shape for the verification where dimensions are dynamic (default: batch 2, "
-                          "other dynamic dimensions 1), e.g. input=2x3x224x224 for a ViT; repeatable")
+                     help="input shape for the verification (and the MACs) where dimensions are dynamic, e.g. "
+                          "input=2x3x224x224; repeatable (default: batch 2, other dynamic dimensions from "
+                          "exporter hints or the first probed size ONNX Runtime runs)")
+    sub.add_argument("--strict", action="store_true",
+                     help="refuse (exit 3) when the pruned model fails verification, instead of freezing "
+                          "the groups whose pruning fails (found by bisection) and pruning the rest")
     chain = sub.add_argument_group("one command: prune -> reconstruct -> fine-tune -> check -> bench")
     chain.add_argument("--finetune-data", metavar="DATA", help="labelled training data (.npz with y, or an "
                        "image folder): fine-tune the pruned model, distilling from the input model")
@@ -243,7 +248,7 @@ def run_prune(args) -> int:
                        allocate=args.allocate, layerwise=args.layerwise, samples=args.samples, jobs=args.jobs,
                        reconstruct=args.reconstruct, ridge=args.ridge, round_ep=args.ep,
                        round_batch=args.round_batch, input_shapes=_input_shapes(args.shape),
-                       prune_residual=args.prune_residual)
+                       prune_residual=args.prune_residual, strict=args.strict)
     if args.finetune_data:
         from .recover.chain import finetune_pruned
 
@@ -278,9 +283,12 @@ def run_analyze(args) -> int:
 
     from .console import print_analysis, stdout
 
+    from .api import set_verification_shapes
+
     analysis = load_and_analyze(args.model, tuple(args.exclude))
-    rows = group_rows(analysis.groups, analysis.view)
-    share = prunable_share(analysis.groups, analysis.view)
+    set_verification_shapes(analysis, None, required=False)  # MACs at the shape `prune` verifies at
+    rows = group_rows(analysis.groups, analysis.view, shapes=analysis.macs_shapes)
+    share = prunable_share(analysis.groups, analysis.view, analysis.macs_shapes)
     if args.json:
         stdout.print_json(json.dumps({"groups": rows, "prunable_macs_share": share}))
     else:

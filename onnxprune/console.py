@@ -61,7 +61,9 @@ def print_report(report: dict, output: str, plan_path: str) -> None:
     """The pruning report: groups, totals and the verification result."""
     stdout.print(groups_table(report["groups"], f"Pruned with {report['criterion']}", show_kept=True))
     before, after = report["before"], report["after"]
-    stdout.print(f"MACs    {human(before['macs'])} → {human(after['macs'])}  ({report['macs_ratio']:.1%} kept)")
+    at = ", ".join(f"{name}={'x'.join(map(str, s['macs_shape']))}" for name, s in (report.get("shapes") or {}).items())
+    stdout.print(f"MACs    {human(before['macs'])} → {human(after['macs'])}  ({report['macs_ratio']:.1%} kept)"
+                 + (f" at {at}" if at else ""))
     stdout.print(f"params  {human(before['params'])} → {human(after['params'])}  ({report['params_ratio']:.1%} kept)")
     allocation = report.get("allocation")
     if allocation and allocation.get("target"):
@@ -96,10 +98,14 @@ def print_report(report: dict, output: str, plan_path: str) -> None:
                      f"({latency['speedup']:.2f}×)")
     check = report.get("verification")
     if check:
-        worst = max(v["relative"] for v in check["outputs"].values())
         when = " (checked before reconstruction changed the weights)" if report.get("reconstruction") else ""
-        stdout.print(f"verified: matches the masked reference (max relative difference {worst:.2g}, "
-                     f"tolerance {check['rtol']:g}){when}")
+        shapes = ", ".join(f"{name}={'x'.join(map(str, s['shape']))} ({s['source']})"
+                           for name, s in (check.get("shapes") or {}).items())
+        stdout.print(f"verified at {shapes}: matches the masked reference (max relative difference "
+                     f"{check['max_relative']:.2g}, float noise {check['noise']:.2g} ({check['noise_method']}), "
+                     f"tolerance {check['tolerance']:.2g}){when}")
+        for failed in check.get("failed_groups") or ():
+            stdout.print(f"[yellow]frozen[/] {failed['id']}: {failed['reason']} — the other groups are pruned")
     else:
         stdout.print("[yellow]not verified (--no-verify)[/]")
     stdout.print(f"wrote {output} and {plan_path}")

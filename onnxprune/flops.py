@@ -1,4 +1,6 @@
-"""Multiply-accumulate (MAC) and parameter counts; dynamic dimensions (the batch) count as 1."""
+"""Multiply-accumulate (MAC) and parameter counts. Shapes come from the view (dynamic dimensions
+count as 1) or, better, from `shapes`: every tensor's shape inferred with the graph inputs fixed
+to the verification shape at batch 1 (`verify_shapes.macs_shapes`)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ def _numel(shape) -> int:
     return int(np.prod([d if isinstance(d, int) else 1 for d in shape], dtype=np.int64))
 
 
-def node_macs(node: onnx.NodeProto, view: ModelView) -> int:
-    """MACs of one node, dynamic dims as 1 (convolutions and matrix products; other ops count 0)."""
-    shape = view.shape
+def node_macs(node: onnx.NodeProto, view: ModelView, shapes: dict[str, tuple] | None = None) -> int:
+    """MACs of one node (convolutions and matrix products; other ops count 0): shapes from
+    `shapes` where given, else the view's (dynamic dims as 1)."""
+    def shape(name: str):
+        return (shapes or {}).get(name) or view.shape(name)
+
     if node.domain not in ("", "ai.onnx") or len(node.input) < 2:  # custom ops: unknown cost
         return 0
     if node.op_type in ("Conv", "ConvTranspose") and shape(node.input[1]) and shape(node.output[0]):
@@ -30,9 +35,9 @@ def node_macs(node: onnx.NodeProto, view: ModelView) -> int:
     return 0
 
 
-def model_macs(view: ModelView) -> dict[str, int]:
-    """MACs per node label."""
-    return {node_label(n): node_macs(n, view) for n in view.graph.node}
+def model_macs(view: ModelView, shapes: dict[str, tuple] | None = None) -> dict[str, int]:
+    """MACs per node label (`shapes`: see `node_macs`)."""
+    return {node_label(n): node_macs(n, view, shapes) for n in view.graph.node}
 
 
 def model_params(model: onnx.ModelProto) -> int:

@@ -7,18 +7,21 @@ from .flops import group_macs, model_macs, model_params
 from .select import PruningPlan
 
 
-def model_summary(model, view: ModelView | None = None) -> dict:
-    """Total MACs and parameters of a model."""
+def model_summary(model, view: ModelView | None = None, shapes: dict | None = None) -> dict:
+    """Total MACs and parameters of a model (`shapes`: every tensor's shape at the verification
+    shape, batch 1, see flops.py; else dynamic dims count as 1)."""
     view = view or ModelView(model)
-    return {"macs": sum(model_macs(view).values()), "params": model_params(model)}
+    return {"macs": sum(model_macs(view, shapes).values()), "params": model_params(model)}
 
 
 def group_rows(groups: list[ChannelGroup], view: ModelView, plan: PruningPlan | None = None,
-               pruned: ModelView | None = None) -> list[dict]:
+               pruned: ModelView | None = None, shapes: dict | None = None,
+               pruned_shapes: dict | None = None) -> list[dict]:
     """One row per group: channels, MACs of its layers and parameters of its weights (before,
-    and after when the pruned model's view is given), share of the model's MACs, frozen reason."""
-    macs = model_macs(view)
-    macs_after = model_macs(pruned) if pruned else None
+    and after when the pruned model's view is given), share of the model's MACs, frozen reason.
+    `shapes` / `pruned_shapes`: tensor shapes at the verification shape (see model_summary)."""
+    macs = model_macs(view, shapes)
+    macs_after = model_macs(pruned, pruned_shapes) if pruned else None
     total = max(sum(macs.values()), 1)
     rows = []
     for group in groups:
@@ -40,9 +43,9 @@ def _member_params(group: ChannelGroup, view: ModelView) -> int:
     return int(sum(view.value(n).size for n in names if view.value(n) is not None))
 
 
-def prunable_share(groups: list[ChannelGroup], view: ModelView) -> float:
+def prunable_share(groups: list[ChannelGroup], view: ModelView, shapes: dict | None = None) -> float:
     """Share of the model's MACs in layers that touch at least one prunable group."""
-    macs = model_macs(view)
+    macs = model_macs(view, shapes)
     nodes = {m.node for g in groups if g.prunable for m in g.members if m.role in ("out", "in")}
     return sum(macs.get(n, 0) for n in nodes) / max(sum(macs.values()), 1)
 

@@ -13,19 +13,25 @@ from .analysis import ModelView
 from .graph import copy_without_initializers, tensor_nbytes, tensor_value
 from .errors import InputError, OnnxPruneError
 from .runtime import onnxruntime
+from .noise import K as NOISE_K, Noise, measure_noise, tolerance as noise_tolerance
 from .select import PruningPlan
 
+#: The smallest tolerance (relative to the output's largest magnitude); the tolerance of each
+#: output is calibrated from the model's own float noise above it (see noise.py).
 RTOL = 1e-4
 DEFAULT_BATCH = 2
 
 
 @dataclass
 class OutputCheck:
-    """How far one output of the pruned model is from the masked reference."""
+    """How far one output of the pruned model is from the masked reference, with the output's
+    float noise and the tolerance calibrated from it."""
 
     name: str
     max_abs_diff: float
     scale: float
+    noise: float = 0.0
+    tolerance: float = RTOL
 
     @property
     def relative(self) -> float:
@@ -34,15 +40,17 @@ class OutputCheck:
 
     @property
     def ok(self) -> bool:
-        """True within the relative tolerance."""
-        return bool(np.isfinite(self.max_abs_diff)) and self.relative <= RTOL
+        """True within the output's tolerance."""
+        return bool(np.isfinite(self.max_abs_diff)) and self.relative <= self.tolerance
 
 
 @dataclass
 class VerifyResult:
-    """Per-output comparison of a pruned model with its masked reference."""
+    """Per-output comparison of a pruned model with its masked reference; `noise`: how the
+    tolerance was calibrated (None: the fixed RTOL)."""
 
     outputs: list[OutputCheck]
+    noise: "Noise | None" = None
 
     @property
     def ok(self) -> bool:
@@ -50,13 +58,29 @@ class VerifyResult:
         return all(o.ok for o in self.outputs)
 
     def worst(self) -> OutputCheck:
-        """The output that differs most."""
-        return max(self.outputs, key=lambda o: o.relative if np.isfinite(o.relative) else np.inf)
+        """The output that differs most, relative to its tolerance."""
+        return max(self.outputs, key=lambda o: o.relative / o.tolerance if np.isfinite(o.relative) else np.inf)
+
+    @property
+    def max_relative(self) -> float:
+        """The largest relative difference over the outputs."""
+        return max((o.relative for o in self.outputs), default=0.0)
 
     def to_dict(self) -> dict:
-        """A JSON-ready summary."""
-        return {"ok": self.ok, "rtol": RTOL,
-                "outputs": {o.name: {"max_abs_diff": o.max_abs_diff, "relative": o.relative} for o in self.outputs}}
+        """A JSON-ready summary: per output the difference, noise and tolerance; the worst output's."""
+        worst = self.worst() if self.outputs else OutputCheck("", 0.0, 0.0)
+        return {"ok": self.ok, "max_relative": self.max_relative, "noise": worst.noise,
+                "tolerance": worst.tolerance, "rtol": worst.tolerance,
+                "noise_method": self.noise.method if self.noise else None, "k": NOISE_K,
+                "outputs": {o.name: {"max_abs_diff": o.max_abs_diff, "relative": o.relative, "noise": o.noise,
+                                     "tolerance": o.tolerance} for o in self.outputs}}
+
+    def summary(self) -> str:
+        """'max relative difference 1.2e-05, float noise 3e-07 (float64 via torch), tolerance 0.0001'."""
+        worst = self.worst()
+        how = f" ({self.noise.method})" if self.noise else ""
+        return (f"max relative difference {worst.relative:.2g}, float noise {worst.noise:.2g}{how}, "
+                f"tolerance {worst.tolerance:.2g}")
 
 
 def masked_weights(view: ModelView, plan: PruningPlan) -> dict[str, np.ndarray]:
@@ -237,16 +261,21 @@ def _weights_as_inputs(model: onnx.ModelProto, arrays: dict) -> tuple[onnx.Model
     return skeleton, weights
 
 
-def compare(pruned: dict, reference: dict) -> VerifyResult:
-    """Compare two output dicts element-wise."""
+def compare(pruned: dict, reference: dict, noise: Noise | None = None) -> VerifyResult:
+    """Compare two output dicts element-wise; with `noise`, each output's tolerance is calibrated
+    from its noise (else it is RTOL)."""
     checks = []
     for name, ref in reference.items():
         got = pruned[name]
         if got.shape != ref.shape:
-            checks.append(OutputCheck(name, float("inf"), 1.0))
-            continue
-        checks.append(_compare_one(name, got, ref))
-    return VerifyResult(checks)
+            check = OutputCheck(name, float("inf"), 1.0)
+        else:
+            check = _compare_one(name, got, ref)
+        if noise is not None:
+            check.noise = noise.of(name)
+            check.tolerance = noise_tolerance(check.noise, ref.dtype)
+        checks.append(check)
+    return VerifyResult(checks, noise)
 
 
 def _compare_one(name: str, got: np.ndarray, ref: np.ndarray) -> OutputCheck:
@@ -263,14 +292,39 @@ def _compare_one(name: str, got: np.ndarray, ref: np.ndarray) -> OutputCheck:
     return OutputCheck(name, diff, float(np.max(np.abs(ref64[finite]))))
 
 
-def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: PruningPlan, seed: int = 0,
-           shapes: dict[str, tuple] | None = None, view: ModelView | None = None) -> VerifyResult:
-    """Run the pruned model and the masked reference on the same seeded random inputs."""
-    from .passes.apply_plan import pruned_atoms
-    from .passes.masked_norm import masked_norm_reference
+@dataclass
+class Reference:
+    """The masked reference of a plan on one set of seeded random feeds: the model ONNX Runtime
+    runs, the masked weights it reads (by name, over the model's own), the feeds, its outputs."""
 
+    model: onnx.ModelProto
+    arrays: dict
+    feeds: dict
+    outputs: dict
+
+    @classmethod
+    def run(cls, original: onnx.ModelProto, plan: PruningPlan, view: ModelView, feeds: dict) -> "Reference":
+        """Build and run the masked reference of `plan` on `feeds`."""
+        from .passes.apply_plan import pruned_atoms
+        from .passes.masked_norm import masked_norm_reference
+
+        masked = masked_norm_reference(original, pruned_atoms(plan), view)  # --prune-residual only
+        arrays = masked_weights(view, plan)  # other weights: the model's own
+        return cls(masked, arrays, feeds, run_model(masked, feeds, arrays=arrays))
+
+    def noise(self) -> Noise:
+        """The reference's own float noise on its feeds (see noise.py)."""
+        return measure_noise(self.model, self.arrays, self.feeds, self.outputs)
+
+
+def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: PruningPlan, seed: int = 0,
+           shapes: dict[str, tuple] | None = None, view: ModelView | None = None,
+           noise: Noise | bool | None = True) -> VerifyResult:
+    """Run the pruned model and the masked reference on the same seeded random inputs (`shapes`:
+    input shapes by name, see verify_shapes.py). The tolerance is calibrated from the reference's
+    float noise (`noise=True`: measured now; a `Noise`: measured before; None/False: RTOL)."""
     view = view or ModelView(original)
-    feeds = random_inputs(original, seed, shapes=shapes)
-    masked = masked_norm_reference(original, pruned_atoms(plan), view)  # --prune-residual only
-    reference = run_model(masked, feeds, arrays=masked_weights(view, plan))  # other weights: the model's own
-    return compare(run_model(pruned, feeds), reference)
+    reference = Reference.run(original, plan, view, random_inputs(original, seed, shapes=shapes))
+    if noise is True:
+        noise = reference.noise()
+    return compare(run_model(pruned, reference.feeds), reference.outputs, noise or None)
