@@ -176,3 +176,85 @@ def jax2tf_shape_arithmetic(seed: int = 0) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])]
     return _model(helper.make_graph(nodes, "jax2tf", inputs, outputs, inits), opset=13, ir_version=8)
+
+
+def jax2tf_glu(seed: int = 0) -> onnx.ModelProto:
+    """jax2tf-style `jnp.split(t, 2, axis=1)` (a GLU) with bounds from shape arithmetic, and a
+    flatten whose target keeps the dynamic batch:
+
+    x[N,4,8,8] -> Conv(4->8) 'conv1' -> t; c = Cast(Gather(Shape(t), 1), int32) (static: 8);
+    half = Cast(Div(c, 2), int64); a = Slice(t, 0, half, axis 1), b = Slice(t, half, c, axis 1);
+    g = a * Sigmoid(b) [N,4,8,8] -> Conv(4->6) 'conv2' -> Relu -> Reshape(Concat(Shape(x)[0:1],
+    [6*64] computed as Mul(Gather(Shape(r),1), 64))) -> Gemm -> y[N,3]."""
+    rng = np.random.default_rng(seed)
+    inits = [_weight(rng, "conv1_w", 8, 4, 3, 3), _weight(rng, "conv1_b", 8),
+             _weight(rng, "conv2_w", 6, 4, 3, 3), _weight(rng, "conv2_b", 6),
+             _weight(rng, "fc_w", 3, 6 * 64), _weight(rng, "fc_b", 3)]
+    ints = {"zero": [0], "one": [1], "two": [2], "axis1": [1], "pixels": [64]}
+    inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()]
+    inits += [numpy_helper.from_array(np.array(1, np.int64), "index1"),
+              numpy_helper.from_array(np.array([2], np.int32), "two32")]
+    nodes = [
+        _conv("conv1", "x", "conv1_w", "conv1_b", "t"),
+        helper.make_node("Shape", ["t"], ["t_shape"], name="shape_t"),
+        helper.make_node("Gather", ["t_shape", "index1"], ["c64"], name="channels", axis=0),
+        helper.make_node("Unsqueeze", ["c64", "zero"], ["c64_1"], name="unsqueeze_c"),
+        helper.make_node("Cast", ["c64_1"], ["c32"], name="cast_c", to=TensorProto.INT32),
+        helper.make_node("Div", ["c32", "two32"], ["half32"], name="half"),
+        helper.make_node("Cast", ["half32"], ["half"], name="cast_half", to=TensorProto.INT64),
+        helper.make_node("Slice", ["t", "zero", "half", "axis1"], ["a"], name="split_a"),
+        helper.make_node("Slice", ["t", "half", "c64_1", "axis1"], ["b"], name="split_b"),
+        helper.make_node("Sigmoid", ["b"], ["b_gate"], name="gate"),
+        helper.make_node("Mul", ["a", "b_gate"], ["g"], name="glu"),
+        _conv("conv2", "g", "conv2_w", "conv2_b", "c2"),
+        helper.make_node("Relu", ["c2"], ["r"], name="relu2"),
+        helper.make_node("Shape", ["r"], ["r_shape"], name="shape_r"),
+        helper.make_node("Slice", ["r_shape", "one", "two", "zero"], ["r_channels"], name="channels_r"),
+        helper.make_node("Slice", ["r_shape", "one", "two", "zero"], ["unused"], name="dead"),
+        helper.make_node("Mul", ["r_channels", "pixels"], ["features"], name="features"),
+        helper.make_node("Shape", ["x"], ["x_shape"], name="shape_x"),
+        helper.make_node("Slice", ["x_shape", "zero", "one", "zero"], ["batch"], name="batch"),
+        helper.make_node("Concat", ["batch", "features"], ["target"], name="target", axis=0),
+        helper.make_node("Reshape", ["r", "target"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])]
+    return _model(helper.make_graph(nodes, "jax2tf_glu", inputs, outputs, inits), opset=13, ir_version=8)
+
+
+def jax2tf_two_rounds(seed: int = 0) -> onnx.ModelProto:
+    """Shape arithmetic that becomes static only after a first fold: a Reshape target computed in
+    float (Cast -> Mul 0.5 -> Floor -> Cast back, which shape inference does not evaluate), then a
+    Slice whose end is read by Shape from the Reshape's output.
+
+    x[N,4,8,8] -> Conv(4->8) 'conv1' -> t; w2 = Floor(Cast(Shape(t)[3]) * 0.5) (static: 4);
+    v = Reshape(t, [0, 8, 8 * w2 ... as [0, 8, 16, w2]]) -> Slice(v, 0, Shape(v)[1:2], axis 1) ->
+    Reshape(back to [0, 8, 8, 8]) -> Relu -> Conv(8->4) 'conv2' -> GlobalAveragePool -> y."""
+    rng = np.random.default_rng(seed)
+    inits = [_weight(rng, "conv1_w", 8, 4, 3, 3), _weight(rng, "conv1_b", 8),
+             _weight(rng, "conv2_w", 4, 8, 3, 3)]
+    ints = {"zero": [0], "one": [1], "two": [2], "three": [3], "four": [4], "head": [0, 8, 16], "back": [0, 8, 8, 8]}
+    inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()]
+    inits.append(numpy_helper.from_array(np.array([0.5], np.float32), "half"))
+    nodes = [
+        _conv("conv1", "x", "conv1_w", "conv1_b", "t"),
+        helper.make_node("Shape", ["t"], ["t_shape"], name="shape_t"),
+        helper.make_node("Slice", ["t_shape", "three", "four", "zero"], ["width"], name="width"),
+        helper.make_node("Cast", ["width"], ["width_f"], name="width_f", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["width_f", "half"], ["half_width_f"], name="half_width"),
+        helper.make_node("Floor", ["half_width_f"], ["floor_f"], name="floor"),
+        helper.make_node("Cast", ["floor_f"], ["half_width"], name="half_width_i", to=TensorProto.INT64),
+        helper.make_node("Concat", ["head", "half_width"], ["target"], name="target", axis=0),
+        helper.make_node("Reshape", ["t", "target"], ["v"], name="split_rows"),
+        helper.make_node("Shape", ["v"], ["v_shape"], name="shape_v"),
+        helper.make_node("Slice", ["v_shape", "one", "two", "zero"], ["v_channels"], name="v_channels"),
+        helper.make_node("Slice", ["v", "zero", "v_channels", "one"], ["v_all"], name="all_channels"),
+        helper.make_node("Reshape", ["v_all", "back"], ["w"], name="join_rows"),
+        helper.make_node("Relu", ["w"], ["w_relu"], name="relu"),
+        _conv("conv2", "w_relu", "conv2_w", None, "c2"),
+        helper.make_node("GlobalAveragePool", ["c2"], ["y"], name="pool"),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1, 1])]
+    return _model(helper.make_graph(nodes, "jax2tf_two_rounds", inputs, outputs, inits), opset=13, ir_version=8)
