@@ -314,7 +314,7 @@ def normalization_passes(separate: bool = False) -> list[tuple[str, "Callable"]]
     returns a valid model when given one (tests check the model after every pass). `separate`:
     lifting, folding, dead-node removal and sorting as four passes (each a graph-surgeon
     import/export) instead of one."""
-    surgery = [("lift constants", ()), ("fold constants", ("fold",)), ("remove dead nodes", ("cleanup",)),
+    surgery = [("lift constants", ()), ("remove dead nodes", ("cleanup",)), ("fold constants", ("fold",)),
                ("sort topologically", ("toposort",))] if separate else \
         [("lift and fold constants, remove dead nodes, sort", ("fold", "cleanup", "toposort"))]
     return [("initializers only as initializers (IR < 4)", upgrade_ir_version),
@@ -375,8 +375,8 @@ def infer_final_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def graph_surgery(model: onnx.ModelProto, steps: tuple[str, ...]) -> onnx.ModelProto:
     """One graph-surgeon import/export (which lifts `Constant` nodes into initializers) with
-    `steps` in between: 'fold' (constant sub-graphs), 'cleanup' (dead nodes; graph inputs are
-    kept), 'toposort'. Nodes with subgraphs (If, Loop, Scan) are held out meanwhile and put back
+    `steps` in between: 'fold' (constant sub-graphs, then the folded nodes are removed),
+    'cleanup' (dead nodes; graph inputs are kept), 'toposort'. Nodes with subgraphs (If, Loop, Scan) are held out meanwhile and put back
     unchanged (see `hold_subgraphs`)."""
     import onnx_graphsurgeon as gs
 
@@ -386,9 +386,9 @@ def graph_surgery(model: onnx.ModelProto, steps: tuple[str, ...]) -> onnx.ModelP
     held = hold_subgraphs(work)
     try:
         graph = gs.import_onnx(work)
-        if "fold" in steps:
+        if "fold" in steps:  # folded nodes are left without outputs: cleanup removes them
             graph.fold_constants(error_ok=True, should_exclude_node=lambda node: node.domain == HELD_DOMAIN)
-        if "cleanup" in steps:
+        if "cleanup" in steps or "fold" in steps:
             graph.cleanup(remove_unused_graph_inputs=False)
         if "toposort" in steps:
             graph.toposort()
