@@ -59,20 +59,25 @@ def test_every_normalization_pass_keeps_small_real_world_graphs_valid(build):
     assert {"lift constants", "fold constants", "remove dead nodes", "sort topologically"} <= set(names)
 
 
+#: The shared models whose normalization is quick. The PP-OCRv4 detector and YOLOv8n spend 20 to
+#: 90 s in ONNX Runtime's symbolic shape inference of their Resize nodes (sympy), so they are left
+#: to the tests that prune them (they passed this check when it was written).
+QUICK_REAL_MODELS = ("ch_ppocr_mobile_v2.0_cls_infer.onnx", "ch_PP-OCRv4_rec_infer.onnx", "common_det.onnx")
+
+
 @pytest.fixture(scope="session")
-def real_models() -> list[pathlib.Path]:
-    """The five shared third-party models (skipped when the folder is missing)."""
-    paths = sorted(REAL_MODELS.glob("*.onnx"))
+def quick_real_models() -> list[pathlib.Path]:
+    """The quick shared third-party models (skipped when the folder is missing)."""
+    paths = [REAL_MODELS / name for name in QUICK_REAL_MODELS if (REAL_MODELS / name).exists()]
     if not paths:
         pytest.skip(f"no real models in {REAL_MODELS}")
     return paths
 
 
-def test_every_normalization_pass_keeps_the_real_models_valid(real_models):
-    for path in real_models:
-        loaded = graph_module.load_model(path)
-        check_after_every_pass(loaded.model)
-    assert len(real_models) == 5
+def test_every_normalization_pass_keeps_the_real_models_valid(quick_real_models):
+    for path in quick_real_models:
+        names = check_after_every_pass(graph_module.load_model(path).model)
+        assert len(names) == 8
 
 
 # --- class 1: IR 3 -----------------------------------------------------------------------------
