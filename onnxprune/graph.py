@@ -124,12 +124,13 @@ def check_dimensions(model: onnx.ModelProto) -> None:
 
 
 def large_weights_as_inputs(model: onnx.ModelProto, limit: int = 1 << 20) -> onnx.ModelProto:
-    """A copy in which initializers over `limit` bytes are graph inputs of the same type and shape
-    (no data): what the full ONNX checker and shape inference need, at any model size."""
+    """A copy in which initializers over `limit` bytes, and those whose data are elsewhere (the
+    stand-ins of set-aside weights), are graph inputs of the same type and shape (no data): what
+    the full ONNX checker and ONNX Runtime's session check need, at any model size."""
     light = copy_without_initializers(model)
     declared = {i.name for i in light.graph.input}
     for init in model.graph.initializer:
-        if tensor_nbytes(init) <= limit or init.data_location == onnx.TensorProto.EXTERNAL:
+        if tensor_nbytes(init) <= limit and init.data_location != onnx.TensorProto.EXTERNAL:
             light.graph.initializer.add().CopyFrom(init)
         elif init.name not in declared:
             light.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
@@ -220,7 +221,7 @@ def model_problem(model: onnx.ModelProto) -> str | None:
     """What the full ONNX checker or ONNX Runtime (creating a CPU session) says against a model,
     or None when both accept it. Weights over 1 MiB (and set-aside ones) are checked as typed
     graph inputs: cheap at any model size."""
-    light = weights_as_typed_inputs(model)
+    light = large_weights_as_inputs(model)
     try:
         onnx.checker.check_model(light, full_check=True)
     except Exception as exc:  # ValidationError, InferenceError, protobuf errors
@@ -234,19 +235,6 @@ def model_problem(model: onnx.ModelProto) -> str | None:
     except Exception as exc:
         return f"ONNX Runtime: {_short(exc)}"
     return None
-
-
-def weights_as_typed_inputs(model: onnx.ModelProto, limit: int = DETACH_BYTES) -> onnx.ModelProto:
-    """A copy in which initializers over `limit` bytes, and those stored externally, are graph
-    inputs of the same type and shape (no data); the small ones stay initializers."""
-    light = copy_without_initializers(model)
-    declared = {i.name for i in light.graph.input}
-    for init in model.graph.initializer:
-        if tensor_nbytes(init) <= limit and init.data_location != onnx.TensorProto.EXTERNAL:
-            light.graph.initializer.add().CopyFrom(init)
-        elif init.name not in declared:
-            light.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    return light
 
 
 def _detach_large_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
