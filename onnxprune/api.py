@@ -14,7 +14,7 @@ from .analysis import ChannelGroup, ModelView, find_groups
 from .allocate import Allocation, AllocationContext, AllocationRequest, PlanCost, allocate
 from .calib import load_calibration
 from .criteria import ScoringContext, get_criterion
-from .errors import InputError, VerificationError
+from .errors import InputError, InternalError, VerificationError
 from .graph import atomic_write_text, large_weights_as_inputs, load_model, normalize, save_model
 from .passes import apply_plan
 from .passes.simplify_attention import simplify_attention
@@ -365,24 +365,24 @@ def _checker_error(model: onnx.ModelProto) -> str | None:
 
 
 def _check_model(pruned: onnx.ModelProto, source: onnx.ModelProto) -> None:
-    """The pruned model must pass the full ONNX checker; when the input fails it too, the input
-    is to blame (checked only then: the checker serializes the whole model)."""
+    """The pruned model must pass the full ONNX checker. `source` is the normalized model it was
+    made from: the input passed the checks at load and normalization is checked too, so a
+    pruned model that fails is our error (InternalError), unless `source` fails the checker the
+    same way (the input's own quirk, which ONNX Runtime accepts: the pruned model is no worse;
+    checked only then: the checker serializes the whole model)."""
     problem = _checker_error(pruned)
-    if problem is None:
+    if problem is None or _checker_error(source) is not None:
         return
-    source_problem = _checker_error(source)
-    if source_problem is not None:
-        raise InputError(f"the input model is not valid ONNX ({source_problem})")
-    raise VerificationError(f"the pruned model is not valid ONNX ({problem}); it was not written")
+    raise InternalError(f"internal error: pruning produced an invalid model ({problem}); it was not written; "
+                        "please report it")
 
 
 def require_prunable(analysis: Analysis) -> None:
+    """InputError when every channel group is frozen (the model was loaded and checked already:
+    the reason is the analysis', never the validity of the input)."""
     groups = analysis.groups
     if any(g.prunable for g in groups):
         return
-    problem = _checker_error(analysis.model)
-    if problem is not None:
-        raise InputError(f"the input model is not valid ONNX ({problem})")
     reasons = sorted({g.frozen for g in groups if g.frozen})
     detail = f"; e.g. {reasons[0]}" if reasons else ""
     raise InputError(f"the model has no prunable channel group ({len(groups)} frozen{detail})")

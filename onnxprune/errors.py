@@ -23,3 +23,10 @@ class TrainingDivergedError(OnnxPruneError):
     """Fine-tuning produced a non-finite loss (learning rate too high); nothing was written."""
 
     exit_code = 4
+
+
+class InternalError(OnnxPruneError):
+    """onnxprune itself went wrong on an input that passed the checks at load (e.g. normalization
+    produced a model the ONNX checker or ONNX Runtime refuses): our bug, never the input's."""
+
+    exit_code = 1

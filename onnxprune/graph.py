@@ -13,7 +13,7 @@ import glob
 import hashlib
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import InputError
+from .errors import InputError, InternalError
 from .runtime import onnxruntime
 
 #: Initializers larger than this in total are saved as external data next to the model.
@@ -124,12 +124,13 @@ def check_dimensions(model: onnx.ModelProto) -> None:
 
 
 def large_weights_as_inputs(model: onnx.ModelProto, limit: int = 1 << 20) -> onnx.ModelProto:
-    """A copy in which initializers over `limit` bytes are graph inputs of the same type and shape
-    (no data): what the full ONNX checker and shape inference need, at any model size."""
+    """A copy in which initializers over `limit` bytes, and those whose data are elsewhere (the
+    stand-ins of set-aside weights), are graph inputs of the same type and shape (no data): what
+    the full ONNX checker and ONNX Runtime's session check need, at any model size."""
     light = copy_without_initializers(model)
     declared = {i.name for i in light.graph.input}
     for init in model.graph.initializer:
-        if tensor_nbytes(init) <= limit or init.data_location == onnx.TensorProto.EXTERNAL:
+        if tensor_nbytes(init) <= limit and init.data_location != onnx.TensorProto.EXTERNAL:
             light.graph.initializer.add().CopyFrom(init)
         elif init.name not in declared:
             light.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
@@ -194,6 +195,7 @@ def normalize(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto
     turn `model` itself into the normalized model, so those weights are never copied."""
     light, detached = _detach_large_weights(model)
     normalized = _normalize(light)
+    check_normalized(model, normalized)
     if not in_place:
         return _reattach(normalized, detached)
     _transplant(normalized, model, detached)
@@ -203,6 +205,36 @@ def normalize(model: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto
 #: Weights above this size are set aside during normalization when no foldable node reads them.
 DETACH_BYTES = 1 << 20
 _DETACHED = "onnxprune-detached"
+
+
+def check_normalized(original: onnx.ModelProto, normalized: onnx.ModelProto) -> None:
+    """InternalError when the normalized model fails the full ONNX checker or ONNX Runtime cannot
+    load it, unless the original fails the same way (then it is no worse than the input, which
+    passed the checks at load)."""
+    problem = model_problem(normalized)
+    if problem is None or model_problem(original) is not None:
+        return
+    raise InternalError(f"internal error: normalization produced an invalid model ({problem}); please report it")
+
+
+def model_problem(model: onnx.ModelProto) -> str | None:
+    """What the full ONNX checker or ONNX Runtime (creating a CPU session) says against a model,
+    or None when both accept it. Weights over 1 MiB (and set-aside ones) are checked as typed
+    graph inputs: cheap at any model size."""
+    light = large_weights_as_inputs(model)
+    try:
+        onnx.checker.check_model(light, full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError, protobuf errors
+        return f"ONNX checker: {_short(exc)}"
+    ort = onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(light.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        return f"ONNX Runtime: {_short(exc)}"
+    return None
 
 
 def _detach_large_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
@@ -259,23 +291,173 @@ def _transplant(normalized: onnx.ModelProto, target: onnx.ModelProto, detached: 
 
 
 def _normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run every normalization pass in order (the graph-surgeon steps in one import/export)."""
+    for _, run in normalization_passes(separate=False):
+        model = run(model)
+    return model
+
+
+def normalization_passes(separate: bool = False) -> list[tuple[str, "Callable"]]:
+    """The normalization passes in order, as (name, function ModelProto -> ModelProto). Each
+    returns a valid model when given one (tests check the model after every pass). `separate`:
+    lifting, folding, dead-node removal and sorting as four passes (each a graph-surgeon
+    import/export) instead of one."""
+    surgery = [("lift constants", ()), ("remove dead nodes", ("cleanup",)), ("fold constants", ("fold",)),
+               ("sort topologically", ("toposort",))] if separate else \
+        [("lift and fold constants, remove dead nodes, sort", ("fold", "cleanup", "toposort"))]
+    return [("initializers only as initializers (IR < 4)", upgrade_ir_version),
+            ("negative dimensions are dynamic", negative_dims_as_dynamic),
+            ("infer shapes for folding", infer_shapes_for_folding),
+            *[(name, functools.partial(graph_surgery, steps=steps)) for name, steps in surgery],
+            ("infer shapes", infer_final_shapes)]
+
+
+#: The IR version from which initializers need not be graph inputs (ONNX 1.4).
+IR_INITIALIZERS_NOT_INPUTS = 4
+
+
+def upgrade_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
+    """IR 3 (ONNX model-zoo era) requires every initializer to be a graph input too; folding makes
+    new initializers and dead-node removal drops inputs, so the model moves to IR 4, where
+    initializers are constants of their own (what ONNX Runtime recommends: it cannot fold or fuse
+    weights that are also inputs). Opsets are unchanged. Newer models are returned as they are."""
+    if model.ir_version >= IR_INITIALIZERS_NOT_INPUTS:
+        return model
+    model.ir_version = IR_INITIALIZERS_NOT_INPUTS
+    weights = {init.name for init in model.graph.initializer}
+    kept = [info for info in model.graph.input if info.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    return model
+
+
+def negative_dims_as_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A negative `dim_value` (Paddle2ONNX writes -1 for a dynamic batch) is a dynamic dimension:
+    it becomes the symbol `<tensor>_dim<axis>` in the main graph's inputs, outputs and value_info."""
+    graph = model.graph
+    for info in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if not info.type.HasField("tensor_type"):
+            continue
+        for axis, dim in enumerate(info.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.dim_param = f"{info.name}_dim{axis}"  # clears dim_value (a oneof)
+    return model
+
+
+def infer_shapes_for_folding(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Static sizes read by Shape (e.g. torch.chunk bounds, jax2tf Slice bounds) are inferred
+    before folding, so that the shape arithmetic folds to constants."""
+    if not any(node.op_type == "Shape" for node in model.graph.node):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return infer_shapes(copy)
+
+
+def infer_final_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shapes of every tensor, inferred again; InputError for a dimension no runtime can hold."""
+    inferred = infer_shapes(model)
+    check_dimensions(inferred)
+    return inferred
+
+
+def graph_surgery(model: onnx.ModelProto, steps: tuple[str, ...]) -> onnx.ModelProto:
+    """One graph-surgeon import/export (which lifts `Constant` nodes into initializers) with
+    `steps` in between: 'fold' (constant sub-graphs, then the folded nodes are removed),
+    'cleanup' (dead nodes; graph inputs are kept), 'toposort'. Nodes with subgraphs (If, Loop, Scan) are held out meanwhile and put back
+    unchanged (see `hold_subgraphs`)."""
     import onnx_graphsurgeon as gs
 
     onnxruntime().set_default_logger_severity(4)  # graph-surgeon folds with ONNX Runtime sessions
-    if any(node.op_type == "Shape" for node in model.graph.node):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        model = infer_shapes(copy)  # static sizes read by Shape (e.g. torch.chunk bounds) then fold
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    held = hold_subgraphs(work)
     try:
-        graph = gs.import_onnx(model)
-        graph.fold_constants(error_ok=True).cleanup(remove_unused_graph_inputs=False).toposort()
-        folded = gs.export_onnx(graph, do_type_check=False)
+        graph = gs.import_onnx(work)
+        if "fold" in steps:  # folded nodes are left without outputs: cleanup removes them
+            graph.fold_constants(error_ok=True, should_exclude_node=lambda node: node.domain == HELD_DOMAIN)
+        if "cleanup" in steps or "fold" in steps:
+            graph.cleanup(remove_unused_graph_inputs=False)
+        if "toposort" in steps:
+            graph.toposort()
+        result = gs.export_onnx(graph, do_type_check=False)
     except Exception as exc:
-        raise InputError(f"cannot read the model's graph ({_short(exc)})") from None
-    _copy_model_metadata(model, folded)
-    inferred = infer_shapes(folded)
-    check_dimensions(inferred)
-    return inferred
+        raise InternalError(f"internal error: graph-surgeon cannot process the model ({_short(exc)}); "
+                            "please report it") from None
+    restore_subgraphs(result, held)
+    _copy_model_metadata(model, result)
+    return result
+
+
+#: Domain of the stand-ins for nodes with subgraphs while graph-surgeon works on the main graph.
+HELD_DOMAIN = "onnxprune.held"
+
+
+def has_subgraph(node: onnx.NodeProto) -> bool:
+    """True for a node with a graph attribute (If, Loop, Scan, ...)."""
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def subgraph_outer_reads(node: onnx.NodeProto) -> list[str]:
+    """Names that the node's subgraphs (at any depth) read from the enclosing scopes: ONNX
+    subgraphs see outer tensors by name, without declaring them as inputs."""
+    reads: list[str] = []
+    for attribute in node.attribute:
+        graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+        for graph in graphs:
+            reads.extend(_graph_outer_reads(graph))
+    return list(dict.fromkeys(reads))
+
+
+def _graph_outer_reads(graph: onnx.GraphProto) -> list[str]:
+    defined = {i.name for i in graph.input} | {i.name for i in graph.initializer} | \
+        {s.values.name for s in graph.sparse_initializer}
+    reads = []
+    for node in graph.node:
+        reads += [name for name in list(node.input) + subgraph_outer_reads(node) if name and name not in defined]
+        defined.update(node.output)
+    reads += [out.name for out in graph.output if out.name not in defined]
+    return reads
+
+
+def hold_subgraphs(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Replace every main-graph node with subgraphs by a stand-in without attributes whose inputs
+    are its own followed by the outer tensors its subgraphs read (so dead-node removal keeps them
+    and sorting places the node after them), in domain `HELD_DOMAIN` (never folded). Returns the
+    originals by stand-in name, for `restore_subgraphs`."""
+    held = {}
+    for index, node in enumerate(model.graph.node):
+        if not has_subgraph(node):
+            continue
+        key = f"onnxprune_held_{index}"
+        original = onnx.NodeProto()
+        original.CopyFrom(node)
+        held[key] = original
+        outer = [name for name in subgraph_outer_reads(node) if name not in node.input]
+        node.ClearField("attribute")
+        node.op_type, node.domain, node.name = "Held", HELD_DOMAIN, key
+        node.input.extend(outer)
+    return held
+
+
+def restore_subgraphs(model: onnx.ModelProto, held: dict[str, onnx.NodeProto]) -> None:
+    """Put the original nodes (subgraphs byte for byte) back in place of their stand-ins."""
+    for node in model.graph.node:
+        if node.domain == HELD_DOMAIN and node.name in held:
+            node.CopyFrom(held[node.name])
+
+
+def _keep_subgraphs(source: onnx.GraphProto, result: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node with subgraphs in `result` its original from `source` (shape inference
+    writes value_info and shapes into subgraphs; normalization leaves them as they were)."""
+    originals = {tuple(n.output): n for n in source.node if has_subgraph(n)}
+    if not originals:
+        return result
+    for node in result.graph.node:
+        original = originals.get(tuple(node.output))
+        if original is not None:
+            node.CopyFrom(original)
+    return result
 
 
 def _copy_model_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> None:
@@ -303,7 +485,14 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Infer shapes of the main graph; subgraphs are kept as they were."""
     del model.graph.value_info[:]
+    originals = onnx.GraphProto()
+    originals.node.extend(node for node in model.graph.node if has_subgraph(node))
+    return _keep_subgraphs(originals, _inferred(model))
+
+
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         SymbolicShapeInference = _symbolic_shape_inference()
         with _in_scratch_folder():  # on failure it saves a debug copy of the model into the cwd

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import onnx
 
+from ..graph import has_subgraph, subgraph_outer_reads
 from . import attention_rules, op_rules, topology_rules  # noqa: F401  (register the rules)
 from .model_view import ModelView, node_label
 from .registry import rule_for
@@ -48,22 +49,28 @@ class ChannelGraph:
 def build_channel_graph(view: ModelView) -> ChannelGraph:
     """Apply each node's rule; freeze what no rule maps, and what reaches graph inputs/outputs."""
     channels = ChannelGraph()
+    readers = subgraph_readers(view)
     for node in view.graph.node:
         rel = Relations(view, node)
-        relate_node(rel, node, view)
+        relate_node(rel, node, view, readers)
         channels.add(rel)
         rule = rule_for(node)
         if rule is not None and rule.rewrite is not None:
             channels.rewrites.append(node)
+    _freeze_subgraph_reads(channels, readers)
     _freeze_boundary(channels, view)
     return channels
 
 
-def relate_node(rel: Relations, node: onnx.NodeProto, view: ModelView) -> None:
-    """Run the node's rule (or freeze it) and freeze every axis the rule left unmentioned."""
+def relate_node(rel: Relations, node: onnx.NodeProto, view: ModelView, readers: dict | None = None) -> None:
+    """Run the node's rule (or freeze it) and freeze every axis the rule left unmentioned
+    (`readers`: `subgraph_readers(view)`, computed here when not given)."""
+    readers = subgraph_readers(view) if readers is None else readers
     rule = rule_for(node)
-    unknown = [t for t in tensors_of(node) if view.shape(t) is None]
-    if rule is None:
+    unknown = [t for t in tensors_of(node) if view.shape(t) is None and not _unread_output(t, node, view, readers)]
+    if has_subgraph(node):
+        _freeze_control_flow(rel, node)
+    elif rule is None:
         domain = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
         rel.freeze_node(attention_rules.contrib_attention_reason(node)
                         or f"no channel rule for op {domain}{node.op_type}")
@@ -75,6 +82,44 @@ def relate_node(rel: Relations, node: onnx.NodeProto, view: ModelView) -> None:
         for axis in range(rel.rank(tensor) or 0):
             if (tensor, axis) not in rel.mentioned:
                 rel.freeze(tensor, axis, f"axis {axis} of '{tensor}' is not mapped through {rel.label}")
+
+
+def _unread_output(tensor: str, node: onnx.NodeProto, view: ModelView, readers: dict) -> bool:
+    """True for an output of `node` that nothing reads (e.g. the mask of an opset-9 Dropout, whose
+    shape inference may leave unknown): its shape does not matter."""
+    return tensor in node.output and tensor not in view.consumers and tensor not in view.graph_outputs \
+        and tensor not in readers
+
+
+def _freeze_control_flow(rel: Relations, node: onnx.NodeProto) -> None:
+    """If/Loop/Scan: what their subgraphs compute is not analyzed (they are kept unchanged), so
+    the node's inputs and outputs keep all their channels."""
+    where = f"the subgraph of {node.op_type} '{node_label(node)}'"
+    for tensor in tensors_of(node):
+        reason = f"read inside {where}" if tensor in node.input else f"computed by {where}"
+        for axis in range(rel.rank(tensor) or 0):
+            rel.freeze(tensor, axis, reason)
+
+
+def subgraph_readers(view: ModelView) -> dict[str, onnx.NodeProto]:
+    """Main-graph tensors that a subgraph reads by name (without an explicit input), each with
+    the first node whose subgraph reads it."""
+    readers: dict[str, onnx.NodeProto] = {}
+    for node in view.graph.node:
+        if has_subgraph(node):
+            for name in subgraph_outer_reads(node):
+                readers.setdefault(name, node)
+    return readers
+
+
+def _freeze_subgraph_reads(channels: ChannelGraph, readers: dict[str, onnx.NodeProto]) -> None:
+    """A tensor that a subgraph reads implicitly keeps every channel (activations and weights)."""
+    if not readers:
+        return
+    for space in list(channels.graph.nodes):
+        reader = readers.get(space.tensor)
+        if reader is not None:
+            channels.frozen.setdefault(space, f"read inside the subgraph of {reader.op_type} '{node_label(reader)}'")
 
 
 def _freeze_boundary(channels: ChannelGraph, view: ModelView) -> None:
