@@ -165,7 +165,7 @@ def random_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = DEFAULT_BA
         if np.issubdtype(dtype, np.floating):
             feeds[info.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
-            feeds[info.name] = rng.random(shape) < 0.5
+            feeds[info.name] = np.asarray(rng.random(shape) < 0.5)
         else:
             feeds[info.name] = rng.integers(0, 10, size=shape).astype(dtype)
     return feeds
