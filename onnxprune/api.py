@@ -64,10 +64,15 @@ def default_plan_path(output: Path) -> Path:
 
 def load_and_analyze(source: ModelLike, exclude: tuple[str, ...] = (), prune_residual: bool = False) -> Analysis:
     """Load, normalize and analyze a model (`prune_residual`: LayerNorm channels are prunable)."""
+    from .analysis.weight_chains import normalize_keeping_chains
+
     loaded = load_model(source)
-    model = normalize(loaded.model, in_place=loaded.path is not None)  # a file's model is ours to reuse
+    # a file's model is ours to reuse; weight chains (int8 → Cast → Mul, DequantizeLinear, fp16 →
+    # Cast) are folded for the analysis and recorded, so the output keeps their stored precision
+    model, chains = normalize_keeping_chains(loaded.model, in_place=loaded.path is not None)
     model = simplify_attention(model)  # dynamo's kᵀ round trip through [N·H, T, D] -> one Transpose
     view = ModelView(model, prune_normalized=prune_residual)
+    view.weight_chains = chains.matched(model)
     return Analysis(model, view, find_groups(view, tuple(exclude)), loaded.sha256)
 
 
@@ -323,5 +328,25 @@ def plan_document(analysis: Analysis, plan: PruningPlan, weights: dict, criterio
         entry = group.to_dict()
         entry["kept"] = [int(k) for k in kept]
         groups.append(entry)
-    return {"format": PLAN_FORMAT, "input_sha256": analysis.sha256, "criterion": criterion,
-            "options": options, "weights": weights, "groups": groups}
+    document = {"format": PLAN_FORMAT, "input_sha256": analysis.sha256, "criterion": criterion,
+                "options": options, "weights": weights, "groups": groups}
+    chains = analysis.view.weight_chains
+    if chains is not None:
+        document["weights"], derived = split_derived(weights, chains)
+        if derived:
+            document["derived"] = derived
+    return document
+
+
+def split_derived(weights: dict, chains) -> tuple[dict, dict]:
+    """The plan's `weights` (tensors of the input model) and `derived` (tensors normalization
+    folded that the output holds sliced: each with the input tensors and nodes it was folded
+    from, and `exact: false` unless it is an exact slice of the folded value)."""
+    stored, derived = {}, {}
+    for name, entry in weights.items():
+        if name in chains.input_tensors:
+            stored[name] = entry
+            continue
+        origin = chains.provenance.get(name, {"from": [], "nodes": []})
+        derived[name] = {**entry, "from": origin["from"], "nodes": origin["nodes"][:32]}
+    return stored, derived
