@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import onnx
 
-from . import attention_rules, op_rules, topology_rules  # noqa: F401  (register the rules)
+from . import attention_rules, op_rules, quant_rules, topology_rules  # noqa: F401  (register the rules)
 from .model_view import ModelView, node_label
 from .registry import rule_for
 from .relations import Link, Relations, Space, WeightUse, tensors_of

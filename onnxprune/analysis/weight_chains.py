@@ -87,7 +87,47 @@ def normalize_keeping_chains(model: onnx.ModelProto, in_place: bool = False) -> 
     from ..graph import normalize
 
     chains = find_weight_chains(model)
-    return normalize(model, in_place=in_place), chains
+    normalized = normalize(model, in_place=in_place)
+    fold_remaining_chains(normalized, chains.opset)
+    return normalized, chains
+
+
+def fold_remaining_chains(model: onnx.ModelProto, opset: int) -> list[str]:
+    """Fold the weight chains that normalization left (graph-surgeon keeps DequantizeLinear):
+    each sink becomes an initializer of its computed value, the chain nodes and the stored
+    tensors only they read are removed (`model` is modified). Returns the sinks folded."""
+    from ..graph import initializers
+
+    graph = model.graph
+    inits = initializers(model)
+    writers = {}
+    for node in graph.node:
+        known = [n for n in node.input if n]
+        if node.op_type in CHAIN_OPS and node.domain in ("", "ai.onnx") and len(node.output) == 1 and known \
+                and all(n in inits or n in writers for n in known):
+            writers[node.output[0]] = node
+    outputs = {o.name for o in graph.output}
+    chain_ids = {id(node) for node in writers.values()}
+    sinks = list(dict.fromkeys(n for node in graph.node if id(node) not in chain_ids
+                               for n in node.input if n in writers and n not in outputs))
+    if not sinks:
+        return []
+    try:
+        values = evaluate_chain_outputs(writers, inits, sinks, opset)
+    except KeyError:
+        return []
+    from onnx import numpy_helper
+
+    read = [n for node in writers.values() for n in node.input if n in inits]
+    kept_nodes = [node for node in graph.node if id(node) not in chain_ids or node.output[0] in outputs]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    still_read = {n for node in graph.node for n in node.input} | outputs
+    for index in reversed(range(len(graph.initializer))):
+        if graph.initializer[index].name in read and graph.initializer[index].name not in still_read:
+            del graph.initializer[index]
+    graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(values[n]), n) for n in sinks)
+    return sinks
 
 
 def find_weight_chains(model: onnx.ModelProto) -> ChainSet:
@@ -319,11 +359,11 @@ def _reshape_kept(out_kept: dict, in_shape: tuple, out_shape: tuple) -> dict:
 
 def evaluate_chain_outputs(writers: dict[str, onnx.NodeProto], inits, names: list[str], opset: int) -> dict:
     """Values of chain tensors `names`, computed from the initializers `inits` (name -> array)
-    by the chain nodes that write them (`writers`: output -> node), with onnx's reference
-    evaluator (IEEE float arithmetic, as ONNX Runtime computes these ops). KeyError when a
-    chain cannot be evaluated."""
+    by the chain nodes that write them (`writers`: output -> node), with ONNX Runtime (as
+    normalization folded them). KeyError when a chain cannot be evaluated."""
     from onnx import numpy_helper
-    from onnx.reference import ReferenceEvaluator
+
+    from ..runtime import onnxruntime
 
     nodes, todo, needed = [], list(names), set()
     while todo:
@@ -332,12 +372,22 @@ def evaluate_chain_outputs(writers: dict[str, onnx.NodeProto], inits, names: lis
             needed.add(id(writers[name]))
             nodes.append(writers[name])
             todo.extend(n for n in writers[name].input if n)
-    leaves = {n for node in nodes for n in node.input if n and n not in writers}
-    tensors = [numpy_helper.from_array(np.asarray(inits[n]), n) for n in sorted(leaves)]
-    graph = helper.make_graph(ordered_nodes(nodes), "chains", [],
-                              [helper.make_tensor_value_info(n, 0, None) for n in names], tensors)
+    leaves = sorted({n for node in nodes for n in node.input if n and n not in writers})
+    graph = helper.make_graph(ordered_nodes(nodes), "chains",
+                              [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(inits[n]).dtype),
+                                                             list(np.shape(inits[n]))) for n in leaves], [])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, 9)
     try:
-        return dict(zip(names, ReferenceEvaluator(model).run(names, {})))
-    except Exception as exc:  # an op or type the reference evaluator refuses
+        typed = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        types = {v.name: v.type.tensor_type.elem_type for v in typed.graph.value_info}
+        model.graph.output.extend(helper.make_tensor_value_info(n, types[n], None) for n in names)
+        ort = onnxruntime()
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        values = session.run(names, {n: np.asarray(inits[n]) for n in leaves})
+    except Exception as exc:  # an op or type ONNX Runtime refuses
         raise KeyError(f"cannot evaluate {names[0]}: {str(exc).splitlines()[0][:120]}") from None
+    return dict(zip(names, values))

@@ -89,7 +89,6 @@ def _consistent_slices(candidates: dict, record: dict, chains: ChainSet):
         clash = next((n for n, k in kept.items() if n in merged and not _same_kept(merged[n], k)), None)
         if clash:
             problems[sink] = f"'{clash}' is sliced differently elsewhere"
-            problems.setdefault(owner.get(clash, sink), problems[sink])
             continue
         for name, axes in kept.items():
             merged.setdefault(name, axes)
