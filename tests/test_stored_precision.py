@@ -287,3 +287,19 @@ def test_channel_padding_shortcut_with_computed_pads():
     assert set(result.plan["weights"]) <= {"w0", "w1", "w2"}
     groups = [g for g in result.plan["groups"] if g["frozen"] is None]
     assert any(len(g["kept"]) < g["channels"] for g in groups)
+
+
+# ---- the stored model re-checked by `onnxprune check` -------------------------------------------
+
+@pytest.mark.parametrize("build", ["int8", "qdq", "bias"])
+def test_check_command_accepts_stored_precision_outputs(build, tmp_path, qdq_model):
+    model = {"int8": int8_chain_cnn, "qdq": lambda: qdq_model, "bias": lambda: _bias_after_conv("Unsqueeze")}[build]()
+    from onnxprune.check import check_pruned
+
+    onnx.save(model, tmp_path / "in.onnx")
+    result = prune(str(tmp_path / "in.onnx"), ratio=0.5)
+    result.save(tmp_path / "out.onnx")
+    checked = check_pruned(tmp_path / "out.onnx", tmp_path / "in.onnx", tmp_path / "out.plan.json", runs=1)
+    assert checked.bad_weights == [] and checked.ok
+    assert checked.max_relative < 1e-5
+    assert (tmp_path / "out.onnx").stat().st_size < (tmp_path / "in.onnx").stat().st_size
