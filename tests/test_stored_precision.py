@@ -303,3 +303,13 @@ def test_check_command_accepts_stored_precision_outputs(build, tmp_path, qdq_mod
     assert checked.bad_weights == [] and checked.ok
     assert checked.max_relative < 1e-5
     assert (tmp_path / "out.onnx").stat().st_size < (tmp_path / "in.onnx").stat().st_size
+
+
+def test_reconstruction_skips_chain_weights_without_crashing(tmp_path):
+    """--reconstruct refits float initializers only: a pruned int8 chain stays int8 and exact."""
+    model = int8_chain_cnn()
+    np.savez(tmp_path / "calib.npz", x=RNG.standard_normal((8, 3, 12, 12)).astype(np.float32))
+    result = prune(model, ratio=0.5, calib=str(tmp_path / "calib.npz"), reconstruct=True, batch_size=1)
+    assert result.report["reconstruction"]["layers"] == 0
+    assert independent_plan_check(model, result.model, result.plan) == 7
+    assert {i.data_type for i in result.model.graph.initializer if i.name.endswith("_q")} == {T.INT8}

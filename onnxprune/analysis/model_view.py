@@ -102,10 +102,10 @@ class ChainValues(Mapping):
             return self._inits[name]
         if name not in self._nodes:
             raise KeyError(name)
-        if name not in self._values:
+        if not self._values:  # every chain output at once: one ONNX Runtime session
             from .weight_chains import evaluate_chain_outputs
 
-            self._values.update(evaluate_chain_outputs(self._nodes, self._inits, [name], self._opset))
+            self._values = evaluate_chain_outputs(self._nodes, self._inits, list(self._nodes), self._opset)
         return self._values[name]
 
     def __contains__(self, name) -> bool:
