@@ -339,14 +339,15 @@ def plan_document(analysis: Analysis, plan: PruningPlan, weights: dict, criterio
 
 
 def split_derived(weights: dict, chains) -> tuple[dict, dict]:
-    """The plan's `weights` (tensors of the input model) and `derived` (tensors normalization
-    folded that the output holds sliced: each with the input tensors and nodes it was folded
-    from, and `exact: false` unless it is an exact slice of the folded value)."""
+    """The plan's `weights` (tensors of the input model) and `derived` (tensors the output holds
+    sliced under a name the input lacks: a folded tensor, with the input tensors and nodes it
+    was folded from; or a weight chain's own copy of a stored tensor that two chains slice
+    differently, `slice_of` naming it: the output holds `input[slice_of][np.ix_(kept...)]`)."""
     stored, derived = {}, {}
     for name, entry in weights.items():
         if name in chains.input_tensors:
             stored[name] = entry
             continue
-        origin = chains.provenance.get(name, {"from": [], "nodes": []})
+        origin = chains.provenance.get(name) or {"from": [entry["slice_of"]] if "slice_of" in entry else [], "nodes": []}
         derived[name] = {**entry, "from": origin["from"], "nodes": origin["nodes"][:32]}
     return stored, derived

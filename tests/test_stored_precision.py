@@ -38,6 +38,11 @@ def independent_plan_check(source: onnx.ModelProto, output: onnx.ModelProto, pla
         index = np.ix_(*[np.asarray(entry["kept"].get(str(a), range(n))) for a, n in enumerate(value.shape)])
         assert outputs[name].dtype == value.dtype
         np.testing.assert_array_equal(outputs[name], value[index])
+    for name, entry in plan.get("derived", {}).items():  # a chain's own copy of an input tensor
+        if "slice_of" in entry:
+            value = inputs[entry["slice_of"]]
+            index = np.ix_(*[np.asarray(entry["kept"].get(str(a), range(n))) for a, n in enumerate(value.shape)])
+            np.testing.assert_array_equal(outputs[name], value[index])
     return len(plan["weights"])
 
 
@@ -142,19 +147,21 @@ def shared_scale_model() -> onnx.ModelProto:
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
 
 
-def test_chain_shared_scale_sliced_two_ways_keeps_one_chain():
-    """One scale tensor read by two chains whose kept channels differ: the first chain is put
-    back (int8), the second stays folded (float) and is listed under `derived` with its origin;
-    the model is verified and `weights` names only input tensors."""
+def test_chain_shared_scale_sliced_two_ways_gets_its_own_copy():
+    """One scale tensor read by two chains whose kept channels differ: both chains are put back
+    (int8); the second reads its own sliced copy of the scale, listed under `derived` with
+    `slice_of`; `weights` names only input tensors and the output is smaller than the input."""
     model = shared_scale_model()
     result = prune(model, ratio=0.5)
     assert result.report["verification"]["ok"]
     stored = {i.name: i.data_type for i in result.model.graph.initializer}
-    assert stored == {"q1": T.INT8, "shared_scale": T.FLOAT, "w2": T.FLOAT}
-    assert independent_plan_check(model, result.model, result.plan) == 2
+    assert stored == {"q1": T.INT8, "shared_scale": T.FLOAT, "q2": T.INT8, "shared_scale__w2": T.FLOAT}
+    assert independent_plan_check(model, result.model, result.plan) == 3  # q1, shared_scale, q2
     derived = result.plan["derived"]
-    assert list(derived) == ["w2"] and derived["w2"]["from"] == ["q2", "shared_scale"]
-    assert derived["w2"]["nodes"] == ["Cast:f2", "Mul:w2"] and list(derived["w2"]["kept"]) == ["1"]
+    assert list(derived) == ["shared_scale__w2"] and derived["shared_scale__w2"]["slice_of"] == "shared_scale"
+    assert derived["shared_scale__w2"]["from"] == ["shared_scale"]
+    assert derived["shared_scale__w2"]["kept"] == {}  # w2's output channels are frozen: a full copy
+    assert nbytes_without_shapes(result.model) < nbytes(model)
 
 
 # ---- QDQ from onnxruntime.quantization ------------------------------------------------------

@@ -61,6 +61,7 @@ class ChainSet:
     input_tensors: set[str] = field(default_factory=set)
     provenance: dict[str, dict] = field(default_factory=dict)  # folded tensor -> {"from", "nodes"}
     opset: int = 13  # of the default domain, for evaluating the chains
+    copied_from: dict[str, str] = field(default_factory=dict)  # a chain's private copy -> stored tensor
 
     def matched(self, normalized: onnx.ModelProto) -> "ChainSet":
         """Keep the chains whose sink the normalized model holds as a float initializer of the
@@ -78,7 +79,7 @@ class ChainSet:
             keep[sink] = chain
         used = {name for chain in keep.values() for name in chain.sources + chain.params}
         return ChainSet(keep, {n: t for n, t in self.stored.items() if n in used}, self.shapes,
-                        self.input_tensors, self.provenance, self.opset)
+                        self.input_tensors, self.provenance, self.opset, dict(self.copied_from))
 
 
 def normalize_keeping_chains(model: onnx.ModelProto, in_place: bool = False) -> tuple[onnx.ModelProto, ChainSet]:

@@ -41,19 +41,54 @@ def restore_chains(pruned: onnx.ModelProto, record: dict[str, dict], chains: Cha
     result = ChainRestore()
     inits = {init.name: init for init in pruned.graph.initializer}
     candidates = {sink: chain for sink, chain in chains.chains.items() if sink in inits}
+    private: set[str] = set()
     while candidates:
-        kept, problems = _consistent_slices(candidates, record, chains)
-        problems.update(_name_clashes(candidates, inits, pruned))
-        if not problems:
-            problems = _evaluation_mismatches(candidates, kept, inits, chains)
-        if not problems:
-            break
+        kept, problems, clashes = _consistent_slices(candidates, record, chains)
+        if not problems and not clashes:
+            clashes = _held_differently(candidates, _sliced_chains(candidates, kept, chains)[1], inits)
+        fresh = [sink for sink in clashes if sink not in private]
+        for sink in fresh:  # its own copies of the shared tensors, sliced its way
+            shared = set(inits) | {n for other, c in candidates.items() if other != sink
+                                   for n in c.tensors + c.sources + c.params}
+            candidates[sink] = private_copy(candidates[sink], chains, shared)
+            private.add(sink)
+        problems.update({sink: reason for sink, reason in clashes.items() if sink not in fresh})
+        if not problems and not fresh:
+            problems = _name_clashes(candidates, inits, pruned) or _evaluation_mismatches(candidates, kept, inits, chains)
+            if not problems:
+                break
         result.skipped.update(problems)
         candidates = {s: c for s, c in candidates.items() if s not in problems}
     if candidates:
         _rewrite(pruned, candidates, kept, record, chains)
         result.restored = sorted(candidates)
     return result
+
+
+def private_copy(chain: WeightChain, chains: ChainSet, shared: set[str]) -> WeightChain:
+    """The chain with its `shared` tensors, and the node outputs computed from them, renamed
+    `<name>__<sink>` (stored tensors copied under those names; `chains.copied_from` says of
+    which): a stored tensor that two chains slice differently is then held once per slicing."""
+    rename = {name: f"{name}__{chain.sink}" for name in chain.sources + chain.params + chain.tensors
+              if name in shared and name != chain.sink}
+    nodes = []
+    for node in chain.nodes:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        if any(n in rename for n in node.input) and node.output[0] != chain.sink:
+            rename.setdefault(node.output[0], f"{node.output[0]}__{chain.sink}")
+        copy.input[:] = [rename.get(n, n) for n in node.input]
+        copy.output[:] = [rename.get(n, n) for n in node.output]
+        nodes.append(copy)
+    for old, new in rename.items():
+        chains.shapes[new] = chains.shapes[old]
+        if old in chains.stored and new not in chains.stored:
+            chains.stored[new] = onnx.TensorProto()
+            chains.stored[new].CopyFrom(chains.stored[old])
+            chains.stored[new].name = new
+            chains.copied_from[new] = chains.copied_from.get(old, old)
+    return WeightChain(chain.sink, nodes, [rename.get(n, n) for n in chain.sources],
+                       [rename.get(n, n) for n in chain.params])
 
 
 def _sink_kept(sink: str, record: dict) -> Kept:
@@ -75,11 +110,10 @@ def _chain_kept(chain: WeightChain, sink_kept: Kept, chains: ChainSet) -> dict[s
 
 
 def _consistent_slices(candidates: dict, record: dict, chains: ChainSet):
-    """Kept indices per tensor over all candidate chains; chains that disagree with one another
-    are returned as problems."""
+    """Kept indices per tensor over all candidate chains, the chains that cannot be sliced
+    (problems) and those that slice a tensor differently from an earlier chain (clashes)."""
     merged: dict[str, Kept] = {}
-    owner: dict[str, str] = {}
-    problems = {}
+    problems, clashes = {}, {}
     for sink, chain in candidates.items():
         try:
             kept = _chain_kept(chain, _sink_kept(sink, record), chains)
@@ -88,12 +122,11 @@ def _consistent_slices(candidates: dict, record: dict, chains: ChainSet):
             continue
         clash = next((n for n, k in kept.items() if n in merged and not _same_kept(merged[n], k)), None)
         if clash:
-            problems[sink] = f"'{clash}' is sliced differently elsewhere"
+            clashes[sink] = f"'{clash}' is sliced differently elsewhere"
             continue
         for name, axes in kept.items():
             merged.setdefault(name, axes)
-            owner.setdefault(name, sink)
-    return merged, problems
+    return merged, problems, clashes
 
 
 def _same_kept(a: Kept, b: Kept) -> bool:
@@ -121,10 +154,8 @@ def _evaluation_mismatches(candidates: dict, kept: dict, inits: dict, chains: Ch
     except Exception as exc:  # the reference evaluator refuses some ops/types: keep the folded weights
         reason = f"the chain could not be evaluated ({str(exc).splitlines()[0][:120]})"
         return {sink: reason for sink in candidates}
-    problems = _held_differently(candidates, stored, inits)
+    problems = {}
     for sink in candidates:
-        if sink in problems:
-            continue
         expected = tensor_value(inits[sink])
         got = values[sink]
         if got.shape != expected.shape or got.dtype != expected.dtype or \
@@ -216,6 +247,8 @@ def _rewrite(pruned: onnx.ModelProto, chains_by_sink: dict, kept: dict, record: 
     for sink in chains_by_sink:
         record.pop(sink, None)
     for name, axes in kept.items():
-        if axes and name in chains.stored:
+        if name in chains.stored and (axes or name in chains.copied_from):
             record[name] = {"shape": list(chains.stored[name].dims),
                             "kept": {str(a): idx.tolist() for a, idx in sorted(axes.items())}}
+            if name in chains.copied_from:
+                record[name]["slice_of"] = chains.copied_from[name]
