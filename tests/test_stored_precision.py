@@ -320,3 +320,28 @@ def test_reconstruction_skips_chain_weights_without_crashing(tmp_path):
     assert result.report["reconstruction"]["layers"] == 0
     assert independent_plan_check(model, result.model, result.plan) == 7
     assert {i.data_type for i in result.model.graph.initializer if i.name.endswith("_q")} == {T.INT8}
+
+
+def test_per_channel_activation_qdq_is_sliced_along_channels():
+    """QuantizeLinear → DequantizeLinear on an activation, per channel (axis 1): its scale and
+    zero point are sliced with the channels they quantize."""
+    c = 16
+    inits = [nh.from_array((RNG.standard_normal((c, 3, 3, 3)) * 0.3).astype(np.float32), "w0"),
+             nh.from_array((RNG.standard_normal((8, c, 3, 3)) * 0.3).astype(np.float32), "w1"),
+             nh.from_array((RNG.random(c) * 0.05 + 0.01).astype(np.float32), "act_scale"),
+             nh.from_array(RNG.integers(100, 150, size=c).astype(np.uint8), "act_zp")]
+    nodes = [h.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+             h.make_node("QuantizeLinear", ["a", "act_scale", "act_zp"], ["aq"], axis=1),
+             h.make_node("DequantizeLinear", ["aq", "act_scale", "act_zp"], ["ad"], axis=1),
+             h.make_node("Relu", ["ad"], ["r"]), h.make_node("Conv", ["r", "w1"], ["out"], pads=[1, 1, 1, 1])]
+    graph = h.make_graph(nodes, "act_qdq", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+                         [h.make_tensor_value_info("out", T.FLOAT, [1, 8, 8, 8])], inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    result = prune(model, ratio=0.5)
+    assert result.report["verification"]["ok"]
+    weights = result.plan["weights"]
+    assert weights["act_scale"]["kept"] == weights["act_zp"]["kept"] == {"0": weights["w0"]["kept"]["0"]}
+    assert len(weights["w0"]["kept"]["0"]) == 8
+    assert independent_plan_check(model, result.model, result.plan) == 4
+    stored = {i.name: i for i in result.model.graph.initializer}
+    assert stored["act_zp"].data_type == T.UINT8 and list(stored["act_zp"].dims) == [8]

@@ -120,7 +120,8 @@ def fold_remaining_chains(model: onnx.ModelProto, opset: int) -> list[str]:
     from onnx import numpy_helper
 
     read = [n for node in writers.values() for n in node.input if n in inits]
-    kept_nodes = [node for node in graph.node if id(node) not in chain_ids or node.output[0] in outputs]
+    needed = _ancestors([writers[n] for n in outputs if n in writers], writers)  # chains that end in an output stay
+    kept_nodes = [node for node in graph.node if id(node) not in chain_ids or id(node) in needed]
     del graph.node[:]
     graph.node.extend(kept_nodes)
     still_read = {n for node in graph.node for n in node.input} | outputs
@@ -129,6 +130,17 @@ def fold_remaining_chains(model: onnx.ModelProto, opset: int) -> list[str]:
             del graph.initializer[index]
     graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(values[n]), n) for n in sinks)
     return sinks
+
+
+def _ancestors(nodes: list[onnx.NodeProto], writers: dict[str, onnx.NodeProto]) -> set[int]:
+    """Ids of `nodes` and of the chain nodes they read from."""
+    seen, todo = set(), list(nodes)
+    while todo:
+        node = todo.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            todo.extend(writers[n] for n in node.input if n in writers)
+    return seen
 
 
 def find_weight_chains(model: onnx.ModelProto) -> ChainSet:
@@ -261,8 +273,11 @@ def chain_shapes(chains: ChainSet) -> dict[str, tuple]:
                               [chains.stored[n] for n in params])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", chains.opset)])
     model.ir_version = onnx.IR_VERSION
-    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     shapes = {n: tuple(t.dims) for n, t in chains.stored.items()}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # a chain ONNX cannot infer: no chain is matched (the folded weights stay)
+        return shapes
     for info in list(inferred.graph.value_info) + list(inferred.graph.output):
         dims = info.type.tensor_type.shape.dim
         if info.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
@@ -378,7 +393,7 @@ def evaluate_chain_outputs(writers: dict[str, onnx.NodeProto], inits, names: lis
                               [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(inits[n]).dtype),
                                                              list(np.shape(inits[n]))) for n in leaves], [])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = min(model.ir_version, 9)
+    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))  # what ONNX Runtime reads
     try:
         typed = onnx.shape_inference.infer_shapes(model, strict_mode=True)
         types = {v.name: v.type.tensor_type.elem_type for v in typed.graph.value_info}
