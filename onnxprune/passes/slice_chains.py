@@ -81,7 +81,8 @@ def private_copy(chain: WeightChain, chains: ChainSet, shared: set[str]) -> Weig
         copy.output[:] = [rename.get(n, n) for n in node.output]
         nodes.append(copy)
     for old, new in rename.items():
-        chains.shapes[new] = chains.shapes[old]
+        if old in chains.shapes:
+            chains.shapes[new] = chains.shapes[old]
         if old in chains.stored and new not in chains.stored:
             chains.stored[new] = onnx.TensorProto()
             chains.stored[new].CopyFrom(chains.stored[old])
@@ -100,7 +101,11 @@ def _chain_kept(chain: WeightChain, sink_kept: Kept, chains: ChainSet) -> dict[s
     """Kept indices of every tensor of one chain (ChainUnsupported when they disagree)."""
     kept = {chain.sink: sink_kept}
     for node in reversed(chain.nodes):
-        for name, axes in input_kept(node, kept.get(node.output[0], {}), chains.shapes, chains.stored).items():
+        try:
+            inputs = input_kept(node, kept.get(node.output[0], {}), chains.shapes, chains.stored)
+        except KeyError as exc:
+            raise ChainUnsupported(f"the shape of '{exc.args[0]}' is unknown") from None
+        for name, axes in inputs.items():
             if name in kept and not _same_kept(kept[name], axes):
                 raise ChainUnsupported(f"'{name}' would be sliced two ways within the chain")
             kept[name] = axes
