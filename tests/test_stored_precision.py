@@ -345,3 +345,31 @@ def test_per_channel_activation_qdq_is_sliced_along_channels():
     assert independent_plan_check(model, result.model, result.plan) == 4
     stored = {i.name: i for i in result.model.graph.initializer}
     assert stored["act_zp"].data_type == T.UINT8 and list(stored["act_zp"].dims) == [8]
+
+
+def test_concat_with_computed_zero_channels_is_recorded_as_derived():
+    """A shortcut widened by concatenating computed zero channels (ConstantOfShape of a stored
+    shape): the folded zeros are sliced with the channels; they are not a tensor of the input,
+    so the plan lists them under `derived` with what they were computed from."""
+    inits = [nh.from_array((RNG.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w0"),
+             nh.from_array((RNG.standard_normal((16, 8, 3, 3)) * 0.3).astype(np.float32), "w1"),
+             nh.from_array((RNG.standard_normal((4, 16, 1, 1)) * 0.3).astype(np.float32), "w2"),
+             nh.from_array(np.array([1, 8, 8, 8], np.int64), "zeros_shape")]
+    nodes = [h.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]), h.make_node("Relu", ["a"], ["ra"]),
+             h.make_node("ConstantOfShape", ["zeros_shape"], ["zeros"]),
+             h.make_node("Concat", ["ra", "zeros"], ["wide"], axis=1),
+             h.make_node("Conv", ["ra", "w1"], ["b"], pads=[1, 1, 1, 1]),
+             h.make_node("Add", ["b", "wide"], ["s"]), h.make_node("Relu", ["s"], ["rs"]),
+             h.make_node("Conv", ["rs", "w2"], ["out"])]
+    graph = h.make_graph(nodes, "zeros_shortcut", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+                         [h.make_tensor_value_info("out", T.FLOAT, [1, 4, 8, 8])], inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    result = prune(model, ratio=0.5)
+    assert result.report["verification"]["ok"]
+    assert independent_plan_check(model, result.model, result.plan) >= 2
+    assert set(result.plan["weights"]) == {"w0", "w1", "w2"}
+    derived = result.plan["derived"]
+    assert list(derived) == ["zeros"] and derived["zeros"]["shape"] == [1, 8, 8, 8]
+    assert derived["zeros"]["from"] == ["zeros_shape"] and derived["zeros"]["nodes"] == ["ConstantOfShape:zeros"]
+    held = input_tensors(result.model)["zeros"]
+    assert held.shape == (1, len(derived["zeros"]["kept"]["1"]), 8, 8) and not held.any()
