@@ -321,7 +321,9 @@ def _verify_message(check: VerifyResult) -> str:
 
 
 def plan_document(analysis: Analysis, plan: PruningPlan, weights: dict, criterion: str, options: dict) -> dict:
-    """The plan file (format `onnxprune-plan/1`, see DESIGN.md)."""
+    """The plan file (format `onnxprune-plan/1`, see DESIGN.md): `weights` names tensors of the
+    input only (a weight chain's stored int8/fp16 tensors, not the float weight normalization
+    folded them into); what the output holds sliced under another name is under `derived`."""
     groups = []
     for group in analysis.groups:
         kept = plan.kept.get(group.id, np.arange(group.channels))
@@ -332,22 +334,8 @@ def plan_document(analysis: Analysis, plan: PruningPlan, weights: dict, criterio
                 "options": options, "weights": weights, "groups": groups}
     chains = analysis.view.weight_chains
     if chains is not None:
-        document["weights"], derived = split_derived(weights, chains)
+        document["weights"], derived = chains.split_derived(weights)
         if derived:
             document["derived"] = derived
     return document
 
-
-def split_derived(weights: dict, chains) -> tuple[dict, dict]:
-    """The plan's `weights` (tensors of the input model) and `derived` (tensors the output holds
-    sliced under a name the input lacks: a folded tensor, with the input tensors and nodes it
-    was folded from; or a weight chain's own copy of a stored tensor that two chains slice
-    differently, `slice_of` naming it: the output holds `input[slice_of][np.ix_(kept...)]`)."""
-    stored, derived = {}, {}
-    for name, entry in weights.items():
-        if name in chains.input_tensors:
-            stored[name] = entry
-            continue
-        origin = chains.provenance.get(name) or {"from": [entry["slice_of"]] if "slice_of" in entry else [], "nodes": []}
-        derived[name] = {**entry, "from": origin["from"], "nodes": origin["nodes"][:32]}
-    return stored, derived

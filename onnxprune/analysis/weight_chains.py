@@ -81,6 +81,21 @@ class ChainSet:
         return ChainSet(keep, {n: t for n, t in self.stored.items() if n in used}, self.shapes,
                         self.input_tensors, self.provenance, self.opset, dict(self.copied_from))
 
+    def split_derived(self, weights: dict) -> tuple[dict, dict]:
+        """The plan's `weights` (tensors of the input model) and `derived` (tensors the output
+        holds sliced under a name the input lacks: a folded tensor, with the input tensors and
+        nodes it was folded from; or a weight chain's own copy of a stored tensor that two chains
+        slice differently, `slice_of` naming it: the output holds `input[slice_of][np.ix_(kept...)]`)."""
+        stored, derived = {}, {}
+        for name, entry in weights.items():
+            if name in self.input_tensors:
+                stored[name] = entry
+                continue
+            origin = self.provenance.get(name) or {"from": [entry["slice_of"]] if "slice_of" in entry else [],
+                                                   "nodes": []}
+            derived[name] = {**entry, "from": origin["from"], "nodes": origin["nodes"][:32]}
+        return stored, derived
+
 
 def normalize_keeping_chains(model: onnx.ModelProto, in_place: bool = False) -> tuple[onnx.ModelProto, ChainSet]:
     """`graph.normalize`, and the input's weight chains recorded before it folds them (with
