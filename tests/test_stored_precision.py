@@ -374,3 +374,16 @@ def test_concat_with_computed_zero_channels_is_recorded_as_derived():
     assert derived["zeros"]["from"] == ["zeros_shape"] and derived["zeros"]["nodes"] == ["ConstantOfShape:zeros"]
     held = input_tensors(result.model)["zeros"]
     assert held.shape == (1, len(derived["zeros"]["kept"]["1"]), 8, 8) and not held.any()
+
+
+def test_param_count_counts_a_chain_once_at_its_weight():
+    """ModelView.param_count of a model with int8 chains: each chain counts as the weight it
+    yields (the input's folded float count), before and after pruning."""
+    from onnxprune.analysis import ModelView
+    from onnxprune.api import load_and_analyze
+
+    model = int8_chain_cnn()
+    folded = load_and_analyze(model).view.param_count()
+    assert ModelView(model).param_count() == folded == 32 * 27 + 64 * 32 * 9 + 32 * 64 * 9 + 32 + 64 + 32
+    pruned = prune(model, ratio=0.5).model
+    assert ModelView(pruned).param_count() == 16 * 27 + 32 * 16 * 9 + 32 * 32 * 9 + 16 + 32 + 32

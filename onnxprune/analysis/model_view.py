@@ -54,6 +54,15 @@ class ModelView:
         """Names of graph outputs."""
         return {o.name for o in self.graph.output}
 
+    def param_count(self) -> int:
+        """Elements of the weights: floating-point initializers, a weight chain (int8 → Cast →
+        Mul by a scale, DequantizeLinear, fp16 → Cast) counted once, by the weight it yields."""
+        chains = self.consts
+        read = chains.chain_inputs
+        floats = sum(int(np.prod(self.shapes[n], dtype=np.int64)) for n in chains.initializer_names
+                     if n not in read and chains.is_float(n))
+        return floats + sum(int(np.asarray(chains[n]).size) for n in chains.chain_sinks)
+
     def shape(self, name: str) -> tuple | None:
         """Static shape (None for dynamic dims), or None when unknown."""
         return self.shapes.get(name)
@@ -96,6 +105,26 @@ class ChainValues(Mapping):
             if node.op_type in CHAIN_OPS and node.domain in ("", "ai.onnx") and len(node.output) == 1 and known \
                     and all(n in inits or n in self._nodes for n in known):
                 self._nodes[node.output[0]] = node
+
+    @property
+    def initializer_names(self) -> list[str]:
+        """Names of the initializers (without the chain outputs)."""
+        return list(self._inits)
+
+    @cached_property
+    def chain_inputs(self) -> set[str]:
+        """Initializers that weight-chain nodes read."""
+        return {n for node in self._nodes.values() for n in node.input if n in self._inits}
+
+    @cached_property
+    def chain_sinks(self) -> list[str]:
+        """Chain outputs that no chain node reads (the weights the chains yield)."""
+        read = {n for node in self._nodes.values() for n in node.input}
+        return [n for n in self._nodes if n not in read]
+
+    def is_float(self, name: str) -> bool:
+        """True for an initializer of a floating-point type."""
+        return np.issubdtype(np.asarray(self[name]).dtype, np.floating)
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self._inits:
