@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from ..analysis.weight_chains import (ChainSet, ChainUnsupported, WeightChain, evaluate_chain_outputs,
                                       input_kept, ordered_nodes)
