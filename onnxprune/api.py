@@ -69,10 +69,15 @@ def default_plan_path(output: Path) -> Path:
 
 def load_and_analyze(source: ModelLike, exclude: tuple[str, ...] = (), prune_residual: bool = False) -> Analysis:
     """Load, normalize and analyze a model (`prune_residual`: LayerNorm channels are prunable)."""
+    from .analysis.weight_chains import normalize_keeping_chains
+
     loaded = load_model(source)
-    model = normalize(loaded.model, in_place=loaded.path is not None)  # a file's model is ours to reuse
+    # a file's model is ours to reuse; weight chains (int8 → Cast → Mul, DequantizeLinear, fp16 →
+    # Cast) are folded for the analysis and recorded, so the output keeps their stored precision
+    model, chains = normalize_keeping_chains(loaded.model, in_place=loaded.path is not None)
     model = simplify_attention(model)  # dynamo's kᵀ round trip through [N·H, T, D] -> one Transpose
     view = ModelView(model, prune_normalized=prune_residual)
+    view.weight_chains = chains.matched(model)
     return Analysis(model, view, find_groups(view, tuple(exclude)), loaded.sha256)
 
 
@@ -406,12 +411,21 @@ def _verify_message(check: VerifyResult, detail: str = "") -> str:
 
 
 def plan_document(analysis: Analysis, plan: PruningPlan, weights: dict, criterion: str, options: dict) -> dict:
-    """The plan file (format `onnxprune-plan/1`, see DESIGN.md)."""
+    """The plan file (format `onnxprune-plan/1`, see DESIGN.md): `weights` names tensors of the
+    input only (a weight chain's stored int8/fp16 tensors, not the float weight normalization
+    folded them into); what the output holds sliced under another name is under `derived`."""
     groups = []
     for group in analysis.groups:
         kept = plan.kept.get(group.id, np.arange(group.channels))
         entry = group.to_dict()
         entry["kept"] = [int(k) for k in kept]
         groups.append(entry)
-    return {"format": PLAN_FORMAT, "input_sha256": analysis.sha256, "criterion": criterion,
-            "options": options, "weights": weights, "groups": groups}
+    document = {"format": PLAN_FORMAT, "input_sha256": analysis.sha256, "criterion": criterion,
+                "options": options, "weights": weights, "groups": groups}
+    chains = analysis.view.weight_chains
+    if chains is not None:
+        document["weights"], derived = chains.split_derived(weights)
+        if derived:
+            document["derived"] = derived
+    return document
+

@@ -20,7 +20,8 @@ import onnx
 from .analysis import ModelView, find_groups
 from .api import PLAN_FORMAT
 from .errors import InputError
-from .graph import load_model, normalize, tensor_value
+from .analysis.weight_chains import normalize_keeping_chains
+from .graph import load_model, tensor_value
 from .passes.apply_plan import pruned_atoms
 from .passes.masked_norm import masked_norm_reference
 from .passes.simplify_attention import simplify_attention
@@ -106,18 +107,34 @@ def rebuild_plan(groups, plan: dict) -> PruningPlan:
     return PruningPlan(groups, kept)
 
 
-def sliced_weights_differ(view: ModelView, pruned: onnx.ModelProto, weights: dict) -> list[str]:
-    """Names of plan weights marked exact whose pruned value is not `original[np.ix_(kept...)]`."""
-    stored = {init.name: init for init in pruned.graph.initializer}
+def sliced_weights_differ(view: ModelView, pruned: onnx.ModelProto, weights: dict,
+                          source: onnx.ModelProto | None = None) -> list[str]:
+    """Names of plan weights marked exact whose pruned value is not `original[np.ix_(kept...)]`.
+    Originals are the tensors of `source` (the input as loaded: initializers and `Constant`
+    tensors, which the plan names; stored int8/fp16 tensors of weight chains included), else of
+    the normalized model's view."""
+    def tensors(model: onnx.ModelProto) -> dict:
+        found = {init.name: init for init in model.graph.initializer}
+        for node in model.graph.node:
+            value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+            if value is not None and node.output:
+                found[node.output[0]] = value
+        return found
+
+    originals = tensors(source) if source is not None else None
+    stored = tensors(pruned)
     bad = []
     for name, entry in sorted(weights.items()):
         if entry.get("exact") is False:
             continue
-        original, init = view.consts.get(name), stored.get(name)
+        original = view.consts.get(name) if originals is None else \
+            (tensor_value(originals[name]) if name in originals else None)
+        init = stored.get(name)
         if original is None or init is None or list(original.shape) != entry.get("shape"):
             bad.append(name)
             continue
-        if not _same(tensor_value(init), _plan_slice(original, entry["kept"], name)):
+        value = tensor_value(init)
+        if value.dtype != original.dtype or not _same(value, _plan_slice(original, entry["kept"], name)):
             bad.append(name)
     return bad
 
@@ -152,12 +169,12 @@ def check_pruned(pruned_path, original_path, plan_path, seed: int = 0, runs: int
         raise InputError(f"{original_path} is not the model this plan was made from (SHA-256 differs)")
     pruned = load_model(pruned_path).model
     options = plan_doc.get("options") or {}
-    model = simplify_attention(normalize(original.model))  # as `api.load_and_analyze` does
+    model = simplify_attention(normalize_keeping_chains(original.model)[0])  # as `api.load_and_analyze` does
     view = ModelView(model, prune_normalized=bool(options.get("prune_residual")))
     groups = find_groups(view, tuple(options.get("exclude") or ()))
     plan = rebuild_plan(groups, plan_doc)
     result = CheckResult(recovered=(plan_doc.get("recovered") or {}).get("method"))
-    result.bad_weights = sliced_weights_differ(view, pruned, plan_doc["weights"])
+    result.bad_weights = sliced_weights_differ(view, pruned, plan_doc["weights"], original.model)
     arrays = masked_weights(view, plan)  # the other weights are the model's own
     reference_model = masked_norm_reference(model, pruned_atoms(plan), view)  # --prune-residual
     shapes = choose_shapes(model, _plan_shapes(options))  # as `api.prune` chose them

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -13,6 +13,7 @@ from ..analysis.model_view import node_label
 from ..analysis.registry import rule_for
 from ..graph import copy_without_initializers, infer_shapes
 from ..select import PruningPlan
+from .slice_chains import ChainRestore, restore_chains
 
 
 @dataclass
@@ -21,6 +22,8 @@ class AppliedPlan:
 
     model: onnx.ModelProto
     weights: dict[str, dict]
+    #: weight chains put back with their stored tensors sliced, and why others stayed folded
+    chains: ChainRestore = field(default_factory=ChainRestore)
 
 
 def pruned_atoms(plan: PruningPlan) -> dict[Space, np.ndarray]:
@@ -108,7 +111,8 @@ def apply_plan(model: onnx.ModelProto, plan: PruningPlan, view: ModelView | None
         touched = any(name in pruned_tensors for name in list(node.input) + list(node.output))
         if rule is not None and rule.rewrite is not None and touched:
             rule.rewrite(node, ctx)
-    return AppliedPlan(infer_shapes(pruned), record)
+    chains = restore_chains(pruned, record, view.weight_chains) if view.weight_chains else ChainRestore()
+    return AppliedPlan(infer_shapes(pruned), record, chains)
 
 
 def _slice_initializers(model: onnx.ModelProto, pruned: onnx.ModelProto, view: ModelView, kept) -> dict[str, dict]:
