@@ -40,6 +40,9 @@ class Analysis:
     #: them, batch 1 (what MACs are counted at; {}: the view's shapes, dynamic dims as 1).
     shapes: "VerificationShapes | None" = None
     macs_shapes: dict = field(default_factory=dict)
+    #: Whether the input declared shapes of intermediate tensors (graph.value_info); when it did
+    #: not, the output does not either (it would be larger than the input for nothing).
+    input_value_info: bool = True
 
 
 @dataclass
@@ -72,13 +75,15 @@ def load_and_analyze(source: ModelLike, exclude: tuple[str, ...] = (), prune_res
     from .analysis.weight_chains import normalize_keeping_chains
 
     loaded = load_model(source)
+    had_value_info = len(loaded.model.graph.value_info) > 0
     # a file's model is ours to reuse; weight chains (int8 → Cast → Mul, DequantizeLinear, fp16 →
     # Cast) are folded for the analysis and recorded, so the output keeps their stored precision
     model, chains = normalize_keeping_chains(loaded.model, in_place=loaded.path is not None)
     model = simplify_attention(model)  # dynamo's kᵀ round trip through [N·H, T, D] -> one Transpose
     view = ModelView(model, prune_normalized=prune_residual)
     view.weight_chains = chains.matched(model)
-    return Analysis(model, view, find_groups(view, tuple(exclude)), loaded.sha256)
+    return Analysis(model, view, find_groups(view, tuple(exclude)), loaded.sha256,
+                    input_value_info=had_value_info)
 
 
 def analyze(model_or_path: ModelLike, exclude: tuple[str, ...] = ()) -> list[ChannelGroup]:
@@ -191,6 +196,8 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     if recovered is not None:
         report["reconstruction"] = recovered.to_dict(ridge)
         _record_recovery(plan_file, recovered, ridge)
+    if not analysis.input_value_info:
+        del applied.model.graph.value_info[:]
     return PruneResult(applied.model, plan_file, report, analysis.groups)
 
 

@@ -464,8 +464,11 @@ def _copy_model_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> No
     target.ir_version = source.ir_version
     del target.opset_import[:]
     target.opset_import.extend(source.opset_import)
-    target.producer_name = source.producer_name
-    target.producer_version = source.producer_version
+    for field in ("producer_name", "producer_version"):  # unset stays unset (not an empty string)
+        if source.HasField(field):
+            setattr(target, field, getattr(source, field))
+        else:
+            target.ClearField(field)
     del target.metadata_props[:]
     target.metadata_props.extend(source.metadata_props)
 

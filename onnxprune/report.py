@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from .analysis import ChannelGroup, ModelView
-from .flops import group_macs, model_macs, model_params
+from .flops import group_macs, model_macs
 from .select import PruningPlan
 
 
 def model_summary(model, view: ModelView | None = None, shapes: dict | None = None) -> dict:
-    """Total MACs and parameters of a model (`shapes`: every tensor's shape at the verification
+    """Total MACs and parameters of a model (a weight chain such as int8 → Cast → Mul counts as
+    the weight it yields; `shapes`: every tensor's shape at the verification
     shape, batch 1, see flops.py; else dynamic dims count as 1)."""
     view = view or ModelView(model)
-    return {"macs": sum(model_macs(view, shapes).values()), "params": model_params(model)}
+    return {"macs": sum(model_macs(view, shapes).values()), "params": view.param_count()}
 
 
 def group_rows(groups: list[ChannelGroup], view: ModelView, plan: PruningPlan | None = None,

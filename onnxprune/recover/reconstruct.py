@@ -150,6 +150,10 @@ def find_layers(pruned: onnx.ModelProto, weights: dict[str, dict]) -> tuple[list
             continue
         record = weights.get(node.input[1])
         layout = _layout(node, view)
+        if record is None and layout is not None and _chain_sources(view, node.input[1]) & set(weights):
+            skipped.append(f"{node_label(node)}: its weight is stored through a chain (int8/fp16 → Cast/"
+                           "DequantizeLinear); refitting it would store it as float")
+            continue
         if record is None or layout is None or not _input_reduced(node, layout, record):
             continue
         problem = _unsupported(node, view)
@@ -164,6 +168,20 @@ def find_layers(pruned: onnx.ModelProto, weights: dict[str, dict]) -> tuple[list
                             None if out_kept is None else np.asarray(out_kept), kernel,
                             groups=int(attr(node, "group", 1)) if node.op_type == "Conv" else 1))
     return layers, skipped
+
+
+def _chain_sources(view: ModelView, name: str) -> set[str]:
+    """The initializers a weight chain (int8 → Cast → Mul, DequantizeLinear…) computes `name`
+    from; empty when `name` is an initializer or an activation."""
+    sources, todo = set(), [name]
+    while todo:
+        tensor = todo.pop()
+        node = view.producer.get(tensor)
+        if node is None:
+            sources.add(tensor)
+        elif view.is_const(tensor):
+            todo.extend(n for n in node.input if n)
+    return sources - {name}
 
 
 def _input_reduced(node: onnx.NodeProto, layout: tuple[int, int], record: dict) -> bool:
