@@ -1,0 +1,190 @@
+"""Rules for what real exporters write (issue 13): decomposed LayerNorm/RMSNorm (tf2onnx, jax2tf),
+Pow/Sqrt/Reciprocal alone, the n-ary Sum and LRN of the ONNX-zoo era, and SE gates whose
+activation maps 0 to a non-zero value (PP-OCR's hardsigmoid) before a nearest Resize, a Concat
+and a ConvTranspose head with a separate bias Add."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune
+from graphs import GraphBuilder, conv_chain
+from onnxprune.api import load_and_analyze
+from onnxprune.passes import apply_plan
+from onnxprune.passes.masked_norm import masked_norm_reference
+from onnxprune.passes.apply_plan import pruned_atoms
+from onnxprune.select import PruningPlan
+from onnxprune.verify import masked_weights, random_inputs, run_model, verify
+
+C, HIDDEN = 8, 16
+
+
+def _linear(g: GraphBuilder, x: str, n_in: int, n_out: int) -> str:
+    return g.op("Add", g.op("MatMul", x, g.weight(n_in, n_out)), g.weight(n_out))
+
+
+def _reduce_mean(g: GraphBuilder, x: str) -> str:
+    if g.opset >= 18:
+        return g.op("ReduceMean", x, g.const(np.array([-1], np.int64)), keepdims=1)
+    return g.op("ReduceMean", x, axes=[-1], keepdims=1)
+
+
+def _square(g: GraphBuilder, t: str, square: str) -> str:
+    return g.op("Pow", t, g.const(np.float32(2.0))) if square == "pow" else g.op("Mul", t, t)
+
+
+def _divide(g: GraphBuilder, num: str, var: str, inverse: str) -> str:
+    """num / sqrt(var + eps) written as Div, Reciprocal+Mul or Pow(-0.5)+Mul."""
+    ve = g.op("Add", var, g.const(np.float32(1e-5)))
+    if inverse == "rsqrt_pow":
+        return g.op("Mul", num, g.op("Pow", ve, g.const(np.float32(-0.5))))
+    std = g.op("Sqrt", ve)
+    if inverse == "div":
+        return g.op("Div", num, std)
+    return g.op("Mul", num, g.op("Reciprocal", std))
+
+
+def decomposed_norm(g: GraphBuilder, x: str, kind: str, square: str, inverse: str) -> str:
+    """LayerNorm (ReduceMean, Sub, square, ReduceMean, +eps, sqrt, divide, ·γ, +β) or RMSNorm."""
+    if kind == "layernorm":
+        centred = g.op("Sub", x, _reduce_mean(g, x))
+    else:
+        centred = x
+    normalized = _divide(g, centred, _reduce_mean(g, _square(g, centred, square)), inverse)
+    scaled = g.op("Mul", normalized, g.const(g.rng.uniform(0.5, 1.5, C).astype(np.float32)))
+    if kind == "rmsnorm":
+        return scaled
+    return g.op("Add", scaled, g.weight(C))
+
+
+def mlp_block(kind: str, square: str = "pow", inverse: str = "div", opset: int = 17) -> onnx.ModelProto:
+    """x[N,T,4] -> Linear(4->8) = stream -> norm -> Linear(8->16) -> Relu -> Linear(16->8)
+    -> + stream -> Linear(8->3)."""
+    g = GraphBuilder(shape=("N", 5, 4), opset=opset)
+    stream = _linear(g, "x", 4, C)
+    hidden = g.op("Relu", _linear(g, decomposed_norm(g, stream, kind, square, inverse), C, HIDDEN))
+    out = g.op("Add", stream, _linear(g, hidden, HIDDEN, C))
+    return g.model(_linear(g, out, C, 3))
+
+
+VARIANTS = [("layernorm", "pow", "div", 17), ("layernorm", "mul", "reciprocal", 18),
+            ("rmsnorm", "pow", "div", 17), ("rmsnorm", "mul", "rsqrt_pow", 18),
+            ("rmsnorm", "pow", "reciprocal", 13)]
+
+
+def _groups_by_size(groups):
+    return {g.channels: g for g in groups}
+
+
+@pytest.mark.parametrize("kind,square,inverse,opset", VARIANTS)
+def test_decomposed_norm_freezes_only_the_normalized_axis(kind, square, inverse, opset):
+    model = mlp_block(kind, square, inverse, opset)
+    groups = _groups_by_size(onnxprune.analyze(model))
+    name = "LayerNorm" if kind == "layernorm" else "RMSNorm"
+    assert groups[C].frozen.startswith(f"normalized by a {name} (decomposed: ")
+    assert "--prune-residual prunes it" in groups[C].frozen
+    assert groups[HIDDEN].prunable
+    result = onnxprune.prune(model, ratio=0.5, input_shapes={"x": (2, 5, 4)})
+    assert result.report["verification"]["ok"]
+    rows = {g["channels"]: g for g in result.report["groups"]}
+    assert (rows[HIDDEN]["kept"], rows[C]["kept"]) == (HIDDEN // 2, C)
+
+
+@pytest.mark.parametrize("kind,square,inverse,opset", VARIANTS)
+def test_decomposed_norm_is_pruned_under_prune_residual(kind, square, inverse, opset):
+    model = mlp_block(kind, square, inverse, opset)
+    groups = _groups_by_size(load_and_analyze(model, prune_residual=True).groups)
+    stream = groups[C]
+    assert stream.prunable
+    roles = sorted(m.role for m in stream.members)
+    assert roles.count("bn_scale") == 1 and roles.count("param") == (3 if kind == "layernorm" else 2)
+    result = onnxprune.prune(model, ratio=0.5, prune_residual=True, input_shapes={"x": (2, 5, 4)})
+    assert result.report["verification"]["ok"]
+    assert result.report["verification"]["outputs"]
+    worst = max(o["relative"] for o in result.report["verification"]["outputs"].values())
+    assert worst < 1e-5
+    rows = {g["channels"]: g for g in result.report["groups"]}
+    assert (rows[C]["kept"], rows[HIDDEN]["kept"]) == (C // 2, HIDDEN // 2)
+
+
+def test_masked_decomposed_norm_uses_the_kept_channels_only():
+    """The reference normalizes over the kept channels; the plain masked model (zeros counted in
+    the mean) does not match the pruned model."""
+    model = mlp_block("layernorm")
+    analysis = load_and_analyze(model, prune_residual=True)
+    stream = _groups_by_size(analysis.groups)[C]
+    plan = PruningPlan(analysis.groups, {stream.id: np.array([0, 2, 3, 6])})
+    pruned = apply_plan(analysis.model, plan, analysis.view).model
+    feeds = random_inputs(analysis.model, 0, shapes={"x": (2, 5, 4)})
+    got = next(iter(run_model(pruned, feeds).values()))
+    reference = masked_norm_reference(analysis.model, pruned_atoms(plan), analysis.view)
+    arrays = masked_weights(analysis.view, plan)
+    want = next(iter(run_model(reference, feeds, arrays=arrays).values()))
+    plain = next(iter(run_model(analysis.model, feeds, arrays=arrays).values()))
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.abs(plain - got).max() > 1e-2
+
+
+def test_norm_whose_statistic_is_read_elsewhere_is_not_recognized():
+    """A mean used outside the pattern: not a normalization; the axis is frozen by the reduction."""
+    g = GraphBuilder(shape=("N", 5, C))
+    stream = _linear(g, "x", C, C)
+    mean = _reduce_mean(g, stream)
+    norm = g.op("Div", g.op("Sub", stream, mean), g.op("Sqrt", g.op("Add", _reduce_mean(
+        g, g.op("Mul", g.op("Sub", stream, mean), g.op("Sub", stream, mean))), g.const(np.float32(1e-5)))))
+    model = g.model(_linear(g, norm, C, 3), g.op("Add", mean, g.const(np.float32(1.0))))
+    reasons = [grp.frozen for grp in onnxprune.analyze(model) if grp.frozen]
+    assert reasons and not any("decomposed" in r for r in reasons)
+
+
+@pytest.mark.parametrize("exponent,prunable", [(2.0, True), (0.5, True), (0.0, True), (-1.0, False)])
+def test_pow_with_a_scalar_exponent(exponent, prunable):
+    model = conv_chain(lambda g, t: g.op("Pow", g.op("Relu", t), g.const(np.float32(exponent))))
+    groups = [grp for grp in onnxprune.analyze(model) if grp.channels == 6]
+    assert [grp.prunable for grp in groups] == [prunable] * (1 if prunable else 2)
+    if not prunable:  # the producer's and the consumer's side
+        assert all("negative exponent maps a pruned (zero) channel to infinity" in grp.frozen for grp in groups)
+        return
+    result = onnxprune.prune(model, ratio=0.5)
+    assert result.report["verification"]["ok"]
+    assert [g["kept"] for g in result.report["groups"] if g["channels"] == 6] == [3]
+
+
+def test_sqrt_passes_and_reciprocal_alone_is_frozen():
+    sqrt = conv_chain(lambda g, t: g.op("Sqrt", g.op("Relu", t)))
+    result = onnxprune.prune(sqrt, ratio=0.5)
+    assert result.report["verification"]["ok"]
+    assert [g["kept"] for g in result.report["groups"] if g["channels"] == 6] == [3]
+    recip = conv_chain(lambda g, t: g.op("Reciprocal", g.op("Relu", t)))
+    groups = [grp for grp in onnxprune.analyze(recip) if grp.channels == 6]
+    assert len(groups) == 2 and all("Reciprocal maps a pruned (zero) channel to infinity" in grp.frozen
+                                    for grp in groups)
+
+
+def test_sum_couples_all_inputs_with_broadcasting():
+    """Sum(a, b, per-channel constant [C,1,1]) of the ONNX-zoo era: one group, pruned and verified."""
+    def middle(g, t):
+        other = g.conv(t, 6, 6, k=1)
+        return g.op("Relu", g.op("Sum", t, other, g.weight(6, 1, 1), g.weight(1)))
+
+    model = conv_chain(middle, opset=9 + 4)
+    (group,) = [grp for grp in onnxprune.analyze(model) if grp.channels == 6]
+    assert group.prunable and sum(m.role == "param" for m in group.members) == 3  # 2 biases + the constant
+    result = onnxprune.prune(model, ratio=0.5)
+    assert result.report["verification"]["ok"]
+    assert [g["kept"] for g in result.report["groups"] if g["channels"] == 6] == [3]
+
+
+def test_lrn_freezes_the_channel_axis_only():
+    g = GraphBuilder()
+    t = g.op("LRN", g.op("Relu", g.conv("x", 4, 6)), size=3)
+    t = g.conv(g.op("Relu", g.conv(t, 6, 10)), 10, 3)
+    model = g.model(g.op("GlobalAveragePool", t))
+    groups = _groups_by_size(onnxprune.analyze(model))
+    assert groups[6].frozen.startswith("normalized over neighbouring channels by LRN")
+    assert groups[10].prunable
+    result = onnxprune.prune(model, ratio=0.5)
+    assert result.report["verification"]["ok"]
+    assert {g["channels"]: g["kept"] for g in result.report["groups"]}[10] == 5
