@@ -266,11 +266,13 @@ def _compare_one(name: str, got: np.ndarray, ref: np.ndarray) -> OutputCheck:
 def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: PruningPlan, seed: int = 0,
            shapes: dict[str, tuple] | None = None, view: ModelView | None = None) -> VerifyResult:
     """Run the pruned model and the masked reference on the same seeded random inputs."""
+    from .analysis.bounded_outputs import bounded_outputs
     from .passes.apply_plan import pruned_atoms
     from .passes.masked_norm import masked_norm_reference
 
     view = view or ModelView(original)
     feeds = random_inputs(original, seed, shapes=shapes)
     masked = masked_norm_reference(original, pruned_atoms(plan), view)  # --prune-residual only
-    reference = run_model(masked, feeds, arrays=masked_weights(view, plan))  # other weights: the model's own
-    return compare(run_model(pruned, feeds), reference)
+    bounded = bounded_outputs(original)  # sigmoid outputs: judged on their range and by their logits
+    reference = run_model(bounded.expose(masked), feeds, arrays=masked_weights(view, plan))  # other weights: the model's own
+    return compare(bounded.judge(run_model(bounded.expose(pruned), feeds)), bounded.judge(reference))

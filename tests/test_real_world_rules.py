@@ -188,3 +188,89 @@ def test_lrn_freezes_the_channel_axis_only():
     result = onnxprune.prune(model, ratio=0.5)
     assert result.report["verification"]["ok"]
     assert {g["channels"]: g["kept"] for g in result.report["groups"]}[10] == 5
+
+
+def det_like_model(final_bias: float = -15.0) -> onnx.ModelProto:
+    """PP-OCR DB detector in small: an SE-gated residual y = t + t·hardsigmoid(conv(relu(conv(GAP(t)))))
+    -> nearest Resize (scales) -> Concat -> Conv -> BN -> ConvTranspose -> separate bias Add
+    [1, C, 1, 1] -> ConvTranspose -> Add -> Sigmoid. With a large negative `final_bias` the
+    probabilities are saturated (~1e-8) on random inputs, as the real detector's are."""
+    g = GraphBuilder(shape=("N", 3, 8, 8), opset=12)
+    t = g.op("Relu", g.conv("x", 3, 8))
+    gate = g.conv(g.op("Relu", g.conv(g.op("GlobalAveragePool", t), 8, 4, k=1)), 4, 8, k=1)
+    y = g.op("Add", t, g.op("Mul", t, g.op("HardSigmoid", gate, alpha=0.2, beta=0.5)))
+    scales = g.const(np.array([1, 1, 2, 2], np.float32))
+    up = g.op("Resize", y, g.const(np.zeros(0, np.float32)), scales, mode="nearest",
+              coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    cat = g.op("Concat", up, g.op("Relu", g.conv(up, 8, 6)), axis=1)
+    h = g.op("Relu", g.bn(g.conv(cat, 14, 8, bias=False), 8))
+    h = g.op("Add", g.op("ConvTranspose", h, g.weight(8, 4, 2, 2), kernel_shape=[2, 2], strides=[2, 2]),
+             g.weight(1, 4, 1, 1))
+    h = g.op("Relu", g.bn(h, 4))
+    head = g.const((g.rng.standard_normal((4, 1, 2, 2)) * 1e-3).astype(np.float32))
+    logit = g.op("Add", g.op("ConvTranspose", h, head, kernel_shape=[2, 2], strides=[2, 2]),
+                 g.const(np.full((1, 1, 1, 1), final_bias, np.float32)))
+    return g.model(g.op("Sigmoid", logit))
+
+
+def _det_plan(ratio: float = 0.5):
+    from onnxprune.api import score_groups
+    from onnxprune.select import SelectOptions, select
+
+    analysis = load_and_analyze(det_like_model())
+    plan = select(analysis.groups, score_groups(analysis, "l1"), SelectOptions(ratio))
+    return analysis, plan, apply_plan(analysis.model, plan, analysis.view).model
+
+
+def test_saturated_sigmoid_output_is_judged_by_its_logit():
+    """Class 8 of issue 13 in small. ONNX Runtime's float32 Sigmoid is exact to ~6e-8 only: logits
+    one ulp apart near -16 give probabilities 1.8e-7 and 1.2e-7, a 'difference' of 0.33 relative to
+    the largest value. The real detector's logits agree to 3e-7 after pruning, its saturated
+    probabilities did not. Judged on their range and by their logit, they pass."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.analysis.bounded_outputs import bounded_outputs
+    from onnxprune.verify import compare
+
+    graph = helper.make_graph([helper.make_node("Add", ["x", "b"], ["z"]), helper.make_node("Sigmoid", ["z"], ["p"])],
+                              "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, [4])],
+                              [onnx.numpy_helper.from_array(np.float32(0.0), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    bounded = bounded_outputs(model)
+    assert bounded.logits == {"p": ("z", 1.0)}
+    z = np.array([-15.85, -16.5, -17.0, -15.9], np.float32)
+    ulp = np.nextafter(z, np.float32(0))
+    a, b = (run_model(bounded.expose(model), {"x": v}) for v in (z, ulp))
+    assert compare(a, b).worst().relative > 0.1  # the false failure: 1 ulp in the logit
+    judged = compare(bounded.judge(a), bounded.judge(b))
+    assert judged.ok and [o.name for o in judged.outputs] == ["p", "p (its logit)"]
+    assert max(o.relative for o in judged.outputs) < 1e-6
+    wrong = compare(bounded.judge(a), bounded.judge(run_model(bounded.expose(model), {"x": z - 0.5})))
+    assert not wrong.ok and wrong.worst().name == "p (its logit)"  # invisible in p, caught in z
+
+
+def test_det_like_model_verifies_by_its_logit():
+    analysis, plan, pruned = _det_plan()
+    assert sum(plan.is_pruned(g) for g in analysis.groups) == 4
+    check = verify(analysis.model, pruned, plan, 0, {"x": (2, 3, 8, 8)}, analysis.view)
+    assert check.ok and [o.name for o in check.outputs] == [analysis.model.graph.output[0].name + s
+                                                             for s in ("", " (its logit)")]
+    assert max(o.relative for o in check.outputs) < 1e-5
+
+
+def test_wrong_logit_behind_a_saturated_sigmoid_still_fails():
+    """The other direction: a 10 % error in the head weights (invisible in the saturated probabilities) fails."""
+    analysis, plan, pruned = _det_plan()
+    head = [n for n in pruned.graph.node if n.op_type == "ConvTranspose"][-1].input[1]
+    init = next(i for i in pruned.graph.initializer if i.name == head)
+    init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * 1.1, head))
+    check = verify(analysis.model, pruned, plan, 0, {"x": (2, 3, 8, 8)}, analysis.view)
+    assert not check.ok and check.worst().name.endswith("(its logit)") and check.worst().relative > 1e-3
+
+
+def test_det_like_model_prunes_every_group_and_verifies():
+    result = onnxprune.prune(det_like_model(), ratio=0.5, input_shapes={"x": (1, 3, 8, 8)})
+    assert result.report["verification"]["ok"]
+    kept = sorted((g["channels"], g["kept"]) for g in result.report["groups"] if g["frozen"] is None)
+    assert kept == [(4, 2), (4, 2), (8, 4), (14, 7)]
