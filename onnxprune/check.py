@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from .analysis import ModelView, find_groups
+from .analysis.bounded_outputs import bounded_outputs
 from .api import PLAN_FORMAT
 from .errors import InputError
 from .graph import load_model, normalize, tensor_value
@@ -156,9 +157,10 @@ def check_pruned(pruned_path, original_path, plan_path, seed: int = 0, runs: int
     result.bad_weights = sliced_weights_differ(view, pruned, plan_doc["weights"])
     arrays = masked_weights(view, plan)  # the other weights are the model's own
     reference_model = masked_norm_reference(model, pruned_atoms(plan), view)  # --prune-residual
+    bounded = bounded_outputs(model)  # sigmoid outputs: judged on their range and by their logits
     for feeds in _feeds(model, seed, runs, calib, calib_samples, preprocess):
-        reference = run_model(reference_model, feeds, arrays=arrays)
-        result.add(compare(run_model(pruned, feeds), reference))
+        reference = run_model(bounded.expose(reference_model), feeds, arrays=arrays)
+        result.add(compare(bounded.judge(run_model(bounded.expose(pruned), feeds)), bounded.judge(reference)))
     return result
 
 

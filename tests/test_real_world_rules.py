@@ -274,3 +274,15 @@ def test_det_like_model_prunes_every_group_and_verifies():
     assert result.report["verification"]["ok"]
     kept = sorted((g["channels"], g["kept"]) for g in result.report["groups"] if g["frozen"] is None)
     assert kept == [(4, 2), (4, 2), (8, 4), (14, 7)]
+
+
+def test_check_command_judges_saturated_outputs_by_their_logits(tmp_path):
+    from onnxprune.check import check_pruned
+
+    source = tmp_path / "det.onnx"
+    onnx.save(det_like_model(), source)
+    result = onnxprune.prune(str(source), ratio=0.5)
+    result.save(tmp_path / "pruned.onnx")
+    checked = check_pruned(tmp_path / "pruned.onnx", source, tmp_path / "pruned.plan.json", runs=2)
+    assert checked.ok and checked.batches == 2 and len(checked.outputs) == 2
+    assert checked.max_relative < 1e-5
