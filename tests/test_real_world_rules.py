@@ -286,3 +286,17 @@ def test_check_command_judges_saturated_outputs_by_their_logits(tmp_path):
     checked = check_pruned(tmp_path / "pruned.onnx", source, tmp_path / "pruned.plan.json", runs=2)
     assert checked.ok and checked.batches == 2 and len(checked.outputs) == 2
     assert checked.max_relative < 1e-5
+
+
+def test_layer_norm_without_affine_under_prune_residual():
+    """No γ/β: the pruned channels of the normalized output are masked to 0 in the reference."""
+    g = GraphBuilder(shape=("N", 5, 4), opset=17)
+    stream = _linear(g, "x", 4, C)
+    centred = g.op("Sub", stream, _reduce_mean(g, stream))
+    normalized = _divide(g, centred, _reduce_mean(g, _square(g, centred, "pow")), "div")
+    hidden = g.op("Relu", _linear(g, normalized, C, HIDDEN))
+    model = g.model(_linear(g, g.op("Add", stream, _linear(g, hidden, HIDDEN, C)), C, 3))
+    result = onnxprune.prune(model, ratio=0.5, prune_residual=True, input_shapes={"x": (2, 5, 4)})
+    assert result.report["verification"]["ok"]
+    assert max(o["relative"] for o in result.report["verification"]["outputs"].values()) < 1e-5
+    assert sorted(g["kept"] for g in result.report["groups"] if g["frozen"] is None) == [C // 2, HIDDEN // 2]
