@@ -18,9 +18,10 @@ import numpy as np
 import onnx
 
 from .analysis import ModelView, find_groups
+from .analysis.bounded_outputs import bounded_outputs
+from .analysis.weight_chains import normalize_keeping_chains
 from .api import PLAN_FORMAT
 from .errors import InputError
-from .analysis.weight_chains import normalize_keeping_chains
 from .graph import load_model, tensor_value
 from .passes.apply_plan import pruned_atoms
 from .passes.masked_norm import masked_norm_reference
@@ -179,12 +180,15 @@ def check_pruned(pruned_path, original_path, plan_path, seed: int = 0, runs: int
     reference_model = masked_norm_reference(model, pruned_atoms(plan), view)  # --prune-residual
     shapes = choose_shapes(model, _plan_shapes(options))  # as `api.prune` chose them
     result.shapes, noise = shapes.describe(), None
+    bounded = bounded_outputs(model)  # sigmoid outputs: judged on their range and by their logits
+    reference_model = bounded.expose(reference_model)
     for feeds in _feeds(model, seed, runs, calib, calib_samples, preprocess, shapes.verify_shapes()):
-        reference = run_model(reference_model, feeds, arrays=arrays)
+        raw = run_model(reference_model, feeds, arrays=arrays)
+        reference = bounded.judge(raw)
         if noise is None:  # the tolerance is calibrated once, on the first batch (as `prune` does)
-            noise = measure_noise(reference_model, arrays, feeds, reference)
+            noise = measure_noise(reference_model, arrays, feeds, raw, bounded.judge)
             result.noise_method = noise.method
-        result.add(compare(run_model(pruned, feeds), reference, noise))
+        result.add(compare(bounded.judge(run_model(bounded.expose(pruned), feeds)), reference, noise))
     return result
 
 

@@ -74,13 +74,16 @@ def _is_float(dtype) -> bool:
         return False
 
 
-def measure_noise(model, arrays: dict, feeds: dict, outputs: dict) -> Noise:
+def measure_noise(model, arrays: dict, feeds: dict, outputs: dict, judge=None) -> Noise:
     """The float noise of the masked reference `model` (weights `arrays` by name over its own),
-    whose ONNX Runtime outputs on `feeds` are `outputs`; see the module docstring."""
-    relative = _float64_noise(model, arrays, feeds, outputs)
+    whose ONNX Runtime outputs on `feeds` are `outputs`; see the module docstring. `judge` maps
+    a model's outputs to what verification compares (bounded_outputs.BoundedOutputs.judge: a
+    saturated probability on its range, its logit beside it); the noise is that of those."""
+    judge = judge or (lambda values: values)
+    relative = _float64_noise(model, arrays, feeds, outputs, judge)
     if relative is not None:
         return Noise(FLOAT64, relative)
-    return Noise(REORDERED, _reordered_noise(model, arrays, feeds, outputs))
+    return Noise(REORDERED, _reordered_noise(model, arrays, feeds, outputs, judge))
 
 
 def relative_deviation(got: dict, reference: dict) -> dict[str, float]:
@@ -92,7 +95,7 @@ def relative_deviation(got: dict, reference: dict) -> dict[str, float]:
     return {check.name: float(check.relative) for check in result.outputs}
 
 
-def _float64_noise(model, arrays: dict, feeds: dict, outputs: dict) -> dict[str, float] | None:
+def _float64_noise(model, arrays: dict, feeds: dict, outputs: dict, judge) -> dict[str, float] | None:
     """ONNX Runtime's deviation from float64 (None when torch is missing, cannot translate the
     model, or disagrees with ONNX Runtime beyond float noise)."""
     try:
@@ -113,10 +116,11 @@ def _float64_noise(model, arrays: dict, feeds: dict, outputs: dict) -> dict[str,
         exact = _torch_outputs(module.double(), feeds, torch.float64)
     except Exception:  # an op without a translation, a dtype torch refuses: measure the other way
         return None
-    ort_dev, torch_dev = relative_deviation(outputs, exact), relative_deviation(stored, exact)
+    exact = judge(exact)
+    ort_dev, torch_dev = relative_deviation(judge(outputs), exact), relative_deviation(judge(stored), exact)
     floor = FLOOR / K
     if any(not np.isfinite(ort_dev.get(n, np.inf)) or ort_dev[n] > max(AGREEMENT * torch_dev.get(n, 0.0), floor)
-           for n in outputs):
+           for n in exact):
         return None
     return ort_dev
 
@@ -134,21 +138,21 @@ def _torch_outputs(module, feeds: dict, dtype) -> dict[str, np.ndarray]:
     return {name: value.detach().numpy() for name, value in zip(module.output_names, result)}
 
 
-def _reordered_noise(model, arrays: dict, feeds: dict, outputs: dict) -> dict[str, float]:
+def _reordered_noise(model, arrays: dict, feeds: dict, outputs: dict, judge) -> dict[str, float]:
     """The larger deviation of ONNX Runtime with graph optimizations on and of inputs moved by
     one ulp (random direction per element, seeded)."""
     from .errors import InputError
     from .verify import run_model
 
-    deviations = []
+    deviations, outputs = [], judge(outputs)
     try:
-        deviations.append(relative_deviation(run_model(model, feeds, optimize=True, arrays=arrays), outputs))
+        deviations.append(relative_deviation(judge(run_model(model, feeds, optimize=True, arrays=arrays)), outputs))
     except InputError:  # an optimizer that refuses the model: the other estimate stands
         pass
     rng = np.random.default_rng(1)
     nudged = {name: _nudge(value, rng) for name, value in feeds.items()}
     if any(nudged[name] is not feeds[name] for name in feeds):
-        deviations.append(relative_deviation(run_model(model, nudged, arrays=arrays), outputs))
+        deviations.append(relative_deviation(judge(run_model(model, nudged, arrays=arrays)), outputs))
     return {name: max((d.get(name, 0.0) for d in deviations), default=0.0) for name in outputs}
 
 

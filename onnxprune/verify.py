@@ -295,26 +295,37 @@ def _compare_one(name: str, got: np.ndarray, ref: np.ndarray) -> OutputCheck:
 @dataclass
 class Reference:
     """The masked reference of a plan on one set of seeded random feeds: the model ONNX Runtime
-    runs, the masked weights it reads (by name, over the model's own), the feeds, its outputs."""
+    runs (bounded outputs' logits exposed), the masked weights it reads (by name, over the
+    model's own), the feeds, its outputs as verification judges them (see `bounded_outputs`)."""
 
     model: onnx.ModelProto
     arrays: dict
     feeds: dict
     outputs: dict
+    bounded: object  # analysis.bounded_outputs.BoundedOutputs
+    raw: dict
 
     @classmethod
     def run(cls, original: onnx.ModelProto, plan: PruningPlan, view: ModelView, feeds: dict) -> "Reference":
         """Build and run the masked reference of `plan` on `feeds`."""
+        from .analysis.bounded_outputs import bounded_outputs
         from .passes.apply_plan import pruned_atoms
         from .passes.masked_norm import masked_norm_reference
 
-        masked = masked_norm_reference(original, pruned_atoms(plan), view)  # --prune-residual only
+        bounded = bounded_outputs(original)  # sigmoid outputs: judged on their range and by their logits
+        masked = bounded.expose(masked_norm_reference(original, pruned_atoms(plan), view))  # --prune-residual
         arrays = masked_weights(view, plan)  # other weights: the model's own
-        return cls(masked, arrays, feeds, run_model(masked, feeds, arrays=arrays))
+        raw = run_model(masked, feeds, arrays=arrays)
+        return cls(masked, arrays, feeds, bounded.judge(raw), bounded, raw)
 
     def noise(self) -> Noise:
         """The reference's own float noise on its feeds (see noise.py)."""
-        return measure_noise(self.model, self.arrays, self.feeds, self.outputs)
+        return measure_noise(self.model, self.arrays, self.feeds, self.raw, self.bounded.judge)
+
+    def compare(self, pruned: onnx.ModelProto, noise: Noise | None = None) -> VerifyResult:
+        """The pruned model run on the same feeds, judged and compared with the reference."""
+        got = run_model(self.bounded.expose(pruned), self.feeds)
+        return compare(self.bounded.judge(got), self.outputs, noise)
 
 
 def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: PruningPlan, seed: int = 0,
@@ -327,4 +338,4 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: PruningPlan
     reference = Reference.run(original, plan, view, random_inputs(original, seed, shapes=shapes))
     if noise is True:
         noise = reference.noise()
-    return compare(run_model(pruned, reference.feeds), reference.outputs, noise or None)
+    return reference.compare(pruned, noise or None)

@@ -11,20 +11,58 @@ import numpy as np
 
 from .attention_rules import batched_matmul, link_head_split, rewrite_computed_target
 from .model_view import attr
+from .norm_patterns import norm_of, relate_norm_node
 from .registry import rule
 from .shape_entries import copied_dims, copies_into, feeds_copies_only
 
 ELEMENTWISE_UNARY = (
     "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Identity",
     "Dropout", "Cast", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Neg", "Abs", "Erf", "Gelu",
-    "Mish", "ThresholdedRelu", "Exp",
+    "Mish", "ThresholdedRelu", "Exp", "Sqrt",
 )
+
+
+def in_norm(rel, node, view) -> bool:
+    """Relate `node` as part of a decomposed LayerNorm/RMSNorm when it is one (True), else False."""
+    norm = norm_of(view, node)
+    if norm is None:
+        return False
+    relate_norm_node(rel, node, view, norm)
+    return True
 
 
 @rule(*ELEMENTWISE_UNARY, mapping="every axis passes through unchanged", freezes_when="never")
 def elementwise(rel, node, view):
-    """Unary element-wise ops (value 0 maps to a finite value): every axis passes through."""
+    """Unary element-wise ops: every axis passes through. Each maps 0 to a finite value, so a pruned
+    channel (zero in the masked reference) stays finite and its consumers' zeroed columns remove it
+    (a non-zero value such as hardsigmoid(0) = 0.5 is harmless: nothing reads it but zeroed weights,
+    or a Mul with the same, zeroed, channel)."""
+    if not in_norm(rel, node, view):
+        rel.identity(node.input[0], node.output[0])
+
+
+@rule("Pow", mapping="a scalar constant exponent >= 0: every axis of the base passes through",
+      freezes_when="a negative, per-channel or computed exponent (0 to a negative power is infinite)")
+def power(rel, node, view):
+    """Pow(x, p) with a scalar constant p >= 0 maps a pruned (zero) channel to 0 or 1: finite."""
+    if in_norm(rel, node, view):
+        return
+    exponent = view.value(node.input[1])
+    if exponent is None or exponent.size != 1 or view.is_const(node.input[0]):
+        return rel.freeze_node("Pow with a computed or per-channel exponent")
+    if not float(exponent.reshape(-1)[0]) >= 0:
+        return rel.freeze_node("Pow with a negative exponent maps a pruned (zero) channel to infinity")
+    for axis in range(rel.rank(node.input[1])):
+        rel.touch(node.input[1], axis)
     rel.identity(node.input[0], node.output[0])
+
+
+@rule("Reciprocal", mapping="inside a decomposed LayerNorm/RMSNorm: as the normalization",
+      freezes_when="elsewhere: 1/0 is infinite, so a pruned (zero) channel would poison its consumers")
+def reciprocal(rel, node, view):
+    """Reciprocal: only as the 1/σ of a recognized normalization."""
+    if not in_norm(rel, node, view):
+        rel.freeze_node("Reciprocal maps a pruned (zero) channel to infinity")
 
 
 @rule("Conv", mapping="weight axis 0 = output channels; weight axis 1 = input channels; "
@@ -103,13 +141,16 @@ def batch_norm(rel, node, view):
     rel.weight(var, 0, "stat", None, like=(y, 1))
 
 
-BROADCAST_BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min", "PRelu")
+BROADCAST_BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min", "PRelu", "Sum", "Mean")
 
 
 @rule(*BROADCAST_BINARY, mapping="numpy broadcasting: equal axes are coupled; per-channel "
-      "constants become group members", freezes_when="Div: the divisor is an activation")
+      "constants become group members (n-ary Sum/Mean/Max/Min: every input)",
+      freezes_when="Div: the divisor is an activation")
 def broadcast_binary(rel, node, view):
     """Element-wise binary ops couple every non-broadcast axis of their inputs and output."""
+    if in_norm(rel, node, view):
+        return
     y = node.output[0]
     out_rank = rel.rank(y)
     for index, name in enumerate(node.input):
@@ -149,6 +190,8 @@ REDUCES = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "Red
       freezes_when="the channel axis is reduced; axes computed at run time")
 def reduce(rel, node, view):
     """Reductions: kept axes pass through (reducing over channels freezes them)."""
+    if in_norm(rel, node, view):
+        return
     x, y = node.input[0], node.output[0]
     axes = _reduce_axes(node, view, rel.rank(x))
     if axes is None:

@@ -101,6 +101,21 @@ def layer_norm(rel, node, view):
             rel.freeze(y, axis, reason)
 
 
+@rule("LRN", mapping="batch and spatial axes pass through",
+      freezes_when="the channel axis (each channel is divided by its neighbours' sum of squares)")
+def local_response_norm(rel, node, view):
+    """LRN (AlexNet/GoogLeNet era): normalizes over `size` neighbouring channels, so removing one
+    changes its neighbours' values; the channel axis is frozen."""
+    x, y = node.input[0], node.output[0]
+    reason = f"normalized over neighbouring channels by {rel.label} (size {attr(node, 'size', '?')})"
+    for axis in range(rel.rank(x)):
+        if axis == 1:
+            rel.freeze(x, axis, reason)
+            rel.freeze(y, axis, reason)
+        else:
+            rel.link(x, axis, y, axis)
+
+
 @rule("InstanceNormalization", mapping="every axis passes through; scale/bias follow axis 1",
       freezes_when="scale/bias computed at run time")
 def instance_norm(rel, node, view):

@@ -8,6 +8,9 @@ normalization written out with a 0/1 mask m of the kept channels:
 
 Kept channels get exactly what the pruned LayerNorm computes; pruned ones get `bias` (0 in the
 masked weights).
+
+A decomposed LayerNorm/RMSNorm (`analysis.norm_patterns`) keeps its nodes; its two means over the
+normalized axis become Σ m·t / Σ m, and its normalized output is multiplied by m.
 """
 
 from __future__ import annotations
@@ -18,16 +21,26 @@ from onnx import helper, numpy_helper
 
 from ..analysis import ModelView, Space
 from ..analysis.model_view import attr, node_label
+from ..analysis.norm_patterns import DecomposedNorm, find_norms
 
 
 def masked_norm_reference(model: onnx.ModelProto, kept: dict[Space, np.ndarray], view: ModelView) -> onnx.ModelProto:
     """A copy of `model` with every LayerNorm whose normalized (last) axis lost channels written
     out over the kept channels; `model` itself when there is none."""
     targets = [n for n in model.graph.node if n.op_type == "LayerNormalization" and _kept_of(n, kept, view) is not None]
-    if not targets:
+    norms = {}
+    for norm in find_norms(view) if view.prune_normalized else ():
+        mask = _kept_of(norm.var_reduce, kept, view, norm.x)
+        if mask is not None:
+            norms[norm.var_reduce.output[0]] = (norm, mask)
+    if not targets and not norms:
         return model
     reference = onnx.ModelProto()
     reference.CopyFrom(model)
+    if norms:
+        _mask_decomposed(reference.graph, list(norms.values()), view.opset)
+    if not targets:
+        return reference
     nodes = []
     for node in reference.graph.node:
         mask = _kept_of(node, kept, view) if node.op_type == "LayerNormalization" else None
@@ -37,9 +50,11 @@ def masked_norm_reference(model: onnx.ModelProto, kept: dict[Space, np.ndarray],
     return reference
 
 
-def _kept_of(node: onnx.NodeProto, kept: dict[Space, np.ndarray], view: ModelView) -> np.ndarray | None:
-    """0/1 mask of the kept channels of the LayerNorm's last axis, or None when none were pruned."""
-    x = node.input[0]
+def _kept_of(node: onnx.NodeProto, kept: dict[Space, np.ndarray], view: ModelView,
+             x: str | None = None) -> np.ndarray | None:
+    """0/1 mask of the kept channels of the last axis of `x` (default: the node's input), or None
+    when none were pruned."""
+    x = x or node.input[0]
     rank = len(view.shape(x) or ())
     indices = kept.get(Space(x, rank - 1)) if rank else None
     if indices is None:
@@ -76,3 +91,42 @@ def _masked_layer_norm(node: onnx.NodeProto, mask: np.ndarray, graph: onnx.Graph
     if bias:
         nodes.append(make("Add", [f"{p}::scaled", bias], [node.output[0]]))
     return nodes
+
+
+def _mask_decomposed(graph: onnx.GraphProto, norms: list[tuple[DecomposedNorm, np.ndarray]], opset: int) -> None:
+    """Rewrite, in place, each decomposed norm's means over the kept channels and mask its output."""
+    replace: dict[str, list[onnx.NodeProto]] = {}
+    for norm, mask in norms:
+        p = f"{node_label(norm.var_reduce)}::masked"
+        graph.initializer.extend([numpy_helper.from_array(mask, f"{p}::m"),
+                                  numpy_helper.from_array(np.array(1.0 / mask.sum(), np.float32), f"{p}::inv_n")])
+        for reduce in filter(None, (norm.mean_reduce, norm.var_reduce)):
+            replace[reduce.output[0]] = _masked_mean(reduce, p, opset)
+        raw = f"{p}::raw"
+        replace[norm.normalized] = [helper.make_node("Mul", [raw, f"{p}::m"], [norm.normalized])]
+    if opset >= 13:
+        graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "::masked_norm::axes"))
+    nodes = []
+    for node in graph.node:
+        out = node.output[0] if node.output else ""
+        if out in replace and node.op_type == "ReduceMean":
+            nodes += replace[out]
+        elif out in replace:
+            node.output[0] = replace[out][0].input[0]
+            nodes += [node] + replace[out]
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _masked_mean(reduce: onnx.NodeProto, p: str, opset: int) -> list[onnx.NodeProto]:
+    """Σ m·t / Σ m over the last axis, written to the ReduceMean's output."""
+    t, out = reduce.input[0], reduce.output[0]
+    tag = f"{p}::{out}"
+    if opset >= 13:
+        total = helper.make_node("ReduceSum", [f"{tag}::tm", "::masked_norm::axes"], [f"{tag}::sum"], keepdims=1)
+    else:
+        total = helper.make_node("ReduceSum", [f"{tag}::tm"], [f"{tag}::sum"], axes=[-1], keepdims=1)
+    return [helper.make_node("Mul", [t, f"{p}::m"], [f"{tag}::tm"]), total,
+            helper.make_node("Mul", [f"{tag}::sum", f"{p}::inv_n"], [out])]
