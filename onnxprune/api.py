@@ -53,12 +53,22 @@ class PruneResult:
     plan: dict
     report: dict
     groups: list[ChannelGroup] = field(repr=False)
+    #: Whether the written model declares the shapes of intermediate tensors (graph.value_info):
+    #: only when the input did (else the output would grow by them, and be larger than its input).
+    value_info: bool = True
 
     def save(self, path: str | os.PathLike, plan_path: str | os.PathLike | None = None,
              report_path: str | os.PathLike | None = None) -> Path:
         """Write the model (atomically), the plan next to it (or to `plan_path`), and the report."""
         path = Path(path)
-        save_model(self.model, path)
+        shapes = list(self.model.graph.value_info)
+        if not self.value_info:
+            del self.model.graph.value_info[:]
+        try:
+            save_model(self.model, path)
+        finally:
+            if not self.value_info:
+                self.model.graph.value_info.extend(shapes)
         atomic_write_text(plan_path or default_plan_path(path), json.dumps(self.plan))
         if report_path:
             atomic_write_text(report_path, json.dumps(self.report, indent=1))
@@ -196,9 +206,7 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     if recovered is not None:
         report["reconstruction"] = recovered.to_dict(ridge)
         _record_recovery(plan_file, recovered, ridge)
-    if not analysis.input_value_info:
-        del applied.model.graph.value_info[:]
-    return PruneResult(applied.model, plan_file, report, analysis.groups)
+    return PruneResult(applied.model, plan_file, report, analysis.groups, value_info=analysis.input_value_info)
 
 
 def set_verification_shapes(analysis: Analysis, input_shapes: dict | None, required: bool = True) -> None:
