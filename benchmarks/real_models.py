@@ -126,7 +126,8 @@ def feeds_for(path: Path, shapes: dict | None) -> dict[str, np.ndarray]:
             continue
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
                 for d in info.type.tensor_type.shape.dim]
-        shape = list((shapes or {}).get(info.name) or dims)
+        chosen = (shapes or {}).get(info.name)  # the report's entry: {"shape": [...], "source": ...}
+        shape = list((chosen.get("macs_shape") or chosen["shape"]) if isinstance(chosen, dict) else chosen or dims)
         if shape:
             shape[0] = 1
         dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
@@ -198,7 +199,7 @@ def print_table(rows: list[dict]) -> None:
         print(" | ".join([row["model"], "onnxprune", ours["status"][:90],
                           fmt_ratio(ours.get("params_after"), row["params_before"]),
                           fmt_ratio(ours.get("macs_after"), ours.get("macs_before")),
-                          json.dumps(ours.get("shapes")) if ours.get("shapes") else "-", diff,
+                          _shape_text(ours.get("shapes")), diff,
                           fmt_ratio(ours.get("output_bytes"), row["input_bytes"]),
                           _latency(lat.get("input"), lat.get("onnxprune")), f"{ours['seconds']:.1f}"]))
         sim = row.get("onnxsim")
@@ -207,6 +208,14 @@ def print_table(rows: list[dict]) -> None:
                               fmt_ratio(sim.get("params_after"), row["params_before"]), "-", "-", "-",
                               fmt_ratio(sim.get("output_bytes"), row["input_bytes"]),
                               _latency(lat.get("input"), lat.get("onnxsim")), f"{sim['seconds']:.1f}"]))
+
+
+def _shape_text(shapes: dict | None) -> str:
+    """'x=2x3x64x64 (probe)' from the report's verification shapes."""
+    if not shapes:
+        return "-"
+    return ", ".join(f"{name}={'x'.join(map(str, e['shape']))} ({e['source'].split(':')[0]})"
+                     for name, e in shapes.items())
 
 
 def _latency(before, after) -> str:

@@ -23,7 +23,7 @@ def finetune_pruned(result: PruneResult, source, data, *, epochs: int, val=None,
     original = load_and_analyze(source).model
     tuned = finetune(result.model, data, epochs=epochs, val=val, preprocess=preprocess, augment=augment,
                      batch_size=batch_size, seed=seed, teacher=original if teacher else None, log=log)
-    check_runs(tuned.model)
+    check_runs(tuned.model, _report_shapes(result.report, "shape"))
     applied = not _worse(tuned)
     result.report["finetune"] = {"epochs": epochs, "data": str(data), "teacher": bool(teacher),
                                  "augment": augment, "applied": applied, "before": tuned.initial,
@@ -33,8 +33,14 @@ def finetune_pruned(result: PruneResult, source, data, *, epochs: int, val=None,
         result.plan["recovered_finetune"] = {"method": "fine-tuning", "epochs": epochs, "data": str(data)}
         for entry in result.plan["weights"].values():
             entry["exact"] = False
-    result.report["latency"] = latency_report(original, result.model)
+    result.report["latency"] = latency_report(original, result.model, _report_shapes(result.report, "macs_shape"))
     return result
+
+
+def _report_shapes(report: dict, key: str) -> dict[str, tuple]:
+    """The input shapes the prune step verified at (`shape`) or counted MACs at (`macs_shape`,
+    batch 1), from its report."""
+    return {name: tuple(entry[key]) for name, entry in (report.get("shapes") or {}).items()}
 
 
 def _worse(tuned) -> bool:
@@ -42,17 +48,19 @@ def _worse(tuned) -> bool:
     return "val_top1" in before and "val_top1" in after and after["val_top1"] < before["val_top1"]
 
 
-def check_runs(model: onnx.ModelProto) -> None:
-    """The fine-tuned model must pass the full checker and run in ONNX Runtime."""
+def check_runs(model: onnx.ModelProto, shapes: dict | None = None) -> None:
+    """The fine-tuned model must pass the full checker and run in ONNX Runtime (at `shapes`)."""
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # the checker raises several types
         raise VerificationError(f"the fine-tuned model is not valid ONNX ({str(exc).splitlines()[0][:200]})") from None
-    run_model(model, random_inputs(model, batch=2))
+    run_model(model, random_inputs(model, batch=2, shapes=shapes))
 
 
-def latency_report(original: onnx.ModelProto, pruned: onnx.ModelProto) -> dict:
-    """ONNX Runtime CPU median latency at batch 1, input vs final model, measured side by side."""
-    before, after = compare_latency([original, pruned], random_inputs(original, batch=1), warmup=5, iters=50)
-    return {"batch": 1, "before_ms": before.median_ms, "after_ms": after.median_ms,
+def latency_report(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: dict | None = None) -> dict:
+    """ONNX Runtime CPU median latency at batch 1 (at the verification shape `shapes`), input vs
+    final model, measured side by side."""
+    feeds = random_inputs(original, batch=1, shapes=shapes)
+    before, after = compare_latency([original, pruned], feeds, warmup=5, iters=50)
+    return {"batch": 1, "shapes": {name: list(value.shape) for name, value in feeds.items()}, "before_ms": before.median_ms, "after_ms": after.median_ms,
             "speedup": before.median_ms / after.median_ms if after.median_ms else None}
