@@ -22,7 +22,7 @@ Goal (issue 13): every model pruned and verified with more than 15 % of the para
 and no output larger than its input; exit status 1 when missed (``--no-fail`` to only print).
 
 Usage: ``.venv/bin/python benchmarks/real_models.py [MODEL_OR_FOLDER ...] [--ratio 0.5]
-[--iters 20] [--json benchmarks/out/real_models.json]``.
+[--iters 40] [--json benchmarks/out/real_models.json]``.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def latencies(paths: list[Path], feeds: dict, iters: int) -> list[float | None]:
 
     models = [onnx.load(str(p)) for p in paths]
     try:
-        return [s.median_ms for s in compare_latency(models, feeds, warmup=3, iters=iters)]
+        return [s.median_ms for s in compare_latency(models, feeds, warmup=3, iters=iters, threads=1)]
     except Exception:  # a model ONNX Runtime cannot run at this shape
         return [None] * len(paths)
 
@@ -245,7 +245,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", help="ONNX files or folders (default: ../shared/data/real-models)")
     parser.add_argument("--ratio", type=float, default=0.5, help="pruning ratio (default 0.5)")
-    parser.add_argument("--iters", type=int, default=20, help="timed runs per model (default 20)")
+    parser.add_argument("--iters", type=int, default=40, help="timed runs per model (default 40, interleaved "
+                        "by blocks of 10, one intra-op thread: steadier on a shared machine)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per model and tool (default 900)")
     parser.add_argument("--no-onnxsim", action="store_true", help="skip onnxsim even when it is importable")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "out" / "real_models.json")
