@@ -11,8 +11,8 @@ hang of one model cannot take the table down:
   verification shape onnxprune chose, the largest relative difference from the masked
   reference beside the model's own float noise and the tolerance, the frozen groups, the
   output's size over the input's (model file plus external data), and the seconds it took;
-* ONNX Runtime CPU latency (all graph optimizations, batch 1 at the verification shape, median
-  of ``--iters`` interleaved runs) before and after;
+* ONNX Runtime CPU latency (all graph optimizations, batch 1 at the verification shape, one
+  intra-op thread, median of ``--iters`` runs interleaved by blocks of 10) before and after;
 * when ``onnxsim`` (>= 0.8, which has a structured pruning pass) is importable: the same table
   for ``onnxsim.apply_structured_pruning_cpp(model, sparsity=R)`` — whether its output runs,
   parameters kept, size and latency. onnxsim writes no plan, so its output cannot be checked
