@@ -18,7 +18,7 @@ from .shape_entries import copied_dims, copies_into, feeds_copies_only
 ELEMENTWISE_UNARY = (
     "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Identity",
     "Dropout", "Cast", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Neg", "Abs", "Erf", "Gelu",
-    "Mish", "ThresholdedRelu", "Exp", "Sqrt",
+    "Mish", "ThresholdedRelu", "Exp", "Sqrt", "Floor", "Ceil", "Round",
 )
 
 
@@ -193,7 +193,8 @@ def broadcast_binary(rel, node, view):
     y = node.output[0]
     out_rank = rel.rank(y)
     for index, name in enumerate(node.input):
-        if node.op_type == "Div" and index == 1 and not view.is_const(name) and not is_positive(view, name):
+        if node.op_type == "Div" and index == 1 and not view.is_const(name) and not is_positive(view, name) \
+                and not _is_scalar(view, name):  # a scalar divides every channel alike
             rel.freeze_node("division by an activation that may be 0")
             return
         rank = rel.rank(name)
@@ -234,6 +235,12 @@ def comparison(rel, node, view):
         for name, axis in sized:
             rel.freeze(name, axis, f"{rel.label} {what}")
         rel.freeze(y, out_axis, f"{rel.label} {what}")
+
+
+def _is_scalar(view, name: str) -> bool:
+    """True when a tensor's every axis has size 1 (it broadcasts over every channel)."""
+    shape = view.shape(name)
+    return shape is not None and all(d == 1 for d in shape)
 
 
 POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
