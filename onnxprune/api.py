@@ -403,9 +403,29 @@ def require_prunable(analysis: Analysis) -> None:
     groups = analysis.groups
     if any(g.prunable for g in groups):
         return
+    hidden = _layers_in_subgraphs(analysis.model.graph)
+    if hidden and not any(m.role == "out" for g in groups for m in g.members):
+        names = ", ".join(f"{n.op_type} '{n.name or n.output[0]}'" for n in hidden[:3])
+        more = f" and {len(hidden) - 3} more" if len(hidden) > 3 else ""
+        raise InputError(f"the model has no prunable channel group: its layers sit inside the "
+                         f"subgraphs of {names}{more} (layers inside If/Loop/Scan bodies are not pruned)")
     reasons = sorted({g.frozen for g in groups if g.frozen})
     detail = f"; e.g. {reasons[0]}" if reasons else ""
     raise InputError(f"the model has no prunable channel group ({len(groups)} frozen{detail})")
+
+
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "ConvInteger", "MatMulInteger")
+
+
+def _layers_in_subgraphs(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The main-graph nodes (If/Loop/Scan) whose subgraphs, at any depth, hold a layer."""
+    def holds_layer(node: onnx.NodeProto) -> bool:
+        for attribute in node.attribute:
+            bodies = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+            if any(n.op_type in LAYER_OPS or holds_layer(n) for body in bodies for n in body.node):
+                return True
+        return False
+    return [node for node in graph.node if holds_layer(node)]
 
 
 def require_finite_weights(analysis: Analysis) -> None:

@@ -76,13 +76,28 @@ def batched_matmul(rel, node, view) -> None:
     rel.link(a, -1, b, -2)
 
 
+def rewrite_shape_target(node, ctx) -> None:
+    """A Reshape/Expand target (input 1, constant or a computed `Concat`): every positive constant
+    entry of a pruned output axis becomes that axis's new size (Expand's target aligns right)."""
+    target, out = ctx.const(node.input[1]), node.output[0]
+    if target is None:
+        return rewrite_computed_target(node, ctx)
+    flat, offset = target.reshape(-1), len(ctx.shape(out)) - target.size
+    new = np.array([ctx.new_size(out, offset + k) if v > 0 and ctx.kept(out, offset + k) is not None
+                    else v for k, v in enumerate(flat)], dtype=target.dtype).reshape(target.shape)
+    if not np.array_equal(new, target):
+        ctx.set_input(node, 1, new)
+
+
 def rewrite_computed_target(node, ctx) -> None:
-    """Rewrite the constant pieces of a Reshape target built by `Concat` (dynamic shapes): each
-    positive constant entry becomes the output axis's new size."""
-    concat = _producer(ctx, node.input[1])
-    if concat is None or concat.op_type != "Concat":
+    """Rewrite the constant pieces of a Reshape/Expand target built by `Concat` (dynamic shapes):
+    each positive constant entry becomes the output axis's new size."""
+    producers = {out: n for n in ctx.model.graph.node for out in n.output}
+    concat = target_concat(producers, node.input[1])
+    length = (ctx.shape(node.input[1]) or (None,))[0]
+    if concat is None or not isinstance(length, int):
         return
-    position = 0
+    position = len(ctx.shape(node.output[0])) - length
     for index, piece in enumerate(list(concat.input)):
         value = ctx.const(piece)
         size = value.size if value is not None else (ctx.shape(piece) or (None,))[0]
@@ -97,9 +112,13 @@ def rewrite_computed_target(node, ctx) -> None:
         position += size
 
 
-def _producer(ctx, name: str):
-    """The node of the pruned model that writes `name`."""
-    return next((n for n in ctx.model.graph.node if name in n.output), None)
+def target_concat(producers: dict, name: str):
+    """The `Concat` that builds a computed Reshape target `name`, seen through `Cast`s (tf2onnx
+    builds int32 shapes and casts them to int64); None when something else computes it."""
+    node = producers.get(name)
+    while node is not None and node.op_type == "Cast":
+        node = producers.get(node.input[0])
+    return node if node is not None and node.op_type == "Concat" else None
 
 
 @rule("Attention", opsets="23-24", mapping="4-D q/k/v [N, H, T, D]: the head axis passes through "

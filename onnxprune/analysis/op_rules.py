@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention_rules import batched_matmul, link_head_split, rewrite_computed_target
+from .attention_rules import batched_matmul, link_head_split, rewrite_shape_target, target_concat
 from .model_view import attr
 from .norm_patterns import norm_of, relate_norm_node
 from .registry import rule
@@ -18,7 +18,7 @@ from .shape_entries import copied_dims, copies_into, feeds_copies_only
 ELEMENTWISE_UNARY = (
     "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Identity",
     "Dropout", "Cast", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Neg", "Abs", "Erf", "Gelu",
-    "Mish", "ThresholdedRelu", "Exp", "Sqrt",
+    "Mish", "ThresholdedRelu", "Exp", "Sqrt", "Floor", "Ceil", "Round",
 )
 
 
@@ -57,12 +57,51 @@ def power(rel, node, view):
     rel.identity(node.input[0], node.output[0])
 
 
-@rule("Reciprocal", mapping="inside a decomposed LayerNorm/RMSNorm: as the normalization",
+@rule("Reciprocal", mapping="inside a decomposed LayerNorm/RMSNorm: as the normalization; of a "
+      "provably positive tensor (e.g. sqrt(var + eps)): every axis passes through",
       freezes_when="elsewhere: 1/0 is infinite, so a pruned (zero) channel would poison its consumers")
 def reciprocal(rel, node, view):
-    """Reciprocal: only as the 1/σ of a recognized normalization."""
-    if not in_norm(rel, node, view):
-        rel.freeze_node("Reciprocal maps a pruned (zero) channel to infinity")
+    """Reciprocal: as the 1/σ of a recognized normalization, or of a tensor that is never 0."""
+    if in_norm(rel, node, view):
+        return
+    if is_positive(view, node.input[0]):
+        return rel.identity(node.input[0], node.output[0])
+    rel.freeze_node("Reciprocal maps a pruned (zero) channel to infinity")
+
+
+NONNEGATIVE_UNARY = ("Relu", "Abs", "Sqrt", "Exp", "Softplus", "Sigmoid", "ReduceSumSquare",
+                     "ReduceL1", "ReduceL2")
+POSITIVE_UNARY = ("Exp", "Sigmoid", "Softplus")
+SHAPE_ONLY = ("Reshape", "Expand", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Flatten")
+
+
+def is_positive(view, name: str, strict: bool = True, depth: int = 12) -> bool:
+    """True when every element of `name` is > 0 (`strict`) or >= 0 whatever the input — e.g.
+    sqrt(max(0, var) + eps), exp(x), a sum of exponentials: dividing by it stays finite when
+    channels are masked to zero."""
+    value = view.value(name)
+    if value is not None:
+        return bool(np.all(value > 0) if strict else np.all(value >= 0))
+    node = view.producer.get(name)
+    if node is None or depth == 0:
+        return False
+    inputs, op = [i for i in node.input if i], node.op_type
+    if op in SHAPE_ONLY or op in ("Sqrt", "ReduceSum", "ReduceMax", "ReduceMean", "MaxPool",
+                                   "GlobalMaxPool", "GlobalAveragePool", "AveragePool"):
+        return is_positive(view, inputs[0], strict, depth - 1)
+    if op in POSITIVE_UNARY or (not strict and op in NONNEGATIVE_UNARY):
+        return True
+    if op == "Mul" and not strict and len(inputs) == 2 and inputs[0] == inputs[1]:
+        return True  # a square
+    if op not in ("Add", "Mul", "Max"):
+        return False
+    nonnegative = [is_positive(view, i, False, depth - 1) for i in inputs]
+    positive = [is_positive(view, i, True, depth - 1) for i in inputs] if strict else nonnegative
+    if op == "Max":  # at least one operand's bound holds everywhere
+        return any(positive)
+    if op == "Mul":
+        return all(positive)
+    return all(nonnegative) and any(positive)  # Add
 
 
 @rule("Conv", mapping="weight axis 0 = output channels; weight axis 1 = input channels; "
@@ -154,8 +193,9 @@ def broadcast_binary(rel, node, view):
     y = node.output[0]
     out_rank = rel.rank(y)
     for index, name in enumerate(node.input):
-        if node.op_type == "Div" and index == 1 and not view.is_const(name):
-            rel.freeze_node("division by an activation")
+        if node.op_type == "Div" and index == 1 and not view.is_const(name) and not is_positive(view, name) \
+                and not _is_scalar(view, name):  # a scalar divides every channel alike
+            rel.freeze_node("division by an activation that may be 0")
             return
         rank = rel.rank(name)
         for axis in range(rank):
@@ -167,6 +207,40 @@ def broadcast_binary(rel, node, view):
                 rel.weight(name, axis, "param", fill, like=(y, out_axis))
             else:
                 rel.link(name, axis, y, out_axis)
+
+
+COMPARISONS = ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual")
+
+
+@rule(*COMPARISONS, mapping="an activation's axes pass through where the other operand broadcasts "
+      "(size 1)", freezes_when="an axis a constant contributes (a one-hot encoding: the classes "
+      "compared with are input features) or compares per channel (a masked 0 would not map to 0)")
+def comparison(rel, node, view):
+    """Comparisons make a bool mask: an axis passes through only where one activation alone
+    sets it (a pruned channel's 0 compares to a value its zeroed consumers then ignore)."""
+    y = node.output[0]
+    out_rank = rel.rank(y)
+    operands = [(name, rel.rank(name)) for name in node.input]
+    for out_axis in range(out_rank):
+        sized = [(name, out_axis - out_rank + rank) for name, rank in operands
+                 if out_axis - out_rank + rank >= 0 and rel.size(name, out_axis - out_rank + rank) != 1]
+        for name, rank in operands:
+            if out_axis - out_rank + rank >= 0 and rel.size(name, out_axis - out_rank + rank) == 1:
+                rel.touch(name, out_axis - out_rank + rank)
+        if len(sized) == 1 and not view.is_const(sized[0][0]):
+            rel.link(*sized[0], y, out_axis)
+            continue
+        what = "compares with a constant's axis (the classes of a one-hot encoding are input " \
+            "features, not channels)" if any(view.is_const(n) for n, _ in sized) else "compares two activations"
+        for name, axis in sized:
+            rel.freeze(name, axis, f"{rel.label} {what}")
+        rel.freeze(y, out_axis, f"{rel.label} {what}")
+
+
+def _is_scalar(view, name: str) -> bool:
+    """True when a tensor's every axis has size 1 (it broadcasts over every channel)."""
+    shape = view.shape(name)
+    return shape is not None and all(d == 1 for d in shape)
 
 
 POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
@@ -280,6 +354,19 @@ def _link_outer(rel, parts: str, part_axes: list[int], whole: str, whole_axis: i
         rel.link(parts, real[0], whole, whole_axis, block=int(np.prod(inner, dtype=np.int64)))
 
 
+def _link_regrouped(rel, x: str, in_axes: list[int], y: str, out_axes: list[int]) -> None:
+    """[S, C] -> [S / k, k * C] (k consecutive rows of C features become one row, as a Keras
+    model folds k tokens of its embedding into one): feature c of the input is the k features
+    c, C + c, ... of the output's inner axis, and one outer output index is k input rows."""
+    (s, c), (outer, inner) = (rel.size(x, a) for a in in_axes), (rel.size(y, a) for a in out_axes)
+    if not all(isinstance(d, int) for d in (s, c, outer, inner)) or inner % c or s != outer * (inner // c):
+        return
+    tiles = inner // c
+    for tile in range(tiles):
+        rel.link(x, in_axes[1], y, out_axes[1], offset=tile * c)
+    rel.link(y, out_axes[0], x, in_axes[0], block=tiles)
+
+
 def align_axes(in_shape: tuple, out_shape: tuple) -> list[tuple[list[int], list[int]]] | None:
     """Pair runs of input and output axes whose sizes multiply to the same value (a Reshape).
 
@@ -331,7 +418,7 @@ def _match_run(a: tuple, b: tuple, i: int, j: int) -> tuple[int, int] | None:
       "become blocks, a split axis maps blocks of inputs to its outer part; a split of the last "
       "axis into [..., H, D] (attention heads) makes one head one channel",
       freezes_when="the pairing is ambiguous; a split of any other axis (channel shuffle); the "
-      "target shape of a channel axis is computed at run time", rewrite=lambda node, ctx: _rewrite_reshape(node, ctx))
+      "target shape of a channel axis is computed at run time", rewrite=lambda node, ctx: rewrite_shape_target(node, ctx))
 def reshape(rel, node, view):
     """Reshape (e.g. flattening [N, C, 1, 1] into [N, C] before a Linear layer)."""
     x, y = node.input[0], node.output[0]
@@ -352,6 +439,8 @@ def reshape(rel, node, view):
                 rel.freeze(name, axis, reason)
         elif len(in_axes) == 1:
             _link_outer(rel, y, out_axes, x, in_axes[0])
+        elif len(in_axes) == len(out_axes) == 2:
+            _link_regrouped(rel, x, in_axes, y, out_axes)
     for out_axis in range(rel.rank(y)):
         if target[out_axis] is None:
             rel.freeze(y, out_axis, f"the target shape is computed at run time ({rel.label})")
@@ -363,8 +452,8 @@ def _target_entries(view, name: str, rank: int, data: str | None = None) -> list
     value = view.value(name)
     if value is not None:
         return [int(v) for v in value.reshape(-1)]
-    producer = view.producer.get(name)
-    if producer is None or producer.op_type != "Concat":
+    producer = target_concat(view.producer, name)
+    if producer is None:
         return [None] * rank
     entries = []
     for piece in producer.input:
@@ -377,18 +466,6 @@ def _target_entries(view, name: str, rank: int, data: str | None = None) -> list
         else:
             entries += [None] * (size if isinstance(size, int) else 1)
     return entries if len(entries) == rank else [None] * rank
-
-
-def _rewrite_reshape(node, ctx) -> None:
-    target = ctx.const(node.input[1])
-    if target is None:
-        return rewrite_computed_target(node, ctx)
-    new = target.copy()
-    for axis, entry in enumerate(target):
-        if entry > 0:
-            new[axis] = ctx.new_size(node.output[0], axis)
-    if not np.array_equal(new, target):
-        ctx.set_input(node, 1, new)
 
 
 @rule("Transpose", mapping="axis perm[i] of the input is axis i of the output")
@@ -497,7 +574,9 @@ def slice_(rel, node, view):
         elif axis not in ranges:
             rel.link(x, axis, y, axis)
         elif ranges[axis] is None:
-            rel.freeze(x, axis, f"Slice bounds computed at run time ({rel.label})")
+            what = "bounds computed at run time" if view.shape(x)[axis] is not None and \
+                isinstance(view.shape(x)[axis], int) else "a part of an axis of dynamic size"
+            rel.freeze(x, axis, f"Slice {what} ({rel.label})")
         elif ranges[axis][2] == 1:
             rel.link(y, axis, x, axis, offset=ranges[axis][0])
 
@@ -522,11 +601,21 @@ def _slice_ranges(node, view) -> dict[int, tuple[int, int, int]] | None:
     for axis, start, end, step in zip(axes, starts, ends, steps or [1] * len(axes)):
         size = shape[axis]
         if not isinstance(size, int):
-            return None
+            if not _covers_dynamic_axis(start, end, step):
+                ranges[axis] = None  # only this axis is unknown: the others are judged on their own
+            continue
         begin, stop, _ = slice(start, end, step).indices(size)
         if (begin, stop, step) != (0, size, 1):
             ranges[axis] = (begin, stop, step)
     return ranges
+
+
+SLICE_TO_END = 2**31 - 1  # INT32_MAX / INT64_MAX ends (tf2onnx, jax2tf, torch) mean "to the end"
+
+
+def _covers_dynamic_axis(start: int, end: int, step: int) -> bool:
+    """True when a Slice keeps the whole of an axis of unknown size: from 0 to "the end"."""
+    return step == 1 and start == 0 and end >= SLICE_TO_END
 
 
 def _slice_bounds(node, view) -> list:

@@ -12,6 +12,7 @@ LayerNorms do the same (`passes.masked_norm`), not with the plain masked model.
 
 from __future__ import annotations
 
+from .attention_rules import rewrite_shape_target
 from .model_view import attr
 from .registry import rule
 from .shape_entries import shape_entries
@@ -59,8 +60,9 @@ def gather(rel, node, view):
 
 
 @rule("Expand", mapping="axes kept at their size (target entry 1) pass through; a constant input "
-      "(a class token) is a member", freezes_when="the target entry of an expanded channel axis is "
-      "computed at run time or not 1")
+      "(a class token) is a member; an entry equal to the input's size passes through (rewritten)",
+      freezes_when="the target entry of an expanded channel axis is computed at run time",
+      rewrite=lambda node, ctx: rewrite_shape_target(node, ctx))
 def expand(rel, node, view):
     """Expand (broadcast): an axis whose target entry is the constant 1 keeps the input's size."""
     x, y = node.input[0], node.output[0]
@@ -71,7 +73,7 @@ def expand(rel, node, view):
         entry = target[len(target) - rank_x + a] if len(target) >= rank_x - a else 1
         if rel.size(x, a) == 1:
             rel.touch(x, a)
-        elif entry is None or entry > 1:
+        elif entry is None or entry > 1 and entry != rel.size(x, a):
             reason = f"the target shape of {rel.label} is computed at run time"
             rel.freeze(x, a, reason)
             rel.freeze(y, out, reason)
