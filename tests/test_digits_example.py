@@ -51,7 +51,7 @@ def test_demo_script_end_to_end(tmp_path):
     done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "verified: matches the masked reference" in done.stdout
+    assert "verified at input=2x1x8x8 (static, dynamic batch): matches the masked reference" in done.stdout
     accuracies = [float(a) for a in re.findall(r"([0-9.]+)%", done.stdout.splitlines()[-1])]
     unpruned, pruned, recovered = accuracies[:3]
     assert unpruned > 97 and recovered > 90 and recovered > pruned
