@@ -9,7 +9,9 @@ Every other dynamic dimension gets a size that ONNX Runtime can run the model at
    320, 640; a sequence: 16, 128, 1024; dims named like height/width or seq/length/time pick
    their kind by name), tried in order at batch 1 on the model until ONNX Runtime runs it.
 
-Dimensions that share a symbolic name share a size (e.g. `input_ids` and `attention_mask`).
+Dimensions that share a symbolic name share a size (e.g. `input_ids` and `attention_mask`); a
+symbol that is some input's first dimension is the batch wherever it appears (a recurrent state
+[layers, batch, hidden] follows its input's batch).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class VerificationShapes:
 
     shapes: dict[str, tuple] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
-    batch_dynamic: set[str] = field(default_factory=set)
+    #: input -> the axes that hold the dynamic batch (the first, and any with the batch's symbol)
+    batch_axes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def is_dynamic(self) -> bool:
@@ -46,7 +49,8 @@ class VerificationShapes:
 
     def at_batch(self, batch: int) -> dict[str, tuple]:
         """The shapes with each dynamic batch dimension set to `batch`."""
-        return {name: ((batch,) + shape[1:] if name in self.batch_dynamic else shape)
+        return {name: tuple(batch if axis in self.batch_axes.get(name, ()) else size
+                            for axis, size in enumerate(shape))
                 for name, shape in self.shapes.items()}
 
     def verify_shapes(self) -> dict[str, tuple]:
@@ -124,18 +128,20 @@ def choose_shapes(model: onnx.ModelProto, user: dict[str, tuple] | None = None,
     check_user_shapes(model, user)
     result = VerificationShapes()
     open_dims: dict[str, list] = {}  # input -> [(axis, symbol, kind)] still to choose
+    batch_symbols = {dims[0] for dims in map(_dims, _inputs(model)) if dims and isinstance(dims[0], str) and dims[0]}
     for info in _inputs(model):
         dims = _dims(info)
-        if dims and not isinstance(dims[0], int):
-            result.batch_dynamic.add(info.name)
+        batch = tuple(axis for axis, d in enumerate(dims) if not isinstance(d, int) and (axis == 0 or d in batch_symbols))
+        if batch:
+            result.batch_axes[info.name] = batch
         if info.name in user:
-            result.shapes[info.name] = (1,) + tuple(user[info.name][1:]) if info.name in result.batch_dynamic \
-                else tuple(user[info.name])
+            result.shapes[info.name] = tuple(1 if axis in batch else size for axis, size in enumerate(user[info.name]))
             result.sources[info.name] = "--shape"
             continue
         result.shapes[info.name] = tuple(d if isinstance(d, int) else 1 for d in dims)
-        result.sources[info.name] = "static" if info.name not in result.batch_dynamic else "static, dynamic batch"
-        rest = [(axis, d, _kind(info, axis, d)) for axis, d in enumerate(dims) if axis and not isinstance(d, int)]
+        result.sources[info.name] = "static, dynamic batch" if batch else "static"
+        rest = [(axis, d, _kind(info, axis, d)) for axis, d in enumerate(dims)
+                if not isinstance(d, int) and axis not in batch]
         if rest:
             open_dims[info.name] = rest
     if open_dims:

@@ -65,6 +65,19 @@ def test_sequence_dims_share_their_symbol():
     assert shapes.verify_shapes() == {"x": (2, 16, 8), "m": (2, 16, 1)}
 
 
+def test_a_batch_symbol_is_the_batch_in_every_input():
+    """A recurrent state [layers, batch, hidden] follows its input's batch (it is not a sequence
+    to probe): the Concat below runs only when both batches agree."""
+    from onnxprune.verify_shapes import choose_shapes
+
+    g = GraphBuilder(shape=("batch", 8))
+    g.inputs.append(onnx.helper.make_tensor_value_info("state", onnx.TensorProto.FLOAT, [2, "batch", 8]))
+    model = g.model(g.op("Concat", g.op("Unsqueeze", "x", g.const(np.array([0]), "zero")), "state", axis=0))
+    shapes = choose_shapes(model)
+    assert shapes.verify_shapes() == {"x": (2, 8), "state": (2, 2, 8)}
+    assert shapes.shapes == {"x": (1, 8), "state": (2, 1, 8)}
+
+
 def cancelling_net() -> onnx.ModelProto:
     """A deep chain whose output nearly cancels: out = P(h) - Q(h) with Q = P (1 - 1e-4) on
     average, so float32 rounding is ~1e-3 of the output."""
