@@ -174,3 +174,24 @@ def test_selection_keeps_a_channel_in_every_concat_piece():
         if scope == "local":
             assert len(set(per_piece)) == 1  # every layer loses `ratio` of its own channels
     assert verified(model, ratio=0.9, scope="global").report["verification"]["ok"]
+
+
+# ---- recurrent layers: a CRNN's convolutions feed an LSTM/GRU --------------------------------
+
+@pytest.mark.parametrize("op,gates", [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
+def test_convolutions_before_a_recurrent_layer_prune_its_input_columns(op, gates):
+    """Conv [N,4,1,T] → [N,8,1,T] → Squeeze → Transpose → [T,N,8] → LSTM/GRU/RNN (hidden 6):
+    the conv's 8 filters are a group with W's input columns; the hidden size stays."""
+    g = Graph()
+    conv = g.op("Relu", g.op("Conv", "x", g.weight(8, 4, 1, 3), g.weight(8), pads=[0, 1, 0, 1]))
+    seq = g.op("Transpose", g.op("Squeeze", conv, g.const(np.array([2]))), perm=[2, 0, 1])
+    w, r, b = g.weight(1, gates * 6, 8), g.weight(1, gates * 6, 6), g.weight(1, 2 * gates * 6)
+    y = g.op(op, seq, w, r, b, hidden_size=6)
+    model = g.model([helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 1, 10])], y)
+    result = onnxprune.prune(model, ratio=0.5)
+    assert result.report["verification"]["ok"]
+    assert result.plan["weights"][w]["kept"] == {"2": result.plan["weights"][model.graph.node[0].input[1]]["kept"]["0"]}
+    kept = {i.name: list(i.dims) for i in result.model.graph.initializer}
+    assert kept[w] == [1, gates * 6, 4] and kept[r] == [1, gates * 6, 6]
+    groups = {row["channels"]: (row["kept"], row["frozen"]) for row in result.report["groups"]}
+    assert groups[8] == (4, None) and "graph input 'x'" in groups[4][1]

@@ -8,7 +8,7 @@ import networkx as nx
 import onnx
 
 from ..graph import has_subgraph, subgraph_outer_reads
-from . import attention_rules, integer_rules, op_rules, quant_rules, topology_rules  # noqa: F401  (register the rules)
+from . import attention_rules, integer_rules, op_rules, quant_rules, recurrent_rules, topology_rules  # noqa: F401  (register the rules)
 from .model_view import ModelView, node_label
 from .registry import rule_for
 from .relations import Link, Relations, Space, WeightUse, tensors_of
