@@ -12,7 +12,7 @@ filter is masked to the weight's zero point (0 with a per-channel zero point, wh
 from __future__ import annotations
 
 from .model_view import attr
-from .op_rules import _link_groups, _rewrite_group
+from .op_rules import link_groups, rewrite_group
 from .registry import rule
 
 
@@ -55,7 +55,7 @@ def _touch_scalars(rel, node, indices: tuple[int, ...]) -> bool:
 @rule("ConvInteger", mapping="as Conv: weight axis 0 = output channels (a per-channel weight zero "
       "point follows them), axis 1 = input channels; depthwise and grouped as for Conv",
       freezes_when="weight or its zero point not constant; a per-axis input zero point",
-      rewrite=lambda node, ctx: _rewrite_group(node, ctx))
+      rewrite=rewrite_group)
 def conv_integer(rel, node, view):
     """ConvInteger(x, w, x_zero_point, w_zero_point): an integer convolution with int32 output."""
     x, w, y = node.input[0], node.input[1], node.output[0]
@@ -68,7 +68,7 @@ def conv_integer(rel, node, view):
         rel.weight(w, 1, "in", fill, like=(x, 1))
     else:
         rel.touch(w, 1)
-        _link_groups(rel, node, x, y)
+        link_groups(rel, node, x, y)
 
 
 @rule("MatMulInteger", mapping="constant 2-D B: as MatMul (K = input features, N = output "

@@ -107,7 +107,7 @@ def is_positive(view, name: str, strict: bool = True, depth: int = 12) -> bool:
 @rule("Conv", mapping="weight axis 0 = output channels; weight axis 1 = input channels; "
       "depthwise (group = C_in) ties input to output channels; grouped convolutions prune whole groups",
       freezes_when="weight not constant; group sizes that do not divide the channels",
-      rewrite=lambda node, ctx: _rewrite_group(node, ctx))
+      rewrite=lambda node, ctx: rewrite_group(node, ctx))
 def conv(rel, node, view):
     """Conv: producer of its output channels, consumer of its input channels."""
     x, w, y = node.input[0], node.input[1], node.output[0]
@@ -119,12 +119,12 @@ def conv(rel, node, view):
         rel.weight(w, 1, "in", 0.0, like=(x, 1))
     else:
         rel.touch(w, 1)
-        _link_groups(rel, node, x, y)
+        link_groups(rel, node, x, y)
     if len(node.input) > 2 and node.input[2]:
         rel.weight(node.input[2], 0, "param", 0.0, like=(y, 1))
 
 
-def _link_groups(rel, node, x: str, y: str) -> None:
+def link_groups(rel, node, x: str, y: str) -> None:
     """Grouped/depthwise convolution: a group's input and output channels go together."""
     group, c_in, c_out = attr(node, "group", 1), rel.size(x, 1), rel.size(y, 1)
     if group < 1 or not (isinstance(c_in, int) and isinstance(c_out, int)) or c_in % group or c_out % group:
@@ -137,7 +137,8 @@ def _link_groups(rel, node, x: str, y: str) -> None:
     rel.link(groups, 0, y, 1, block=c_out // group)
 
 
-def _rewrite_group(node, ctx) -> None:
+def rewrite_group(node, ctx) -> None:
+    """A grouped convolution's `group` shrinks with the groups its pruned input loses."""
     group = attr(node, "group", 1)
     if group > 1:
         c_in = ctx.shape(node.input[0])[1]
@@ -146,7 +147,7 @@ def _rewrite_group(node, ctx) -> None:
 
 @rule("ConvTranspose", mapping="weight axis 0 = input channels; weight axis 1 = output channels "
       "per group; depthwise and grouped as for Conv", freezes_when="weight not constant",
-      rewrite=lambda node, ctx: _rewrite_group(node, ctx))
+      rewrite=lambda node, ctx: rewrite_group(node, ctx))
 def conv_transpose(rel, node, view):
     """ConvTranspose: weight layout [C_in, C_out / group, k...]."""
     x, w, y = node.input[0], node.input[1], node.output[0]
@@ -160,7 +161,7 @@ def conv_transpose(rel, node, view):
     else:
         rel.weight(w, 0, "out" if group == rel.size(x, 1) else "in", 0.0, like=(x, 1))
         rel.touch(w, 1)
-        _link_groups(rel, node, x, y)
+        link_groups(rel, node, x, y)
     if len(node.input) > 2 and node.input[2]:
         rel.weight(node.input[2], 0, "param", 0.0, like=(y, 1))
 
