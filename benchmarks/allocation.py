@@ -28,7 +28,7 @@ from common import table  # noqa: E402
 from criteria import DEFAULT_CACHE, extract_train  # noqa: E402
 
 import onnxprune  # noqa: E402
-from onnxprune.verify import run_model  # noqa: E402
+from onnxprune.model.runtime import run_model  # noqa: E402
 
 SHARED = HERE.parents[1] / "shared" / "data" / "cifar10"
 PREPROCESS = "scale=255,mean=0.485/0.456/0.406,std=0.229/0.224/0.225"
@@ -68,7 +68,7 @@ def run(strategy: str, criterion: str, args, train: Path, images, labels) -> dic
 
 def _plots(report: dict, folder: Path) -> None:
     try:
-        from onnxprune.plots import save_allocation_plots
+        from onnxprune.report.plots import save_allocation_plots
     except ImportError:
         return
     save_allocation_plots(report, folder)

@@ -22,7 +22,6 @@ if str(REPO / "tests") not in sys.path:
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-
 import zoo  # noqa: E402  (tests/zoo.py)
 
 RESNET50_INPUT = (1, 3, 224, 224)

@@ -272,8 +272,9 @@ def main(argv=None) -> int:
     tp = None
     if not args.skip_torch_pruning:
         try:
-            import torch_pruning as tp
             from importlib.metadata import version
+
+            import torch_pruning as tp
 
             print(f"torch-pruning {version('torch-pruning')}")
         except ImportError:

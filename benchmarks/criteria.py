@@ -22,7 +22,7 @@ the network each criterion keeps intact, not the accuracy after recovery.
 The archive is extracted once, at run time, to ``--cache`` (default
 ``~/.cache/onnxprune-bench/cifar10-jpg``; reused when complete) - never into the repository.
 
-Printed: the unpruned top-1, MACs kept per ratio (``onnxprune.report.model_summary``), the
+Printed: the unpruned top-1, MACs kept per ratio (``onnxprune.report.document.model_summary``), the
 table (criterion | top-1 per ratio | scoring time), the total wall time and one line per ratio
 naming the criteria whose top-1 beats random's mean. The table is also written to
 ``--out`` (default ``benchmarks/out/``) as ``criteria.json`` and ``criteria.md``.
@@ -50,12 +50,12 @@ import common  # noqa: E402
 import numpy as np  # noqa: E402
 
 from onnxprune.api import load_and_analyze, score_groups  # noqa: E402
-from onnxprune.calib import Preprocess, load_calibration  # noqa: E402
 from onnxprune.errors import InputError  # noqa: E402
+from onnxprune.measure.calibration import Preprocess, load_calibration  # noqa: E402
+from onnxprune.model.runtime import run_model  # noqa: E402
 from onnxprune.passes import apply_plan  # noqa: E402
-from onnxprune.report import model_summary  # noqa: E402
-from onnxprune.select import SelectOptions, select  # noqa: E402
-from onnxprune.verify import run_model  # noqa: E402
+from onnxprune.report.document import model_summary  # noqa: E402
+from onnxprune.select.selection import SelectOptions, select  # noqa: E402
 
 DATA = common.REPO.parent / "shared" / "data" / "cifar10"
 MODEL = DATA / "resnet20.onnx"
@@ -101,7 +101,7 @@ def extract_train(archive: Path, cache: Path) -> Path:
 
 def load_test(model) -> tuple[dict, np.ndarray]:
     """The feeds and labels of test1000.npz, normalized like the calibration images."""
-    from onnxprune.calib import ModelInput
+    from onnxprune.measure.calibration import ModelInput
 
     target = ModelInput.of(model)
     with np.load(TEST) as archive:

@@ -31,11 +31,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import onnx  # noqa: E402
 from allocation import PREPROCESS, SHARED, test_set, top1  # noqa: E402
 from common import environment, table  # noqa: E402
 from criteria import DEFAULT_CACHE, extract_train  # noqa: E402
-
-import onnx  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune.recover.finetune import finetune  # noqa: E402

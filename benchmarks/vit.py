@@ -36,10 +36,10 @@ sys.path.insert(0, str(REPO / "tests"))
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
+from transformer_zoo import TinyViT, export_transformer  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune.bench import compare_latency  # noqa: E402
-from transformer_zoo import TinyViT, export_transformer  # noqa: E402
 
 VIT_S = dict(dim=384, heads=6, hidden=1536, depth=12, patch=16, classes=1000, max_tokens=197)
 

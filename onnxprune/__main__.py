@@ -1,5 +1,5 @@
 """`python -m onnxprune` runs the command line."""
 
-from .cli import main
+from onnxprune.cli import main
 
 raise SystemExit(main())

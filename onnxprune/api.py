@@ -10,19 +10,28 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .analysis import ChannelGroup, ModelView, find_groups
-from .allocate import Allocation, AllocationContext, AllocationRequest, PlanCost, allocate
-from .calib import load_calibration
-from .criteria import ScoringContext, get_criterion
-from .errors import InputError, InternalError, VerificationError
-from .graph import atomic_write_text, large_weights_as_inputs, load_model, normalize, save_model
-from .passes import apply_plan
-from .passes.simplify_attention import simplify_attention
-from .plots import kept_per_layer
-from .report import build_report, group_rows, model_summary
-from .select import PruningPlan, SelectOptions, select
-from .verify import VerifyResult, verify as verify_masked
-from .verify_shapes import VerificationShapes, choose_shapes, macs_shapes
+from onnxprune.analysis import ChannelGroup, ModelView, find_groups
+from onnxprune.criteria import ScoringContext, get_criterion
+from onnxprune.errors import InputError, InternalError, VerificationError
+from onnxprune.measure.calibration import load_calibration
+from onnxprune.model.io import atomic_write_text, load_model, save_model
+from onnxprune.model.simplify_attention import simplify_attention
+from onnxprune.model.edit import large_weights_as_inputs
+from onnxprune.passes import apply_plan
+from onnxprune.report.document import build_report, group_rows, model_summary
+from onnxprune.report.plots import kept_per_layer
+from onnxprune.select.allocation import (
+    Allocation,
+    AllocationContext,
+    AllocationRequest,
+    PlanCost,
+    allocate,
+)
+from onnxprune.select.plan import PruningPlan
+from onnxprune.select.selection import SelectOptions, select
+from onnxprune.verify.reference import VerifyResult
+from onnxprune.verify.reference import verify as verify_masked
+from onnxprune.verify.shapes import VerificationShapes, choose_shapes, macs_shapes
 
 PLAN_FORMAT = "onnxprune-plan/1"
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -82,7 +91,7 @@ def default_plan_path(output: Path) -> Path:
 
 def load_and_analyze(source: ModelLike, exclude: tuple[str, ...] = (), prune_residual: bool = False) -> Analysis:
     """Load, normalize and analyze a model (`prune_residual`: LayerNorm channels are prunable)."""
-    from .analysis.weight_chains import normalize_keeping_chains
+    from onnxprune.model.weight_chains import normalize_keeping_chains
 
     loaded = load_model(source)
     had_value_info = len(loaded.model.graph.value_info) > 0
@@ -169,7 +178,8 @@ def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *
     plan, allocation = plan_pruning(analysis, scores, options, request, data, seed, progress)
     rounding = None
     if auto_round:
-        from .rounding import AutoRoundOptions, auto_round as round_counts
+        from onnxprune.select.rounding import AutoRoundOptions
+        from onnxprune.select.rounding import auto_round as round_counts
 
         plan, rounding = round_counts(analysis, scores, plan, AutoRoundOptions(round_ep, round_batch), progress)
     applied = apply_plan(analysis.model, plan, analysis.view)
@@ -226,7 +236,7 @@ def _freeze_failing_groups(analysis: Analysis, plan: PruningPlan, check: VerifyR
     """Bisect for the groups whose pruning fails verification, freeze them with the reason, and
     prune the rest: (plan, applied, passing check, [FailedGroup]). VerificationError when no
     pruned group is left or the final model still fails."""
-    from .bisect import find_failing_groups
+    from onnxprune.verify.bisect import find_failing_groups
 
     shapes = analysis.shapes.verify_shapes()
     fixed, fixed_view = _static_copy(analysis, shapes)
@@ -252,7 +262,7 @@ def _static_copy(analysis: Analysis, shapes: dict) -> tuple[onnx.ModelProto, Mod
     """The normalized model with its graph inputs fixed to the verification shapes and shapes
     inferred there (static shapes make each bisection step's apply fast), and its view; the
     analysis' own when no input dim is dynamic."""
-    from .graph import infer_shapes
+    from onnxprune.model.shapes import infer_shapes
 
     if not analysis.shapes.is_dynamic:
         return analysis.model, analysis.view
@@ -287,7 +297,7 @@ def _check_round_to(round_to, round_batch: int, round_ep: str, request: "Allocat
                          "move the result off the target); use --ratio, or an integer --round-to")
     if not isinstance(round_batch, int) or round_batch < 1:
         raise InputError(f"--round-batch must be a positive integer, got {round_batch}")
-    from .bench.providers import resolve_ep
+    from onnxprune.bench.providers import resolve_ep
 
     resolve_ep(round_ep)  # before the work: a missing provider is a clear error now
     return True
@@ -302,7 +312,7 @@ def _check_reconstruct_options(reconstruct: bool, ridge: float, calib) -> None:
 
 def _reconstruct(analysis: Analysis, applied, data, ridge: float, seed: int, progress):
     """Least-squares reconstruction of the verified pruned model (see recover/reconstruct.py)."""
-    from .recover import reconstruct
+    from onnxprune.recover import reconstruct
 
     return reconstruct(analysis.model, applied.model, applied.weights, data, ridge, seed, progress)
 

@@ -7,13 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
-from .commands import add_parsers as add_command_parsers, command_names
-from .api import default_plan_path, load_and_analyze, prune
-from .criteria import CRITERIA
-from .errors import InputError, OnnxPruneError
-from .console import progress_bar
-from .report import group_rows, prunable_share
+from onnxprune import __version__
+from onnxprune.api import default_plan_path, load_and_analyze, prune
+from onnxprune.commands import add_parsers as add_command_parsers
+from onnxprune.commands import command_names
+from onnxprune.criteria import CRITERIA
+from onnxprune.errors import InputError, OnnxPruneError
+from onnxprune.report.console import progress_bar
+from onnxprune.report.document import group_rows, prunable_share
 
 EXAMPLES = """examples:
   onnxprune model.onnx --ratio 0.5                 prune half of every group's channels (L1)
@@ -127,7 +128,7 @@ def round_to_arg(text: str):
 
 def add_allocation_options(sub) -> None:
     """Targets and allocation strategies (replace --ratio)."""
-    from .allocate import STRATEGIES
+    from onnxprune.select.allocation import STRATEGIES
 
     group = sub.add_argument_group("targets (instead of --ratio, one ratio per group is chosen)")
     group.add_argument("--target-flops", metavar="F", help="MACs of the pruned model: a fraction (0.5) or absolute (2.1G)")
@@ -221,14 +222,14 @@ def _add_finetune(commands) -> None:
 
 def _input_shapes(items: list[str]) -> dict | None:
     """--shape NAME=DxDx... items as a dict (None when none were given)."""
-    from .bench.suite import parse_shapes
+    from onnxprune.bench.suite import parse_shapes
 
     return parse_shapes(items) or None
 
 
 def run_prune(args) -> int:
     """The prune command."""
-    from .console import print_report, stdout
+    from onnxprune.report.console import print_report, stdout
 
     source = Path(args.model)
     output = Path(args.output) if args.output else source.with_name(source.stem + ".pruned.onnx")
@@ -250,7 +251,7 @@ def run_prune(args) -> int:
                        round_batch=args.round_batch, input_shapes=_input_shapes(args.shape),
                        prune_residual=args.prune_residual, strict=args.strict)
     if args.finetune_data:
-        from .recover.chain import finetune_pruned
+        from onnxprune.recover.chain import finetune_pruned
 
         result = finetune_pruned(result, source, args.finetune_data, epochs=args.finetune_epochs,
                                  val=args.val, preprocess=args.preprocess, batch_size=args.batch_size,
@@ -266,8 +267,8 @@ def run_prune(args) -> int:
 def _save_plots(result, directory: Path) -> None:
     """The allocation plots; the per-layer fractions come from the report (or, after a plain
     --ratio run, from the plan)."""
-    from .console import stdout
-    from .plots import kept_per_layer, save_allocation_plots
+    from onnxprune.report.console import stdout
+    from onnxprune.report.plots import kept_per_layer, save_allocation_plots
 
     layers = (result.report.get("allocation") or {}).get("layers")
     if layers is None:
@@ -281,9 +282,8 @@ def run_analyze(args) -> int:
     """The analyze command."""
     import json
 
-    from .console import print_analysis, stdout
-
-    from .api import set_verification_shapes
+    from onnxprune.api import set_verification_shapes
+    from onnxprune.report.console import print_analysis, stdout
 
     analysis = load_and_analyze(args.model, tuple(args.exclude))
     set_verification_shapes(analysis, None, required=False)  # MACs at the shape `prune` verifies at
@@ -298,8 +298,12 @@ def run_analyze(args) -> int:
 
 def run_sensitivity(args) -> int:
     """The sensitivity command."""
-    from .console import stdout
-    from .sensitivity import SensitivityStudy, parse_ratios, summary_table
+    from onnxprune.measure.sensitivity import (
+        SensitivityStudy,
+        parse_ratios,
+        summary_table,
+    )
+    from onnxprune.report.console import stdout
 
     if not args.calib:
         raise InputError("sensitivity needs calibration data: add --calib PATH (.npz/.npy or an image folder)")
@@ -322,7 +326,7 @@ def run_sensitivity(args) -> int:
 
 def run_finetune(args) -> int:
     """The finetune command."""
-    from .console import stdout
+    from onnxprune.report.console import stdout
 
     if not args.data:
         raise InputError("finetune needs labelled training data: add --data PATH (.npz with 'y' or an image folder)")
@@ -331,8 +335,9 @@ def run_finetune(args) -> int:
     if output.resolve() == source.resolve():
         raise InputError(f"output path {output} is the input; choose another with -o")
     try:
-        from .recover.finetune import finetune
         import torch  # noqa: F401
+
+        from onnxprune.recover.finetune import finetune
     except ImportError:
         raise InputError("finetune needs torch: pip install 'onnxprune[torch]'") from None
     result = finetune(source, args.data, epochs=args.epochs, val=args.val, optimizer=args.optimizer, lr=args.lr,
@@ -355,7 +360,7 @@ def run_finetune(args) -> int:
 
 def run_ops(args) -> int:
     """The ops command."""
-    from .console import print_rules
+    from onnxprune.report.console import print_rules
 
     print_rules()
     return 0

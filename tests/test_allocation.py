@@ -12,15 +12,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from graphs import GraphBuilder, conv_chain
 from onnx import numpy_helper
 
 import onnxprune
-from graphs import GraphBuilder, conv_chain
 from onnxprune import InputError
 from onnxprune.bench import measure_latency
 from onnxprune.cli import main
-from onnxprune.report import model_summary
-from onnxprune.verify import random_inputs, run_model
+from onnxprune.model.inputs import random_inputs
+from onnxprune.model.runtime import run_model
+from onnxprune.report.document import model_summary
 
 TOLERANCE = 0.02
 STRATEGIES = ("uniform", "global", "sensitivity", "random-search")

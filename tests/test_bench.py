@@ -9,9 +9,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from graphs import GraphBuilder, conv_chain
-from onnxprune.bench import BenchOptions, LatencyStats, bench_models, io_binding_runner, make_session, resolve_ep
+
+from onnxprune.bench import (
+    BenchOptions,
+    LatencyStats,
+    bench_models,
+    io_binding_runner,
+    make_session,
+    resolve_ep,
+)
 from onnxprune.bench.providers import available_providers, check_session_provider
 from onnxprune.bench.suite import input_feeds, parse_batches, parse_shapes
 from onnxprune.cli import main

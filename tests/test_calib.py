@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from graphs import GraphBuilder, conv_chain
 from PIL import Image
 
 import onnxprune
-from graphs import GraphBuilder, conv_chain
-from onnxprune.calib import Preprocess, load_calibration
 from onnxprune.cli import main
+from onnxprune.measure.calibration import Preprocess, load_calibration
 
 
 def identity_model(shape=("N", 3, 6, 6), name: str = "img") -> onnx.ModelProto:

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("torch")
 
 from onnxprune.cli import main  # noqa: E402
-from onnxprune.verify import run_model  # noqa: E402
+from onnxprune.model.runtime import run_model  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits"
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 import onnxprune
-from onnxprune.verify import run_model
+from onnxprune.model.runtime import run_model
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
-from graphs import GraphBuilder, conv_chain
 from cli_helpers import run_cli, sha
-from onnxprune.verify import random_inputs, run_model
+from graphs import GraphBuilder, conv_chain
+
+from onnxprune.model.inputs import random_inputs
+from onnxprune.model.runtime import run_model
 
 
 @pytest.fixture()

@@ -19,13 +19,13 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from graphs import GraphBuilder
-from onnxprune.activations import collect_stats, feature_map_ranks
-from onnxprune.api import load_and_analyze, score_groups
-from onnxprune.calib import load_calibration
+from torch import nn
 from zoo import export_onnx
+
+from onnxprune.api import load_and_analyze, score_groups
+from onnxprune.measure.calibration import load_calibration
+from onnxprune.measure.gated import collect_stats, feature_map_ranks
 
 SAMPLES = 12
 STATISTICS = ("apoz", "mean_act", "std_act", "hrank", "es")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from graphs import GraphBuilder
 from onnx import TensorProto, helper
+from test_rules import prunable_rows, pruned
 
 import onnxprune
-from graphs import GraphBuilder
-from test_rules import pruned, prunable_rows
 
 
 def test_tf2onnx_style_nhwc_with_transposes_and_matmul_dense():

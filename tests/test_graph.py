@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from graphs import GraphBuilder
 from onnx import helper, numpy_helper
 
 import onnxprune
-from graphs import GraphBuilder
-from onnxprune.graph import load_model, normalize
+from onnxprune.model.io import load_model
+from onnxprune.model.normalize import normalize
 
 
 def model_with_constant_node_weight() -> tuple[onnx.ModelProto, np.ndarray]:

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxprune
 from onnxprune.api import load_and_analyze, require_prunable
 from onnxprune.errors import InputError
-from onnxprune.select import SelectOptions, select
+from onnxprune.select.selection import SelectOptions, select
 
 RNG = np.random.default_rng(7)
 

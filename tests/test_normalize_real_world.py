@@ -10,15 +10,21 @@ import pathlib
 import numpy as np
 import onnx
 import pytest
+import real_world_graphs as rw
 from onnx import numpy_helper
 
 import onnxprune
-import real_world_graphs as rw
-from onnxprune import graph as graph_module
+import onnxprune.model.normalize as graph_module
+from onnxprune.model.io import load_model
 from onnxprune.api import _check_model, load_and_analyze, require_prunable
 from onnxprune.errors import InputError, InternalError
-from onnxprune.graph import check_normalized, model_problem, normalization_passes, normalize
-from onnxprune.verify import make_cpu_session
+from onnxprune.model.normalize import (
+    check_normalized,
+    model_problem,
+    normalization_passes,
+    normalize,
+)
+from onnxprune.model.runtime import make_cpu_session
 
 REAL_MODELS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "real-models"
 SMALL_GRAPHS = [rw.ir3_model_zoo, rw.if_branch_model, rw.loop_model, rw.paddle_negative_batch,
@@ -76,7 +82,7 @@ def quick_real_models() -> list[pathlib.Path]:
 
 def test_every_normalization_pass_keeps_the_real_models_valid(quick_real_models):
     for path in quick_real_models:
-        names = check_after_every_pass(graph_module.load_model(path).model)
+        names = check_after_every_pass(load_model(path).model)
         assert len(names) == 8
 
 

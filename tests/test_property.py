@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from graphs import GraphBuilder
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import onnxprune
-from graphs import GraphBuilder
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "40"))
 UNARY = ("Relu", "Sigmoid", "HardSwish", "Tanh", "LeakyRelu", "Identity")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import onnx
 import pytest
+from plan_checks import independent_plan_check
 
 import onnxprune
-from onnxprune.check import check_pruned
-from plan_checks import independent_plan_check
+from onnxprune.verify.check import check_pruned
 
 #: model -> (verification shape, where it came from, {frozen group name: start of its reason})
 EXPECTED = {

@@ -8,15 +8,17 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from graphs import GraphBuilder, conv_chain
 
 import onnxprune
-from graphs import GraphBuilder, conv_chain
 from onnxprune.api import load_and_analyze
+from onnxprune.model.inputs import random_inputs
+from onnxprune.model.runtime import run_model
 from onnxprune.passes import apply_plan
-from onnxprune.passes.masked_norm import masked_norm_reference
 from onnxprune.passes.apply_plan import pruned_atoms
-from onnxprune.select import PruningPlan
-from onnxprune.verify import masked_weights, random_inputs, run_model, verify
+from onnxprune.select.plan import PruningPlan
+from onnxprune.verify.masked_norm import masked_norm_reference
+from onnxprune.verify.reference import masked_weights, verify
 
 C, HIDDEN = 8, 16
 
@@ -215,7 +217,7 @@ def det_like_model(final_bias: float = -15.0) -> onnx.ModelProto:
 
 def _det_plan(ratio: float = 0.5):
     from onnxprune.api import score_groups
-    from onnxprune.select import SelectOptions, select
+    from onnxprune.select.selection import SelectOptions, select
 
     analysis = load_and_analyze(det_like_model())
     plan = select(analysis.groups, score_groups(analysis, "l1"), SelectOptions(ratio))
@@ -229,8 +231,8 @@ def test_saturated_sigmoid_output_is_judged_by_its_logit():
     probabilities did not. Judged on their range and by their logit, they pass."""
     from onnx import TensorProto, helper
 
-    from onnxprune.analysis.bounded_outputs import bounded_outputs
-    from onnxprune.verify import compare
+    from onnxprune.verify.bounded_outputs import bounded_outputs
+    from onnxprune.verify.reference import compare
 
     graph = helper.make_graph([helper.make_node("Add", ["x", "b"], ["z"]), helper.make_node("Sigmoid", ["z"], ["p"])],
                               "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
@@ -277,7 +279,7 @@ def test_det_like_model_prunes_every_group_and_verifies():
 
 
 def test_check_command_judges_saturated_outputs_by_their_logits(tmp_path):
-    from onnxprune.check import check_pruned
+    from onnxprune.verify.check import check_pruned
 
     source = tmp_path / "det.onnx"
     onnx.save(det_like_model(), source)

@@ -8,14 +8,14 @@ import json
 import numpy as np
 import onnx
 import pytest
-
 from graphs import GraphBuilder
+
 import onnxprune
 from onnxprune import prune
 from onnxprune.cli import main
+from onnxprune.model.runtime import run_model
 from onnxprune.recover import NormalEquations, im2col
 from onnxprune.recover.reconstruct import conv_geometry
-from onnxprune.verify import run_model
 
 
 def conv_net(seed: int = 0) -> onnx.ModelProto:
@@ -197,10 +197,10 @@ def test_cli_reconstruct_writes_the_recovery(tmp_path, capsys, calib):
 def test_batchnorm_statistics_are_recalibrated(zoo_model, tmp_path):
     """With BN still a node, reconstruction re-estimates each BN's mean/variance in the pruned
     network: the first BN's new statistics equal those of its input measured directly."""
-    from onnxprune.calib import load_calibration
+    from onnxprune.measure.calibration import load_calibration
+    from onnxprune.model.edit import with_outputs
+    from onnxprune.model.runtime import run_model
     from onnxprune.recover.batchnorm import batchnorm_nodes, recalibrate_batchnorm
-    from onnxprune.graph import with_outputs
-    from onnxprune.verify import run_model
 
     path = zoo_model("vgg16_bn", "torchscript_bn")
     x = np.random.default_rng(0).standard_normal((24, 3, 32, 32)).astype(np.float32)

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, numpy_helper
-
-from graphs import GraphBuilder, conv_chain
 from cli_helpers import run_cli, sha
+from graphs import GraphBuilder, conv_chain
+from onnx import TensorProto, numpy_helper
 
 
 @pytest.fixture()
@@ -201,7 +200,7 @@ def test_kill_during_write_leaves_the_previous_or_the_complete_output(tmp_path):
 
 
 def test_next_write_removes_temporaries_of_dead_writers_only(tmp_path):
-    from onnxprune.graph import save_model
+    from onnxprune.model.io import save_model
 
     dead, alive = tmp_path / ".out.onnx.999999999.x1.tmp", tmp_path / f".out.onnx.{os.getpid()}.x2.tmp"
     dead.write_bytes(b"partial")
@@ -211,8 +210,10 @@ def test_next_write_removes_temporaries_of_dead_writers_only(tmp_path):
 
 
 def test_external_data_is_named_by_content_and_replaced_whole(tmp_path, monkeypatch):
-    import onnxprune.graph as graph
-    from onnxprune.verify import random_inputs, run_model
+    import onnxprune.model.io as graph
+
+    from onnxprune.model.inputs import random_inputs
+    from onnxprune.model.runtime import run_model
 
     monkeypatch.setattr(graph, "EXTERNAL_DATA_THRESHOLD", 0)
     first, second = (conv_chain(lambda g, t: g.op("Relu", t), c=16, seed=s) for s in (1, 2))  # weights > 1 KiB

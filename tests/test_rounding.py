@@ -8,19 +8,25 @@ import json
 import numpy as np
 import onnx
 import pytest
+from graphs import GraphBuilder, conv_chain
 
 import onnxprune
-from graphs import GraphBuilder, conv_chain
 from onnxprune.analysis import ModelView
 from onnxprune.api import load_and_analyze, score_groups
 from onnxprune.bench.cache import TimingCache, cache_dir
 from onnxprune.bench.layers import group_layers
 from onnxprune.bench.providers import available_providers
 from onnxprune.cli import main
-from onnxprune.rounding import (AutoRoundOptions, auto_round, candidate_counts, choose_count, choose_counts,
-                                monotone_counts)
-from onnxprune.select import SelectOptions, select
-from onnxprune.verify import run_model
+from onnxprune.model.runtime import run_model
+from onnxprune.select.rounding import (
+    AutoRoundOptions,
+    auto_round,
+    candidate_counts,
+    choose_count,
+    choose_counts,
+    monotone_counts,
+)
+from onnxprune.select.selection import SelectOptions, select
 
 
 @pytest.fixture(autouse=True)

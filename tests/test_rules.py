@@ -4,11 +4,12 @@ group is frozen with the expected reason."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from graphs import GraphBuilder, conv_chain
 
 import onnxprune
-from graphs import GraphBuilder, conv_chain
-from onnxprune.analysis.op_rules import ELEMENTWISE_UNARY, align_axes
+from onnxprune.analysis.rules.ops import ELEMENTWISE_UNARY, align_axes
 
 
 def pruned(model, **options):
@@ -78,7 +79,7 @@ def test_batchnorm_members_and_bn_scale_criterion():
     (row,) = prunable_rows(result)
     assert row["kept"] == 3
     bn_scale_name = [n for n, e in result.plan["weights"].items() if e["shape"] == [6] and
-                     np.allclose(onnxprune.graph.numpy_helper.to_array(
+                     np.allclose(onnx.numpy_helper.to_array(
                          {i.name: i for i in model.graph.initializer}[n]), scale)][0]
     assert result.plan["weights"][bn_scale_name]["kept"]["0"] == [1, 3, 5]
 
@@ -173,7 +174,7 @@ def test_reshape_into_matmul_with_constant_target():
     y = g.op("MatMul", flat, g.weight(96, 3))
     result = pruned(g.model(y))
     shape_init = [i for i in result.model.graph.initializer if i.name.startswith("shape")][0]
-    assert list(onnxprune.graph.numpy_helper.to_array(shape_init)) == [2, 48]
+    assert list(onnx.numpy_helper.to_array(shape_init)) == [2, 48]
 
 
 def test_option_a_pad_shortcut_merges_stages():

@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
-from graphs import GraphBuilder, conv_chain
-from onnxprune.api import load_and_analyze, score_groups
 from cli_helpers import run_cli
+from graphs import GraphBuilder, conv_chain
+
+from onnxprune.api import load_and_analyze, score_groups
+from onnxprune.measure.sensitivity import SensitivityStudy, analyze_sensitivity
+from onnxprune.model.runtime import run_model
 from onnxprune.passes import apply_plan
-from onnxprune.select import PruningPlan, SelectOptions, select
-from onnxprune.sensitivity import SensitivityStudy, analyze_sensitivity
-from onnxprune.verify import run_model
+from onnxprune.select.plan import PruningPlan
+from onnxprune.select.selection import SelectOptions, select
 
 RATIOS = (0.0, 0.25, 0.5, 0.75)
 

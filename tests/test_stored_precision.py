@@ -9,10 +9,10 @@ import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
+from plan_checks import independent_plan_check, input_tensors
 
 from onnxprune import prune
-from onnxprune.verify import run_model
-from plan_checks import independent_plan_check, input_tensors
+from onnxprune.model.runtime import run_model
 
 RNG = np.random.default_rng(0)
 
@@ -144,7 +144,12 @@ def qdq_model(tmp_path_factory) -> onnx.ModelProto:
 
 def build_qdq(folder) -> onnx.ModelProto:
     """A small float CNN quantized by ONNX Runtime (QDQ, per-channel int8 weights)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     float_model = _cnn(_float_weight, widths=(3, 32, 64, 32), size=12)
     onnx.save(float_model, folder / "float.onnx")
@@ -273,7 +278,7 @@ def test_channel_padding_shortcut_with_computed_pads():
 @pytest.mark.parametrize("build", ["int8", "qdq", "bias"])
 def test_check_command_accepts_stored_precision_outputs(build, tmp_path, qdq_model):
     model = {"int8": int8_chain_cnn, "qdq": lambda: qdq_model, "bias": lambda: _bias_after_conv("Unsqueeze")}[build]()
-    from onnxprune.check import check_pruned
+    from onnxprune.verify.check import check_pruned
 
     onnx.save(model, tmp_path / "in.onnx")
     result = prune(str(tmp_path / "in.onnx"), ratio=0.5)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from graphs import GraphBuilder, conv_chain
+from test_rules import frozen_reasons, prunable_rows, pruned
 
 import onnxprune
-from graphs import GraphBuilder, conv_chain
-from test_rules import frozen_reasons, pruned, prunable_rows
 
 
 def ints(value):

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import onnx
 import pytest
+from zoo import TOPOLOGY_ZOO
 
 import onnxprune
 from onnxprune.api import load_and_analyze
-from onnxprune.report import prunable_share
-from zoo import TOPOLOGY_ZOO
+from onnxprune.report.document import prunable_share
 
 IO = {"reaches graph input", "reaches graph output"}
 LAYER_NORM = "normalized together by LayerNormalization"

@@ -9,9 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
+from zoo import TOPOLOGY_ZOO, ZOO  # noqa: E402
+
 import onnxprune  # noqa: E402
 from onnxprune.torch import OPS, export_onnx, to_torch  # noqa: E402
-from zoo import TOPOLOGY_ZOO, ZOO  # noqa: E402
 
 ALL = list(ZOO) + list(TOPOLOGY_ZOO)
 DYNAMO = ["resnet20_a", "densenet", "yolov8_neck", "convnext_block", "shufflenet_unit", "unet"]

@@ -13,10 +13,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
+from transformer_zoo import EMBED, HEADS, MLP, build, example_input, export_transformer
 
 import onnxprune
 from onnxprune.api import load_and_analyze
-from transformer_zoo import EMBED, HEADS, MLP, build, example_input, export_transformer
 
 EXPORTERS = ("torchscript", "dynamo")
 MODELS = ("vit", "bert")
@@ -168,7 +168,7 @@ def test_head_mask_scores_the_head_that_matters(transformer, tmp_path):
     np.savez(calib, input=example_input("bert", 8, seed=5).numpy())
     analysis = load_and_analyze(path)
     from onnxprune.api import score_groups
-    from onnxprune.calib import load_calibration
+    from onnxprune.measure.calibration import load_calibration
 
     scores = score_groups(analysis, "head_mask", data=load_calibration(str(calib), analysis.model))
     second = _head_groups(analysis.groups)[1]
@@ -334,7 +334,7 @@ def test_cli_shape_and_prune_residual(transformer, tmp_path):
 def test_check_command_rebuilds_transformer_plans(transformer, tmp_path, name, residual):
     """`onnxprune check` re-verifies a stored pruned transformer (heads, MLP and, with
     --prune-residual, LayerNorms over the kept channels)."""
-    from onnxprune.check import check_pruned
+    from onnxprune.verify.check import check_pruned
 
     path = transformer(name, "dynamo")
     saved = onnxprune.prune(path, ratio=0.5, prune_residual=residual).save(tmp_path / "pruned.onnx")
@@ -346,8 +346,8 @@ def test_check_command_rebuilds_transformer_plans(transformer, tmp_path, name, r
 def test_simplify_attention_round_trip(split, replaced):
     """Reshape [2, 4, 6, 8] -> [8, 6, 8] -> Transpose -> [8, 8, 6] -> Reshape: splitting back into
     (2, 4) is a Transpose of the last two axes and is replaced; (4, 2) is not, and stays."""
-    from onnxprune.graph import normalize
-    from onnxprune.passes.simplify_attention import simplify_attention
+    from onnxprune.model.normalize import normalize
+    from onnxprune.model.simplify_attention import simplify_attention
 
     x = np.random.default_rng(0).standard_normal((2, 4, 6, 8)).astype(np.float32)
     nodes = [helper.make_node("Reshape", ["x", "s1"], ["m"]),

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from graphs import conv_chain
 from onnx import numpy_helper
 
 import onnxprune
 import onnxprune.api
-from graphs import conv_chain
 from onnxprune.cli import main
 from onnxprune.passes import apply_plan
 
@@ -55,10 +55,10 @@ def test_no_verify_skips_the_check(monkeypatch, tiny):
 
 def test_masked_reference_zeroes_pruned_slices(tiny):
     from onnxprune.analysis import ModelView
-    from onnxprune.verify import masked_reference
+    from onnxprune.verify.reference import masked_reference
 
     analysis = onnxprune.api.load_and_analyze(tiny)
-    from onnxprune.select import SelectOptions, select
+    from onnxprune.select.selection import SelectOptions, select
 
     scores = onnxprune.api.score_groups(analysis, "l1")
     plan = select(analysis.groups, scores, SelectOptions(0.5))

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from graphs import GraphBuilder
 from onnx import numpy_helper
 
 import onnxprune
 import onnxprune.api
-from graphs import GraphBuilder
 from onnxprune.cli import main
 from onnxprune.passes import apply_plan
 
@@ -56,7 +56,7 @@ def test_metadata_hint_and_user_shape():
 
 
 def test_sequence_dims_share_their_symbol():
-    from onnxprune.verify_shapes import choose_shapes
+    from onnxprune.verify.shapes import choose_shapes
 
     g = GraphBuilder(shape=("batch", "seq", 8))
     g.inputs.append(onnx.helper.make_tensor_value_info("m", onnx.TensorProto.FLOAT, ["batch", "seq", 1]))
@@ -68,7 +68,7 @@ def test_sequence_dims_share_their_symbol():
 def test_a_batch_symbol_is_the_batch_in_every_input():
     """A recurrent state [layers, batch, hidden] follows its input's batch (it is not a sequence
     to probe): the Concat below runs only when both batches agree."""
-    from onnxprune.verify_shapes import choose_shapes
+    from onnxprune.verify.shapes import choose_shapes
 
     g = GraphBuilder(shape=("batch", 8))
     g.inputs.append(onnx.helper.make_tensor_value_info("state", onnx.TensorProto.FLOAT, [2, "batch", 8]))
@@ -119,8 +119,8 @@ def test_float_noise_above_1e4_passes_and_a_wrong_weight_fails(monkeypatch):
 
 
 def test_genuine_mismatch_on_a_quiet_model_fails():
-    from onnxprune.noise import Noise
-    from onnxprune.verify import compare
+    from onnxprune.verify.noise import Noise
+    from onnxprune.verify.reference import compare
 
     reference = {"y": np.ones(4, np.float32)}
     pruned = {"y": np.array([1, 1, 1, 1.003], np.float32)}

@@ -7,7 +7,6 @@ import collections
 import onnx
 import pytest
 import torch
-
 from zoo import EXPORTERS, TOPOLOGY_ZOO, ZOO, build, ort_matches_torch, single_thread
 
 

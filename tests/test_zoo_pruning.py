@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from zoo import ZOO
 
 import onnxprune
-from onnxprune.verify import random_inputs, run_model
 from onnxprune.api import load_and_analyze
-from onnxprune.report import prunable_share
-from zoo import ZOO
+from onnxprune.model.inputs import random_inputs
+from onnxprune.model.runtime import run_model
+from onnxprune.report.document import prunable_share
 
 EXPORTERS = ("torchscript", "dynamo")
 CRITERIA = ("l1", "l2", "fpgm", "random")

@@ -23,9 +23,9 @@ from data import load_digits_split  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune.bench import compare_latency  # noqa: E402
-from onnxprune.console import print_analysis, print_report, stdout  # noqa: E402
-from onnxprune.report import group_rows, prunable_share  # noqa: E402
-from onnxprune.verify import run_model  # noqa: E402
+from onnxprune.model.runtime import run_model  # noqa: E402
+from onnxprune.report.console import print_analysis, print_report, stdout  # noqa: E402
+from onnxprune.report.document import group_rows, prunable_share  # noqa: E402
 
 
 def accuracy(model: onnx.ModelProto, images: np.ndarray, labels: np.ndarray) -> float:

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 import networkx as nx
 import onnx
 
-from ..graph import has_subgraph, subgraph_outer_reads
-from . import attention_rules, integer_rules, op_rules, quant_rules, recurrent_rules, topology_rules  # noqa: F401  (register the rules)
-from .model_view import ModelView, node_label
-from .registry import rule_for
-from .relations import Link, Relations, Space, WeightUse, tensors_of
+from onnxprune.analysis.relations import Link, Relations, Space, WeightUse, tensors_of
+from onnxprune.analysis.rules.attention import contrib_attention_reason
+from onnxprune.analysis.rules.registry import rule_for
+from onnxprune.model.subgraphs import has_subgraph, subgraph_outer_reads
+from onnxprune.model.view import ModelView, node_label
 
 
 @dataclass
@@ -72,7 +72,7 @@ def relate_node(rel: Relations, node: onnx.NodeProto, view: ModelView, readers: 
         _freeze_control_flow(rel, node)
     elif rule is None:
         domain = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
-        rel.freeze_node(attention_rules.contrib_attention_reason(node)
+        rel.freeze_node(contrib_attention_reason(node)
                         or f"no channel rule for op {domain}{node.op_type}")
     elif unknown:
         rel.freeze_node(f"shape of '{unknown[0]}' is unknown")

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from .channels import ChannelGraph, build_channel_graph
-from .model_view import ModelView
-from .relations import Link, Space, WeightUse
+from onnxprune.analysis.channels import ChannelGraph, build_channel_graph
+from onnxprune.analysis.relations import Link, Space, WeightUse
+from onnxprune.model.view import ModelView
 
 
 @dataclass

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .model_view import ModelView, node_label
+from onnxprune.model.view import ModelView, node_label
 
 
 @dataclass(frozen=True, order=True)

@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from ..graph import atomic_write_text
+from onnxprune.model.io import atomic_write_text
 
 FORMAT = "onnxprune-timings/1"
 

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ..runtime import onnxruntime
+from onnxprune.model.runtime import onnxruntime
 
 
 @dataclass

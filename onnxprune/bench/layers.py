@@ -11,12 +11,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..analysis import ChannelGroup, ModelView
-from ..analysis.model_view import attr, node_label
-from ..analysis.relations import Space
-from .cache import TimingCache
-from .latency import interleaved_calls, io_binding_runner, make_session, plain_runner
-from .providers import ExecutionProvider, check_session_provider
+from onnxprune.analysis import ChannelGroup, ModelView
+from onnxprune.analysis.relations import Space
+from onnxprune.bench.cache import TimingCache
+from onnxprune.bench.latency import (
+    interleaved_calls,
+    io_binding_runner,
+    make_session,
+    plain_runner,
+)
+from onnxprune.bench.providers import ExecutionProvider, check_session_provider
+from onnxprune.model.view import attr, node_label
 
 TIMED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -154,7 +159,7 @@ class LayerTimer:
 
     def __init__(self, ep: ExecutionProvider, cache: TimingCache | None, threads: int = 0,
                  warmup: int = 3, iters: int = 30, block: int = 5, refresh: bool = False):
-        from ..runtime import onnxruntime
+        from onnxprune.model.runtime import onnxruntime
 
         self.ep, self.cache, self.threads = ep, cache, threads
         self.warmup, self.iters, self.block, self.refresh = warmup, iters, block, refresh

@@ -8,8 +8,8 @@ import platform
 import subprocess
 from dataclasses import dataclass
 
-from ..errors import InputError
-from ..runtime import onnxruntime
+from onnxprune.errors import InputError
+from onnxprune.model.runtime import onnxruntime
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,21 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ..errors import InputError
-from ..flops import model_macs, model_params
-from .latency import LatencyStats, interleaved_calls, io_binding_runner, make_session, plain_runner
-from .providers import ExecutionProvider, check_session_provider, device_name, resolve_ep
+from onnxprune.analysis.cost import model_macs, model_params
+from onnxprune.bench.latency import (
+    LatencyStats,
+    interleaved_calls,
+    io_binding_runner,
+    make_session,
+    plain_runner,
+)
+from onnxprune.bench.providers import (
+    ExecutionProvider,
+    check_session_provider,
+    device_name,
+    resolve_ep,
+)
+from onnxprune.errors import InputError
 
 FORMAT = "onnxprune-bench/1"
 
@@ -86,7 +97,7 @@ class BenchResult:
 
     def to_dict(self) -> dict:
         """The `--json` document (format onnxprune-bench/1)."""
-        from ..runtime import onnxruntime
+        from onnxprune.model.runtime import onnxruntime
 
         options = self.options
         return {"format": FORMAT, "ep": self.ep.name, "provider": self.ep.provider, "device": self.device,
@@ -148,7 +159,7 @@ def _runtime_guard(call: Callable[[], object], context: str):
 
 
 def _load(path: Path) -> onnx.ModelProto:
-    from ..graph import load_model
+    from onnxprune.model.io import load_model
 
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -201,7 +212,7 @@ def _check_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], pa
 def input_feeds(model: onnx.ModelProto, batch: int, shapes: dict[str, tuple[int, ...]],
                 seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random inputs for every graph input at `batch` (see `input_shape`)."""
-    from ..verify import random_inputs
+    from onnxprune.model.inputs import random_inputs
 
     concrete = {info.name: input_shape(info, batch, shapes) for info in graph_inputs(model)}
     return random_inputs(model, seed, batch, concrete)
@@ -209,8 +220,8 @@ def input_feeds(model: onnx.ModelProto, batch: int, shapes: dict[str, tuple[int,
 
 def count_macs_params(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int]:
     """MACs at batch 1 (dynamic input dims from `shapes`) and parameters of a model."""
-    from ..analysis import ModelView
-    from ..graph import normalize
+    from onnxprune.analysis import ModelView
+    from onnxprune.model.normalize import normalize
 
     static = onnx.ModelProto()
     static.CopyFrom(model)

@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-
 NAME = "bench"
 
 EXAMPLES = """examples:
@@ -47,7 +46,7 @@ def add_parser(commands) -> None:
 
 def add_timing_options(sub) -> None:
     """--ep and --threads (shared with `profile`)."""
-    from ..bench.providers import EPS
+    from onnxprune.bench.providers import EPS
 
     sub.add_argument("--ep", default="cpu", choices=sorted(EPS), metavar="EP",
                      help=f"execution provider: {', '.join(EPS)} (default cpu)")
@@ -56,8 +55,13 @@ def add_timing_options(sub) -> None:
 
 def run(args) -> int:
     """The bench command."""
-    from ..bench.suite import BenchOptions, bench_models, parse_batches, parse_shapes
-    from ..console import progress_bar, stdout
+    from onnxprune.bench.suite import (
+        BenchOptions,
+        bench_models,
+        parse_batches,
+        parse_shapes,
+    )
+    from onnxprune.report.console import progress_bar, stdout
 
     options = BenchOptions(args.ep, parse_batches(args.batch), args.threads, args.warmup, args.iters, args.block,
                            args.io_binding, parse_shapes(args.shape), args.seed, not args.no_spin)
@@ -76,7 +80,7 @@ def results_table(result):
     """A rich table: one row per model and batch size."""
     from rich.table import Table
 
-    from ..console import human
+    from onnxprune.report.console import human
 
     doc = result.to_dict()
     title = (f"ONNX Runtime {doc['onnxruntime']} {doc['provider']} on {doc['device']}, "

@@ -39,9 +39,9 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     """Run the check; print one PASS/FAIL line; 0 pass, 3 fail."""
-    from ..api import default_plan_path
-    from ..check import check_pruned, summary_line
-    from ..errors import InputError
+    from onnxprune.api import default_plan_path
+    from onnxprune.errors import InputError
+    from onnxprune.verify.check import check_pruned, summary_line
 
     if args.runs < 1 and not args.calib:
         raise InputError(f"--runs must be at least 1 (or give --calib), got {args.runs}")

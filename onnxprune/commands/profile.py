@@ -21,7 +21,7 @@ $ONNXPRUNE_CACHE (else $XDG_CACHE_HOME/onnxprune, else ~/.cache/onnxprune)."""
 
 def add_parser(commands) -> None:
     """The profile sub-parser."""
-    from .bench import add_timing_options
+    from onnxprune.commands.bench import add_timing_options
 
     sub = commands.add_parser(NAME, help="time each group's layers at candidate channel counts (--round-to auto)",
                               description="Per prunable group: latency of its layers at candidate kept channel "
@@ -39,11 +39,11 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     """The profile command."""
-    from ..api import load_and_analyze, require_prunable, score_groups
-    from ..console import progress_bar, stdout
-    from ..errors import InputError
-    from ..rounding import AutoRoundOptions, auto_round
-    from ..select import SelectOptions, select
+    from onnxprune.api import load_and_analyze, require_prunable, score_groups
+    from onnxprune.errors import InputError
+    from onnxprune.report.console import progress_bar, stdout
+    from onnxprune.select.rounding import AutoRoundOptions, auto_round
+    from onnxprune.select.selection import SelectOptions, select
 
     if args.batch < 1 or args.threads < 0:
         raise InputError("--batch must be at least 1 and --threads at least 0")

@@ -1,6 +1,13 @@
 """Channel-importance criteria: a registry of classes that score each channel of a group."""
 
-from .base import CRITERIA, Criterion, ScoringContext, get_criterion, group_scores, register
-from . import activation, heads, magnitude  # noqa: F401  (register the criteria)
+from onnxprune.criteria import activation, heads, magnitude  # noqa: F401  (register the criteria)
+from onnxprune.criteria.base import (
+    CRITERIA,
+    Criterion,
+    ScoringContext,
+    get_criterion,
+    group_scores,
+    register,
+)
 
 __all__ = ["CRITERIA", "Criterion", "ScoringContext", "get_criterion", "group_scores", "register"]

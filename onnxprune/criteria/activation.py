@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Criterion, ScoringContext, atoms_to_channels, register
+from onnxprune.criteria.base import (
+    Criterion,
+    ScoringContext,
+    atoms_to_channels,
+    register,
+)
 
 
 def activation_stats(ctx: ScoringContext):
     """Per-space statistics, computed once per scoring context."""
-    from ..activations import collect_stats
+    from onnxprune.measure.gated import collect_stats
 
     return ctx.cached("stats", lambda: collect_stats(ctx.model, ctx.groups, ctx.view, ctx.data,
                                                      ctx.progress))
@@ -122,7 +127,7 @@ class EffectCriterion(Criterion):
         return ctx.cached(f"effect:{self.name}", lambda: self._all_scores(ctx))[group.id]
 
     def _all_scores(self, ctx) -> dict[str, np.ndarray]:
-        from ..activations import GatedModel
+        from onnxprune.measure.gated import GatedModel
 
         model = GatedModel(ctx.model, ctx.groups, ctx.view)
         groups = [g for g in ctx.groups if g.prunable]

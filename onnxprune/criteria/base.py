@@ -8,8 +8,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..analysis import ChannelGroup
-from ..errors import InputError
+from onnxprune.analysis import ChannelGroup
+from onnxprune.errors import InputError
 
 CRITERIA: dict[str, "Criterion"] = {}
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activation import EffectCriterion
-from .base import register
+from onnxprune.criteria.activation import EffectCriterion
+from onnxprune.criteria.base import register
 
 
 def relative_change(reference: np.ndarray, gated: np.ndarray) -> np.ndarray:

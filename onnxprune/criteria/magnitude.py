@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
-from .base import Criterion, group_scores, register
+from onnxprune.criteria.base import Criterion, group_scores, register
+from onnxprune.errors import InputError
 
 
 def l1_rows(rows: np.ndarray) -> np.ndarray:

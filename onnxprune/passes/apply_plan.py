@@ -8,12 +8,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..analysis import ModelView, Space
-from ..analysis.model_view import node_label
-from ..analysis.registry import rule_for
-from ..graph import copy_without_initializers, infer_shapes
-from ..select import PruningPlan
-from .slice_chains import ChainRestore, restore_chains
+from onnxprune.analysis import ModelView, Space
+from onnxprune.analysis.rules.registry import rule_for
+from onnxprune.model.edit import copy_without_initializers
+from onnxprune.model.shapes import infer_shapes
+from onnxprune.model.view import node_label
+from onnxprune.passes.slice_chains import ChainRestore, restore_chains
+from onnxprune.select.plan import PruningPlan
 
 
 @dataclass

@@ -20,9 +20,15 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..analysis.weight_chains import (ChainSet, ChainUnsupported, WeightChain, evaluate_chain_outputs,
-                                      input_kept, ordered_nodes)
-from ..graph import tensor_value
+from onnxprune.model.tensors import tensor_value
+from onnxprune.model.weight_chains import (
+    ChainSet,
+    ChainUnsupported,
+    WeightChain,
+    evaluate_chain_outputs,
+    input_kept,
+    ordered_nodes,
+)
 
 Kept = dict[int, np.ndarray]
 

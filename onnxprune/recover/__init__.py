@@ -1,6 +1,11 @@
 """Recovery after pruning: least-squares reconstruction of the pruned consumer layers."""
 
-from .reconstruct import NormalEquations, Reconstruction, im2col, reconstruct
-from .finetune import FinetuneResult, finetune
+from onnxprune.recover.finetune import FinetuneResult, finetune
+from onnxprune.recover.reconstruct import (
+    NormalEquations,
+    Reconstruction,
+    im2col,
+    reconstruct,
+)
 
 __all__ = ["NormalEquations", "Reconstruction", "im2col", "reconstruct"]

@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..graph import with_outputs
-from ..verify import make_cpu_session
+from onnxprune.model.edit import with_outputs
+from onnxprune.model.runtime import make_cpu_session
 
 
 def batchnorm_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import onnx
 
-from ..api import PruneResult, load_and_analyze
-from ..bench import compare_latency
-from ..errors import VerificationError
-from ..verify import random_inputs, run_model
+from onnxprune.api import PruneResult, load_and_analyze
+from onnxprune.bench import compare_latency
+from onnxprune.errors import VerificationError
+from onnxprune.model.inputs import random_inputs
+from onnxprune.model.runtime import run_model
 
 
 def finetune_pruned(result: PruneResult, source, data, *, epochs: int, val=None, preprocess=None,
@@ -18,7 +19,7 @@ def finetune_pruned(result: PruneResult, source, data, *, epochs: int, val=None,
     then check it and time it against the input; the report gains `finetune` and `latency`.
     With `val` data, a fine-tuned model whose validation top-1 is lower than before fine-tuning
     is not kept (`applied: false`)."""
-    from .finetune import finetune
+    from onnxprune.recover.finetune import finetune
 
     original = load_and_analyze(source).model
     tuned = finetune(result.model, data, epochs=epochs, val=val, preprocess=preprocess, augment=augment,

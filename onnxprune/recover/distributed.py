@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numpy as np
-
-from ..errors import InputError
+from onnxprune.errors import InputError
 
 
 @dataclass(frozen=True)

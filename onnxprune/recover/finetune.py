@@ -52,20 +52,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import onnx
 
-from ..calib import CalibrationData, ModelInput, Preprocess, load_calibration
-from ..errors import InputError, TrainingDivergedError
-from ..graph import atomic_write_bytes, save_model
-from .distributed import Shard, pick_device, start, stop, sum_over_ranks, wrap
+from onnxprune.errors import InputError, TrainingDivergedError
+from onnxprune.measure.calibration import (
+    CalibrationData,
+    Preprocess,
+    load_calibration,
+)
+from onnxprune.model.io import atomic_write_bytes, save_model
+from onnxprune.recover.distributed import (
+    Shard,
+    pick_device,
+    start,
+    stop,
+    sum_over_ranks,
+    wrap,
+)
 
 OPTIMIZERS = ("sgd", "adamw")
 CHECKPOINT_NAME = "last.pt"
@@ -283,7 +293,7 @@ class _Run:
 
 def _teacher_module(teacher, device):
     """The teacher ONNX model as a frozen torch module in eval mode (None without a teacher)."""
-    from ..torch import to_torch
+    from onnxprune.torch import to_torch
 
     if teacher is None:
         return None
@@ -311,7 +321,7 @@ def _train_epoch(run: _Run, trainer, teacher, train: CalibrationData, epoch: int
     """One epoch over this rank's part of every batch; the metrics summed over all ranks."""
     import torch
 
-    from ..console import progress_bar
+    from onnxprune.report.console import progress_bar
 
     totals = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "correct": 0.0, "count": 0.0}
     bar = progress_bar(f"epoch {epoch}/{settings.epochs}", total=train.num_batches) if shard.main \
@@ -365,7 +375,7 @@ def _export(module, train: CalibrationData) -> onnx.ModelProto:
     """The trained module (CPU, eval mode) exported to ONNX with a real input as the example."""
     import torch
 
-    from ..torch import export_onnx
+    from onnxprune.torch import export_onnx
 
     x_np, _ = train._files_batch(0, 1) if train._files else train._array_batch(0, 1)
     example = torch.from_numpy(np.ascontiguousarray(x_np[:1]))
@@ -392,8 +402,8 @@ def finetune(model_or_path, data, *, epochs: int, val=None, optimizer: str = "sg
     """
     import torch
 
-    from ..api import load_and_analyze
-    from ..torch import to_torch
+    from onnxprune.api import load_and_analyze
+    from onnxprune.torch import to_torch
 
     settings = _Settings.check(epochs, optimizer, lr, momentum, weight_decay, kd_alpha, kd_temperature, clip_grad)
     if resume and checkpoint_dir is None:

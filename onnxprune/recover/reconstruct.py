@@ -30,10 +30,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..analysis.model_view import ModelView, attr, node_label
-from ..graph import with_outputs
-from ..verify import make_cpu_session
-from .batchnorm import recalibrate_batchnorm
+from onnxprune.model.edit import with_outputs
+from onnxprune.model.runtime import make_cpu_session
+from onnxprune.model.view import ModelView, attr, node_label
+from onnxprune.recover.batchnorm import recalibrate_batchnorm
 
 #: at most this many output positions per sample enter a Conv's normal equations (seeded subsample)
 MAX_POSITIONS = 1024

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from onnx import helper, numpy_helper
 from torch import nn
 
-from ..errors import InputError
+from onnxprune.errors import InputError
 
 Tensor = torch.Tensor
 OPS: dict[str, Callable[..., Any]] = {}
@@ -567,7 +567,7 @@ class OnnxModule(nn.Module):
 
 def to_torch(model: onnx.ModelProto | str | os.PathLike) -> OnnxModule:
     """An ONNX model (``ModelProto`` or path), normalized by onnxprune, as a trainable module."""
-    from ..api import load_and_analyze
+    from onnxprune.api import load_and_analyze
 
     return OnnxModule(load_and_analyze(model).model)
 

@@ -12,9 +12,8 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 from graphs import GraphBuilder, conv_chain
+from onnx import TensorProto, helper, numpy_helper
 
 Mutator = Callable[[onnx.ModelProto, np.random.Generator], bytes]
 

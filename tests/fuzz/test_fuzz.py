@@ -16,11 +16,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
-
 from mutators import MUTATORS, seed_models
-from onnxprune.check import check_pruned
+
 from onnxprune.cli import main
+from onnxprune.verify.check import check_pruned
 
 CASES = int(os.environ.get("FUZZ_CASES", "600"))
 FUZZ_SEED = int(os.environ.get("FUZZ_SEED", "0"))

@@ -1,0 +1,105 @@
+"""Access to ONNX Runtime, with a clear message when neither runtime build is installed."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxprune.errors import InputError, OnnxPruneError
+from onnxprune.model.edit import copy_without_initializers
+from onnxprune.model.tensors import tensor_nbytes, tensor_value
+
+
+def onnxruntime():
+    """The `onnxruntime` module (from the onnxruntime or onnxruntime-gpu package)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise InputError("ONNX Runtime is not installed: pip install 'onnxprune[cpu]' "
+                         "(or 'onnxprune[gpu]' for CUDA/TensorRT)") from None
+    return ort
+
+#: Initializers larger than this are handed to ONNX Runtime from memory, not serialized.
+IN_MEMORY_BYTES = 1024
+
+
+def _skeleton(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str]]:
+    """The model with its large initializers marked external (their values come from memory);
+    small ones are embedded, from `arrays` when given there."""
+    skeleton = copy_without_initializers(model)
+    graph = skeleton.graph
+    external = []
+    for init in model.graph.initializer:
+        entry = graph.initializer.add()
+        if tensor_nbytes(init) <= IN_MEMORY_BYTES:
+            entry.CopyFrom(numpy_helper.from_array(arrays[init.name], init.name) if init.name in arrays else init)
+            continue
+        entry.name, entry.data_type = init.name, init.data_type
+        entry.dims.extend(init.dims)
+        entry.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", "in-memory"), ("offset", "0"), ("length", "0")):
+            item = entry.external_data.add()
+            item.key, item.value = key, value
+        external.append(init.name)
+    return skeleton, external
+
+
+def make_cpu_session(model: onnx.ModelProto, arrays: dict[str, np.ndarray] | None = None,
+                     optimize: bool = False, threads: int = 0):
+    """An ONNX Runtime CPU session; large weights are passed from memory (`arrays` by name, else
+    the model's own values) instead of being serialized with the graph; `threads` intra-op
+    threads (0: ONNX Runtime's default)."""
+    ort = onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # failures come back as exceptions; ORT's own log lines would be noise
+    options.intra_op_num_threads = threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    arrays = arrays or {}
+    skeleton, external = _skeleton(model, arrays)
+    inits = {init.name: init for init in model.graph.initializer}
+    values = [np.ascontiguousarray(arrays[n] if n in arrays else numpy_helper.to_array(inits[n]))
+              for n in external]
+    ort_values = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]
+    if external:
+        options.add_external_initializers(external, ort_values)
+    session = ort.InferenceSession(skeleton.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.keepalive = (values, ort_values)  # the session reads these buffers
+    return session
+
+
+def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimize: bool = False,
+              arrays: dict[str, np.ndarray] | None = None) -> dict:
+    """Run a model with ONNX Runtime on CPU; returns outputs by name. Without graph optimizations,
+    large weights are fed as inputs: ONNX Runtime copies the initializers of a session, but reads
+    inputs in place, so a big model's weights are not held twice."""
+    try:
+        if optimize:
+            session, weights = make_cpu_session(model, arrays, optimize), {}
+        else:
+            skeleton, weights = _weights_as_inputs(model, arrays or {})
+            session = make_cpu_session(skeleton)
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, {**feeds, **weights})))
+    except OnnxPruneError:
+        raise
+    except Exception as exc:
+        raise InputError(f"ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _weights_as_inputs(model: onnx.ModelProto, arrays: dict) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The model with its initializers over IN_MEMORY_BYTES turned into graph inputs, and their
+    values (from `arrays` by name, else the model's own) to feed."""
+    skeleton = copy_without_initializers(model)
+    declared = {i.name for i in skeleton.graph.input}
+    weights = {}
+    for init in model.graph.initializer:
+        if tensor_nbytes(init) <= IN_MEMORY_BYTES:
+            small = numpy_helper.from_array(arrays[init.name], init.name) if init.name in arrays else init
+            skeleton.graph.initializer.add().CopyFrom(small)
+            continue
+        weights[init.name] = np.ascontiguousarray(arrays[init.name] if init.name in arrays else tensor_value(init))
+        if init.name not in declared:
+            skeleton.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return skeleton, weights

@@ -1,0 +1,1 @@
+"""The report room: the report dictionary, console rendering and plots."""

@@ -1,0 +1,66 @@
+"""The pruning report: FLOPs (MACs) and parameters before → after, per group and in total."""
+
+from __future__ import annotations
+
+from onnxprune.analysis import ChannelGroup, ModelView
+from onnxprune.analysis.cost import group_macs, model_macs
+from onnxprune.select.plan import PruningPlan
+
+
+def model_summary(model, view: ModelView | None = None, shapes: dict | None = None) -> dict:
+    """Total MACs and parameters of a model (a weight chain such as int8 → Cast → Mul counts as
+    the weight it yields; `shapes`: every tensor's shape at the verification
+    shape, batch 1, see flops.py; else dynamic dims count as 1)."""
+    view = view or ModelView(model)
+    return {"macs": sum(model_macs(view, shapes).values()), "params": view.param_count()}
+
+
+def group_rows(groups: list[ChannelGroup], view: ModelView, plan: PruningPlan | None = None,
+               pruned: ModelView | None = None, shapes: dict | None = None,
+               pruned_shapes: dict | None = None) -> list[dict]:
+    """One row per group: channels, MACs of its layers and parameters of its weights (before,
+    and after when the pruned model's view is given), share of the model's MACs, frozen reason.
+    `shapes` / `pruned_shapes`: tensor shapes at the verification shape (see model_summary)."""
+    macs = model_macs(view, shapes)
+    macs_after = model_macs(pruned, pruned_shapes) if pruned else None
+    total = max(sum(macs.values()), 1)
+    rows = []
+    for group in groups:
+        row = group.to_dict()
+        row["kept"] = plan.kept_count(group) if plan else group.channels
+        row["macs"] = group_macs(group, macs)
+        row["macs_share"] = row["macs"] / total
+        row["params"] = _member_params(group, view)
+        if pruned is not None:
+            row["macs_after"] = group_macs(group, macs_after)
+            row["params_after"] = _member_params(group, pruned)
+        rows.append(row)
+    return rows
+
+
+def _member_params(group: ChannelGroup, view: ModelView) -> int:
+    """Elements of the weight tensors that hold the group's channels (each tensor once)."""
+    names = {m.space.tensor for m in group.members}
+    return int(sum(view.value(n).size for n in names if view.value(n) is not None))
+
+
+def prunable_share(groups: list[ChannelGroup], view: ModelView, shapes: dict | None = None) -> float:
+    """Share of the model's MACs in layers that touch at least one prunable group."""
+    macs = model_macs(view, shapes)
+    nodes = {m.node for g in groups if g.prunable for m in g.members if m.role in ("out", "in")}
+    return sum(macs.get(n, 0) for n in nodes) / max(sum(macs.values()), 1)
+
+
+def build_report(before: dict, after: dict, rows: list[dict], criterion: str, options: dict,
+                 verification: dict | None) -> dict:
+    """The JSON report of one pruning run."""
+    return {
+        "criterion": criterion,
+        "options": options,
+        "before": before,
+        "after": after,
+        "macs_ratio": after["macs"] / before["macs"] if before["macs"] else 1.0,
+        "params_ratio": after["params"] / before["params"] if before["params"] else 1.0,
+        "groups": rows,
+        "verification": verification,
+    }

@@ -1,0 +1,224 @@
+"""The masked-reference check: the pruned model must compute what the input model computes with
+the pruned channels masked, within a tolerance set by the float noise of the reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxprune.analysis import ModelView
+from onnxprune.model.inputs import random_inputs
+from onnxprune.model.runtime import run_model
+from onnxprune.select.plan import PruningPlan
+from onnxprune.verify.noise import K as NOISE_K
+from onnxprune.verify.noise import Noise, measure_noise
+from onnxprune.verify.noise import tolerance as noise_tolerance
+
+#: The smallest tolerance (relative to the output's largest magnitude); the tolerance of each
+#: output is calibrated from the model's own float noise above it (see noise.py).
+RTOL = 1e-4
+
+
+@dataclass
+class OutputCheck:
+    """How far one output of the pruned model is from the masked reference, with the output's
+    float noise and the tolerance calibrated from it."""
+
+    name: str
+    max_abs_diff: float
+    scale: float
+    noise: float = 0.0
+    tolerance: float = RTOL
+
+    @property
+    def relative(self) -> float:
+        """max |pruned - reference| divided by max |reference|."""
+        return self.max_abs_diff / self.scale if self.scale > 0 else self.max_abs_diff
+
+    @property
+    def ok(self) -> bool:
+        """True within the output's tolerance."""
+        return bool(np.isfinite(self.max_abs_diff)) and self.relative <= self.tolerance
+
+
+@dataclass
+class VerifyResult:
+    """Per-output comparison of a pruned model with its masked reference; `noise`: how the
+    tolerance was calibrated (None: the fixed RTOL)."""
+
+    outputs: list[OutputCheck]
+    noise: "Noise | None" = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every output matches."""
+        return all(o.ok for o in self.outputs)
+
+    def worst(self) -> OutputCheck:
+        """The output that differs most, relative to its tolerance."""
+        return max(self.outputs, key=lambda o: o.relative / o.tolerance if np.isfinite(o.relative) else np.inf)
+
+    @property
+    def max_relative(self) -> float:
+        """The largest relative difference over the outputs."""
+        return max((o.relative for o in self.outputs), default=0.0)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary: per output the difference, noise and tolerance; the worst output's."""
+        worst = self.worst() if self.outputs else OutputCheck("", 0.0, 0.0)
+        return {"ok": self.ok, "max_relative": self.max_relative, "noise": worst.noise,
+                "tolerance": worst.tolerance, "rtol": worst.tolerance,
+                "noise_method": self.noise.method if self.noise else None, "k": NOISE_K,
+                "outputs": {o.name: {"max_abs_diff": o.max_abs_diff, "relative": o.relative, "noise": o.noise,
+                                     "tolerance": o.tolerance} for o in self.outputs}}
+
+    def summary(self) -> str:
+        """'max relative difference 1.2e-05, float noise 3e-07 (float64 via torch), tolerance 0.0001'."""
+        worst = self.worst()
+        how = f" ({self.noise.method})" if self.noise else ""
+        return (f"max relative difference {worst.relative:.2g}, float noise {worst.noise:.2g}{how}, "
+                f"tolerance {worst.tolerance:.2g}")
+
+
+def masked_weights(view: ModelView, plan: PruningPlan) -> dict[str, np.ndarray]:
+    """Copies of the weights that hold pruned slices, with those slices set to their fill value."""
+    masks: dict[str, list] = {}
+    for group in plan.groups:
+        if not plan.is_pruned(group):
+            continue
+        dropped = np.setdiff1d(np.arange(group.channels), plan.kept[group.id])
+        for member in group.members:
+            if member.fill is not None:
+                masks.setdefault(member.space.tensor, []).append(
+                    (member.space.axis, group.kept_atoms(member.space, dropped), member.fill))
+    return {name: _masked_copy(view.value(name), tensor_masks) for name, tensor_masks in masks.items()}
+
+
+def _masked_copy(value: np.ndarray, masks: list) -> np.ndarray:
+    """`value` with each (axis, indices, fill) slice set to fill. When every fill is 0, the kept
+    entries are copied into a fresh zero array instead: a large zero array's untouched pages
+    take no memory, so a big model's masked reference costs about what it keeps."""
+    if any(fill != 0 for _, _, fill in masks):
+        result = np.array(value)
+        for axis, indices, fill in masks:
+            index = [slice(None)] * result.ndim
+            index[axis] = indices
+            result[tuple(index)] = fill
+        return result
+    kept = [np.ones(size, dtype=bool) for size in value.shape]
+    for axis, indices, _ in masks:
+        kept[axis][indices] = False
+    result = lazy_zeros(value.shape, value.dtype)
+    index = np.ix_(*[np.flatnonzero(k) for k in kept])
+    result[index] = value[index]
+    return result
+
+
+def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
+    """A zero array whose pages take memory only once written. Large ones come from an anonymous
+    mapping without transparent huge pages (numpy asks for huge pages: one written byte would
+    then make 2 MB resident, and scattered kept channels would make the whole array resident)."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    import mmap
+
+    if nbytes < (16 << 20) or not hasattr(mmap, "MAP_PRIVATE"):  # small, or not a POSIX system
+        return np.zeros(shape, dtype=dtype)
+
+    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # shared pages fill on read
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buffer.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def masked_reference(model: onnx.ModelProto, plan: PruningPlan) -> onnx.ModelProto:
+    """A copy of the (normalized) input model whose pruned channels' weight slices are masked."""
+    values = masked_weights(ModelView(model), plan)
+    masked = onnx.ModelProto()
+    masked.CopyFrom(model)
+    for init in masked.graph.initializer:
+        if init.name in values:
+            init.CopyFrom(numpy_helper.from_array(values[init.name], init.name))
+    return masked
+
+
+def compare(pruned: dict, reference: dict, noise: Noise | None = None) -> VerifyResult:
+    """Compare two output dicts element-wise; with `noise`, each output's tolerance is calibrated
+    from its noise (else it is RTOL)."""
+    checks = []
+    for name, ref in reference.items():
+        got = pruned[name]
+        if got.shape != ref.shape:
+            check = OutputCheck(name, float("inf"), 1.0)
+        else:
+            check = _compare_one(name, got, ref)
+        if noise is not None:
+            check.noise = noise.of(name)
+            check.tolerance = noise_tolerance(check.noise, ref.dtype)
+        checks.append(check)
+    return VerifyResult(checks, noise)
+
+
+def _compare_one(name: str, got: np.ndarray, ref: np.ndarray) -> OutputCheck:
+    """Largest difference over the finite values; NaN and ±Inf must sit at the same places with
+    the same values in both (else the difference is infinite)."""
+    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+    finite = np.isfinite(ref64)
+    if not np.array_equal(finite, np.isfinite(got64)) or \
+            not np.array_equal(ref64[~finite], got64[~finite], equal_nan=True):
+        return OutputCheck(name, float("inf"), 1.0)
+    if not finite.any():
+        return OutputCheck(name, 0.0, 0.0)
+    diff = float(np.max(np.abs(got64[finite] - ref64[finite])))
+    return OutputCheck(name, diff, float(np.max(np.abs(ref64[finite]))))
+
+
+@dataclass
+class Reference:
+    """The masked reference of a plan on one set of seeded random feeds: the model ONNX Runtime
+    runs (bounded outputs' logits exposed), the masked weights it reads (by name, over the
+    model's own), the feeds, its outputs as verification judges them (see `bounded_outputs`)."""
+
+    model: onnx.ModelProto
+    arrays: dict
+    feeds: dict
+    outputs: dict
+    bounded: object  # analysis.bounded_outputs.BoundedOutputs
+    raw: dict
+
+    @classmethod
+    def run(cls, original: onnx.ModelProto, plan: PruningPlan, view: ModelView, feeds: dict) -> "Reference":
+        """Build and run the masked reference of `plan` on `feeds`."""
+        from onnxprune.passes.apply_plan import pruned_atoms
+        from onnxprune.verify.bounded_outputs import bounded_outputs
+        from onnxprune.verify.masked_norm import masked_norm_reference
+
+        bounded = bounded_outputs(original)  # sigmoid outputs: judged on their range and by their logits
+        masked = bounded.expose(masked_norm_reference(original, pruned_atoms(plan), view))  # --prune-residual
+        arrays = masked_weights(view, plan)  # other weights: the model's own
+        raw = run_model(masked, feeds, arrays=arrays)
+        return cls(masked, arrays, feeds, bounded.judge(raw), bounded, raw)
+
+    def noise(self) -> Noise:
+        """The reference's own float noise on its feeds (see noise.py)."""
+        return measure_noise(self.model, self.arrays, self.feeds, self.raw, self.bounded.judge)
+
+    def compare(self, pruned: onnx.ModelProto, noise: Noise | None = None) -> VerifyResult:
+        """The pruned model run on the same feeds, judged and compared with the reference."""
+        got = run_model(self.bounded.expose(pruned), self.feeds)
+        return compare(self.bounded.judge(got), self.outputs, noise)
+
+
+def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: PruningPlan, seed: int = 0,
+           shapes: dict[str, tuple] | None = None, view: ModelView | None = None,
+           noise: Noise | bool | None = True) -> VerifyResult:
+    """Run the pruned model and the masked reference on the same seeded random inputs (`shapes`:
+    input shapes by name, see verify_shapes.py). The tolerance is calibrated from the reference's
+    float noise (`noise=True`: measured now; a `Noise`: measured before; None/False: RTOL)."""
+    view = view or ModelView(original)
+    reference = Reference.run(original, plan, view, random_inputs(original, seed, shapes=shapes))
+    if noise is True:
+        noise = reference.noise()
+    return reference.compare(pruned, noise or None)
