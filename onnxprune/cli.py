@@ -282,7 +282,7 @@ def run_analyze(args) -> int:
     """The analyze command."""
     import json
 
-    from onnxprune.api import set_verification_shapes
+    from onnxprune.verify.verification import set_verification_shapes
     from onnxprune.report.console import print_analysis, stdout
 
     analysis = load_and_analyze(args.model, tuple(args.exclude))

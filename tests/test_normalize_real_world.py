@@ -16,7 +16,8 @@ from onnx import numpy_helper
 import onnxprune
 import onnxprune.model.normalize as graph_module
 from onnxprune.model.io import load_model
-from onnxprune.api import _check_model, load_and_analyze, require_prunable
+from onnxprune.api import load_and_analyze, require_prunable
+from onnxprune.verify.verification import require_valid_model
 from onnxprune.errors import InputError, InternalError
 from onnxprune.model.normalize import (
     check_normalized,
@@ -201,7 +202,7 @@ def test_an_invalid_pruned_model_is_an_internal_error_and_no_prunable_group_is_n
     broken.CopyFrom(analysis.model)
     del broken.graph.node[0]
     with pytest.raises(InternalError, match="pruning produced an invalid model"):
-        _check_model(broken, analysis.model)
+        require_valid_model(broken, analysis.model)
     for group in analysis.groups:
         group.frozen = group.frozen or "test"
     with pytest.raises(InputError, match=r"no prunable channel group \(3 frozen"):

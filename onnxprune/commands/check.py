@@ -39,7 +39,7 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     """Run the check; print one PASS/FAIL line; 0 pass, 3 fail."""
-    from onnxprune.api import default_plan_path
+    from onnxprune.select.plan import default_plan_path
     from onnxprune.errors import InputError
     from onnxprune.verify.check import check_pruned, summary_line
 

@@ -39,7 +39,8 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     """The profile command."""
-    from onnxprune.api import load_and_analyze, require_prunable, score_groups
+    from onnxprune.analysis.analyze import load_and_analyze, require_prunable
+    from onnxprune.criteria.scoring import score_groups
     from onnxprune.errors import InputError
     from onnxprune.report.console import progress_bar, stdout
     from onnxprune.select.rounding import AutoRoundOptions, auto_round

@@ -23,13 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from onnxprune.api import (
-    Analysis,
-    ModelLike,
-    load_and_analyze,
-    require_prunable,
-    score_groups,
-)
+from onnxprune.analysis.analyze import Analysis, ModelLike, load_and_analyze, require_prunable
+from onnxprune.criteria.scoring import score_groups
 from onnxprune.criteria import get_criterion
 from onnxprune.errors import InputError
 from onnxprune.measure.calibration import CalibrationData, load_calibration

@@ -26,7 +26,7 @@ class ModelView:
         self.shapes = tensor_shapes(model)
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         self.consts = ChainValues(initializers(model), model.graph.node, self.opset)
-        #: the input's weight chains (`analysis/weight_chains.py`) when this view is of a model that
+        #: the input's weight chains (`model/weight_chains.py`) when this view is of a model that
         #: normalization folded them in: `apply_plan` puts them back, their stored tensors sliced
         self.weight_chains = None
 

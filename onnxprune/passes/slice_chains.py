@@ -1,7 +1,7 @@
 """Put weight chains back into a pruned model, their stored tensors sliced.
 
 `apply_plan` slices the folded (float) weights that analysis saw. For each weight chain of the
-input (see `analysis/weight_chains.py`) this pass propagates the sink's kept indices back through
+input (see `model/weight_chains.py`) this pass propagates the sink's kept indices back through
 the chain's nodes to its stored tensors (int8 values, scales, zero points, fp16 values, a bias
 before its Unsqueeze), slices those, and replaces the folded weight by the chain: the output
 keeps the input's stored precision and the plan's `weights` names the stored tensors.

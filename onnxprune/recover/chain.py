@@ -3,13 +3,18 @@ the result is valid ONNX that runs, and benchmark it against the input model wit
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import onnx
 
-from onnxprune.api import PruneResult, load_and_analyze
+from onnxprune.analysis.analyze import load_and_analyze
 from onnxprune.bench import compare_latency
 from onnxprune.errors import VerificationError
 from onnxprune.model.inputs import random_inputs
 from onnxprune.model.runtime import run_model
+
+if TYPE_CHECKING:
+    from onnxprune.api import PruneResult
 
 
 def finetune_pruned(result: PruneResult, source, data, *, epochs: int, val=None, preprocess=None,

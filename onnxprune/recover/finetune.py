@@ -402,7 +402,7 @@ def finetune(model_or_path, data, *, epochs: int, val=None, optimizer: str = "sg
     """
     import torch
 
-    from onnxprune.api import load_and_analyze
+    from onnxprune.analysis.analyze import load_and_analyze
     from onnxprune.torch import to_torch
 
     settings = _Settings.check(epochs, optimizer, lr, momentum, weight_decay, kd_alpha, kd_temperature, clip_grad)

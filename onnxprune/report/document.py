@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from onnxprune.analysis import ChannelGroup, ModelView
 from onnxprune.analysis.cost import group_macs, model_macs
 from onnxprune.select.plan import PruningPlan
+from onnxprune.verify.shapes import macs_shapes
+from onnxprune.verify.verification import Verified, verification_report
+
+if TYPE_CHECKING:
+    from onnxprune.analysis.analyze import Analysis
 
 
 def model_summary(model, view: ModelView | None = None, shapes: dict | None = None) -> dict:
     """Total MACs and parameters of a model (a weight chain such as int8 → Cast → Mul counts as
     the weight it yields; `shapes`: every tensor's shape at the verification
-    shape, batch 1, see flops.py; else dynamic dims count as 1)."""
+    shape, batch 1, see analysis/cost.py; else dynamic dims count as 1)."""
     view = view or ModelView(model)
     return {"macs": sum(model_macs(view, shapes).values()), "params": view.param_count()}
 
@@ -64,3 +71,18 @@ def build_report(before: dict, after: dict, rows: list[dict], criterion: str, op
         "groups": rows,
         "verification": verification,
     }
+
+
+def prune_report(analysis: Analysis, verified: Verified, criterion: str, options: dict) -> dict:
+    """The report of a prune run: MACs and parameters before → after, the groups, the options, the
+    verification (when it ran) and the shapes it ran at."""
+    pruned = verified.applied.model
+    pruned_view = ModelView(pruned)
+    pruned_shapes = macs_shapes(pruned, analysis.shapes.shapes)
+    rows = group_rows(analysis.groups, analysis.view, verified.plan, pruned_view, analysis.macs_shapes, pruned_shapes)
+    check = verified.check
+    report = build_report(model_summary(analysis.model, analysis.view, analysis.macs_shapes),
+                          model_summary(pruned, pruned_view, pruned_shapes), rows, criterion, options,
+                          verification_report(check, analysis.shapes, verified.failed) if check else None)
+    report["shapes"] = analysis.shapes.to_dict()
+    return report

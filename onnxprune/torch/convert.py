@@ -1,7 +1,7 @@
 """ONNX -> trainable ``torch.nn.Module`` (and back).
 
 ``to_torch(model)`` turns an ONNX model (a ``ModelProto`` or a path; the graph is normalized by
-``onnxprune.api.load_and_analyze`` first) into an :class:`OnnxModule`: float initializers that
+``onnxprune.analysis.analyze.load_and_analyze`` first) into an :class:`OnnxModule`: float initializers that
 carry weights become ``nn.Parameter``s, the rest (integer tensors, shape constants, scalars,
 BatchNormalization running statistics) become buffers. ``module.onnx_parameters`` maps each ONNX
 initializer name to its parameter (``module.onnx_tensors`` to its parameter or buffer).
@@ -567,7 +567,7 @@ class OnnxModule(nn.Module):
 
 def to_torch(model: onnx.ModelProto | str | os.PathLike) -> OnnxModule:
     """An ONNX model (``ModelProto`` or path), normalized by onnxprune, as a trainable module."""
-    from onnxprune.api import load_and_analyze
+    from onnxprune.analysis.analyze import load_and_analyze
 
     return OnnxModule(load_and_analyze(model).model)
 

@@ -10,24 +10,21 @@ plan's channel selection on the original's channel groups, and then checks two t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from onnxprune.analysis import ModelView, find_groups
-from onnxprune.api import PLAN_FORMAT
+from onnxprune.analysis import ModelView
+from onnxprune.analysis.analyze import analyze_loaded
 from onnxprune.errors import InputError
 from onnxprune.model.inputs import random_inputs
 from onnxprune.model.io import load_model
 from onnxprune.model.runtime import run_model
-from onnxprune.model.simplify_attention import simplify_attention
 from onnxprune.model.tensors import tensor_value
-from onnxprune.model.weight_chains import normalize_keeping_chains
 from onnxprune.passes.apply_plan import pruned_atoms
-from onnxprune.select.plan import PruningPlan
+from onnxprune.select.plan import plan_shapes, read_plan, rebuild_plan
 from onnxprune.verify.bounded_outputs import bounded_outputs
 from onnxprune.verify.masked_norm import masked_norm_reference
 from onnxprune.verify.noise import measure_noise
@@ -70,45 +67,6 @@ def _rank(check: OutputCheck) -> float:
     """Relative difference, inf when not finite (NaN included)."""
     value = check.relative
     return float(value) if np.isfinite(value) and np.isfinite(check.max_abs_diff) else float("inf")
-
-
-def read_plan(path: Path) -> dict:
-    """The plan file, or InputError when it is missing or not an onnxprune plan."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such plan file (give it with --plan)")
-    try:
-        plan = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a JSON plan file ({exc})") from None
-    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
-        raise InputError(f"{path}: not an {PLAN_FORMAT} plan file")
-    groups, weights = plan.get("groups"), plan.get("weights")
-    if not isinstance(groups, list) or not isinstance(weights, dict) or \
-            not all(isinstance(g, dict) and isinstance(g.get("kept", []), list) for g in groups) or \
-            not all(isinstance(w, dict) and isinstance(w.get("kept"), dict) for w in weights.values()):
-        raise InputError(f"{path}: damaged plan file ('groups' and 'weights' are not as onnxprune writes them)")
-    return plan
-
-
-def rebuild_plan(groups, plan: dict) -> PruningPlan:
-    """The PruningPlan that `plan`'s groups describe, on the original model's channel groups."""
-    by_id = {g.id: g for g in groups}
-    kept = {}
-    for entry in plan["groups"]:
-        group = by_id.get(entry.get("id"))
-        if group is None or group.channels != entry.get("channels") or \
-                sorted({str(m.space) for m in group.members}) != entry.get("members"):
-            raise InputError(f"the plan's group {entry.get('id')!r} does not match the original model's channel "
-                             "groups (different model or onnxprune version)")
-        try:
-            chosen = np.asarray(entry.get("kept", []), dtype=np.int64).reshape(-1)
-        except (TypeError, ValueError):
-            raise InputError(f"the plan's group {group.id!r} has kept channels that are not integers") from None
-        if len(chosen) < group.channels:
-            if chosen.size and (chosen.min() < 0 or chosen.max() >= group.channels):
-                raise InputError(f"the plan's group {group.id!r} keeps channels outside 0..{group.channels - 1}")
-            kept[group.id] = np.unique(chosen)
-    return PruningPlan(groups, kept)
 
 
 def sliced_weights_differ(view: ModelView, pruned: onnx.ModelProto, weights: dict,
@@ -173,15 +131,14 @@ def check_pruned(pruned_path, original_path, plan_path, seed: int = 0, runs: int
         raise InputError(f"{original_path} is not the model this plan was made from (SHA-256 differs)")
     pruned = load_model(pruned_path).model
     options = plan_doc.get("options") or {}
-    model = simplify_attention(normalize_keeping_chains(original.model)[0])  # as `api.load_and_analyze` does
-    view = ModelView(model, prune_normalized=bool(options.get("prune_residual")))
-    groups = find_groups(view, tuple(options.get("exclude") or ()))
-    plan = rebuild_plan(groups, plan_doc)
+    analysis = analyze_loaded(original, tuple(options.get("exclude") or ()), bool(options.get("prune_residual")))
+    model, view = analysis.model, analysis.view
+    plan = rebuild_plan(analysis.groups, plan_doc)
     result = CheckResult(recovered=(plan_doc.get("recovered") or {}).get("method"))
     result.bad_weights = sliced_weights_differ(view, pruned, plan_doc["weights"], original.model)
     arrays = masked_weights(view, plan)  # the other weights are the model's own
     reference_model = masked_norm_reference(model, pruned_atoms(plan), view)  # --prune-residual
-    shapes = choose_shapes(model, _plan_shapes(options))  # as `api.prune` chose them
+    shapes = choose_shapes(model, plan_shapes(options))  # as `api.prune` chose them
     result.shapes, noise = shapes.describe(), None
     bounded = bounded_outputs(model)  # sigmoid outputs: judged on their range and by their logits
     reference_model = bounded.expose(reference_model)
@@ -193,15 +150,6 @@ def check_pruned(pruned_path, original_path, plan_path, seed: int = 0, runs: int
             result.noise_method = noise.method
         result.add(compare(bounded.judge(run_model(bounded.expose(pruned), feeds)), reference, noise))
     return result
-
-
-def _plan_shapes(options: dict) -> dict | None:
-    """The --shape values the plan was made with (options 'shapes'), as tuples."""
-    shapes = options.get("shapes") or {}
-    try:
-        return {str(name): tuple(int(d) for d in dims) for name, dims in shapes.items()} or None
-    except (AttributeError, TypeError, ValueError):
-        raise InputError("damaged plan file (options 'shapes' is not a map of input name to dims)") from None
 
 
 def _feeds(model: onnx.ModelProto, seed: int, runs: int, calib, samples: int, preprocess, shapes=None):
