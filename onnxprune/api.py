@@ -32,10 +32,21 @@ from onnxprune.model.io import atomic_write_text, save_model
 from onnxprune.passes.apply_plan import apply_plan
 from onnxprune.recover.reconstruct import Reconstruction, reconstruct
 from onnxprune.report.document import prune_report
-from onnxprune.select.plan import PLAN_FORMAT, PruningPlan, default_plan_path, plan_document, record_recovery
+from onnxprune.select.plan import (
+    PLAN_FORMAT,
+    PruningPlan,
+    default_plan_path,
+    plan_document,
+    record_recovery,
+)
 from onnxprune.select.planning import PlannedAllocation, allocation_report, plan_pruning
 from onnxprune.select.rounding import auto_round
-from onnxprune.verify.verification import Verified, require_valid_model, set_verification_shapes, verify_or_freeze
+from onnxprune.verify.verification import (
+    Verified,
+    require_valid_model,
+    set_verification_shapes,
+    verify_or_freeze,
+)
 
 __all__ = ["PLAN_FORMAT", "Analysis", "ModelLike", "PruneConfig", "PruneResult", "analyze", "default_plan_path",
            "load_and_analyze", "prepare", "prune", "require_prunable", "run_prune", "score_groups"]

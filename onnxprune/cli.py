@@ -282,8 +282,8 @@ def run_analyze(args) -> int:
     """The analyze command."""
     import json
 
-    from onnxprune.verify.verification import set_verification_shapes
     from onnxprune.report.console import print_analysis, stdout
+    from onnxprune.verify.verification import set_verification_shapes
 
     analysis = load_and_analyze(args.model, tuple(args.exclude))
     set_verification_shapes(analysis, None, required=False)  # MACs at the shape `prune` verifies at

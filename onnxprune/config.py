@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from onnxprune.bench.providers import resolve_ep
+from onnxprune.criteria.base import get_criterion
 from onnxprune.errors import InputError
 from onnxprune.measure.calibration import CalibrationData, load_calibration
 from onnxprune.select.allocation import AllocationRequest
@@ -70,7 +72,6 @@ class RoundingConfig:
                              "move the result off the target); use --ratio, or an integer --round-to")
         if not isinstance(self.batch, int) or self.batch < 1:
             raise InputError(f"--round-batch must be a positive integer, got {self.batch}")
-        from onnxprune.bench.providers import resolve_ep  # onnxruntime's provider list, only for 'auto'
 
         resolve_ep(self.ep)  # before the work: a missing provider is a clear error now
 
@@ -149,7 +150,6 @@ class PruneConfig:
         self.rounding.validate(self.allocation)
         self.select_options().validate()
         self.recovery.validate(self.calibration)
-        from onnxprune.criteria.base import get_criterion  # the criteria registry
 
         get_criterion(self.selection.criterion)
 

@@ -60,8 +60,7 @@ class Registry(Mapping, Generic[T]):
         self._load()
         if name not in self._entries:
             known = ", ".join(sorted(self._entries))
-            where = f"{self.parameter} " if self.parameter else ""
-            raise InputError(f"unknown {where}{self.kind} '{name}' (known: {known})", parameter=self.parameter)
+            raise InputError(f"unknown {self.kind} '{name}' (known: {known})", parameter=self.parameter)
         return self._entries[name]
 
     def _load(self) -> None:

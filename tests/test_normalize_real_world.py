@@ -15,17 +15,17 @@ from onnx import numpy_helper
 
 import onnxprune
 import onnxprune.model.normalize as graph_module
-from onnxprune.model.io import load_model
 from onnxprune.api import load_and_analyze, require_prunable
-from onnxprune.verify.verification import require_valid_model
 from onnxprune.errors import InputError, InternalError
+from onnxprune.model.io import load_model
 from onnxprune.model.normalize import (
     check_normalized,
     model_problem,
     normalization_passes,
     normalize,
 )
-from onnxprune.model.runtime import make_cpu_session
+from onnxprune.model.runtime import make_session
+from onnxprune.verify.verification import require_valid_model
 
 REAL_MODELS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "real-models"
 SMALL_GRAPHS = [rw.ir3_model_zoo, rw.if_branch_model, rw.loop_model, rw.paddle_negative_batch,
@@ -34,7 +34,7 @@ SMALL_GRAPHS = [rw.ir3_model_zoo, rw.if_branch_model, rw.loop_model, rw.paddle_n
 
 def run(model: onnx.ModelProto, **feeds) -> list[np.ndarray]:
     """Outputs of a model on ONNX Runtime CPU."""
-    return make_cpu_session(model).run(None, feeds)
+    return make_session(model).run(None, feeds)
 
 
 def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -211,7 +211,6 @@ def test_next_write_removes_temporaries_of_dead_writers_only(tmp_path):
 
 def test_external_data_is_named_by_content_and_replaced_whole(tmp_path, monkeypatch):
     import onnxprune.model.io as graph
-
     from onnxprune.model.inputs import random_inputs
     from onnxprune.model.runtime import run_model
 

@@ -10,8 +10,9 @@ import onnx
 from onnxprune.analysis.relations import Link, Relations, Space, WeightUse, tensors_of
 from onnxprune.analysis.rules.attention import contrib_attention_reason
 from onnxprune.analysis.rules.registry import rule_for
+from onnxprune.model.nodes import node_label
 from onnxprune.model.subgraphs import has_subgraph, subgraph_outer_reads
-from onnxprune.model.view import ModelView, node_label
+from onnxprune.model.view import ModelView
 
 
 @dataclass

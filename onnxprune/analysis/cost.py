@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis import ChannelGroup, ModelView
-from onnxprune.model.view import node_label
+from onnxprune.model.nodes import node_label
 
 
 def _numel(shape) -> int:

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnxprune.model.view import ModelView, node_label
+from onnxprune.model.nodes import node_label
+from onnxprune.model.view import ModelView
 
 
 @dataclass(frozen=True, order=True)

@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
+from onnxprune.model.runtime import make_session as runtime_session
 from onnxprune.model.runtime import onnxruntime
 
 
@@ -45,17 +46,10 @@ class LatencyStats:
 
 def make_session(model, threads: int = 0, providers: list[str] | tuple[str, ...] | None = None,
                  spin: bool = True):
-    """An ONNX Runtime session with full graph optimizations (`model`: a ModelProto or a path);
-    `spin=False`: idle intra-op workers sleep instead of spin-waiting (steadier on a busy machine)."""
-    ort = onnxruntime()
-    options = ort.SessionOptions()
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, options, providers=list(providers or ["CPUExecutionProvider"]))
+    """A session for timing: full graph optimizations, the whole model serialized (see
+    `model.runtime.make_session`, the one factory)."""
+    return runtime_session(model, optimize=True, threads=threads, providers=providers, spin=spin,
+                           in_memory=False, log_level=3)
 
 
 def plain_runner(session, feeds: dict[str, np.ndarray]) -> Callable[[], object]:

@@ -21,7 +21,7 @@ from onnxprune.bench.latency import (
     plain_runner,
 )
 from onnxprune.bench.providers import ExecutionProvider, check_session_provider
-from onnxprune.model.view import attr, node_label
+from onnxprune.model.nodes import attr, node_label
 
 TIMED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

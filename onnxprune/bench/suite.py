@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
+from onnxprune.analysis import ModelView
 from onnxprune.analysis.cost import model_macs, model_params
 from onnxprune.bench.latency import (
     LatencyStats,
@@ -26,6 +27,10 @@ from onnxprune.bench.providers import (
     resolve_ep,
 )
 from onnxprune.errors import InputError
+from onnxprune.model.inputs import random_inputs
+from onnxprune.model.io import load_model
+from onnxprune.model.normalize import normalize
+from onnxprune.model.runtime import onnxruntime
 
 FORMAT = "onnxprune-bench/1"
 
@@ -97,8 +102,6 @@ class BenchResult:
 
     def to_dict(self) -> dict:
         """The `--json` document (format onnxprune-bench/1)."""
-        from onnxprune.model.runtime import onnxruntime
-
         options = self.options
         return {"format": FORMAT, "ep": self.ep.name, "provider": self.ep.provider, "device": self.device,
                 "onnxruntime": onnxruntime().__version__, "threads": options.threads,
@@ -159,7 +162,6 @@ def _runtime_guard(call: Callable[[], object], context: str):
 
 
 def _load(path: Path) -> onnx.ModelProto:
-    from onnxprune.model.io import load_model
 
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -212,16 +214,12 @@ def _check_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], pa
 def input_feeds(model: onnx.ModelProto, batch: int, shapes: dict[str, tuple[int, ...]],
                 seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random inputs for every graph input at `batch` (see `input_shape`)."""
-    from onnxprune.model.inputs import random_inputs
-
     concrete = {info.name: input_shape(info, batch, shapes) for info in graph_inputs(model)}
     return random_inputs(model, seed, batch, concrete)
 
 
 def count_macs_params(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int]:
     """MACs at batch 1 (dynamic input dims from `shapes`) and parameters of a model."""
-    from onnxprune.analysis import ModelView
-    from onnxprune.model.normalize import normalize
 
     static = onnx.ModelProto()
     static.CopyFrom(model)

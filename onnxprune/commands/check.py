@@ -39,8 +39,8 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     """Run the check; print one PASS/FAIL line; 0 pass, 3 fail."""
-    from onnxprune.select.plan import default_plan_path
     from onnxprune.errors import InputError
+    from onnxprune.select.plan import default_plan_path
     from onnxprune.verify.check import check_pruned, summary_line
 
     if args.runs < 1 and not args.calib:

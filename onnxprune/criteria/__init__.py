@@ -1,6 +1,5 @@
 """Channel-importance criteria: a registry of classes that score each channel of a group."""
 
-from onnxprune.criteria import activation, heads, magnitude  # noqa: F401  (register the criteria)
 from onnxprune.criteria.base import (
     CRITERIA,
     Criterion,

@@ -10,8 +10,10 @@ import numpy as np
 
 from onnxprune.analysis import ChannelGroup
 from onnxprune.errors import InputError
+from onnxprune.registry import Registry
 
-CRITERIA: dict[str, "Criterion"] = {}
+#: criterion name -> its instance (the built-in criteria modules are listed in `onnxprune/registry.py`)
+CRITERIA: Registry[Criterion] = Registry("criterion", parameter="criterion")
 
 
 @dataclass
@@ -55,17 +57,13 @@ class Criterion(ABC):
 
 def register(cls: type[Criterion]) -> type[Criterion]:
     """Class decorator: make a criterion available by its `name`."""
-    CRITERIA[cls.name] = cls()
+    CRITERIA.add(cls.name, cls())
     return cls
 
 
 def get_criterion(name: str) -> Criterion:
     """The registered criterion called `name`, or an InputError listing the known ones."""
-    try:
-        return CRITERIA[name]
-    except KeyError:
-        known = ", ".join(sorted(CRITERIA))
-        raise InputError(f"unknown criterion '{name}' (known: {known})") from None
+    return CRITERIA.get_or_fail(name)
 
 
 RowScore = Callable[[np.ndarray], np.ndarray]

@@ -17,8 +17,9 @@ from onnx import helper, numpy_helper
 
 from onnxprune.analysis import ChannelGroup, Space, WeightUse
 from onnxprune.criteria.base import member_matrix
-from onnxprune.model.runtime import make_cpu_session
-from onnxprune.model.view import ModelView, node_label
+from onnxprune.model.nodes import graph_sources, node_label, topological_order
+from onnxprune.model.runtime import make_session
+from onnxprune.model.view import ModelView
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class GatedModel:
         self.observe = observe
         self.outputs = [o.name for o in model.graph.output]
         # graph optimizations on: gated runs are measurements, not the equivalence proof
-        self.session = make_cpu_session(self._build(model, view), view.consts, optimize=True, threads=threads)
+        self.session = make_session(self._build(model, view), view.consts, optimize=True, threads=threads)
         self.space_group = {p.space: p.group for p in self.probes}
 
     @staticmethod
@@ -118,16 +119,7 @@ def keep_gate(channels: int, kept: np.ndarray) -> np.ndarray:
 
 def _topological_sort(graph: onnx.GraphProto) -> None:
     """Reorder nodes so every input is produced before it is read (gates were appended)."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(name in available for name in n.input)]
-        if not ready:
-            raise ValueError("graph has a cycle")
-        for node in ready:
-            available.update(node.output)
-        ordered += ready
-        pending = [n for n in pending if n not in ready]
+    ordered = topological_order(list(graph.node), graph_sources(graph))
     del graph.node[:]
     graph.node.extend(ordered)
 

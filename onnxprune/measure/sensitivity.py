@@ -23,9 +23,14 @@ from typing import Callable
 
 import numpy as np
 
-from onnxprune.analysis.analyze import Analysis, ModelLike, load_and_analyze, require_prunable
-from onnxprune.criteria.scoring import score_groups
+from onnxprune.analysis.analyze import (
+    Analysis,
+    ModelLike,
+    load_and_analyze,
+    require_prunable,
+)
 from onnxprune.criteria import get_criterion
+from onnxprune.criteria.scoring import score_groups
 from onnxprune.errors import InputError
 from onnxprune.measure.calibration import CalibrationData, load_calibration
 from onnxprune.measure.gated import GatedModel, keep_gate

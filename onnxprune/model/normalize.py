@@ -16,7 +16,7 @@ from onnxprune.model.edit import (
     transplant,
 )
 from onnxprune.model.io import check_dimensions
-from onnxprune.model.runtime import onnxruntime
+from onnxprune.model.runtime import make_session, onnxruntime
 from onnxprune.model.shapes import infer_shapes
 from onnxprune.model.subgraphs import HELD_DOMAIN, hold_subgraphs, restore_subgraphs
 
@@ -55,12 +55,8 @@ def model_problem(model: onnx.ModelProto) -> str | None:
         onnx.checker.check_model(light, full_check=True)
     except Exception as exc:  # ValidationError, InferenceError, protobuf errors
         return f"ONNX checker: {short_message(exc)}"
-    ort = onnxruntime()
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        ort.InferenceSession(light.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        make_session(light, in_memory=False)
     except Exception as exc:
         return f"ONNX Runtime: {short_message(exc)}"
     return None

@@ -1,6 +1,9 @@
-"""Access to ONNX Runtime, with a clear message when neither runtime build is installed."""
+"""ONNX Runtime: the module (with a clear message when neither runtime build is installed), the one
+session factory every stage uses, and running a model on CPU."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import onnx
@@ -19,6 +22,7 @@ def onnxruntime():
         raise InputError("ONNX Runtime is not installed: pip install 'onnxprune[cpu]' "
                          "(or 'onnxprune[gpu]' for CUDA/TensorRT)") from None
     return ort
+
 
 #: Initializers larger than this are handed to ONNX Runtime from memory, not serialized.
 IN_MEMORY_BYTES = 1024
@@ -45,26 +49,43 @@ def _skeleton(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> tuple[on
     return skeleton, external
 
 
-def make_cpu_session(model: onnx.ModelProto, arrays: dict[str, np.ndarray] | None = None,
-                     optimize: bool = False, threads: int = 0):
-    """An ONNX Runtime CPU session; large weights are passed from memory (`arrays` by name, else
-    the model's own values) instead of being serialized with the graph; `threads` intra-op
-    threads (0: ONNX Runtime's default)."""
+def session_options(optimize: bool = False, threads: int = 0, spin: bool = True, log_level: int = 4):
+    """ONNX Runtime session options: full graph optimizations or none, `threads` intra-op threads
+    (0: ONNX Runtime's default), `spin=False`: idle workers sleep instead of spin-waiting (steadier
+    on a busy machine); `log_level` 4 keeps ORT quiet (failures come back as exceptions)."""
     ort = onnxruntime()
     options = ort.SessionOptions()
-    options.log_severity_level = 4  # failures come back as exceptions; ORT's own log lines would be noise
+    options.log_severity_level = log_level
     options.intra_op_num_threads = threads
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    arrays = arrays or {}
-    skeleton, external = _skeleton(model, arrays)
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    return options
+
+
+def make_session(model: onnx.ModelProto | str | os.PathLike, arrays: dict[str, np.ndarray] | None = None,
+                 optimize: bool = False, threads: int = 0, providers: list[str] | tuple[str, ...] | None = None,
+                 spin: bool = True, in_memory: bool = True, log_level: int = 4):
+    """The one ONNX Runtime session factory (`model`: a ModelProto or a path; `providers`: default
+    CPU). With `in_memory` a ModelProto's large weights are passed from memory (`arrays` by name,
+    else the model's own values) instead of being serialized with the graph; without it the whole
+    model is serialized (what latency measurement times, on every execution provider)."""
+    ort = onnxruntime()
+    options = session_options(optimize, threads, spin, log_level)
+    providers = list(providers or ["CPUExecutionProvider"])
+    if not isinstance(model, onnx.ModelProto):
+        return ort.InferenceSession(str(model), options, providers=providers)
+    if not in_memory:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    skeleton, external = _skeleton(model, arrays or {})
     inits = {init.name: init for init in model.graph.initializer}
-    values = [np.ascontiguousarray(arrays[n] if n in arrays else numpy_helper.to_array(inits[n]))
+    values = [np.ascontiguousarray(arrays[n] if arrays and n in arrays else numpy_helper.to_array(inits[n]))
               for n in external]
     ort_values = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]
     if external:
         options.add_external_initializers(external, ort_values)
-    session = ort.InferenceSession(skeleton.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(skeleton.SerializeToString(), options, providers=providers)
     session.keepalive = (values, ort_values)  # the session reads these buffers
     return session
 
@@ -76,10 +97,10 @@ def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimize: bo
     inputs in place, so a big model's weights are not held twice."""
     try:
         if optimize:
-            session, weights = make_cpu_session(model, arrays, optimize), {}
+            session, weights = make_session(model, arrays, optimize), {}
         else:
             skeleton, weights = _weights_as_inputs(model, arrays or {})
-            session = make_cpu_session(skeleton)
+            session = make_session(skeleton)
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, {**feeds, **weights})))
     except OnnxPruneError:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from onnxprune.model.view import ModelView, attr
+from onnxprune.model.nodes import attr
+from onnxprune.model.view import ModelView
 
 
 def simplify_attention(model: onnx.ModelProto) -> onnx.ModelProto:

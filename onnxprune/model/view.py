@@ -8,10 +8,10 @@ from functools import cached_property
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from onnxprune.model.shapes import tensor_shapes
 from onnxprune.model.tensors import initializers
+from onnxprune.model.weight_chains import CHAIN_OPS, evaluate_chain_outputs
 
 
 class ModelView:
@@ -78,27 +78,12 @@ class ModelView:
         return self.consts.get(name)
 
 
-def attr(node: onnx.NodeProto, name: str, default=None):
-    """The value of a node attribute, or `default`."""
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
-
-
-def node_label(node: onnx.NodeProto) -> str:
-    """A readable name for a node: its name, else its op type and first output."""
-    return node.name or f"{node.op_type}:{node.output[0] if node.output else '?'}"
-
-
 class ChainValues(Mapping):
     """A model's initializers by name, and the outputs of its weight chains (layout and precision
     ops over initializers, as a pruned model with stored precision holds them), computed when
     first read."""
 
     def __init__(self, inits: Mapping, nodes, opset: int):
-        from onnxprune.model.weight_chains import CHAIN_OPS
-
         self._inits, self._opset = inits, opset
         self._nodes, self._values = {}, {}
         for node in nodes:
@@ -133,8 +118,6 @@ class ChainValues(Mapping):
         if name not in self._nodes:
             raise KeyError(name)
         if not self._values:  # every chain output at once: one ONNX Runtime session
-            from onnxprune.model.weight_chains import evaluate_chain_outputs
-
             self._values = evaluate_chain_outputs(self._nodes, self._inits, list(self._nodes), self._opset)
         return self._values[name]
 

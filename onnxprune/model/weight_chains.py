@@ -20,7 +20,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxprune.model.view import attr, node_label
+from onnxprune.model.nodes import attr, node_label, topological_order
+from onnxprune.model.normalize import normalize
+from onnxprune.model.runtime import make_session
+from onnxprune.model.tensors import initializers
 
 #: ops a chain may hold: they move, cast, scale or dequantize values, never mix channels
 CHAIN_OPS = frozenset({"Cast", "CastLike", "DequantizeLinear", "Mul", "Div", "Add", "Sub",
@@ -100,8 +103,6 @@ class ChainSet:
 def normalize_keeping_chains(model: onnx.ModelProto, in_place: bool = False) -> tuple[onnx.ModelProto, ChainSet]:
     """`graph.normalize`, and the input's weight chains recorded before it folds them (with
     `in_place` the input is gone afterwards). Match them to the result with `ChainSet.matched`."""
-    from onnxprune.model.normalize import normalize
-
     chains = find_weight_chains(model)
     normalized = normalize(model, in_place=in_place)
     fold_remaining_chains(normalized, chains.opset)
@@ -112,8 +113,6 @@ def fold_remaining_chains(model: onnx.ModelProto, opset: int) -> list[str]:
     """Fold the weight chains that normalization left (graph-surgeon keeps DequantizeLinear):
     each sink becomes an initializer of its computed value, the chain nodes and the stored
     tensors only they read are removed (`model` is modified). Returns the sinks folded."""
-    from onnxprune.model.tensors import initializers
-
     graph = model.graph
     inits = initializers(model)
     writers = {}
@@ -302,21 +301,8 @@ def chain_shapes(chains: ChainSet) -> dict[str, tuple]:
 
 def ordered_nodes(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """Nodes sorted so that each comes after the nodes writing its inputs."""
-    written = {out: node for node in nodes for out in node.output}
-    done, order = set(), []
-
-    def visit(node):
-        if id(node) in done:
-            return
-        done.add(id(node))
-        for name in node.input:
-            if name in written:
-                visit(written[name])
-        order.append(node)
-
-    for node in nodes:
-        visit(node)
-    return order
+    written = {name for node in nodes for name in node.output}
+    return topological_order(nodes, {name for node in nodes for name in node.input} - written)
 
 
 # ---- kept indices, propagated from a chain's sink back to its stored tensors ----------------
@@ -393,8 +379,6 @@ def evaluate_chain_outputs(writers: dict[str, onnx.NodeProto], inits, names: lis
     by the chain nodes that write them (`writers`: output -> node), with ONNX Runtime (as
     normalization folded them). KeyError when a chain cannot be evaluated."""
 
-    from onnxprune.model.runtime import onnxruntime
-
     nodes, todo, needed = [], list(names), set()
     while todo:
         name = todo.pop()
@@ -412,11 +396,7 @@ def evaluate_chain_outputs(writers: dict[str, onnx.NodeProto], inits, names: lis
         typed = onnx.shape_inference.infer_shapes(model, strict_mode=True)
         types = {v.name: v.type.tensor_type.elem_type for v in typed.graph.value_info}
         model.graph.output.extend(helper.make_tensor_value_info(n, types[n], None) for n in names)
-        ort = onnxruntime()
-        options = ort.SessionOptions()
-        options.log_severity_level = 4
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = make_session(model, in_memory=False)
         values = session.run(names, {n: np.asarray(inits[n]) for n in leaves})
     except Exception as exc:  # an op or type ONNX Runtime refuses
         raise KeyError(f"cannot evaluate {names[0]}: {str(exc).splitlines()[0][:120]}") from None

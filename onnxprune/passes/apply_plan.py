@@ -11,8 +11,8 @@ from onnx import helper, numpy_helper
 from onnxprune.analysis import ModelView, Space
 from onnxprune.analysis.rules.registry import rule_for
 from onnxprune.model.edit import copy_without_initializers
+from onnxprune.model.nodes import node_label
 from onnxprune.model.shapes import infer_shapes
-from onnxprune.model.view import node_label
 from onnxprune.passes.slice_chains import ChainRestore, restore_chains
 from onnxprune.select.plan import PruningPlan
 

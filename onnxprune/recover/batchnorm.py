@@ -10,7 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.model.edit import with_outputs
-from onnxprune.model.runtime import make_cpu_session
+from onnxprune.model.runtime import make_session
 
 
 def batchnorm_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -22,7 +22,7 @@ def batchnorm_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 def input_statistics(model: onnx.ModelProto, tensor: str, data, batches: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (axis 1) mean and population variance of `tensor` over the first `batches`."""
-    session = make_cpu_session(with_outputs(model, [tensor]), optimize=True)
+    session = make_session(with_outputs(model, [tensor]), optimize=True)
     count, total, total_sq = 0, 0.0, 0.0
     for index, (feeds, _) in enumerate(data.batches()):
         if index >= batches:

@@ -31,8 +31,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.model.edit import with_outputs
-from onnxprune.model.runtime import make_cpu_session
-from onnxprune.model.view import ModelView, attr, node_label
+from onnxprune.model.nodes import attr, node_label
+from onnxprune.model.runtime import make_session
+from onnxprune.model.view import ModelView
 from onnxprune.recover.batchnorm import recalibrate_batchnorm
 
 #: at most this many output positions per sample enter a Conv's normal equations (seeded subsample)
@@ -295,8 +296,8 @@ def accumulate(original: onnx.ModelProto, pruned: onnx.ModelProto, layers: list[
     Returns the number of samples used."""
     for layer in layers:
         layer.stats = NormalEquations(intercept=layer.node.op_type != "MatMul")
-    reads = make_cpu_session(with_outputs(pruned, [l.node.input[0] for l in layers]), optimize=True)
-    targets = make_cpu_session(with_outputs(original, [l.node.output[0] for l in layers]), optimize=True)
+    reads = make_session(with_outputs(pruned, [l.node.input[0] for l in layers]), optimize=True)
+    targets = make_session(with_outputs(original, [l.node.output[0] for l in layers]), optimize=True)
     rng, samples = np.random.default_rng(seed), 0
     for index, (feeds, _) in enumerate(data.batches()):
         if index >= fit_batches:
@@ -365,7 +366,7 @@ def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
 def output_error(original: onnx.ModelProto, models: list[onnx.ModelProto], data, skip: int) -> list[float]:
     """Relative L2 distance of each model's first output from the original's, over the
     calibration batches after the first `skip`."""
-    sessions = [make_cpu_session(m, optimize=True) for m in [original, *models]]
+    sessions = [make_session(m, optimize=True) for m in [original, *models]]
     name = original.graph.output[0].name
     diff, norm = np.zeros(len(models)), 0.0
     for index, (feeds, _) in enumerate(data.batches()):

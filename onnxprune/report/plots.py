@@ -15,7 +15,7 @@ from typing import Iterable
 import numpy as np
 
 from onnxprune.model.io import atomic_write_bytes
-from onnxprune.model.view import node_label
+from onnxprune.model.nodes import node_label
 
 KEPT_PER_LAYER = "kept_per_layer.png"
 RANDOM_SEARCH = "random_search.png"

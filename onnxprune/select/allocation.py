@@ -18,7 +18,7 @@ import numpy as np
 from onnxprune.analysis import ChannelGroup
 from onnxprune.analysis.cost import model_macs, model_params
 from onnxprune.errors import InputError
-from onnxprune.model.view import node_label
+from onnxprune.model.nodes import node_label
 from onnxprune.select.plan import PruningPlan
 from onnxprune.select.selection import SelectOptions, select, select_ratios
 

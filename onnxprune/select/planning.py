@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from onnxprune.report.plots import kept_per_layer
-from onnxprune.select.allocation import Allocation, AllocationContext, AllocationRequest, PlanCost, allocate
+from onnxprune.select.allocation import (
+    Allocation,
+    AllocationContext,
+    AllocationRequest,
+    PlanCost,
+    allocate,
+)
 from onnxprune.select.plan import PruningPlan
 from onnxprune.select.selection import SelectOptions, select
 

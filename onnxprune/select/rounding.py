@@ -26,6 +26,10 @@ from typing import Callable
 import numpy as np
 
 from onnxprune.analysis import ChannelGroup, ModelView
+from onnxprune.bench.cache import TimingCache
+from onnxprune.bench.layers import LayerTimer, group_layers, uniform_atoms
+from onnxprune.bench.providers import device_name, resolve_ep
+from onnxprune.passes import apply_plan
 from onnxprune.select.plan import PruningPlan
 
 STEP = 8
@@ -91,14 +95,10 @@ def auto_round(analysis, scores: dict[str, np.ndarray], plan: PruningPlan, optio
     """The plan with every pruned group's kept count chosen by `choose_count`, and a report
     (per group: requested and chosen count, timing table, or why it was skipped). `timer` (a
     `bench.layers.LayerTimer`-like object) replaces the real one in tests."""
-    from onnxprune.bench.cache import TimingCache
-    from onnxprune.bench.providers import device_name, resolve_ep
-    from onnxprune.passes import apply_plan
 
     ep = resolve_ep(options.ep)
     device = device_name(ep.device_type)
     if timer is None:
-        from onnxprune.bench.layers import LayerTimer
 
         timer = LayerTimer(ep, TimingCache(ep.name, device, options.cache_dir), options.threads,
                            refresh=options.refresh)
@@ -123,8 +123,6 @@ def auto_round(analysis, scores: dict[str, np.ndarray], plan: PruningPlan, optio
 def _round_group(group: ChannelGroup, requested: int, pruned_view: ModelView, options: AutoRoundOptions,
                  timer, progress) -> dict:
     """One group's row of the rounding report."""
-    from onnxprune.bench.layers import group_layers, uniform_atoms
-
     row = {"id": group.id, "name": group.name, "channels": group.channels, "requested": requested,
            "chosen": requested, "layers": 0, "times_ms": {}, "skipped": None}
     if not uniform_atoms(group):

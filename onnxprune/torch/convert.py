@@ -27,18 +27,19 @@ import torch.nn.functional as F
 from onnx import helper, numpy_helper
 from torch import nn
 
+from onnxprune.analysis.analyze import load_and_analyze
 from onnxprune.errors import InputError
+from onnxprune.model.nodes import graph_sources, topological_order
+from onnxprune.registry import Registry
 
 Tensor = torch.Tensor
-OPS: dict[str, Callable[..., Any]] = {}
+#: ONNX op type -> its torch implementation (registered with `op` below)
+OPS: Registry[Callable[..., Any]] = Registry("torch op")
 
 
 def op(*names: str):
-    def register(fn):
-        for name in names:
-            OPS[name] = fn
-        return fn
-    return register
+    """Decorator: the torch implementation of the ONNX ops `names`."""
+    return OPS.register(*names)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -464,22 +465,10 @@ _BUFFER_SLOTS = {("BatchNormalization", 3), ("BatchNormalization", 4), ("Resize"
 
 
 def _topo_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(graph.node)
-    order: list[onnx.NodeProto] = []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(name in available for name in node.input):
-                order.append(node)
-                available.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            missing = sorted({n for node in rest for n in node.input if n not in available})
-            raise InputError(f"graph is not a DAG or has undefined inputs: {missing[:5]}")
-        pending = rest
-    return order
+    try:
+        return topological_order(list(graph.node), graph_sources(graph))
+    except ValueError as exc:
+        raise InputError(f"graph is not a DAG or has undefined inputs: {exc}") from None
 
 
 class OnnxModule(nn.Module):
@@ -567,8 +556,6 @@ class OnnxModule(nn.Module):
 
 def to_torch(model: onnx.ModelProto | str | os.PathLike) -> OnnxModule:
     """An ONNX model (``ModelProto`` or path), normalized by onnxprune, as a trainable module."""
-    from onnxprune.analysis.analyze import load_and_analyze
-
     return OnnxModule(load_and_analyze(model).model)
 
 

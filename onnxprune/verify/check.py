@@ -19,6 +19,7 @@ import onnx
 from onnxprune.analysis import ModelView
 from onnxprune.analysis.analyze import analyze_loaded
 from onnxprune.errors import InputError
+from onnxprune.measure.calibration import load_calibration
 from onnxprune.model.inputs import random_inputs
 from onnxprune.model.io import load_model
 from onnxprune.model.runtime import run_model
@@ -26,9 +27,10 @@ from onnxprune.model.tensors import tensor_value
 from onnxprune.passes.apply_plan import pruned_atoms
 from onnxprune.select.plan import plan_shapes, read_plan, rebuild_plan
 from onnxprune.verify.bounded_outputs import bounded_outputs
+from onnxprune.verify.compare import OutputCheck
 from onnxprune.verify.masked_norm import masked_norm_reference
 from onnxprune.verify.noise import measure_noise
-from onnxprune.verify.reference import OutputCheck, compare, masked_weights
+from onnxprune.verify.reference import compare, masked_weights
 from onnxprune.verify.shapes import choose_shapes
 
 
@@ -156,7 +158,6 @@ def _feeds(model: onnx.ModelProto, seed: int, runs: int, calib, samples: int, pr
     for run in range(runs):
         yield random_inputs(model, seed + run, shapes=shapes)
     if calib:
-        from onnxprune.measure.calibration import load_calibration
 
         data = load_calibration(calib, model, samples, preprocess, 32, seed)
         for feeds, _ in data.batches():

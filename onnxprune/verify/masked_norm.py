@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune.analysis import ModelView, Space
 from onnxprune.analysis.rules.norms import DecomposedNorm, find_norms
-from onnxprune.model.view import attr, node_label
+from onnxprune.model.nodes import attr, node_label
 
 
 def masked_norm_reference(model: onnx.ModelProto, kept: dict[Space, np.ndarray], view: ModelView) -> onnx.ModelProto:

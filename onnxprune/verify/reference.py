@@ -12,36 +12,14 @@ from onnx import numpy_helper
 from onnxprune.analysis import ModelView
 from onnxprune.model.inputs import random_inputs
 from onnxprune.model.runtime import run_model
+from onnxprune.passes.apply_plan import pruned_atoms
 from onnxprune.select.plan import PruningPlan
+from onnxprune.verify.bounded_outputs import bounded_outputs
+from onnxprune.verify.compare import OutputCheck, compare_one
+from onnxprune.verify.masked_norm import masked_norm_reference
 from onnxprune.verify.noise import K as NOISE_K
 from onnxprune.verify.noise import Noise, measure_noise
 from onnxprune.verify.noise import tolerance as noise_tolerance
-
-#: The smallest tolerance (relative to the output's largest magnitude); the tolerance of each
-#: output is calibrated from the model's own float noise above it (see noise.py).
-RTOL = 1e-4
-
-
-@dataclass
-class OutputCheck:
-    """How far one output of the pruned model is from the masked reference, with the output's
-    float noise and the tolerance calibrated from it."""
-
-    name: str
-    max_abs_diff: float
-    scale: float
-    noise: float = 0.0
-    tolerance: float = RTOL
-
-    @property
-    def relative(self) -> float:
-        """max |pruned - reference| divided by max |reference|."""
-        return self.max_abs_diff / self.scale if self.scale > 0 else self.max_abs_diff
-
-    @property
-    def ok(self) -> bool:
-        """True within the output's tolerance."""
-        return bool(np.isfinite(self.max_abs_diff)) and self.relative <= self.tolerance
 
 
 @dataclass
@@ -153,26 +131,12 @@ def compare(pruned: dict, reference: dict, noise: Noise | None = None) -> Verify
         if got.shape != ref.shape:
             check = OutputCheck(name, float("inf"), 1.0)
         else:
-            check = _compare_one(name, got, ref)
+            check = compare_one(name, got, ref)
         if noise is not None:
             check.noise = noise.of(name)
             check.tolerance = noise_tolerance(check.noise, ref.dtype)
         checks.append(check)
     return VerifyResult(checks, noise)
-
-
-def _compare_one(name: str, got: np.ndarray, ref: np.ndarray) -> OutputCheck:
-    """Largest difference over the finite values; NaN and ±Inf must sit at the same places with
-    the same values in both (else the difference is infinite)."""
-    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
-    finite = np.isfinite(ref64)
-    if not np.array_equal(finite, np.isfinite(got64)) or \
-            not np.array_equal(ref64[~finite], got64[~finite], equal_nan=True):
-        return OutputCheck(name, float("inf"), 1.0)
-    if not finite.any():
-        return OutputCheck(name, 0.0, 0.0)
-    diff = float(np.max(np.abs(got64[finite] - ref64[finite])))
-    return OutputCheck(name, diff, float(np.max(np.abs(ref64[finite]))))
 
 
 @dataclass
@@ -191,9 +155,6 @@ class Reference:
     @classmethod
     def run(cls, original: onnx.ModelProto, plan: PruningPlan, view: ModelView, feeds: dict) -> "Reference":
         """Build and run the masked reference of `plan` on `feeds`."""
-        from onnxprune.passes.apply_plan import pruned_atoms
-        from onnxprune.verify.bounded_outputs import bounded_outputs
-        from onnxprune.verify.masked_norm import masked_norm_reference
 
         bounded = bounded_outputs(original)  # sigmoid outputs: judged on their range and by their logits
         masked = bounded.expose(masked_norm_reference(original, pruned_atoms(plan), view))  # --prune-residual

@@ -24,6 +24,10 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import InputError
+from onnxprune.model.edit import large_weights_as_inputs
+from onnxprune.model.inputs import random_inputs
+from onnxprune.model.runtime import run_model
+from onnxprune.model.shapes import infer_shapes, tensor_shapes
 
 IMAGE_SIZES = (64, 224, 320, 640)
 SEQUENCE_SIZES = (16, 128, 1024)
@@ -219,8 +223,6 @@ def _tried(open_dims: dict, attempt: int) -> str:
 
 def _runs(model: onnx.ModelProto, shapes: dict[str, tuple]) -> str | None:
     """None when ONNX Runtime runs the model on random inputs of these shapes, else its error."""
-    from onnxprune.model.inputs import random_inputs
-    from onnxprune.model.runtime import run_model
 
     try:
         run_model(model, random_inputs(model, 0, batch=1, shapes=shapes))
@@ -232,8 +234,6 @@ def _runs(model: onnx.ModelProto, shapes: dict[str, tuple]) -> str | None:
 def macs_shapes(model: onnx.ModelProto, shapes: dict[str, tuple]) -> dict[str, tuple]:
     """Shapes of every tensor of `model` with its graph inputs fixed to `shapes` (inferred on a
     light copy: large weights stand in as typed inputs); {} when inference fails."""
-    from onnxprune.model.shapes import infer_shapes, tensor_shapes
-    from onnxprune.model.edit import large_weights_as_inputs
 
     light = large_weights_as_inputs(model)
     for info in light.graph.input:

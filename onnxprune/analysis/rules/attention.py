@@ -29,7 +29,7 @@ import itertools
 import numpy as np
 
 from onnxprune.analysis.rules.registry import rule
-from onnxprune.model.view import attr, node_label
+from onnxprune.model.nodes import attr, node_label
 
 
 def link_head_split(rel, x: str, in_axis: int, y: str, out_axes: list[int]) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from onnxprune.analysis.rules.ops import link_groups, rewrite_group
 from onnxprune.analysis.rules.registry import rule
-from onnxprune.model.view import attr
+from onnxprune.model.nodes import attr
 
 
 @rule("DynamicQuantizeLinear", mapping="every axis passes through (the range always includes 0, "

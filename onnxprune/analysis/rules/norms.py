@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxprune.model.view import ModelView, attr, node_label
+from onnxprune.model.nodes import attr, node_label
+from onnxprune.model.view import ModelView
 
 NORM_OPS = ("ReduceMean", "Sub", "Pow", "Mul", "Add", "Sqrt", "Div", "Reciprocal")
 

@@ -22,7 +22,7 @@ from onnxprune.analysis.rules.shape_entries import (
     copies_into,
     feeds_copies_only,
 )
-from onnxprune.model.view import attr
+from onnxprune.model.nodes import attr
 
 ELEMENTWISE_UNARY = (
     "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Identity",

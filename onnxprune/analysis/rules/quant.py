@@ -8,7 +8,7 @@ sliced, by `passes/slice_chains.py`; what remains are the Q/DQ pairs on activati
 from __future__ import annotations
 
 from onnxprune.analysis.rules.registry import rule
-from onnxprune.model.view import attr
+from onnxprune.model.nodes import attr
 
 
 @rule("QuantizeLinear", "DequantizeLinear",

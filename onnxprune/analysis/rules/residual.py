@@ -15,7 +15,7 @@ from __future__ import annotations
 from onnxprune.analysis.rules.attention import rewrite_shape_target
 from onnxprune.analysis.rules.registry import rule
 from onnxprune.analysis.rules.shape_entries import shape_entries
-from onnxprune.model.view import attr
+from onnxprune.model.nodes import attr
 
 
 def normalized_channels(rel, node, view) -> bool:

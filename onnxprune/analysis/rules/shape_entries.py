@@ -11,7 +11,8 @@ Reshape and Expand targets from `Shape` nodes when a dimension is dynamic).
 
 from __future__ import annotations
 
-from onnxprune.model.view import ModelView, attr
+from onnxprune.model.nodes import attr
+from onnxprune.model.view import ModelView
 
 PASS_THROUGH = ("Unsqueeze", "Squeeze", "Reshape", "Cast", "Identity")
 

@@ -8,7 +8,7 @@ import numpy as np
 from onnxprune.analysis.rules.ops import link_pieces
 from onnxprune.analysis.rules.registry import rule
 from onnxprune.analysis.rules.residual import normalized_channels
-from onnxprune.model.view import attr
+from onnxprune.model.nodes import attr
 
 
 @rule("Split", mapping="output k is the input's channels [offset_k, offset_k + C_k) on the split "
