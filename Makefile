@@ -1,6 +1,7 @@
-# User-facing entry points: `make demo` and `make test`. Each creates .venv/ when missing and
-# installs onnxprune there in editable mode. torch is installed alone first, pinned, so that pip
-# never resolves a newer CUDA build on a CPU machine (set TORCH_SPEC/TORCH_PIP_ARGS to override).
+# User-facing entry points: `make demo`, `make test` and `make lint`. Each creates .venv/ when
+# missing and installs onnxprune there in editable mode. torch is installed alone first, pinned,
+# so that pip never resolves a newer CUDA build on a CPU machine (set TORCH_SPEC/TORCH_PIP_ARGS
+# to override).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test clean
+.PHONY: demo test lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +31,13 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The same paths and settings (pyproject.toml [tool.ruff], [tool.mypy]) a contributor checks locally.
+LINT_PATHS := onnxprune tests benchmarks examples
+
+lint: $(VENV)/.dev-installed
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m mypy onnxprune
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info
