@@ -254,6 +254,16 @@ class _Run:
     initial: dict | None = None
     start_epoch: int = 1
 
+    @classmethod
+    def begin(cls, module, settings: _Settings, steps: int, seed: int) -> _Run:
+        """A fresh run: the optimizer over the trainable parameters, a cosine schedule over `steps`
+        batches, and the augmentation generator seeded with `seed`."""
+        import torch
+
+        opt = settings.optimizer_for([p for p in module.parameters() if p.requires_grad])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        return cls(module, opt, sched, torch.Generator().manual_seed(seed))
+
     def state(self, epoch: int, epochs: int, seed: int, module) -> dict:
         """The checkpoint after `epoch`."""
         import torch
@@ -385,6 +395,51 @@ def _export(module, train: CalibrationData) -> onnx.ModelProto:
         return onnx.load(str(path))
 
 
+@dataclass
+class _Inputs:
+    """The checked model and its labelled training and validation sets."""
+
+    model: onnx.ModelProto
+    train: CalibrationData
+    val: CalibrationData | None
+    augment: bool  # asked for, and the input is an [N, C, H, W] image batch
+
+
+def _inputs(model_or_path, data, val, preprocess, batch_size: int, seed: int, augment: bool) -> _Inputs:
+    """Load the model (one input) and the labelled `data` / `val` sets, or an InputError."""
+    from onnxprune.analysis.analyze import load_and_analyze
+
+    if data is None:
+        raise InputError("finetune needs labelled training data: add --data PATH (.npz with 'y' or an image folder)")
+    model = load_and_analyze(model_or_path).model
+    inits = {t.name for t in model.graph.initializer}
+    if sum(1 for i in model.graph.input if i.name not in inits) != 1:
+        raise InputError("finetune supports models with one input")
+    train = _labelled(data, model, preprocess, batch_size, seed, "--data")
+    val_data = _labelled(val, model, preprocess, batch_size, seed, "--val") if val is not None else None
+    augment = bool(augment and len(train.target.shape) == 4 and train.target.channels_first)
+    return _Inputs(model, train, val_data, augment)
+
+
+def _initial_evaluation(module, val: CalibrationData, device, epochs: int, log) -> dict:
+    """The validation metrics before training ("epoch 0"), logged."""
+    initial = evaluate(module, val, device)
+    if log:
+        log(f"epoch 0/{epochs}  val loss {initial['val_loss']:.4f}  val top-1 {initial['val_top1']:.2%}")
+    return initial
+
+
+def _epoch(run: _Run, trainer, teacher, inputs: _Inputs, epoch: int, settings: _Settings, seed: int,
+           shard: Shard, device) -> dict:
+    """One training epoch, then (rank 0) its validation metrics: the epoch's history entry."""
+    t0 = time.perf_counter()
+    entry = _train_epoch(run, trainer, teacher, inputs.train, epoch, settings, inputs.augment, seed, shard, device)
+    if inputs.val is not None and shard.main:
+        entry.update(evaluate(run.module, inputs.val, device))
+    entry["seconds"] = time.perf_counter() - t0
+    return entry
+
+
 def finetune(model_or_path, data, *, epochs: int, val=None, optimizer: str = "sgd",
              lr: float | None = None, momentum: float = 0.9, weight_decay: float | None = None,
              batch_size: int = 64, teacher=None, kd_alpha: float = 0.5, kd_temperature: float = 4.0,
@@ -402,48 +457,29 @@ def finetune(model_or_path, data, *, epochs: int, val=None, optimizer: str = "sg
     """
     import torch
 
-    from onnxprune.analysis.analyze import load_and_analyze
     from onnxprune.torch import to_torch
 
     settings = _Settings.check(epochs, optimizer, lr, momentum, weight_decay, kd_alpha, kd_temperature, clip_grad)
     if resume and checkpoint_dir is None:
         raise InputError("--resume needs --checkpoint-dir")
-    if data is None:
-        raise InputError("finetune needs labelled training data: add --data PATH (.npz with 'y' or an image folder)")
-    model = load_and_analyze(model_or_path).model
-    inits = {t.name for t in model.graph.initializer}
-    if sum(1 for i in model.graph.input if i.name not in inits) != 1:
-        raise InputError("finetune supports models with one input")
-    train = _labelled(data, model, preprocess, batch_size, seed, "--data")
-    val_data = _labelled(val, model, preprocess, batch_size, seed, "--val") if val is not None else None
-    augment = bool(augment and len(train.target.shape) == 4 and train.target.channels_first)
-
+    inputs = _inputs(model_or_path, data, val, preprocess, batch_size, seed, augment)
     dev = pick_device(device)
     shard = start(dev, batch_size)
     try:
         torch.manual_seed(seed)
-        module = to_torch(model).to(dev).train()
+        module = to_torch(inputs.model).to(dev).train()
         teacher_module = _teacher_module(teacher, dev)
-        opt = settings.optimizer_for([p for p in module.parameters() if p.requires_grad])
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * train.num_batches)
-        run = _Run(module, opt, sched, torch.Generator().manual_seed(seed))
+        run = _Run.begin(module, settings, epochs * inputs.train.num_batches, seed)
         ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if resume:
             run.restore(ckpt_dir / CHECKPOINT_NAME, epochs, module)
         log = log if shard.main else None
         started = time.perf_counter()
-        if val_data is not None and run.start_epoch == 1 and shard.main:
-            run.initial = evaluate(module, val_data, dev)
-            if log:
-                log(f"epoch 0/{epochs}  val loss {run.initial['val_loss']:.4f}  "
-                    f"val top-1 {run.initial['val_top1']:.2%}")
+        if inputs.val is not None and run.start_epoch == 1 and shard.main:
+            run.initial = _initial_evaluation(module, inputs.val, dev, epochs, log)
         trainer = wrap(module, shard, dev)
         for epoch in range(run.start_epoch, epochs + 1):
-            t0 = time.perf_counter()
-            entry = _train_epoch(run, trainer, teacher_module, train, epoch, settings, augment, seed, shard, dev)
-            if val_data is not None and shard.main:
-                entry.update(evaluate(module, val_data, dev))
-            entry["seconds"] = time.perf_counter() - t0
+            entry = _epoch(run, trainer, teacher_module, inputs, epoch, settings, seed, shard, dev)
             run.history.append(entry)
             if log:
                 log(_epoch_line(entry, epochs))
@@ -452,7 +488,7 @@ def finetune(model_or_path, data, *, epochs: int, val=None, optimizer: str = "sg
             if on_epoch_end:
                 on_epoch_end(entry)
         module = module.cpu().eval()
-        result = FinetuneResult(_export(module, train), run.history, run.initial, str(dev),
+        result = FinetuneResult(_export(module, inputs.train), run.history, run.initial, str(dev),
                                 time.perf_counter() - started, module, shard.rank)
         if output is not None and shard.main:
             result.save(output)
