@@ -7,7 +7,10 @@ import collections
 import onnx
 import pytest
 import torch
+from cli_helpers import sha
 from zoo import EXPORTERS, TOPOLOGY_ZOO, ZOO, build, ort_matches_torch, single_thread
+
+import onnxprune
 
 
 def _ops(path) -> collections.Counter:
@@ -38,9 +41,21 @@ def test_export_matches_torch(zoo_model, name, exporter):
     assert ("BatchNormalization" in ops) == (exporter == "torchscript_bn")
 
 
-def test_zoo_model_is_cached(zoo_model):
-    first = zoo_model("flatten_head_cnn", "torchscript")
-    assert zoo_model("flatten_head_cnn", "torchscript") is first
+def test_pruning_leaves_its_input_untouched(zoo_model):
+    """prune() never writes to its input: a model file and its external data stay byte-identical,
+    nothing is written beside them, and a ModelProto passed in is not modified. (The zoo fixture
+    shares one file per model and exporter for the whole session on the strength of this.)"""
+    path = zoo_model("flatten_head_cnn", "dynamo")
+    files = sorted(path.parent.iterdir())
+    assert path.with_name(path.name + ".data") in files
+    before = [sha(f) for f in files]
+    assert onnxprune.prune(path, ratio=0.5).report["verification"]["ok"]
+    assert sorted(path.parent.iterdir()) == files and [sha(f) for f in files] == before
+
+    model = onnx.load(str(path))
+    serialized = model.SerializeToString()
+    assert onnxprune.prune(model, ratio=0.5).report["verification"]["ok"]
+    assert model.SerializeToString() == serialized
 
 
 def test_factories_are_deterministic_and_not_degenerate():
