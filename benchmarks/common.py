@@ -13,8 +13,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "tests") not in sys.path:
@@ -114,7 +114,7 @@ def median_time(fn: Callable[[], object], repeat: int = 3,
             dt, _ = timed(fn)
         else:
             arg = setup()
-            dt, _ = timed(lambda: fn(arg))
+            dt, _ = timed(lambda arg=arg: fn(arg))
         samples.append(dt)
     return statistics.median(samples), samples
 

@@ -161,14 +161,14 @@ def bench_resnet50(args, tmp: Path, tp) -> tuple[float | None, bool]:
     result = None
     for i in range(args.repeat):
         acc: dict[str, float] = defaultdict(float)
-        dt, result = common.timed(lambda: ours_full(path, tmp / "resnet50.pruned.onnx", args.ratio, acc))
+        dt, result = common.timed(lambda acc=acc: ours_full(path, tmp / "resnet50.pruned.onnx", args.ratio, acc))
         full.append(dt)
         splits.append(acc)
         analyze.append(common.timed(lambda: api.load_and_analyze(str(path)))[0])
         noverify.append(common.timed(lambda: onnxprune.prune(str(path), ratio=args.ratio, verify=False))[0])
         if tp is not None:
             fresh = copy.deepcopy(model)
-            theirs.append(common.timed(lambda: tp_prune(tp, fresh, example, args.ratio))[0])
+            theirs.append(common.timed(lambda fresh=fresh: tp_prune(tp, fresh, example, args.ratio))[0])
             pruned_torch = fresh
         print(f"  run {i + 1}: onnxprune {common.fmt_s(full[-1])}"
               + (f", Torch-Pruning {common.fmt_s(theirs[-1])}" if theirs else ""), flush=True)
@@ -236,7 +236,7 @@ def bench_scaling(args, tmp: Path) -> tuple[float, bool]:
 
         nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
         api.load_and_analyze(str(path))  # warm-up
-        t, samples = common.median_time(lambda: api.load_and_analyze(str(path)), args.repeat)
+        t, samples = common.median_time(lambda path=path: api.load_and_analyze(str(path)), args.repeat)
         groups = api.load_and_analyze(str(path)).groups
         times[depth] = t
         rows.append([f"depth {depth}", nodes, len(groups), sum(g.prunable for g in groups), common.fmt_s(t),

@@ -81,7 +81,7 @@ def if_branch_model(seed: int = 0) -> onnx.ModelProto:
     (an outer-scope read, not an If input); the If's output is pooled."""
     rng = np.random.default_rng(seed)
     inits, nodes = [], []
-    h = _main_convs(rng, inits, nodes)
+    _main_convs(rng, inits, nodes)  # 'h', which the branches read by name
     inits.append(numpy_helper.from_array(np.array(4, np.int64), "rate_threshold"))
     nodes += [helper.make_node("Greater", ["sr", "rate_threshold"], ["flag"], name="is_wide_band"),
               helper.make_node("If", ["flag"], ["branch_out"], name="gate",

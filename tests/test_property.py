@@ -12,8 +12,7 @@ import os
 
 import numpy as np
 from graphs import GraphBuilder
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 import onnxprune
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto as T
-from onnx import helper as h
-from onnx import numpy_helper as nh
+from onnx import TensorProto as T, helper as h, numpy_helper as nh
 from plan_checks import independent_plan_check, input_tensors
 
 from onnxprune import prune

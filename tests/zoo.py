@@ -88,7 +88,7 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import warnings
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn

@@ -8,7 +8,7 @@ to its function; ``seed_models()`` gives the valid models the mutations start fr
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx
