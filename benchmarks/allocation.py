@@ -34,8 +34,13 @@ SHARED = HERE.parents[1] / "shared" / "data" / "cifar10"
 PREPROCESS = "scale=255,mean=0.485/0.456/0.406,std=0.229/0.224/0.225"
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
-RUNS = [("uniform", "l1"), ("global", "l1"), ("sensitivity", "l1"), ("random-search", "l1"),
-        ("random-search", "random")]
+RUNS = [
+    ("uniform", "l1"),
+    ("global", "l1"),
+    ("sensitivity", "l1"),
+    ("random-search", "l1"),
+    ("random-search", "random"),
+]
 
 
 def test_set() -> tuple[np.ndarray, np.ndarray]:
@@ -54,14 +59,29 @@ def top1(model, images: np.ndarray, labels: np.ndarray) -> float:
 def run(strategy: str, criterion: str, args, train: Path, images, labels) -> dict:
     """Prune with one strategy and evaluate it."""
     start = time.perf_counter()
-    result = onnxprune.prune(SHARED / "resnet56.onnx", criterion=criterion, target_flops=args.target,
-                             allocate=strategy, calib=train, calib_samples=args.calib_samples,
-                             preprocess=PREPROCESS, samples=args.samples, jobs=args.jobs, seed=args.seed)
+    result = onnxprune.prune(
+        SHARED / "resnet56.onnx",
+        criterion=criterion,
+        target_flops=args.target,
+        allocate=strategy,
+        calib=train,
+        calib_samples=args.calib_samples,
+        preprocess=PREPROCESS,
+        samples=args.samples,
+        jobs=args.jobs,
+        seed=args.seed,
+    )
     seconds = time.perf_counter() - start
     target = result.report["allocation"]["target"]
-    entry = {"strategy": strategy, "criterion": criterion, "top1": top1(result.model, images, labels),
-             "macs": result.report["after"]["macs"], "target": target["target"],
-             "achieved_over_target": result.report["after"]["macs"] / target["target"], "seconds": seconds}
+    entry = {
+        "strategy": strategy,
+        "criterion": criterion,
+        "top1": top1(result.model, images, labels),
+        "macs": result.report["after"]["macs"],
+        "target": target["target"],
+        "achieved_over_target": result.report["after"]["macs"] / target["target"],
+        "seconds": seconds,
+    }
     _plots(result.report, Path(args.out) / f"{strategy}-{criterion}")
     return entry
 
@@ -91,11 +111,27 @@ def main(argv=None) -> int:
     results = []
     for strategy, criterion in RUNS:
         results.append(run(strategy, criterion, args, train, images, labels))
-        print(f"  {strategy} ({criterion}): top-1 {results[-1]['top1']:.1%}, {results[-1]['seconds']:.0f} s", flush=True)
-    rows = [[r["strategy"], r["criterion"], f"{r['top1']:.1%}", f"{r['macs'] / 1e6:.2f} M",
-             f"{r['achieved_over_target']:.3f}", f"{r['seconds']:.0f} s"] for r in results]
-    print(table(["strategy", "criterion", "top-1", "MACs", "achieved/target", "time"], rows,
-                title=f"ResNet-56 at {args.target:.0%} of the FLOPs, no fine-tuning (unpruned top-1 {base:.1%})"))
+        print(
+            f"  {strategy} ({criterion}): top-1 {results[-1]['top1']:.1%}, {results[-1]['seconds']:.0f} s", flush=True
+        )
+    rows = [
+        [
+            r["strategy"],
+            r["criterion"],
+            f"{r['top1']:.1%}",
+            f"{r['macs'] / 1e6:.2f} M",
+            f"{r['achieved_over_target']:.3f}",
+            f"{r['seconds']:.0f} s",
+        ]
+        for r in results
+    ]
+    print(
+        table(
+            ["strategy", "criterion", "top-1", "MACs", "achieved/target", "time"],
+            rows,
+            title=f"ResNet-56 at {args.target:.0%} of the FLOPs, no fine-tuning (unpruned top-1 {base:.1%})",
+        )
+    )
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "allocation.json").write_text(json.dumps({"unpruned_top1": base, "runs": results}, indent=1))
     missed = [r for r in results if not 0.98 <= r["achieved_over_target"] <= 1.0]

@@ -76,60 +76,100 @@ def pick_ep(requested: str) -> str:
 
 def bench_one(name: str, path: Path, folder: Path, args, ep: str) -> dict:
     """Prune one model and time it against the original; the model's entry of the JSON."""
-    t_prune, result = common.timed(lambda: onnxprune.prune(str(path), ratio=args.ratio, round_to=args.round_to,
-                                                            round_ep=ep))
+    t_prune, result = common.timed(
+        lambda: onnxprune.prune(str(path), ratio=args.ratio, round_to=args.round_to, round_ep=ep)
+    )
     pruned = result.save(folder / f"{name}.pruned.onnx")
-    options = BenchOptions(ep=ep, batches=args.batches, threads=args.threads, warmup=args.warmup,
-                           iters=args.iters, block=args.block, spin=not args.no_spin)
+    options = BenchOptions(
+        ep=ep,
+        batches=args.batches,
+        threads=args.threads,
+        warmup=args.warmup,
+        iters=args.iters,
+        block=args.block,
+        spin=not args.no_spin,
+    )
     bench = bench_models([path, pruned], options).to_dict()
     rows = [r for r in bench["results"] if r["model"] == str(pruned)]
     for row, before in zip(rows, (r for r in bench["results"] if r["model"] == str(path))):
         row["before_median_ms"] = before["median_ms"]
         row["ok"] = row["speedup_per_macs_reduction"] >= args.min_speedup
-    return {"model": name, "prune_seconds": t_prune, "macs_before": bench["models"][0]["macs"],
-            "macs_after": bench["models"][1]["macs"], "params_before": bench["models"][0]["params"],
-            "params_after": bench["models"][1]["params"], "rows": rows, "bench": bench}
+    return {
+        "model": name,
+        "prune_seconds": t_prune,
+        "macs_before": bench["models"][0]["macs"],
+        "macs_after": bench["models"][1]["macs"],
+        "params_before": bench["models"][0]["params"],
+        "params_after": bench["models"][1]["params"],
+        "rows": rows,
+        "bench": bench,
+    }
 
 
 def markdown(doc: dict) -> str:
     """The table a pipeline posts."""
-    lines = [f"### onnxprune CI latency: ratio {doc['ratio']}, round-to {doc['round_to']}, "
-             f"{doc['provider']} on {doc['device']}",
-             "", f"Goal: speedup >= {doc['min_speedup']} x MACs reduction. {doc['environment']}; ORT threads "
-                 f"{doc['threads'] or 'all'}{'' if doc['spin'] else ', no spinning'}.", "",
-             "| model | batch | before ms | after ms | speedup | MACs | MACs red. | speedup / MACs red. | ok |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    lines = [
+        f"### onnxprune CI latency: ratio {doc['ratio']}, round-to {doc['round_to']}, "
+        f"{doc['provider']} on {doc['device']}",
+        "",
+        f"Goal: speedup >= {doc['min_speedup']} x MACs reduction. {doc['environment']}; ORT threads "
+        f"{doc['threads'] or 'all'}{'' if doc['spin'] else ', no spinning'}.",
+        "",
+        "| model | batch | before ms | after ms | speedup | MACs | MACs red. | speedup / MACs red. | ok |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
     for entry in doc["models"]:
         macs = f"{entry['macs_before'] / 1e9:.3g}G → {entry['macs_after'] / 1e9:.3g}G"
         for row in entry["rows"]:
-            lines.append(f"| {entry['model']} | {row['batch']} | {row['before_median_ms']:.2f} | "
-                         f"{row['median_ms']:.2f} | {row['speedup']:.2f}× | {macs} | {row['macs_reduction']:.2f}× | "
-                         f"{row['speedup_per_macs_reduction']:.2f} | {'✅' if row['ok'] else '❌'} |")
+            lines.append(
+                f"| {entry['model']} | {row['batch']} | {row['before_median_ms']:.2f} | "
+                f"{row['median_ms']:.2f} | {row['speedup']:.2f}× | {macs} | {row['macs_reduction']:.2f}× | "
+                f"{row['speedup_per_macs_reduction']:.2f} | {'✅' if row['ok'] else '❌'} |"
+            )
     lines += [""] + [f"* {note}" for note in doc["notes"]]
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv):
     """The command-line options (batch sizes parsed)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
     parser.add_argument("--ratio", type=float, default=0.5, help="pruning ratio (default 0.5)")
     parser.add_argument("--round-to", default="1", help="an integer or 'auto' (default 1)")
-    parser.add_argument("--ep", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"),
-                        help="execution provider (default auto: tensorrt, else cuda, else cpu)")
+    parser.add_argument(
+        "--ep",
+        default="auto",
+        choices=("auto", "cpu", "cuda", "tensorrt"),
+        help="execution provider (default auto: tensorrt, else cuda, else cpu)",
+    )
     parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
     parser.add_argument("--iters", type=int, default=50, help="timed runs per model and batch (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs per model and batch (default 5)")
     parser.add_argument("--block", type=int, default=10, help="runs per interleaved block (default 10)")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (default 0: all cores)")
-    parser.add_argument("--no-spin", action="store_true",
-                        help="idle ORT workers sleep instead of spin-waiting (steadier on a shared machine)")
-    parser.add_argument("--min-speedup", type=float, default=0.4,
-                        help="required speedup / MACs reduction at every model and batch (default 0.4)")
-    parser.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
-                        help="first wait up to SECONDS for other processes to leave the CPU (default 0)")
-    parser.add_argument("--out", default=str(common.REPO / "benchmarks" / "out"), help="folder for the JSON and markdown")
+    parser.add_argument(
+        "--no-spin",
+        action="store_true",
+        help="idle ORT workers sleep instead of spin-waiting (steadier on a shared machine)",
+    )
+    parser.add_argument(
+        "--min-speedup",
+        type=float,
+        default=0.4,
+        help="required speedup / MACs reduction at every model and batch (default 0.4)",
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for other processes to leave the CPU (default 0)",
+    )
+    parser.add_argument(
+        "--out", default=str(common.REPO / "benchmarks" / "out"), help="folder for the JSON and markdown"
+    )
     parser.add_argument("--no-fail", action="store_true", help="report only; exit 0 even when the goal is missed")
     args = parser.parse_args(argv)
     args.round_to = args.round_to if args.round_to == "auto" else int(args.round_to)
@@ -148,10 +188,21 @@ def main(argv=None) -> int:
     environment = common.environment()
     load = common.wait_for_idle(args.wait_idle)
     print(environment, load, sep="\n")
-    doc = {"format": "onnxprune-ci-latency/1", "ratio": args.ratio, "round_to": args.round_to, "ep": ep,
-           "threads": args.threads, "spin": not args.no_spin,
-           "min_speedup": args.min_speedup, "environment": environment, "background": load,
-           "batches": list(args.batches), "iters": args.iters, "models": [], "notes": [load]}
+    doc = {
+        "format": "onnxprune-ci-latency/1",
+        "ratio": args.ratio,
+        "round_to": args.round_to,
+        "ep": ep,
+        "threads": args.threads,
+        "spin": not args.no_spin,
+        "min_speedup": args.min_speedup,
+        "environment": environment,
+        "background": load,
+        "batches": list(args.batches),
+        "iters": args.iters,
+        "models": [],
+        "notes": [load],
+    }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="onnxprune-ci-") as tmp:
         for name in args.names:
@@ -166,9 +217,15 @@ def main(argv=None) -> int:
                 return 2
             doc["models"].append(entry)
             doc.update(provider=entry["bench"]["provider"], device=entry["bench"]["device"])
-            print(f"  {name}: " + ", ".join(f"batch {r['batch']} speedup {r['speedup']:.2f}x / MACs "
-                                             f"{r['macs_reduction']:.2f}x = {r['speedup_per_macs_reduction']:.2f}"
-                                             for r in entry["rows"]), flush=True)
+            print(
+                f"  {name}: "
+                + ", ".join(
+                    f"batch {r['batch']} speedup {r['speedup']:.2f}x / MACs "
+                    f"{r['macs_reduction']:.2f}x = {r['speedup_per_macs_reduction']:.2f}"
+                    for r in entry["rows"]
+                ),
+                flush=True,
+            )
     doc["seconds"] = time.perf_counter() - started
     doc.setdefault("provider", ep)
     doc.setdefault("device", "-")
@@ -178,8 +235,10 @@ def main(argv=None) -> int:
     (out / "ci_latency.md").write_text(markdown(doc))
     print("\n" + markdown(doc))
     ok = all(row["ok"] for entry in doc["models"] for row in entry["rows"])
-    print(f"goal: speedup >= {args.min_speedup} x MACs reduction everywhere: {'MET' if ok else 'MISSED'}; "
-          f"wrote {out / 'ci_latency.json'} and {out / 'ci_latency.md'}")
+    print(
+        f"goal: speedup >= {args.min_speedup} x MACs reduction everywhere: {'MET' if ok else 'MISSED'}; "
+        f"wrote {out / 'ci_latency.json'} and {out / 'ci_latency.md'}"
+    )
     return 0 if ok or args.no_fail else 1
 
 

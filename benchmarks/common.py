@@ -49,8 +49,9 @@ def export(module: nn.Module, input_shape: Sequence[int], path: str | os.PathLik
 
 class ConvBNReLU(nn.Sequential):
     def __init__(self, channels: int):
-        super().__init__(nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
-                         nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        super().__init__(
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+        )
 
 
 class Residual(nn.Module):
@@ -68,8 +69,11 @@ def deep_chain(depth: int, channels: int = 16, residual_every: int = 8) -> nn.Mo
     """A stem conv and ``depth`` conv-BN-ReLU blocks in a plain ``nn.Sequential``; every
     ``residual_every``-th pair of blocks is wrapped in a residual Add (0 disables them), then
     global average pool + Linear. The node count grows linearly with ``depth``."""
-    layers: list[nn.Module] = [nn.Conv2d(3, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels),
-                               nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, channels, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+    ]
     i = 0
     while i < depth:
         if residual_every and i % residual_every == 0 and i + 2 <= depth:
@@ -104,8 +108,9 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
             gc.enable()
 
 
-def median_time(fn: Callable[[], object], repeat: int = 3,
-                setup: Callable[[], object] | None = None) -> tuple[float, list[float]]:
+def median_time(
+    fn: Callable[[], object], repeat: int = 3, setup: Callable[[], object] | None = None
+) -> tuple[float, list[float]]:
     """Median and all samples of ``repeat`` timed calls. With ``setup``, each call is
     ``fn(setup())`` and only ``fn`` is timed."""
     samples = []
@@ -142,8 +147,10 @@ def environment() -> str:
     import onnx
     import onnxruntime
 
-    return (f"python {sys.version.split()[0]}, torch {torch.__version__}, onnx {onnx.__version__}, "
-            f"onnxruntime {onnxruntime.__version__}, {os.cpu_count()} CPU cores")
+    return (
+        f"python {sys.version.split()[0]}, torch {torch.__version__}, onnx {onnx.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, {os.cpu_count()} CPU cores"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -129,8 +129,12 @@ def cold_process(path: Path, out: Path, ratio: float, repeat: int) -> tuple[floa
 
     firsts, imports = [], []
     for _ in range(repeat):
-        done = subprocess.run([sys.executable, "-c", COLD_SCRIPT, str(path), str(out), str(ratio)],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", COLD_SCRIPT, str(path), str(out), str(ratio)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         imp, first = map(float, done.stdout.split()[-2:])
         imports.append(imp)
         firsts.append(first)
@@ -138,8 +142,13 @@ def cold_process(path: Path, out: Path, ratio: float, repeat: int) -> tuple[floa
 
 
 def tp_prune(tp, model: torch.nn.Module, example: torch.Tensor, ratio: float):
-    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                  pruning_ratio=ratio, ignored_layers=[model.fc])
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=ratio,
+        ignored_layers=[model.fc],
+    )
     pruner.step()
     return model
 
@@ -170,20 +179,35 @@ def bench_resnet50(args, tmp: Path, tp) -> tuple[float | None, bool]:
             fresh = copy.deepcopy(model)
             theirs.append(common.timed(lambda fresh=fresh: tp_prune(tp, fresh, example, args.ratio))[0])
             pruned_torch = fresh
-        print(f"  run {i + 1}: onnxprune {common.fmt_s(full[-1])}"
-              + (f", Torch-Pruning {common.fmt_s(theirs[-1])}" if theirs else ""), flush=True)
+        print(
+            f"  run {i + 1}: onnxprune {common.fmt_s(full[-1])}"
+            + (f", Torch-Pruning {common.fmt_s(theirs[-1])}" if theirs else ""),
+            flush=True,
+        )
 
     med = statistics.median
     ours = med(full)
-    rows = [["onnxprune prune(verify=True) + save", common.fmt_s(ours),
-             " / ".join(common.fmt_s(s) for s in full)],
-            ["  of which load_and_analyze (separate runs)", common.fmt_s(med(analyze)),
-             " / ".join(common.fmt_s(s) for s in analyze)],
-            ["onnxprune prune(verify=False), no save", common.fmt_s(med(noverify)),
-             " / ".join(common.fmt_s(s) for s in noverify)]]
+    rows = [
+        ["onnxprune prune(verify=True) + save", common.fmt_s(ours), " / ".join(common.fmt_s(s) for s in full)],
+        [
+            "  of which load_and_analyze (separate runs)",
+            common.fmt_s(med(analyze)),
+            " / ".join(common.fmt_s(s) for s in analyze),
+        ],
+        [
+            "onnxprune prune(verify=False), no save",
+            common.fmt_s(med(noverify)),
+            " / ".join(common.fmt_s(s) for s in noverify),
+        ],
+    ]
     if theirs:
-        rows.append(["Torch-Pruning MetaPruner() + step()", common.fmt_s(med(theirs)),
-                     " / ".join(common.fmt_s(s) for s in theirs)])
+        rows.append(
+            [
+                "Torch-Pruning MetaPruner() + step()",
+                common.fmt_s(med(theirs)),
+                " / ".join(common.fmt_s(s) for s in theirs),
+            ]
+        )
     print()
     print(common.table(["", "median", "runs"], rows))
 
@@ -201,13 +225,17 @@ def bench_resnet50(args, tmp: Path, tp) -> tuple[float | None, bool]:
 
     if args.cold:
         cold, imports = cold_process(path, tmp / "cold.onnx", args.ratio, args.repeat)
-        print(f"\ncold process (fresh interpreter, informational, median of {args.repeat}): "
-              f"import onnxprune {common.fmt_s(imports)}, first prune + save {common.fmt_s(cold)} "
-              f"(includes the lazy imports onnxprune does on first use)")
+        print(
+            f"\ncold process (fresh interpreter, informational, median of {args.repeat}): "
+            f"import onnxprune {common.fmt_s(imports)}, first prune + save {common.fmt_s(cold)} "
+            f"(includes the lazy imports onnxprune does on first use)"
+        )
 
     rep = result.report
-    print(f"\nonnxprune MACs {rep['before']['macs'] / 1e9:.3f} G -> {rep['after']['macs'] / 1e9:.3f} G, "
-          f"params {rep['before']['params'] / 1e6:.2f} M -> {rep['after']['params'] / 1e6:.2f} M")
+    print(
+        f"\nonnxprune MACs {rep['before']['macs'] / 1e9:.3f} G -> {rep['after']['macs'] / 1e9:.3f} G, "
+        f"params {rep['before']['params'] / 1e6:.2f} M -> {rep['after']['params'] / 1e6:.2f} M"
+    )
     if theirs:
         try:
             macs, params = tp.utils.count_ops_and_params(pruned_torch, example)
@@ -220,8 +248,10 @@ def bench_resnet50(args, tmp: Path, tp) -> tuple[float | None, bool]:
         return None, args.skip_torch_pruning
     ratio = ours / med(theirs)
     ok = ratio <= RATIO_GOAL
-    print(f"\nonnxprune / Torch-Pruning = {common.fmt_s(ours)} / {common.fmt_s(med(theirs))} = {ratio:.2f}x "
-          f"(goal <= {RATIO_GOAL}x): {'MET' if ok else 'MISSED'}")
+    print(
+        f"\nonnxprune / Torch-Pruning = {common.fmt_s(ours)} / {common.fmt_s(med(theirs))} = {ratio:.2f}x "
+        f"(goal <= {RATIO_GOAL}x): {'MET' if ok else 'MISSED'}"
+    )
     return ratio, ok
 
 
@@ -239,31 +269,52 @@ def bench_scaling(args, tmp: Path) -> tuple[float, bool]:
         t, samples = common.median_time(lambda path=path: api.load_and_analyze(str(path)), args.repeat)
         groups = api.load_and_analyze(str(path)).groups
         times[depth] = t
-        rows.append([f"depth {depth}", nodes, len(groups), sum(g.prunable for g in groups), common.fmt_s(t),
-                     " / ".join(common.fmt_s(s) for s in samples)])
+        rows.append(
+            [
+                f"depth {depth}",
+                nodes,
+                len(groups),
+                sum(g.prunable for g in groups),
+                common.fmt_s(t),
+                " / ".join(common.fmt_s(s) for s in samples),
+            ]
+        )
     print(common.table(["model", "nodes", "groups", "prunable", "median", "runs"], rows))
     ratio = times[4 * d] / times[d]
     ok = ratio <= SCALING_LIMIT
-    print(f"\nload_and_analyze time ratio depth {4 * d} / depth {d} = {ratio:.2f} "
-          f"(linear = 4, limit {SCALING_LIMIT}): {'MET' if ok else 'MISSED'}")
+    print(
+        f"\nload_and_analyze time ratio depth {4 * d} / depth {d} = {ratio:.2f} "
+        f"(linear = 4, limit {SCALING_LIMIT}): {'MET' if ok else 'MISSED'}"
+    )
     return ratio, ok
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Goals: onnxprune <= 0.5x Torch-Pruning time on ResNet-50; "
-                                            "analysis time at depth 4D <= 6x depth D.")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Goals: onnxprune <= 0.5x Torch-Pruning time on ResNet-50; analysis time at depth 4D <= 6x depth D.",
+    )
     parser.add_argument("--ratio", type=float, default=0.5, help="pruning ratio for both tools (default 0.5)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (default 3)")
     parser.add_argument("--depth", type=int, default=100, help="D for the scaling test (default 100)")
-    parser.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
-                        help="first wait up to SECONDS for other processes to leave the CPU (default 0)")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for other processes to leave the CPU (default 0)",
+    )
     parser.add_argument("--no-fail", action="store_true", help="report only; exit 0 even when a goal is missed")
-    parser.add_argument("--skip-torch-pruning", action="store_true",
-                        help="do not run Torch-Pruning (its goal is then not checked)")
-    parser.add_argument("--no-cold", dest="cold", action="store_false",
-                        help="skip the fresh-interpreter (cold process) measurement of onnxprune")
+    parser.add_argument(
+        "--skip-torch-pruning", action="store_true", help="do not run Torch-Pruning (its goal is then not checked)"
+    )
+    parser.add_argument(
+        "--no-cold",
+        dest="cold",
+        action="store_false",
+        help="skip the fresh-interpreter (cold process) measurement of onnxprune",
+    )
     parser.add_argument("--skip-scaling", action="store_true", help="skip the deep-chain scaling test")
     args = parser.parse_args(argv)
 

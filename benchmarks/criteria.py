@@ -167,15 +167,14 @@ def evaluate(analysis, scores: dict, ratios: list[float], feeds, labels) -> list
     for ratio in ratios:
         plan = select(analysis.groups, scores, SelectOptions(ratio=ratio))
         pruned = apply_plan(analysis.model, plan, analysis.view).model
-        results.append({"ratio": ratio, "top1": top1(pruned, feeds, labels),
-                        "macs": model_summary(pruned)["macs"]})
+        results.append({"ratio": ratio, "top1": top1(pruned, feeds, labels), "macs": model_summary(pruned)["macs"]})
     return results
 
 
 def run_criterion(name: str, analysis, data, ratios, feeds, labels, seeds: int, verbose: bool) -> dict:
     """Score once (per seed for random), evaluate at every ratio."""
     runs = []
-    for seed in (range(seeds) if name == "random" else [0]):
+    for seed in range(seeds) if name == "random" else [0]:
         progress = Progress(name, data.num_batches, verbose) if data is not None else None
         t0 = time.perf_counter()
         try:
@@ -191,12 +190,23 @@ def run_criterion(name: str, analysis, data, ratios, feeds, labels, seeds: int, 
     for i, ratio in enumerate(ratios):
         accs = [r["results"][i]["top1"] for r in runs]
         macs = [r["results"][i]["macs"] for r in runs]
-        per_ratio.append({"ratio": ratio, "top1": statistics.fmean(accs),
-                          "top1_std": statistics.stdev(accs) if len(accs) > 1 else None,
-                          "top1_all": accs, "macs": statistics.fmean(macs)})
-    return {"criterion": name, "applicable": True, "runs": len(runs),
-            "scoring_s": statistics.fmean(r["scoring_s"] for r in runs),
-            "scoring_s_total": sum(r["scoring_s"] for r in runs), "ratios": per_ratio}
+        per_ratio.append(
+            {
+                "ratio": ratio,
+                "top1": statistics.fmean(accs),
+                "top1_std": statistics.stdev(accs) if len(accs) > 1 else None,
+                "top1_all": accs,
+                "macs": statistics.fmean(macs),
+            }
+        )
+    return {
+        "criterion": name,
+        "applicable": True,
+        "runs": len(runs),
+        "scoring_s": statistics.fmean(r["scoring_s"] for r in runs),
+        "scoring_s_total": sum(r["scoring_s"] for r in runs),
+        "ratios": per_ratio,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,8 +252,10 @@ def macs_lines(results: list[dict], ratios: list[float], macs_before: int) -> li
         if len(kept) == 1:
             text = f"{kept[0] / 1e6:.2f} M ({pct(kept[0] / macs_before)})"
         else:
-            text = (f"{kept[0] / 1e6:.2f}-{kept[-1] / 1e6:.2f} M "
-                    f"({pct(kept[0] / macs_before)}-{pct(kept[-1] / macs_before)}, depends on the criterion)")
+            text = (
+                f"{kept[0] / 1e6:.2f}-{kept[-1] / 1e6:.2f} M "
+                f"({pct(kept[0] / macs_before)}-{pct(kept[-1] / macs_before)}, depends on the criterion)"
+            )
         lines.append(f"MACs kept @{ratio_label(ratio)} of channels pruned: {text} of {macs_before / 1e6:.2f} M")
     return lines
 
@@ -255,8 +267,11 @@ def beats_random(results: list[dict], ratios: list[float]) -> list[str]:
     parts = []
     for i, ratio in enumerate(ratios):
         mean = random["ratios"][i]["top1"]
-        winners = [r["criterion"] for r in results
-                   if r["applicable"] and r["criterion"] != "random" and r["ratios"][i]["top1"] > mean]
+        winners = [
+            r["criterion"]
+            for r in results
+            if r["applicable"] and r["criterion"] != "random" and r["ratios"][i]["top1"] > mean
+        ]
         parts.append(f"@{ratio_label(ratio)} (random {pct(mean)}): {', '.join(winners) or 'none'}")
     return ["beat random's mean top-1 " + "; ".join(parts)]
 
@@ -275,15 +290,26 @@ def markdown(headers, rows, notes: list[str]) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calib-samples", type=int, default=500, help="calibration images (default 500)")
-    parser.add_argument("--criteria", default=",".join(ALL_CRITERIA),
-                        help=f"comma-separated subset of {','.join(ALL_CRITERIA)} (default: all)")
+    parser.add_argument(
+        "--criteria",
+        default=",".join(ALL_CRITERIA),
+        help=f"comma-separated subset of {','.join(ALL_CRITERIA)} (default: all)",
+    )
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the random criterion (default 5)")
     parser.add_argument("--ratios", default="0.3,0.5", help="comma-separated pruning ratios (default 0.3,0.5)")
     parser.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default 64)")
-    parser.add_argument("--out", type=Path, default=common.REPO / "benchmarks" / "out",
-                        help="folder for criteria.json and criteria.md (default benchmarks/out/)")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
-                        help=f"where the JPEG archive is extracted once (default {DEFAULT_CACHE})")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=common.REPO / "benchmarks" / "out",
+        help="folder for criteria.json and criteria.md (default benchmarks/out/)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help=f"where the JPEG archive is extracted once (default {DEFAULT_CACHE})",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-batch progress on stderr")
     args = parser.parse_args(argv)
     args.criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
@@ -312,50 +338,86 @@ def main(argv=None) -> int:
     base_top1 = top1(analysis.model, feeds, labels)
     macs_before = model_summary(analysis.model, analysis.view)["macs"]
     prunable = [g for g in analysis.groups if g.prunable]
-    print(f"model: {MODEL.name}, {len(analysis.groups)} groups ({len(prunable)} prunable, "
-          f"{sum(g.channels for g in prunable)} channels), {macs_before / 1e6:.2f} M MACs, "
-          f"unpruned top-1 on {TEST.name}: {pct(base_top1)}")
+    print(
+        f"model: {MODEL.name}, {len(analysis.groups)} groups ({len(prunable)} prunable, "
+        f"{sum(g.channels for g in prunable)} channels), {macs_before / 1e6:.2f} M MACs, "
+        f"unpruned top-1 on {TEST.name}: {pct(base_top1)}"
+    )
 
     data = None
     if any(c in DATA_CRITERIA for c in args.criteria):
         train = extract_train(ARCHIVE, args.cache)
         data = load_calibration(train, analysis.model, args.calib_samples, PREPROCESS, args.batch_size, seed=0)
-        print(f"calibration: {data.samples} images from {train} ({data.num_batches} batches of "
-              f"{data.batch_size}), preprocessing {PREPROCESS}")
+        print(
+            f"calibration: {data.samples} images from {train} ({data.num_batches} batches of "
+            f"{data.batch_size}), preprocessing {PREPROCESS}"
+        )
 
     results = []
     for name in args.criteria:
-        res = run_criterion(name, analysis, data if name in DATA_CRITERIA else None, args.ratios, feeds,
-                            labels, args.seeds, not args.quiet)
+        res = run_criterion(
+            name,
+            analysis,
+            data if name in DATA_CRITERIA else None,
+            args.ratios,
+            feeds,
+            labels,
+            args.seeds,
+            not args.quiet,
+        )
         results.append(res)
         if res["applicable"]:
             accs = ", ".join(f"{accuracy_cell(e)} @{ratio_label(e['ratio'])}" for e in res["ratios"])
-            print(f"  {name}: {accs}; scoring {common.fmt_s(res['scoring_s'])}"
-                  + (" per seed" if res["runs"] > 1 else ""), flush=True)
+            print(
+                f"  {name}: {accs}; scoring {common.fmt_s(res['scoring_s'])}"
+                + (" per seed" if res["runs"] > 1 else ""),
+                flush=True,
+            )
         else:
             print(f"  {name}: not applicable: {res['reason']}", flush=True)
 
-    headers = (["criterion"] + [h for r in args.ratios for h in (f"top-1 @{ratio_label(r)}", f"MACs @{ratio_label(r)}")]
-               + ["scoring time"])
+    headers = (
+        ["criterion"]
+        + [h for r in args.ratios for h in (f"top-1 @{ratio_label(r)}", f"MACs @{ratio_label(r)}")]
+        + ["scoring time"]
+    )
     rows = rows_of(results, args.ratios, macs_before)
     wall = time.perf_counter() - start
-    notes = [f"ResNet-20, unpruned top-1 {pct(base_top1)} on test1000.npz; local scope, no fine-tuning",
-             *macs_lines(results, args.ratios, macs_before),
-             *(f"{r['criterion']}: {r['reason']}" for r in results if not r["applicable"]),
-             *beats_random(results, args.ratios),
-             f"total wall time {common.fmt_s(wall)}"]
+    notes = [
+        f"ResNet-20, unpruned top-1 {pct(base_top1)} on test1000.npz; local scope, no fine-tuning",
+        *macs_lines(results, args.ratios, macs_before),
+        *(f"{r['criterion']}: {r['reason']}" for r in results if not r["applicable"]),
+        *beats_random(results, args.ratios),
+        f"total wall time {common.fmt_s(wall)}",
+    ]
     print()
-    print(common.table(headers, rows, title=f"top-1 on {TEST.name} after pruning {MODEL.name} "
-                                             f"(calibration: {data.samples if data else 0} train JPEGs)"))
+    print(
+        common.table(
+            headers,
+            rows,
+            title=f"top-1 on {TEST.name} after pruning {MODEL.name} "
+            f"(calibration: {data.samples if data else 0} train JPEGs)",
+        )
+    )
     print()
     for note in notes:
         print(note)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    document = {"model": str(MODEL), "test": str(TEST), "unpruned_top1": base_top1, "macs_before": macs_before,
-                "calib_samples": data.samples if data else None, "preprocess": PREPROCESS,
-                "ratios": args.ratios, "seeds": args.seeds, "results": results, "wall_s": wall,
-                "environment": common.environment(), "source": source_version()}
+    document = {
+        "model": str(MODEL),
+        "test": str(TEST),
+        "unpruned_top1": base_top1,
+        "macs_before": macs_before,
+        "calib_samples": data.samples if data else None,
+        "preprocess": PREPROCESS,
+        "ratios": args.ratios,
+        "seeds": args.seeds,
+        "results": results,
+        "wall_s": wall,
+        "environment": common.environment(),
+        "source": source_version(),
+    }
     (args.out / "criteria.json").write_text(json.dumps(document, indent=1))
     (args.out / "criteria.md").write_text(markdown(headers, rows, notes))
     print(f"written: {args.out / 'criteria.json'}, {args.out / 'criteria.md'}")

@@ -63,7 +63,9 @@ def generate(path: Path, width: int, depth: int, seed: int = 0) -> int:
     with open(path.parent / location, "wb") as handle:
         for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
             w, b = f"conv{i}.weight", f"conv{i}.bias"
-            inits.append(external_tensor(w, (c_out, c_in, 3, 3), location, *write_weight(handle, rng, (c_out, c_in, 3, 3))))
+            inits.append(
+                external_tensor(w, (c_out, c_in, 3, 3), location, *write_weight(handle, rng, (c_out, c_in, 3, 3)))
+            )
             inits.append(external_tensor(b, (c_out,), location, *write_weight(handle, rng, (c_out, 1))))
             nodes.append(helper.make_node("Conv", [current, w, b], [f"conv{i}"], name=f"Conv{i}", pads=[1, 1, 1, 1]))
             current = f"conv{i}"
@@ -72,8 +74,13 @@ def generate(path: Path, width: int, depth: int, seed: int = 0) -> int:
                 current = f"relu{i}"
         size = handle.tell()
     nodes.append(helper.make_node("GlobalAveragePool", [current], ["y"], name="Pool"))
-    graph = helper.make_graph(nodes, "wide_vgg", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10, 1, 1])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "wide_vgg",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10, 1, 1])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path.write_bytes(model.SerializeToString())
@@ -107,8 +114,9 @@ def main() -> int:
         size = generate(model, args.width, args.depth)
         print(f"generated {model.name}: {size / 1e9:.2f} GB of weights in {time.perf_counter() - started:.0f}s")
         output = folder / "wide_vgg.pruned.onnx"
-        code, rss, seconds, tail = peak_rss([sys.executable, "-m", "onnxprune", str(model), "--ratio",
-                                             str(args.ratio), "-o", str(output)])
+        code, rss, seconds, tail = peak_rss(
+            [sys.executable, "-m", "onnxprune", str(model), "--ratio", str(args.ratio), "-o", str(output)]
+        )
         out_size = sum(p.stat().st_size for p in folder.glob("wide_vgg.pruned.onnx*"))
     ratio = rss / size
     print(f"{'model (weights)':>18s} {'peak RSS':>10s} {'RSS / model':>12s} {'pruned size':>12s} {'time':>7s}")

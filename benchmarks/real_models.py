@@ -68,8 +68,18 @@ def stored_bytes(path: Path) -> int:
 def run_onnxprune(path: Path, out_dir: Path, ratio: float, timeout: float) -> dict:
     """`python -m onnxprune PATH --ratio R` in a child process; its status, report and time."""
     output, report = out_dir / f"{path.stem}.pruned.onnx", out_dir / f"{path.stem}.report.json"
-    command = [sys.executable, "-m", "onnxprune", str(path), "--ratio", str(ratio), "-o", str(output),
-               "--report", str(report)]
+    command = [
+        sys.executable,
+        "-m",
+        "onnxprune",
+        str(path),
+        "--ratio",
+        str(ratio),
+        "-o",
+        str(output),
+        "--report",
+        str(report),
+    ]
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
@@ -87,15 +97,20 @@ def run_onnxprune(path: Path, out_dir: Path, ratio: float, timeout: float) -> di
 
 def run_onnxsim(path: Path, out_dir: Path, ratio: float, timeout: float) -> dict | None:
     """onnxsim's structured pruning of the same model (None when onnxsim is not importable)."""
-    probe = subprocess.run([sys.executable, "-c", "import onnxsim; onnxsim.apply_structured_pruning_cpp"],
-                           capture_output=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import onnxsim; onnxsim.apply_structured_pruning_cpp"], capture_output=True
+    )
     if probe.returncode != 0:
         return None
     output = out_dir / f"{path.stem}.onnxsim.onnx"
     start = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, "-c", ONNXSIM_SCRIPT, str(path), str(output), str(ratio)],
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [sys.executable, "-c", ONNXSIM_SCRIPT, str(path), str(output), str(ratio)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"status": f"timeout after {timeout:.0f} s", "seconds": timeout}
     row = {"seconds": time.perf_counter() - start}
@@ -111,8 +126,9 @@ def params(path: Path) -> int:
     """Elements of a model's weights (initializers and Constant nodes, at least 1-D; quantized
     weights count too)."""
     model = onnx.load(str(path))
-    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node if n.op_type == "Constant"
-                                               for a in n.attribute if a.name == "value"]
+    tensors = list(model.graph.initializer) + [
+        a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+    ]
     return sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors if len(t.dims) >= 1)
 
 
@@ -124,15 +140,17 @@ def feeds_for(path: Path, shapes: dict | None) -> dict[str, np.ndarray]:
     for info in model.graph.input:
         if info.name in inits:
             continue
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
-                for d in info.type.tensor_type.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in info.type.tensor_type.shape.dim
+        ]
         chosen = (shapes or {}).get(info.name)  # the report's entry: {"shape": [...], "source": ...}
         shape = list((chosen.get("macs_shape") or chosen["shape"]) if isinstance(chosen, dict) else chosen or dims)
         if shape:
             shape[0] = 1
         dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
-        feeds[info.name] = (rng.standard_normal(shape) if np.issubdtype(dtype, np.floating)
-                            else rng.integers(0, 10, shape)).astype(dtype)
+        feeds[info.name] = (
+            rng.standard_normal(shape) if np.issubdtype(dtype, np.floating) else rng.integers(0, 10, shape)
+        ).astype(dtype)
     return feeds
 
 
@@ -152,9 +170,13 @@ def verification_summary(report: dict) -> dict:
     check = report.get("verification") or {}
     outputs = check.get("outputs") or {}
     worst = max((o.get("relative", 0.0) for o in outputs.values()), default=None)
-    return {"shapes": check.get("shapes"), "shape_source": check.get("shape_source"),
-            "max_relative": check.get("max_relative", worst), "noise": check.get("noise"),
-            "tolerance": check.get("tolerance", check.get("rtol"))}
+    return {
+        "shapes": check.get("shapes"),
+        "shape_source": check.get("shape_source"),
+        "max_relative": check.get("max_relative", worst),
+        "noise": check.get("noise"),
+        "tolerance": check.get("tolerance", check.get("rtol")),
+    }
 
 
 def measure(path: Path, out_dir: Path, args) -> dict:
@@ -168,18 +190,24 @@ def measure(path: Path, out_dir: Path, args) -> dict:
         out = Path(ours["output"])
         summary = verification_summary(report)
         shapes = summary["shapes"]
-        ours.update(summary, output_bytes=stored_bytes(out), params_after=params(out),
-                    macs_before=report["before"]["macs"], macs_after=report["after"]["macs"],
-                    frozen=[f"{g['id']}: {g['frozen']}" for g in report["groups"] if g.get("frozen")],
-                    failed_groups=(report.get("verification") or {}).get("failed_groups"))
+        ours.update(
+            summary,
+            output_bytes=stored_bytes(out),
+            params_after=params(out),
+            macs_before=report["before"]["macs"],
+            macs_after=report["after"]["macs"],
+            frozen=[f"{g['id']}: {g['frozen']}" for g in report["groups"] if g.get("frozen")],
+            failed_groups=(report.get("verification") or {}).get("failed_groups"),
+        )
     sim = run_onnxsim(path, out_dir, args.ratio, args.timeout) if not args.no_onnxsim else None
     if sim is not None and "output" in sim:
         sim.update(output_bytes=stored_bytes(Path(sim["output"])), params_after=params(Path(sim["output"])))
     row["onnxsim"] = sim
     candidates = [path] + [Path(r["output"]) for r in (ours, sim) if r and "output" in r]
     times = latencies(candidates, feeds_for(path, shapes), args.iters)
-    row["latency_ms"] = dict(zip(["input"] + [k for k, r in (("onnxprune", ours), ("onnxsim", sim))
-                                              if r and "output" in r], times))
+    row["latency_ms"] = dict(
+        zip(["input"] + [k for k, r in (("onnxprune", ours), ("onnxsim", sim)) if r and "output" in r], times)
+    )
     return row
 
 
@@ -189,33 +217,68 @@ def fmt_ratio(a, b) -> str:
 
 def print_table(rows: list[dict]) -> None:
     """One line per model for onnxprune (and one for onnxsim when it ran)."""
-    header = ("model", "tool", "status", "params kept", "MACs kept", "verify shape", "diff / noise / tol",
-              "out/in bytes", "latency ms before → after", "s")
+    header = (
+        "model",
+        "tool",
+        "status",
+        "params kept",
+        "MACs kept",
+        "verify shape",
+        "diff / noise / tol",
+        "out/in bytes",
+        "latency ms before → after",
+        "s",
+    )
     print(" | ".join(header))
     for row in rows:
         ours, lat = row["onnxprune"], row["latency_ms"]
-        diff = "/".join(f"{v:.1e}" if isinstance(v, (int, float)) else "-"
-                        for v in (ours.get("max_relative"), ours.get("noise"), ours.get("tolerance")))
-        print(" | ".join([row["model"], "onnxprune", ours["status"][:90],
-                          fmt_ratio(ours.get("params_after"), row["params_before"]),
-                          fmt_ratio(ours.get("macs_after"), ours.get("macs_before")),
-                          _shape_text(ours.get("shapes")), diff,
-                          fmt_ratio(ours.get("output_bytes"), row["input_bytes"]),
-                          _latency(lat.get("input"), lat.get("onnxprune")), f"{ours['seconds']:.1f}"]))
+        diff = "/".join(
+            f"{v:.1e}" if isinstance(v, (int, float)) else "-"
+            for v in (ours.get("max_relative"), ours.get("noise"), ours.get("tolerance"))
+        )
+        print(
+            " | ".join(
+                [
+                    row["model"],
+                    "onnxprune",
+                    ours["status"][:90],
+                    fmt_ratio(ours.get("params_after"), row["params_before"]),
+                    fmt_ratio(ours.get("macs_after"), ours.get("macs_before")),
+                    _shape_text(ours.get("shapes")),
+                    diff,
+                    fmt_ratio(ours.get("output_bytes"), row["input_bytes"]),
+                    _latency(lat.get("input"), lat.get("onnxprune")),
+                    f"{ours['seconds']:.1f}",
+                ]
+            )
+        )
         sim = row.get("onnxsim")
         if sim:
-            print(" | ".join([row["model"], "onnxsim", sim["status"][:90],
-                              fmt_ratio(sim.get("params_after"), row["params_before"]), "-", "-", "-",
-                              fmt_ratio(sim.get("output_bytes"), row["input_bytes"]),
-                              _latency(lat.get("input"), lat.get("onnxsim")), f"{sim['seconds']:.1f}"]))
+            print(
+                " | ".join(
+                    [
+                        row["model"],
+                        "onnxsim",
+                        sim["status"][:90],
+                        fmt_ratio(sim.get("params_after"), row["params_before"]),
+                        "-",
+                        "-",
+                        "-",
+                        fmt_ratio(sim.get("output_bytes"), row["input_bytes"]),
+                        _latency(lat.get("input"), lat.get("onnxsim")),
+                        f"{sim['seconds']:.1f}",
+                    ]
+                )
+            )
 
 
 def _shape_text(shapes: dict | None) -> str:
     """'x=2x3x64x64 (probe)' from the report's verification shapes."""
     if not shapes:
         return "-"
-    return ", ".join(f"{name}={'x'.join(map(str, e['shape']))} ({e['source'].split(':')[0]})"
-                     for name, e in shapes.items())
+    return ", ".join(
+        f"{name}={'x'.join(map(str, e['shape']))} ({e['source'].split(':')[0]})" for name, e in shapes.items()
+    )
 
 
 def _latency(before, after) -> str:
@@ -241,12 +304,18 @@ def misses(rows: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("models", nargs="*", help="ONNX files or folders (default: ../shared/data/real-models)")
     parser.add_argument("--ratio", type=float, default=0.5, help="pruning ratio (default 0.5)")
-    parser.add_argument("--iters", type=int, default=40, help="timed runs per model (default 40, interleaved "
-                        "by blocks of 10, one intra-op thread: steadier on a shared machine)")
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=40,
+        help="timed runs per model (default 40, interleaved "
+        "by blocks of 10, one intra-op thread: steadier on a shared machine)",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds per model and tool (default 900)")
     parser.add_argument("--no-onnxsim", action="store_true", help="skip onnxsim even when it is importable")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "out" / "real_models.json")

@@ -33,9 +33,14 @@ def run(label: str, options: dict, args, train: Path, images, labels) -> list:
     rebuilt = onnxprune.prune(SHARED / "resnet56.onnx", reconstruct=True, **common)
     seconds = time.perf_counter() - start
     recon = rebuilt.report["reconstruction"]
-    return [label, f"{plain.report['after']['macs'] / 1e6:.1f} M", f"{top1(plain.model, images, labels):.1%}",
-            f"{top1(rebuilt.model, images, labels):.1%}",
-            f"{recon['output_error_before']:.2f} → {recon['output_error_after']:.2f}", f"{seconds:.0f} s"]
+    return [
+        label,
+        f"{plain.report['after']['macs'] / 1e6:.1f} M",
+        f"{top1(plain.model, images, labels):.1%}",
+        f"{top1(rebuilt.model, images, labels):.1%}",
+        f"{recon['output_error_before']:.2f} → {recon['output_error_after']:.2f}",
+        f"{seconds:.0f} s",
+    ]
 
 
 def main(argv=None) -> int:
@@ -47,10 +52,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     train = extract_train(SHARED / "cifar10-jpg.tar.gz", args.cache)
     images, labels = test_set()
-    rows = [run(f"--target-flops {args.target}", {"target_flops": args.target}, args, train, images, labels),
-            run(f"--ratio {args.ratio}", {"ratio": args.ratio}, args, train, images, labels)]
-    print(table(["setting", "MACs", "top-1 pruned", "top-1 reconstructed", "held-out output error", "time"], rows,
-                title="ResNet-56 (92.6 % unpruned), L1, least-squares reconstruction, no training"))
+    rows = [
+        run(f"--target-flops {args.target}", {"target_flops": args.target}, args, train, images, labels),
+        run(f"--ratio {args.ratio}", {"ratio": args.ratio}, args, train, images, labels),
+    ]
+    print(
+        table(
+            ["setting", "MACs", "top-1 pruned", "top-1 reconstructed", "held-out output error", "time"],
+            rows,
+            title="ResNet-56 (92.6 % unpruned), L1, least-squares reconstruction, no training",
+        )
+    )
     return 0
 
 

@@ -77,17 +77,33 @@ def run_one(model: str, criterion: str, args, train: Path, calib: Path, images, 
     source = SHARED / f"{model}.onnx"
     row = {"model": model, "criterion": criterion}
     started = time.perf_counter()
-    pruned = onnxprune.prune(source, criterion=criterion, target_flops=args.target, calib=calib,
-                             calib_samples=args.calib_samples, preprocess=PREPROCESS, seed=args.seed,
-                             reconstruct=args.reconstruct)
+    pruned = onnxprune.prune(
+        source,
+        criterion=criterion,
+        target_flops=args.target,
+        calib=calib,
+        calib_samples=args.calib_samples,
+        preprocess=PREPROCESS,
+        seed=args.seed,
+        reconstruct=args.reconstruct,
+    )
     row["prune_seconds"] = time.perf_counter() - started
     row["macs_kept"] = pruned.report["after"]["macs"] / pruned.report["before"]["macs"]
     row["params_kept"] = pruned.report["after"]["params"] / pruned.report["before"]["params"]
     row["error_pruned"] = 100 * (1 - top1(pruned.model, images, labels))
     started = time.perf_counter()
-    tuned = finetune(pruned.model, train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     teacher=source if args.teacher else None, preprocess=PREPROCESS, seed=args.seed,
-                     device=args.device, log=lambda line: print("   ", line, flush=True))
+    tuned = finetune(
+        pruned.model,
+        train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        teacher=source if args.teacher else None,
+        preprocess=PREPROCESS,
+        seed=args.seed,
+        device=args.device,
+        log=lambda line: print("   ", line, flush=True),
+    )
     row["finetune_seconds"] = time.perf_counter() - started
     row["device"] = tuned.device
     row["error_finetuned"] = 100 * (1 - top1(tuned.model, images, labels))
@@ -107,17 +123,30 @@ def rows_for_table(results: list[dict], base: dict[str, float]) -> list[list[str
         published = published_increase(r["model"], r["criterion"])
         r["increase"], r["published_increase"] = increase, published
         r["goal_met"] = increase <= published + NOISE
-        rows.append([r["model"], r["criterion"], f"{r['macs_kept']:.1%}", f"{base[r['model']]:.1f}",
-                     f"{r['error_pruned']:.1f}", f"{r['error_finetuned']:.1f}", f"{increase:+.2f}",
-                     f"{published:+.2f}", "met" if r["goal_met"] else "MISSED",
-                     f"{r['prune_seconds']:.0f} + {r['finetune_seconds']:.0f} s"])
+        rows.append(
+            [
+                r["model"],
+                r["criterion"],
+                f"{r['macs_kept']:.1%}",
+                f"{base[r['model']]:.1f}",
+                f"{r['error_pruned']:.1f}",
+                f"{r['error_finetuned']:.1f}",
+                f"{increase:+.2f}",
+                f"{published:+.2f}",
+                "met" if r["goal_met"] else "MISSED",
+                f"{r['prune_seconds']:.0f} + {r['finetune_seconds']:.0f} s",
+            ]
+        )
     return rows
 
 
 def _write_json(args, base: dict, results: list[dict]) -> None:
     OUT.mkdir(exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                      "baseline_error": base, "rows": results}, indent=2))
+    (OUT / f"{args.name}.json").write_text(
+        json.dumps(
+            {"args": {k: str(v) for k, v in vars(args).items()}, "baseline_error": base, "rows": results}, indent=2
+        )
+    )
 
 
 def main(argv=None) -> int:
@@ -145,17 +174,36 @@ def main(argv=None) -> int:
     results = []
     for model in models:
         for criterion in criteria:
-            print(f"{model} / {criterion}: prune to {args.target:.0%} MACs, "
-                  f"{'reconstruct, ' if args.reconstruct else ''}fine-tune {args.epochs} epochs", flush=True)
+            print(
+                f"{model} / {criterion}: prune to {args.target:.0%} MACs, "
+                f"{'reconstruct, ' if args.reconstruct else ''}fine-tune {args.epochs} epochs",
+                flush=True,
+            )
             results.append(run_one(model, criterion, args, train, full_train, images, labels))
             _write_json(args, base, results)  # after every row: a long run that dies keeps its rows
     rows = rows_for_table(results, base)
-    title = (f"CIFAR-10 top-1 error (%) on test1000, ~{args.target:.0%} MACs, {args.epochs} epochs on "
-             f"{min(args.train_images, 50000)} JPEG train images, batch {args.batch_size}, lr {args.lr}, "
-             f"{'reconstruction + ' if args.reconstruct else ''}fine-tuning{' with distillation' if args.teacher else ''}"
-             f" on {results[0]['device'] if results else '-'}")
-    text = table(["model", "criterion", "MACs kept", "base", "pruned", "fine-tuned", "increase", "published",
-                  f"goal (+{NOISE})", "time"], rows, title=title)
+    title = (
+        f"CIFAR-10 top-1 error (%) on test1000, ~{args.target:.0%} MACs, {args.epochs} epochs on "
+        f"{min(args.train_images, 50000)} JPEG train images, batch {args.batch_size}, lr {args.lr}, "
+        f"{'reconstruction + ' if args.reconstruct else ''}fine-tuning{' with distillation' if args.teacher else ''}"
+        f" on {results[0]['device'] if results else '-'}"
+    )
+    text = table(
+        [
+            "model",
+            "criterion",
+            "MACs kept",
+            "base",
+            "pruned",
+            "fine-tuned",
+            "increase",
+            "published",
+            f"goal (+{NOISE})",
+            "time",
+        ],
+        rows,
+        title=title,
+    )
     print(text)
     _write_json(args, base, results)
     (OUT / f"{args.name}.md").write_text(f"{text}\n\n{environment()}\n")

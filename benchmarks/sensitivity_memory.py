@@ -67,18 +67,48 @@ def main(argv=None) -> int:
 
     train = extract_train(SHARED / "cifar10-jpg.tar.gz", args.cache)
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "onnxprune", "sensitivity", str(SHARED / "resnet56.onnx"),
-                   "--calib", str(train), "--calib-samples", str(args.samples), "--preprocess", PREPROCESS,
-                   "--ratios", args.ratios, "--jobs", str(args.jobs),
-                   "--json", os.path.join(out, "s.json"), "--plot", os.path.join(out, "s.png")]
+        command = [
+            sys.executable,
+            "-m",
+            "onnxprune",
+            "sensitivity",
+            str(SHARED / "resnet56.onnx"),
+            "--calib",
+            str(train),
+            "--calib-samples",
+            str(args.samples),
+            "--preprocess",
+            PREPROCESS,
+            "--ratios",
+            args.ratios,
+            "--jobs",
+            str(args.jobs),
+            "--json",
+            os.path.join(out, "s.json"),
+            "--plot",
+            os.path.join(out, "s.png"),
+        ]
         peak, seconds, code = run_and_sample(command)
     if code != 0:
         print(f"sensitivity failed with exit code {code}")
         return code
     peak_gb = peak / 1e9
-    print(table(["model", "images", "ratios", "jobs", "wall time", "peak RSS (tree)"],
-                [["resnet56", args.samples, len(args.ratios.split(",")), args.jobs, f"{seconds:.0f} s",
-                  f"{peak_gb:.2f} GB"]], title="onnxprune sensitivity, peak memory"))
+    print(
+        table(
+            ["model", "images", "ratios", "jobs", "wall time", "peak RSS (tree)"],
+            [
+                [
+                    "resnet56",
+                    args.samples,
+                    len(args.ratios.split(",")),
+                    args.jobs,
+                    f"{seconds:.0f} s",
+                    f"{peak_gb:.2f} GB",
+                ]
+            ],
+            title="onnxprune sensitivity, peak memory",
+        )
+    )
     met = peak_gb < args.limit_gb
     print(f"goal: peak < {args.limit_gb} GB: {'MET' if met else 'MISSED'}")
     return 0 if met or args.no_fail else 1

@@ -52,8 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--batch", default="1,4", help="comma-separated batch sizes")
     parser.add_argument("--depth", type=int, default=VIT_S["depth"])
-    parser.add_argument("--prune-residual", action="store_true",
-                        help="also prune the residual stream (every LayerNorm, projection and embedding)")
+    parser.add_argument(
+        "--prune-residual",
+        action="store_true",
+        help="also prune the residual stream (every LayerNorm, projection and embedding)",
+    )
     parser.add_argument("--goal", type=float, default=1.3, help="minimum median speedup")
     parser.add_argument("--no-fail", action="store_true")
     return parser.parse_args(argv)
@@ -63,17 +66,31 @@ def build_and_prune(folder: Path, args) -> tuple[onnx.ModelProto, onnxprune.api.
     """Export the ViT-S/16 and prune it; returns the original model and the result."""
     torch.manual_seed(0)
     module = TinyViT(**{**VIT_S, "depth": args.depth}).eval()
-    path = export_transformer("vit", folder / "vit_s16.onnx", dynamo=False, module=module,
-                              x=torch.randn(1, 3, 224, 224), dynamic_sequence=False)
-    result = onnxprune.prune(path, criterion=args.criterion, ratio=args.ratio,
-                             input_shapes={"input": (1, 3, 224, 224)}, prune_residual=args.prune_residual)
+    path = export_transformer(
+        "vit",
+        folder / "vit_s16.onnx",
+        dynamo=False,
+        module=module,
+        x=torch.randn(1, 3, 224, 224),
+        dynamic_sequence=False,
+    )
+    result = onnxprune.prune(
+        path,
+        criterion=args.criterion,
+        ratio=args.ratio,
+        input_shapes={"input": (1, 3, 224, 224)},
+        prune_residual=args.prune_residual,
+    )
     return onnx.load(str(path)), result  # with its external data, while the folder exists
 
 
 def kept_heads(result) -> list[str]:
     """'kept/heads' per attention group (the groups whose channels are heads)."""
-    return [f"{g['kept']}/{g['channels']}" for g in result.report["groups"]
-            if g["channels"] == VIT_S["heads"] and g.get("frozen") is None]
+    return [
+        f"{g['kept']}/{g['channels']}"
+        for g in result.report["groups"]
+        if g["channels"] == VIT_S["heads"] and g.get("frozen") is None
+    ]
 
 
 def main(argv=None) -> int:
@@ -84,10 +101,14 @@ def main(argv=None) -> int:
     report = result.report
     before, after = report["before"], report["after"]
     residual = "residual stream pruned" if args.prune_residual else "residual stream frozen"
-    print(f"ViT-S/16 depth {args.depth}, {args.criterion}, ratio {args.ratio}, {residual}: heads kept per block "
-          f"{', '.join(kept_heads(result))}; verified: {report['verification']['ok']}")
-    print(f"MACs   {before['macs'] / 1e9:.3f} G -> {after['macs'] / 1e9:.3f} G  "
-          f"(x{before['macs'] / after['macs']:.2f} fewer)")
+    print(
+        f"ViT-S/16 depth {args.depth}, {args.criterion}, ratio {args.ratio}, {residual}: heads kept per block "
+        f"{', '.join(kept_heads(result))}; verified: {report['verification']['ok']}"
+    )
+    print(
+        f"MACs   {before['macs'] / 1e9:.3f} G -> {after['macs'] / 1e9:.3f} G  "
+        f"(x{before['macs'] / after['macs']:.2f} fewer)"
+    )
     print(f"params {before['params'] / 1e6:.2f} M -> {after['params'] / 1e6:.2f} M")
     print(f"{'batch':>5} {'before ms':>10} {'after ms':>10} {'speedup':>8} {'MACs x':>7}")
     worst = float("inf")
@@ -96,8 +117,10 @@ def main(argv=None) -> int:
         stats = compare_latency([original, result.model], feeds, warmup=3, iters=args.iters)
         speedup = stats[0].median_ms / stats[1].median_ms
         worst = min(worst, speedup)
-        print(f"{batch:>5} {stats[0].median_ms:>10.2f} {stats[1].median_ms:>10.2f} {speedup:>8.2f} "
-              f"{before['macs'] / after['macs']:>7.2f}")
+        print(
+            f"{batch:>5} {stats[0].median_ms:>10.2f} {stats[1].median_ms:>10.2f} {speedup:>8.2f} "
+            f"{before['macs'] / after['macs']:>7.2f}"
+        )
     ok = report["verification"]["ok"] and worst >= args.goal
     print(f"goal: verified and median speedup >= {args.goal}: {'met' if ok else 'MISSED'}")
     return 0 if ok or args.no_fail else 1

@@ -19,8 +19,9 @@ def _conv(name: str, x: str, w: str, b: str | None, out: str) -> onnx.NodeProto:
 
 
 def _model(graph: onnx.GraphProto, opset: int, ir_version: int) -> onnx.ModelProto:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="real-world-style test graph")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="real-world-style test graph"
+    )
     model.ir_version = ir_version
     return model
 
@@ -32,10 +33,14 @@ def ir3_model_zoo(seed: int = 0) -> onnx.ModelProto:
     x[1,3,8,8] -> Conv(3->8) -> Relu -> Dropout -> Conv(8->8, bias from ConstantOfShape) -> Relu
     -> Conv(8->4) -> GlobalAveragePool -> y."""
     rng = np.random.default_rng(seed)
-    inits = [_weight(rng, "conv1_w_0", 8, 3, 3, 3), _weight(rng, "conv1_b_0", 8),
-             _weight(rng, "conv2_w_0", 8, 8, 3, 3), _weight(rng, "conv3_w_0", 4, 8, 3, 3),
-             _weight(rng, "conv3_b_0", 4),
-             numpy_helper.from_array(np.array([8], np.int64), "conv2_b_shape")]
+    inits = [
+        _weight(rng, "conv1_w_0", 8, 3, 3, 3),
+        _weight(rng, "conv1_b_0", 8),
+        _weight(rng, "conv2_w_0", 8, 8, 3, 3),
+        _weight(rng, "conv3_w_0", 4, 8, 3, 3),
+        _weight(rng, "conv3_b_0", 4),
+        numpy_helper.from_array(np.array([8], np.int64), "conv2_b_shape"),
+    ]
     zeros = numpy_helper.from_array(np.array([0.0], np.float32), "value")
     nodes = [
         _conv("conv1", "data_0", "conv1_w_0", "conv1_b_0", "conv1_1"),
@@ -56,10 +61,18 @@ def ir3_model_zoo(seed: int = 0) -> onnx.ModelProto:
 def _main_convs(rng, inits: list, nodes: list) -> str:
     """x[N,3,8,8] -> Conv(3->8) 'conv_a' -> Relu -> Conv(8->8) 'conv_b' -> Relu -> 'h'
     (two prunable groups in the main graph); returns 'h'."""
-    inits += [_weight(rng, "wa", 8, 3, 3, 3), _weight(rng, "ba", 8),
-              _weight(rng, "wb", 8, 8, 3, 3), _weight(rng, "bb", 8)]
-    nodes += [_conv("conv_a", "x", "wa", "ba", "a"), helper.make_node("Relu", ["a"], ["a_relu"], name="relu_a"),
-              _conv("conv_b", "a_relu", "wb", "bb", "b"), helper.make_node("Relu", ["b"], ["h"], name="relu_b")]
+    inits += [
+        _weight(rng, "wa", 8, 3, 3, 3),
+        _weight(rng, "ba", 8),
+        _weight(rng, "wb", 8, 8, 3, 3),
+        _weight(rng, "bb", 8),
+    ]
+    nodes += [
+        _conv("conv_a", "x", "wa", "ba", "a"),
+        helper.make_node("Relu", ["a"], ["a_relu"], name="relu_a"),
+        _conv("conv_b", "a_relu", "wb", "bb", "b"),
+        helper.make_node("Relu", ["b"], ["h"], name="relu_b"),
+    ]
     return "h"
 
 
@@ -68,9 +81,11 @@ def _branch(name: str, rng, scale: float) -> onnx.GraphProto:
     times a constant from a Constant node inside the branch."""
     w = numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), f"{name}_w")
     s = numpy_helper.from_array(np.array(scale, np.float32), f"{name}_s")
-    nodes = [helper.make_node("Constant", [], [f"{name}_scale"], value=s),
-             _conv(f"{name}_conv", "h", f"{name}_w", None, f"{name}_c"),
-             helper.make_node("Mul", [f"{name}_c", f"{name}_scale"], [f"{name}_out"])]
+    nodes = [
+        helper.make_node("Constant", [], [f"{name}_scale"], value=s),
+        _conv(f"{name}_conv", "h", f"{name}_w", None, f"{name}_c"),
+        helper.make_node("Mul", [f"{name}_c", f"{name}_scale"], [f"{name}_out"]),
+    ]
     out = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)
     return helper.make_graph(nodes, name, [], [out], [w])
 
@@ -83,12 +98,22 @@ def if_branch_model(seed: int = 0) -> onnx.ModelProto:
     inits, nodes = [], []
     _main_convs(rng, inits, nodes)  # 'h', which the branches read by name
     inits.append(numpy_helper.from_array(np.array(4, np.int64), "rate_threshold"))
-    nodes += [helper.make_node("Greater", ["sr", "rate_threshold"], ["flag"], name="is_wide_band"),
-              helper.make_node("If", ["flag"], ["branch_out"], name="gate",
-                               then_branch=_branch("then", rng, 1.0), else_branch=_branch("else", rng, -0.5)),
-              helper.make_node("GlobalAveragePool", ["branch_out"], ["y"], name="pool")]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
-              helper.make_tensor_value_info("sr", TensorProto.INT64, [])]
+    nodes += [
+        helper.make_node("Greater", ["sr", "rate_threshold"], ["flag"], name="is_wide_band"),
+        helper.make_node(
+            "If",
+            ["flag"],
+            ["branch_out"],
+            name="gate",
+            then_branch=_branch("then", rng, 1.0),
+            else_branch=_branch("else", rng, -0.5),
+        ),
+        helper.make_node("GlobalAveragePool", ["branch_out"], ["y"], name="pool"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
+        helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+    ]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1, 1])]
     return _model(helper.make_graph(nodes, "vad_if", inputs, outputs, inits), opset=13, ir_version=8)
 
@@ -102,26 +127,42 @@ def loop_model(seed: int = 0) -> onnx.ModelProto:
     inits, nodes = [], []
     h = _main_convs(rng, inits, nodes)
     inits += [_weight(rng, "wl", 8, 8, 3, 3), _weight(rng, "wc", 6, 8, 3, 3), _weight(rng, "wd", 4, 6, 3, 3)]
-    body_nodes = [_conv("body_conv", "state_in", "wl", None, "body_c"),
-                  helper.make_node("Add", ["body_c", h], ["body_sum"], name="body_add"),
-                  helper.make_node("Tanh", ["body_sum"], ["state_out"], name="body_tanh"),
-                  helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond")]
-    body = helper.make_graph(body_nodes, "body",
-                             [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
-                              helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-                              helper.make_tensor_value_info("state_in", TensorProto.FLOAT, None)],
-                             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-                              helper.make_tensor_value_info("state_out", TensorProto.FLOAT, None)])
+    body_nodes = [
+        _conv("body_conv", "state_in", "wl", None, "body_c"),
+        helper.make_node("Add", ["body_c", h], ["body_sum"], name="body_add"),
+        helper.make_node("Tanh", ["body_sum"], ["state_out"], name="body_tanh"),
+        helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond"),
+    ]
+    body = helper.make_graph(
+        body_nodes,
+        "body",
+        [
+            helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, None),
+        ],
+    )
     inits.append(numpy_helper.from_array(np.array(True), "loop_cond"))
-    nodes += [helper.make_node("Loop", ["trip", "loop_cond", h], ["final"], name="decoder", body=body),
-              helper.make_node("GlobalAveragePool", ["final"], ["y"], name="pool"),
-              _conv("conv_c", h, "wc", None, "c"), helper.make_node("Relu", ["c"], ["c_relu"], name="relu_c"),
-              _conv("conv_d", "c_relu", "wd", None, "d"),
-              helper.make_node("GlobalAveragePool", ["d"], ["z"], name="pool_d")]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
-              helper.make_tensor_value_info("trip", TensorProto.INT64, [])]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 1, 1]),
-               helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4, 1, 1])]
+    nodes += [
+        helper.make_node("Loop", ["trip", "loop_cond", h], ["final"], name="decoder", body=body),
+        helper.make_node("GlobalAveragePool", ["final"], ["y"], name="pool"),
+        _conv("conv_c", h, "wc", None, "c"),
+        helper.make_node("Relu", ["c"], ["c_relu"], name="relu_c"),
+        _conv("conv_d", "c_relu", "wd", None, "d"),
+        helper.make_node("GlobalAveragePool", ["d"], ["z"], name="pool_d"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
+        helper.make_tensor_value_info("trip", TensorProto.INT64, []),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 1, 1]),
+        helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4, 1, 1]),
+    ]
     return _model(helper.make_graph(nodes, "decoder_loop", inputs, outputs, inits), opset=13, ir_version=8)
 
 
@@ -131,11 +172,13 @@ def paddle_negative_batch(seed: int = 0) -> onnx.ModelProto:
     GlobalAveragePool -> Flatten -> y[-1,4]."""
     rng = np.random.default_rng(seed)
     inits = [_weight(rng, "conv1_w", 8, 3, 3, 3), _weight(rng, "conv1_b", 8), _weight(rng, "conv2_w", 4, 8, 3, 3)]
-    nodes = [_conv("conv1", "x", "conv1_w", "conv1_b", "conv2d_0.tmp_0"),
-             helper.make_node("Relu", ["conv2d_0.tmp_0"], ["relu_0.tmp_0"], name="relu"),
-             _conv("conv2", "relu_0.tmp_0", "conv2_w", None, "conv2d_1.tmp_0"),
-             helper.make_node("GlobalAveragePool", ["conv2d_1.tmp_0"], ["pool_0.tmp_0"], name="pool"),
-             helper.make_node("Flatten", ["pool_0.tmp_0"], ["y"], name="flatten", axis=1)]
+    nodes = [
+        _conv("conv1", "x", "conv1_w", "conv1_b", "conv2d_0.tmp_0"),
+        helper.make_node("Relu", ["conv2d_0.tmp_0"], ["relu_0.tmp_0"], name="relu"),
+        _conv("conv2", "relu_0.tmp_0", "conv2_w", None, "conv2d_1.tmp_0"),
+        helper.make_node("GlobalAveragePool", ["conv2d_1.tmp_0"], ["pool_0.tmp_0"], name="pool"),
+        helper.make_node("Flatten", ["pool_0.tmp_0"], ["y"], name="flatten", axis=1),
+    ]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, 8, 8])]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 4])]
     value_info = [helper.make_tensor_value_info("relu_0.tmp_0", TensorProto.FLOAT, [-1, 8, 8, 8])]
@@ -152,8 +195,13 @@ def jax2tf_shape_arithmetic(seed: int = 0) -> onnx.ModelProto:
     channels [0, 8) of a Conv output, bounds from Shape(t)[1:2];
     Reshape(sliced, Concat(Shape(x)[0:1], [-1])) -> [N, 512] -> Gemm."""
     rng = np.random.default_rng(seed)
-    inits = [_weight(rng, "conv1_w", 8, 4, 3, 3), _weight(rng, "conv1_b", 8),
-             _weight(rng, "conv2_w", 8, 8, 3, 3), _weight(rng, "fc_w", 3, 8 * 4 * 4), _weight(rng, "fc_b", 3)]
+    inits = [
+        _weight(rng, "conv1_w", 8, 4, 3, 3),
+        _weight(rng, "conv1_b", 8),
+        _weight(rng, "conv2_w", 8, 8, 3, 3),
+        _weight(rng, "fc_w", 3, 8 * 4 * 4),
+        _weight(rng, "fc_b", 3),
+    ]
     ints = {"zero": [0], "one": [1], "two": [2], "minus_one": [-1]}
     inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()]
     nodes = [
@@ -187,13 +235,20 @@ def jax2tf_glu(seed: int = 0) -> onnx.ModelProto:
     g = a * Sigmoid(b) [N,4,8,8] -> Conv(4->6) 'conv2' -> Relu -> Reshape(Concat(Shape(x)[0:1],
     [6*64] computed as Mul(Gather(Shape(r),1), 64))) -> Gemm -> y[N,3]."""
     rng = np.random.default_rng(seed)
-    inits = [_weight(rng, "conv1_w", 8, 4, 3, 3), _weight(rng, "conv1_b", 8),
-             _weight(rng, "conv2_w", 6, 4, 3, 3), _weight(rng, "conv2_b", 6),
-             _weight(rng, "fc_w", 3, 6 * 64), _weight(rng, "fc_b", 3)]
+    inits = [
+        _weight(rng, "conv1_w", 8, 4, 3, 3),
+        _weight(rng, "conv1_b", 8),
+        _weight(rng, "conv2_w", 6, 4, 3, 3),
+        _weight(rng, "conv2_b", 6),
+        _weight(rng, "fc_w", 3, 6 * 64),
+        _weight(rng, "fc_b", 3),
+    ]
     ints = {"zero": [0], "one": [1], "two": [2], "axis1": [1], "pixels": [64]}
     inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()]
-    inits += [numpy_helper.from_array(np.array(1, np.int64), "index1"),
-              numpy_helper.from_array(np.array([2], np.int32), "two32")]
+    inits += [
+        numpy_helper.from_array(np.array(1, np.int64), "index1"),
+        numpy_helper.from_array(np.array([2], np.int32), "two32"),
+    ]
     nodes = [
         _conv("conv1", "x", "conv1_w", "conv1_b", "t"),
         helper.make_node("Shape", ["t"], ["t_shape"], name="shape_t"),
@@ -232,8 +287,7 @@ def jax2tf_two_rounds(seed: int = 0) -> onnx.ModelProto:
     v = Reshape(t, [0, 8, 8 * w2 ... as [0, 8, 16, w2]]) -> Slice(v, 0, Shape(v)[1:2], axis 1) ->
     Reshape(back to [0, 8, 8, 8]) -> Relu -> Conv(8->4) 'conv2' -> GlobalAveragePool -> y."""
     rng = np.random.default_rng(seed)
-    inits = [_weight(rng, "conv1_w", 8, 4, 3, 3), _weight(rng, "conv1_b", 8),
-             _weight(rng, "conv2_w", 4, 8, 3, 3)]
+    inits = [_weight(rng, "conv1_w", 8, 4, 3, 3), _weight(rng, "conv1_b", 8), _weight(rng, "conv2_w", 4, 8, 3, 3)]
     ints = {"zero": [0], "one": [1], "two": [2], "three": [3], "four": [4], "head": [0, 8, 16], "back": [0, 8, 8, 8]}
     inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()]
     inits.append(numpy_helper.from_array(np.array([0.5], np.float32), "half"))

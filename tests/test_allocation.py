@@ -26,15 +26,20 @@ from onnxprune.report.document import model_summary
 TOLERANCE = 0.02
 STRATEGIES = ("uniform", "global", "sensitivity", "random-search")
 #: (model, target kind, fraction of the unpruned model's value)
-TARGETS = [("resnet20_a", "flops", 0.5), ("resnet20_a", "params", 0.4), ("mobilenet_v2", "flops", 0.4),
-           ("mobilenet_v2", "params", 0.6), ("vgg16_bn", "flops", 0.3), ("vgg16_bn", "params", 0.5)]
+TARGETS = [
+    ("resnet20_a", "flops", 0.5),
+    ("resnet20_a", "params", 0.4),
+    ("mobilenet_v2", "flops", 0.4),
+    ("mobilenet_v2", "params", 0.6),
+    ("vgg16_bn", "flops", 0.3),
+    ("vgg16_bn", "params", 0.5),
+]
 
 
 def write_calib(path: Path, shape=(3, 32, 32), samples: int = 12, classes: int = 10, seed: int = 0) -> Path:
     """Random inputs and random labels (top-1 is then reported too)."""
     rng = np.random.default_rng(seed)
-    np.savez(path, x=rng.standard_normal((samples, *shape)).astype(np.float32),
-             y=rng.integers(0, classes, samples))
+    np.savez(path, x=rng.standard_normal((samples, *shape)).astype(np.float32), y=rng.integers(0, classes, samples))
     return path
 
 
@@ -62,8 +67,7 @@ def kept_counts(result: onnxprune.PruneResult) -> dict[str, int]:
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("model,kind,fraction", TARGETS, ids=[f"{m}-{k}-{f}" for m, k, f in TARGETS])
-def test_target_met_within_tolerance_never_above(model, kind, fraction, strategy, zoo_model, calib,
-                                                 record_property):
+def test_target_met_within_tolerance_never_above(model, kind, fraction, strategy, zoo_model, calib, record_property):
     result = run(zoo_model(model), calib, allocate=strategy, **{f"target_{kind}": fraction})
     report = result.report
     target = report["allocation"]["target"]
@@ -181,8 +185,7 @@ def test_latency_target_is_met_as_measured(strategy, tmp_path):
     feeds = random_inputs(model, batch=1)
     baseline = min(measure_latency(model, feeds, warmup=3, iters=20).median_ms for _ in range(2))
     goal = 0.6 * baseline
-    result = onnxprune.prune(path, allocate=strategy, target_latency=f"{goal:.6f}", calib=data,
-                             samples=2, batch_size=4)
+    result = onnxprune.prune(path, allocate=strategy, target_latency=f"{goal:.6f}", calib=data, samples=2, batch_size=4)
     target = result.report["allocation"]["target"]
     assert target["kind"] == "latency" and target["target"] == pytest.approx(goal, rel=1e-5)
     assert 0 < target["achieved"] <= target["target"]  # as the strategy measured it (timing is noisy)
@@ -221,9 +224,26 @@ def test_cli_plots_and_report(zoo_model, calib, tmp_path, capsys):
     from PIL import Image
 
     plots, report_path = tmp_path / "plots", tmp_path / "report.json"
-    code, out, err = cli(capsys, zoo_model("mobilenet_v2"), "-o", tmp_path / "m.onnx", "--target-flops", "0.5",
-                         "--allocate", "random-search", "--samples", "4", "--calib", calib, "--calib-samples", "12",
-                         "--plot", plots, "--report", report_path)
+    code, out, err = cli(
+        capsys,
+        zoo_model("mobilenet_v2"),
+        "-o",
+        tmp_path / "m.onnx",
+        "--target-flops",
+        "0.5",
+        "--allocate",
+        "random-search",
+        "--samples",
+        "4",
+        "--calib",
+        calib,
+        "--calib-samples",
+        "12",
+        "--plot",
+        plots,
+        "--report",
+        report_path,
+    )
     assert code == 0, err
     assert "random_search.png" in out and "target" in out
     for name in ("kept_per_layer.png", "random_search.png"):
@@ -238,12 +258,21 @@ def test_cli_plots_and_report(zoo_model, calib, tmp_path, capsys):
     for row in layers:
         if row["op"] == "Conv":
             assert sizes[convs[row["layer"]].input[1]][0] == row["kept"]
-    code, out, _ = cli(capsys, zoo_model("vgg16_bn"), "-o", tmp_path / "v.onnx", "--ratio", "0.3",
-                       "--plot", tmp_path / "plain")
+    code, out, _ = cli(
+        capsys, zoo_model("vgg16_bn"), "-o", tmp_path / "v.onnx", "--ratio", "0.3", "--plot", tmp_path / "plain"
+    )
     assert code == 0 and (tmp_path / "plain" / "kept_per_layer.png").exists()
     assert not (tmp_path / "plain" / "random_search.png").exists()
-    code, out, _ = cli(capsys, zoo_model("vgg16_bn"), "-o", tmp_path / "l.onnx", "--layerwise",
-                       write_map(tmp_path, {"g3": 0.5}), "--report", report_path)
+    code, out, _ = cli(
+        capsys,
+        zoo_model("vgg16_bn"),
+        "-o",
+        tmp_path / "l.onnx",
+        "--layerwise",
+        write_map(tmp_path, {"g3": 0.5}),
+        "--report",
+        report_path,
+    )
     assert code == 0 and "layerwise" in out
     assert json.loads(report_path.read_text())["allocation"]["ratios"] == {"g3": 0.5}
 
@@ -268,16 +297,22 @@ BAD = {
     "target above the model": (["--target-flops", "1G"], "at most the model's"),
     "unreadable target": (["--target-flops", "half"], "cannot read"),
     "unreachable": (["--target-params", "0.001"], "cannot be reached"),
-    "unreachable sensitivity": (["--target-params", "0.001", "--allocate", "sensitivity", "--calib", "{calib}"],
-                                "cannot be reached"),
+    "unreachable sensitivity": (
+        ["--target-params", "0.001", "--allocate", "sensitivity", "--calib", "{calib}"],
+        "cannot be reached",
+    ),
     "allocate without target": (["--allocate", "global"], "needs a target"),
     "unknown strategy": (["--target-flops", "0.5", "--allocate", "magic"], "invalid choice"),
     "sensitivity without calib": (["--target-flops", "0.5", "--allocate", "sensitivity"], "add --calib"),
     "random-search without calib": (["--target-flops", "0.5", "--allocate", "random-search"], "add --calib"),
-    "no samples": (["--target-flops", "0.5", "--allocate", "random-search", "--samples", "0", "--calib", "{calib}"],
-                   "--samples must be at least 1"),
-    "no jobs": (["--target-flops", "0.5", "--allocate", "random-search", "--jobs", "0", "--calib", "{calib}"],
-                "--jobs must be at least 1"),
+    "no samples": (
+        ["--target-flops", "0.5", "--allocate", "random-search", "--samples", "0", "--calib", "{calib}"],
+        "--samples must be at least 1",
+    ),
+    "no jobs": (
+        ["--target-flops", "0.5", "--allocate", "random-search", "--jobs", "0", "--calib", "{calib}"],
+        "--jobs must be at least 1",
+    ),
     "unknown layer": (["--layerwise", "{map}"], "names no group or layer"),
     "layerwise ratio 1": (["--layerwise", "{map1}"], "must be in [0, 1)"),
     "missing layerwise file": (["--layerwise", "{missing}"], "--layerwise"),
@@ -288,8 +323,11 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_allocation_input_is_one_line_exit_2(case, tiny, tmp_path, capsys):
     args, expected = BAD[case]
-    names = {"calib": write_calib(tmp_path / "c.npz", shape=(4, 8, 8), samples=4, classes=3),
-             "map": write_map(tmp_path, {"no_such_layer": 0.5}), "missing": tmp_path / "missing.json"}
+    names = {
+        "calib": write_calib(tmp_path / "c.npz", shape=(4, 8, 8), samples=4, classes=3),
+        "map": write_map(tmp_path, {"no_such_layer": 0.5}),
+        "missing": tmp_path / "missing.json",
+    }
     names["map1"] = tmp_path / "map1.json"
     names["map1"].write_text(json.dumps({"g0": 1.0}))
     listing = sorted(p.name for p in tmp_path.iterdir())

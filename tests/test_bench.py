@@ -52,8 +52,24 @@ def test_latency_stats_from_known_samples():
 
 def test_bench_json_schema_and_statistics(tiny_pair, capsys):
     base, pruned = tiny_pair
-    code = main(["bench", str(base), str(pruned), "--batch", "1,3", "--warmup", "2", "--iters", "12",
-                 "--block", "4", "--threads", "1", "--json"])
+    code = main(
+        [
+            "bench",
+            str(base),
+            str(pruned),
+            "--batch",
+            "1,3",
+            "--warmup",
+            "2",
+            "--iters",
+            "12",
+            "--block",
+            "4",
+            "--threads",
+            "1",
+            "--json",
+        ]
+    )
     doc = json.loads(capsys.readouterr().out)
     assert code == 0
     assert doc["format"] == "onnxprune-bench/1" and doc["ep"] == "cpu" and doc["provider"] == "CPUExecutionProvider"
@@ -97,8 +113,11 @@ def test_io_binding_on_cpu_matches_plain_run(tiny_pair):
 
 
 def test_missing_execution_provider_message():
-    with pytest.raises(InputError, match=r"'cuda' \(CUDAExecutionProvider\) is not available .*available: "
-                                         r"cpu \(CPUExecutionProvider\).*onnxruntime-gpu"):
+    with pytest.raises(
+        InputError,
+        match=r"'cuda' \(CUDAExecutionProvider\) is not available .*available: "
+        r"cpu \(CPUExecutionProvider\).*onnxruntime-gpu",
+    ):
         resolve_ep("cuda", available=["CPUExecutionProvider"])
     with pytest.raises(InputError, match="'tensorrt' .*TensorrtExecutionProvider"):
         resolve_ep("tensorrt", available=["CPUExecutionProvider", "CUDAExecutionProvider"])
@@ -124,11 +143,18 @@ def test_cli_gpu_provider_missing_is_one_line(tiny_pair, capsys, ep):
     assert code == 2 and err.count("\n") == 1 and "is not available" in err and "available: " in err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--batch", "1,x"], "--batch"), (["--batch", "0"], "--batch"), (["--iters", "0"], "--iters"),
-    (["--shape", "x=1x4"], "2 dims given"), (["--shape", "nope=1x4x8x8"], "no input 'nope'"),
-    (["--shape", "x=1x4xzx8"], "--shape"), (["--shape", "x=1x5x8x8"], "fixes it to 4"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch", "1,x"], "--batch"),
+        (["--batch", "0"], "--batch"),
+        (["--iters", "0"], "--iters"),
+        (["--shape", "x=1x4"], "2 dims given"),
+        (["--shape", "nope=1x4x8x8"], "no input 'nope'"),
+        (["--shape", "x=1x4xzx8"], "--shape"),
+        (["--shape", "x=1x5x8x8"], "fixes it to 4"),
+    ],
+)
 def test_cli_bad_input(tiny_pair, capsys, args, message):
     code = main(["bench", str(tiny_pair[0]), *args])
     err = capsys.readouterr().err
@@ -166,11 +192,17 @@ def test_model_onnx_runtime_cannot_load_is_one_line(tmp_path, capsys):
     from onnx import TensorProto, helper
 
     node = helper.make_node("FooBar", ["x"], ["y"], domain="com.nothing")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     path = tmp_path / "bad.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                      helper.make_opsetid("com.nothing", 1)]), path)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.nothing", 1)]),
+        path,
+    )
     assert main(["bench", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"onnxprune: error: ONNX Runtime cannot load {path}") and err.count("\n") == 1

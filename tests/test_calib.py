@@ -41,6 +41,7 @@ def numbered(count: int, shape=(3, 6, 6)) -> np.ndarray:
 
 # --- .npz / .npy -------------------------------------------------------------------------------
 
+
 def test_npz_array_named_like_the_input_wins(tmp_path):
     x = numbered(5)
     np.savez(tmp_path / "c.npz", x=x + 100, img=x, y=np.arange(5) % 2)
@@ -148,11 +149,17 @@ def test_default_preprocess_scales_by_255():
     out = spec.apply(np.full((1, 2, 2, 3), 51, np.uint8), channels_first=True)
     np.testing.assert_allclose(out, np.full((1, 3, 2, 2), 0.2), rtol=1e-6)
     parsed = Preprocess.parse("resize=32, scale=1,mean=1,std=2/3/4,layout=nhwc")
-    assert (parsed.resize, parsed.scale, parsed.mean, parsed.std, parsed.layout) == (32, 1.0, (1.0,), (2.0, 3.0, 4.0),
-                                                                                       "nhwc")
+    assert (parsed.resize, parsed.scale, parsed.mean, parsed.std, parsed.layout) == (
+        32,
+        1.0,
+        (1.0,),
+        (2.0, 3.0, 4.0),
+        "nhwc",
+    )
 
 
 # --- image folders -----------------------------------------------------------------------------
+
 
 def write_folder(root, per_class=3, size=(6, 6), suffix=".png"):
     """class_a/, class_b/ with solid-colour-plus-gradient images; returns {file name: (pixels, label)}."""
@@ -209,6 +216,7 @@ def test_image_folder_samples_limit(tmp_path):
 
 
 # --- bad input ---------------------------------------------------------------------------------
+
 
 def bad(path, match, model=None, **options):
     with pytest.raises(onnxprune.InputError, match=match) as info:
@@ -275,12 +283,16 @@ def test_mean_with_the_wrong_channel_count(tmp_path):
 
 # --- command line and API ----------------------------------------------------------------------
 
+
 @pytest.fixture()
 def tiny(tmp_path):
     path = tmp_path / "tiny.onnx"
     onnx.save(conv_chain(lambda g, t: g.op("Relu", t), c=8), path)
-    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((20, 4, 8, 8)).astype(np.float32),
-             y=np.arange(20) % 3)
+    np.savez(
+        tmp_path / "calib.npz",
+        x=np.random.default_rng(0).standard_normal((20, 4, 8, 8)).astype(np.float32),
+        y=np.arange(20) % 3,
+    )
     return path
 
 
@@ -302,14 +314,28 @@ def test_cli_bad_calib_is_one_line_exit_2(tiny, capsys):
 @pytest.mark.parametrize("criterion", ["apoz", "taylor"])
 def test_cli_with_calib_writes_the_pruned_model(tiny, capsys, criterion):
     out = tiny.parent / "out.onnx"
-    code = main([str(tiny), "--criterion", criterion, "--calib", str(tiny.parent / "calib.npz"),
-                 "--calib-samples", "8", "--batch-size", "3", "-o", str(out)])
+    code = main(
+        [
+            str(tiny),
+            "--criterion",
+            criterion,
+            "--calib",
+            str(tiny.parent / "calib.npz"),
+            "--calib-samples",
+            "8",
+            "--batch-size",
+            "3",
+            "-o",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     pruned = onnx.load(out)
     onnx.checker.check_model(pruned, full_check=True)
-    assert sum(onnx.numpy_helper.to_array(i).size for i in pruned.graph.initializer) < \
-        sum(onnx.numpy_helper.to_array(i).size for i in onnx.load(tiny).graph.initializer)
+    assert sum(onnx.numpy_helper.to_array(i).size for i in pruned.graph.initializer) < sum(
+        onnx.numpy_helper.to_array(i).size for i in onnx.load(tiny).graph.initializer
+    )
 
 
 def test_api_records_the_samples_used(tiny):

@@ -33,9 +33,25 @@ def digits(tmp_path_factory):
 def test_prune_reconstruct_finetune_in_one_command(digits, tmp_path, capsys):
     folder, x_test, y_test = digits
     out, report = tmp_path / "chain.onnx", tmp_path / "r.json"
-    code = main([str(EXAMPLE / "digits_cnn.onnx"), "--calib", str(folder / "train.npz"), "--reconstruct",
-                 "--finetune-data", str(folder / "train.npz"), "--val", str(folder / "val.npz"),
-                 "--finetune-epochs", "2", "--no-augment", "-o", str(out), "--report", str(report)])
+    code = main(
+        [
+            str(EXAMPLE / "digits_cnn.onnx"),
+            "--calib",
+            str(folder / "train.npz"),
+            "--reconstruct",
+            "--finetune-data",
+            str(folder / "train.npz"),
+            "--val",
+            str(folder / "val.npz"),
+            "--finetune-epochs",
+            "2",
+            "--no-augment",
+            "-o",
+            str(out),
+            "--report",
+            str(report),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and "fine-tuned 2 epochs" in printed and "latency" in printed
     data = json.loads(report.read_text())
@@ -50,7 +66,14 @@ def test_prune_reconstruct_finetune_in_one_command(digits, tmp_path, capsys):
 def test_finetune_data_without_labels_is_an_input_error(digits, tmp_path, capsys):
     folder, x_test, _ = digits
     np.savez(tmp_path / "nolabels.npz", input=x_test)
-    code = main([str(EXAMPLE / "digits_cnn.onnx"), "--finetune-data", str(tmp_path / "nolabels.npz"),
-                 "-o", str(tmp_path / "o.onnx")])
+    code = main(
+        [
+            str(EXAMPLE / "digits_cnn.onnx"),
+            "--finetune-data",
+            str(tmp_path / "nolabels.npz"),
+            "-o",
+            str(tmp_path / "o.onnx"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and not (tmp_path / "o.onnx").exists()

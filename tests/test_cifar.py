@@ -43,8 +43,10 @@ def test_prune_real_resnet(name, cifar, record_property):
     assert prunable and all(g["kept"] == g["channels"] - g["channels"] // 2 for g in prunable)
     after = top1(result.model, images, labels)
     record_property(f"{name}_top1_after_l1_0.5", after)
-    print(f"{name}: top-1 {before:.1%} -> {after:.1%} after l1 at 0.5, no fine-tuning; "
-          f"MACs kept {result.report['macs_ratio']:.1%}")
+    print(
+        f"{name}: top-1 {before:.1%} -> {after:.1%} after l1 at 0.5, no fine-tuning; "
+        f"MACs kept {result.report['macs_ratio']:.1%}"
+    )
     assert 0.0 <= after < before
 
 
@@ -55,7 +57,10 @@ def test_every_layer_keeps_its_share_whatever_the_criterion(cifar, criterion):
     folder, _, _ = cifar
     for ratio in (0.3, 0.5):
         result = onnxprune.prune(folder / "resnet20.onnx", criterion=criterion, ratio=ratio, verify=False)
-        filters = [(e["shape"][0], len(e["kept"]["0"])) for e in result.plan["weights"].values()
-                   if len(e["shape"]) == 4 and "0" in e["kept"]]
+        filters = [
+            (e["shape"][0], len(e["kept"]["0"]))
+            for e in result.plan["weights"].values()
+            if len(e["shape"]) == 4 and "0" in e["kept"]
+        ]
         assert len(filters) == 19  # every convolution: the stem and 18 in the residual blocks
         assert all(kept == size - int(ratio * size) for size, kept in filters), filters

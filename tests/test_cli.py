@@ -123,8 +123,9 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny, tmp_path, caps
 
 def test_console_script_runs_end_to_end(tiny, tmp_path):
     script = shutil.which("onnxprune") or str(Path(sys.executable).with_name("onnxprune"))
-    done = subprocess.run([script, str(tiny), "--ratio", "0.25", "-o", str(tmp_path / "o.onnx")],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [script, str(tiny), "--ratio", "0.25", "-o", str(tmp_path / "o.onnx")], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o.onnx").exists()
     bad = subprocess.run([script, str(tmp_path / "missing.onnx")], capture_output=True, text=True)

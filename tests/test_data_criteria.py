@@ -31,8 +31,15 @@ SAMPLES = 12
 STATISTICS = ("apoz", "mean_act", "std_act", "hrank", "es")
 #: (rtol, atol relative to the largest reference score). ORT and torch agree to float32 rounding;
 #: taylor is a central finite difference (step 1e-2) of a float32 loss; apoz/hrank count exactly.
-TOLERANCE = {"apoz": (1e-12, 0), "hrank": (1e-12, 0), "mean_act": (1e-5, 1e-7), "std_act": (1e-5, 1e-7),
-             "es": (1e-5, 1e-7), "kl": (1e-3, 1e-6), "taylor": (1e-2, 2e-3)}
+TOLERANCE = {
+    "apoz": (1e-12, 0),
+    "hrank": (1e-12, 0),
+    "mean_act": (1e-5, 1e-7),
+    "std_act": (1e-5, 1e-7),
+    "es": (1e-5, 1e-7),
+    "kl": (1e-3, 1e-6),
+    "taylor": (1e-2, 2e-3),
+}
 
 
 def init(module: nn.Module, seed: int, std: float = 0.4) -> nn.Module:
@@ -84,7 +91,10 @@ class FlattenHead(nn.Module):
 #: name -> (module, {prunable group: (consumer layers reading it, features per channel)})
 MODELS = {
     "plain": (lambda: init(Plain(), 0), {"stream": (("conv2",), 1), "head": (("fc",), 1)}),
-    "residual": (lambda: init(Residual(), 1, std=0.25), {"stream": (("conv2", "conv3", "conv4"), 1), "head": (("fc",), 1)}),
+    "residual": (
+        lambda: init(Residual(), 1, std=0.25),
+        {"stream": (("conv2", "conv3", "conv4"), 1), "head": (("fc",), 1)},
+    ),
     "flatten": (lambda: init(FlattenHead(), 2), {"stream": (("fc",), 36)}),
 }
 
@@ -112,8 +122,11 @@ def exported(tmp_path_factory):
 
 def group_read_by(analysis, layer: str):
     """The prunable group whose consumer member is the weight `<layer>.weight`."""
-    (group,) = [g for g in analysis.groups if g.prunable and
-                any(m.role == "in" and m.space.tensor == f"{layer}.weight" for m in g.members)]
+    (group,) = [
+        g
+        for g in analysis.groups
+        if g.prunable and any(m.role == "in" and m.space.tensor == f"{layer}.weight" for m in g.members)
+    ]
     return group
 
 
@@ -136,6 +149,7 @@ def reads(module, layers, gate=None, block=1):
                 return None
             g = gate.repeat_interleave(block, dim=1)
             return (a * g.reshape(g.shape + (1,) * (a.ndim - 2)),)
+
         return pre
 
     handles = [getattr(module, name).register_forward_pre_hook(hook(name)) for name in layers]
@@ -157,8 +171,11 @@ def reference_statistic(criterion, module, layer, a: torch.Tensor, block: int) -
     elif criterion == "std_act":
         value = atoms.std(axis=(0, 2))
     elif criterion == "hrank":
-        value = (torch.linalg.matrix_rank(a.detach()).double().mean(0).numpy() if a.ndim == 4
-                 else (atoms != 0).any(axis=2).mean(axis=0))
+        value = (
+            torch.linalg.matrix_rank(a.detach()).double().mean(0).numpy()
+            if a.ndim == 4
+            else (atoms != 0).any(axis=2).mean(axis=0)
+        )
     else:  # es: max over samples of the column-norm-weighted share of |a|
         weight = getattr(module, layer).weight.detach().double().numpy()
         column_norms = np.abs(np.moveaxis(weight, 1, 0)).reshape(weight.shape[1], -1).sum(axis=1)
@@ -220,8 +237,13 @@ def check(criterion, exported, name, labelled=False):
         expected = reference(criterion, module, layers, block, source)
         got = scores[group_read_by(analysis, layers[0]).id]
         rtol, atol = TOLERANCE[criterion]
-        np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol * np.abs(expected).max(),
-                                   err_msg=f"{criterion} on {name}, channels read by {layers}")
+        np.testing.assert_allclose(
+            got,
+            expected,
+            rtol=rtol,
+            atol=atol * np.abs(expected).max(),
+            err_msg=f"{criterion} on {name}, channels read by {layers}",
+        )
         if criterion not in ("apoz", "hrank"):  # no ReLU before the head: no zeros, rank 1
             assert np.ptp(expected) > 0, "the case should tell the channels apart"
     return scores
@@ -263,8 +285,9 @@ def test_batch_size_does_not_change_the_scores(exported):
         small = onnxprune_scores(analysis, criterion, calib, batch_size=1)
         rtol, atol = TOLERANCE[criterion]
         for gid in one:
-            np.testing.assert_allclose(small[gid], one[gid], rtol=rtol, atol=atol * np.abs(one[gid]).max(),
-                                       err_msg=criterion)
+            np.testing.assert_allclose(
+                small[gid], one[gid], rtol=rtol, atol=atol * np.abs(one[gid]).max(), err_msg=criterion
+            )
 
 
 def test_hand_computed_statistics(tmp_path):
@@ -291,16 +314,21 @@ def test_hand_computed_statistics(tmp_path):
     np.testing.assert_allclose(score["std_act"], normalized([0, 0, np.sqrt(40 / 18 - (20 / 18) ** 2)]))
     np.testing.assert_allclose(score["hrank"], normalized([1, 0, 1]))
     # es per sample: contributions (1*1, 0, 3*mean|a2|): sample 0 (1, 0, 6), sample 1 (1, 0, 3*2/9)
-    np.testing.assert_allclose(score["es"], normalized([max(1 / 7, 1 / (1 + 2 / 3)), 0,
-                                                        max(6 / 7, (2 / 3) / (1 + 2 / 3))]))
+    np.testing.assert_allclose(
+        score["es"], normalized([max(1 / 7, 1 / (1 + 2 / 3)), 0, max(6 / 7, (2 / 3) / (1 + 2 / 3))])
+    )
 
 
 def test_hrank_counts_maps_low_rank_up_to_float32_rounding(tmp_path):
     """A 1x1 conv of rank-1 inputs plus a bias gives rank-2 maps; computed in float32 they are
     rank 2 only up to rounding, which the rank must not count as full (torch.linalg.matrix_rank
     on the same float32 maps says 2)."""
-    module = init(nn.Sequential(nn.Conv2d(3, 6, 1), nn.Conv2d(6, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1),
-                                nn.Flatten(), nn.Linear(4, 5)), 3)
+    module = init(
+        nn.Sequential(
+            nn.Conv2d(3, 6, 1), nn.Conv2d(6, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)
+        ),
+        3,
+    )
     path = export_onnx(module, (1, 3, 6, 6), tmp_path / "lowrank.onnx", dynamo=False)
     rng = np.random.default_rng(0)
     u, v, s = rng.standard_normal((8, 1, 6, 1)), rng.standard_normal((8, 1, 1, 6)), rng.standard_normal((8, 3, 1, 1))
@@ -331,7 +359,7 @@ def test_statistics_are_incremental_and_memory_bounded(tmp_path):
     count = 20_000
     x = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(count, 3, 8, 8))
     for start in range(0, count, 5000):
-        x[start:start + 5000] = np.random.default_rng(start).standard_normal((5000, 3, 8, 8))
+        x[start : start + 5000] = np.random.default_rng(start).standard_normal((5000, 3, 8, 8))
     x.flush()
     del x
     analysis = load_and_analyze(model)

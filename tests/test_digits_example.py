@@ -48,8 +48,9 @@ def test_demo_script_end_to_end(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "examples" / "digits" / "demo.py"
-    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "verified at input=2x1x8x8 (static, dynamic batch): matches the masked reference" in done.stdout
     accuracies = [float(a) for a in re.findall(r"([0-9.]+)%", done.stdout.splitlines()[-1])]

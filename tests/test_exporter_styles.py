@@ -31,8 +31,11 @@ def test_paddle_style_bias_add_reshape_flatten_and_identity_weights():
     conv = g.op("Conv", "x", "conv_w_id", pads=[1, 1, 1, 1])
     biased = g.op("Add", conv, g.const(np.random.default_rng(0).standard_normal((1, 6, 1, 1)).astype(np.float32), "b"))
     t = g.op("Relu", g.bn(biased, 6))
-    flat = g.op("Reshape", g.op("MaxPool", t, kernel_shape=[4, 4], strides=[4, 4]),
-                g.const(np.array([0, -1], np.int64), "shape"))
+    flat = g.op(
+        "Reshape",
+        g.op("MaxPool", t, kernel_shape=[4, 4], strides=[4, 4]),
+        g.const(np.array([0, -1], np.int64), "shape"),
+    )
     y = g.op("Add", g.op("MatMul", flat, g.weight(24, 3)), g.weight(3))
     result = pruned(g.model(y))
     assert [(r["channels"], r["kept"]) for r in prunable_rows(result)] == [(6, 3)]

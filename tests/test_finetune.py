@@ -19,9 +19,16 @@ CLASSES = 3
 
 def _tiny_net():
     nn = torch.nn
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, CLASSES))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, CLASSES),
+    )
 
 
 def _samples(n: int, seed: int):
@@ -67,8 +74,19 @@ def _weights(module):
 def test_training_improves_and_export_matches(setup, tmp_path):
     out = tmp_path / "tuned.onnx"
     lines = []
-    result = finetune(setup["pruned"], setup["train"], epochs=3, val=setup["val"], optimizer="adamw", lr=0.02, batch_size=32,
-                      seed=0, device="cpu", output=out, log=lines.append)
+    result = finetune(
+        setup["pruned"],
+        setup["train"],
+        epochs=3,
+        val=setup["val"],
+        optimizer="adamw",
+        lr=0.02,
+        batch_size=32,
+        seed=0,
+        device="cpu",
+        output=out,
+        log=lines.append,
+    )
     losses = [h["train_loss"] for h in result.history]
     print("loss", losses, "val before", result.initial, "after", result.history[-1])
     assert len(result.history) == 3 and len(lines) == 4
@@ -105,8 +123,19 @@ def test_resume_equals_uninterrupted(setup, tmp_path):
 
 
 def test_distillation_lowers_kd_loss(setup):
-    result = finetune(setup["pruned"], setup["train"], epochs=2, teacher=setup["teacher"], kd_alpha=0.9,
-                      kd_temperature=4.0, optimizer="adamw", lr=0.01, batch_size=32, seed=0, device="cpu")
+    result = finetune(
+        setup["pruned"],
+        setup["train"],
+        epochs=2,
+        teacher=setup["teacher"],
+        kd_alpha=0.9,
+        kd_temperature=4.0,
+        optimizer="adamw",
+        lr=0.01,
+        batch_size=32,
+        seed=0,
+        device="cpu",
+    )
     kd = [h["train_kd"] for h in result.history]
     print("kd", kd)
     assert kd[-1] < kd[0]
@@ -114,9 +143,26 @@ def test_distillation_lowers_kd_loss(setup):
 
 def test_cli_finetune(setup, tmp_path, capsys):
     out = tmp_path / "cli.onnx"
-    code = main(["finetune", str(setup["pruned"]), "--data", str(setup["train"]), "--val", str(setup["val"]),
-                 "--epochs", "1", "--lr", "0.05", "--batch-size", "64", "-o", str(out),
-                 "--checkpoint-dir", str(tmp_path / "ck")])
+    code = main(
+        [
+            "finetune",
+            str(setup["pruned"]),
+            "--data",
+            str(setup["train"]),
+            "--val",
+            str(setup["val"]),
+            "--epochs",
+            "1",
+            "--lr",
+            "0.05",
+            "--batch-size",
+            "64",
+            "-o",
+            str(out),
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert out.exists() and (tmp_path / "ck" / "last.pt").exists()
@@ -141,8 +187,22 @@ def test_cli_errors(setup, tmp_path, capsys, case):
 
 def test_divergence_is_a_clear_error(setup, tmp_path, capsys):
     out = tmp_path / "o.onnx"
-    code = main(["finetune", str(setup["pruned"]), "--data", str(setup["train"]), "--lr", "1e8",
-                 "--clip-grad", "0", "--epochs", "1", "-o", str(out)])
+    code = main(
+        [
+            "finetune",
+            str(setup["pruned"]),
+            "--data",
+            str(setup["train"]),
+            "--lr",
+            "1e8",
+            "--clip-grad",
+            "0",
+            "--epochs",
+            "1",
+            "-o",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 4
     assert len(err.strip().splitlines()) == 1 and "diverged" in err and "--lr" in err
@@ -155,8 +215,17 @@ def test_gradient_clipping_bounds_the_first_step(setup):
 
     before = {t.name: onnx_.numpy_helper.to_array(t) for t in onnx_.load(str(setup["pruned"])).graph.initializer}
     for clip in (0.05, 0.0):
-        result = finetune(setup["pruned"], setup["train"], epochs=1, batch_size=384, lr=1.0, momentum=0.0,
-                          weight_decay=0.0, augment=False, clip_grad=clip)
+        result = finetune(
+            setup["pruned"],
+            setup["train"],
+            epochs=1,
+            batch_size=384,
+            lr=1.0,
+            momentum=0.0,
+            weight_decay=0.0,
+            augment=False,
+            clip_grad=clip,
+        )
         moved = [p.detach().numpy() for p in result.module.parameters()]
         step = np.sqrt(sum(float(((m - b) ** 2).sum()) for m, b in zip(moved, before.values())))
         if clip:

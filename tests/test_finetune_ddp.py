@@ -27,8 +27,15 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     torch.manual_seed(0)
     nn = torch.nn
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    ).eval()
     export_onnx(net, torch.zeros(1, 3, 8, 8), root / "original.onnx")
     onnx.save(prune(root / "original.onnx", "l1", 0.5).model, str(root / "pruned.onnx"))
     rng = np.random.default_rng(0)
@@ -40,10 +47,33 @@ def tiny(tmp_path_factory):
 
 
 def _finetune(root, out, nproc: int | None):
-    args = ["finetune", str(root / "pruned.onnx"), "--data", str(root / "train.npz"), "--epochs", "2",
-            "--batch-size", "16", "--teacher", str(root / "original.onnx"), "-o", str(out)]
-    prefix = [sys.executable, "-m", "onnxprune"] if nproc is None else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "onnxprune"]
+    args = [
+        "finetune",
+        str(root / "pruned.onnx"),
+        "--data",
+        str(root / "train.npz"),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--teacher",
+        str(root / "original.onnx"),
+        "-o",
+        str(out),
+    ]
+    prefix = (
+        [sys.executable, "-m", "onnxprune"]
+        if nproc is None
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "onnxprune",
+        ]
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(prefix + args, capture_output=True, text=True, env=env, timeout=300)
 
@@ -64,9 +94,25 @@ def test_two_gloo_processes_equal_one(tiny):
 
 def test_batch_must_split_evenly(tiny):
     out = tiny / "odd.onnx"
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "onnxprune",
-            "finetune", str(tiny / "pruned.onnx"), "--data", str(tiny / "train.npz"), "--epochs", "1",
-            "--batch-size", "15", "-o", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "onnxprune",
+        "finetune",
+        str(tiny / "pruned.onnx"),
+        "--data",
+        str(tiny / "train.npz"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "15",
+        "-o",
+        str(out),
+    ]
     done = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
     assert done.returncode != 0
     assert "must be divisible by the 2 processes" in done.stderr

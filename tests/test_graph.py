@@ -37,8 +37,14 @@ def test_external_data_model_loads_and_prunes(tmp_path):
     model, _ = model_with_constant_node_weight()
     normalized = normalize(model)
     path = tmp_path / "ext.onnx"
-    onnx.save_model(normalized, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="ext.onnx.data", size_threshold=0)
+    onnx.save_model(
+        normalized,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
     assert (tmp_path / "ext.onnx.data").exists()
     loaded = load_model(path)
     assert all(not init.external_data for init in loaded.model.graph.initializer)

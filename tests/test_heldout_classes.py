@@ -38,8 +38,9 @@ class Graph:
         return names[0] if outputs == 1 else names
 
     def model(self, inputs, output, opset=15) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, "g", inputs, [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
-                                  self.inits)
+        graph = helper.make_graph(
+            self.nodes, "g", inputs, [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], self.inits
+        )
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -59,18 +60,38 @@ def keras_body(g: Graph, x: str, tokens: int = 16, fold: int = 4) -> str:
     a norm over the token axis dividing by sqrt(max(0, var) + eps), a multi-axis Slice with
     "to the end" bounds, and a Conv over the folded rows."""
     h = g.op("Relu", g.op("Add", g.op("MatMul", x, g.weight(3, 8)), g.weight(1, 1, 8)))
-    batch = g.op("Slice", g.op("Cast", g.op("Shape", x), to=6), g.const(np.array([0], np.int32)),
-                 g.const(np.array([1], np.int32)), g.const(np.array([0], np.int32)))
-    target = g.op("Cast", g.op("Concat", batch, g.const(np.array([tokens // fold], np.int32)),
-                               g.const(np.array([fold * 8], np.int32)), axis=0), to=7)
+    batch = g.op(
+        "Slice",
+        g.op("Cast", g.op("Shape", x), to=6),
+        g.const(np.array([0], np.int32)),
+        g.const(np.array([1], np.int32)),
+        g.const(np.array([0], np.int32)),
+    )
+    target = g.op(
+        "Cast",
+        g.op(
+            "Concat",
+            batch,
+            g.const(np.array([tokens // fold], np.int32)),
+            g.const(np.array([fold * 8], np.int32)),
+            axis=0,
+        ),
+        to=7,
+    )
     folded = g.op("Reshape", h, target)  # [N, T/k, k*8]
     mean = g.op("ReduceMean", folded, axes=[1])
     centered = g.op("Sub", folded, mean)
     var = g.op("Max", g.const(np.float32(0)), g.op("ReduceMean", g.op("Mul", centered, centered), axes=[1]))
     std = g.op("Sqrt", g.op("Add", var, g.const(np.float32(1e-6))))
     normed = g.op("Mul", g.op("Mul", centered, g.op("Reciprocal", std)), g.weight(1, tokens // fold, 1))
-    full = g.op("Slice", g.op("Unsqueeze", normed, g.const(np.array([3]))), g.const(np.zeros(4, np.int64)),
-                g.const(np.full(4, 2**31 - 1, np.int64)), g.const(np.array([0, 2, 1, 3])), g.const(np.ones(4, np.int64)))
+    full = g.op(
+        "Slice",
+        g.op("Unsqueeze", normed, g.const(np.array([3]))),
+        g.const(np.zeros(4, np.int64)),
+        g.const(np.full(4, 2**31 - 1, np.int64)),
+        g.const(np.array([0, 2, 1, 3])),
+        g.const(np.ones(4, np.int64)),
+    )
     conv = g.op("Conv", g.op("Transpose", full, perm=[0, 2, 1, 3]), g.weight(6, fold * 8, 3, 1), kernel_shape=[3, 1])
     return g.op("ReduceMax", conv, axes=[2, 3], keepdims=0)
 
@@ -87,6 +108,7 @@ def test_keras_folded_embedding_slice_and_token_norm_are_pruned():
     assert list(weights[conv_weight].dims) == [6, 16, 3, 1]  # 4 folded copies of 4 kept features
     x = RNG.standard_normal((2, 16, 3)).astype(np.float32)
     import onnxruntime as ort
+
     out = ort.InferenceSession(result.model.SerializeToString()).run(None, {"x": x})[0]
     assert out.shape == (2, 6)
 
@@ -117,7 +139,11 @@ def test_one_hot_classes_are_frozen_as_input_features():
 def test_division_by_a_provably_positive_tensor(divisor, ok):
     g = Graph()
     t = g.op("Conv", "x", g.weight(6, 3, 3, 3), pads=[1, 1, 1, 1])
-    d = g.op("Sqrt", g.op("Add", g.op("Mul", t, t), g.const(np.float32(1e-3)))) if divisor == "positive" else g.op("Tanh", t)
+    d = (
+        g.op("Sqrt", g.op("Add", g.op("Mul", t, t), g.const(np.float32(1e-3))))
+        if divisor == "positive"
+        else g.op("Tanh", t)
+    )
     y = g.op("Conv", g.op("Div", t, d), g.weight(4, 6, 1, 1))
     model = g.model([helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])], y)
     assert bool(prunable(model)) is ok
@@ -130,11 +156,18 @@ def test_division_by_a_provably_positive_tensor(divisor, ok):
 def test_layers_inside_if_branches_say_so():
     inner = Graph()
     inner_y = inner.op("Conv", "x", inner.weight(4, 3, 3, 3))
-    branch = helper.make_graph(inner.nodes, "b", [], [helper.make_tensor_value_info(inner_y, TensorProto.FLOAT, None)], inner.inits)
+    branch = helper.make_graph(
+        inner.nodes, "b", [], [helper.make_tensor_value_info(inner_y, TensorProto.FLOAT, None)], inner.inits
+    )
     g = Graph()
     y = g.op("If", "cond", then_branch=branch, else_branch=branch)
-    model = g.model([helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
-                     helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])], y)
+    model = g.model(
+        [
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6]),
+        ],
+        y,
+    )
     with pytest.raises(InputError, match=r"layers sit inside the subgraphs of If 'n\d+' \(layers inside If/Loop/Scan"):
         require_prunable(load_and_analyze(model))
 
@@ -160,8 +193,10 @@ def test_dynamic_quantization_convinteger_is_pruned_exactly(tmp_path):
 
 def test_selection_keeps_a_channel_in_every_concat_piece():
     g = Graph()
-    pieces = [g.op("Relu", g.op("Conv", "x", g.weight(24, 3, 3, 3, scale=0.01 if k == 0 else 1.0), pads=[1, 1, 1, 1]))
-              for k in range(4)]
+    pieces = [
+        g.op("Relu", g.op("Conv", "x", g.weight(24, 3, 3, 3, scale=0.01 if k == 0 else 1.0), pads=[1, 1, 1, 1]))
+        for k in range(4)
+    ]
     y = g.op("Conv", g.op("Concat", *pieces, axis=1), g.weight(8, 96, 1, 1))
     model = g.model([helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])], y)
     analysis = load_and_analyze(model)
@@ -177,6 +212,7 @@ def test_selection_keeps_a_channel_in_every_concat_piece():
 
 
 # ---- recurrent layers: a CRNN's convolutions feed an LSTM/GRU --------------------------------
+
 
 @pytest.mark.parametrize("op,gates", [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
 def test_convolutions_before_a_recurrent_layer_prune_its_input_columns(op, gates):

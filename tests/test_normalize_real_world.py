@@ -28,8 +28,15 @@ from onnxprune.model.runtime import make_session
 from onnxprune.verify.verification import require_valid_model
 
 REAL_MODELS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "real-models"
-SMALL_GRAPHS = [rw.ir3_model_zoo, rw.if_branch_model, rw.loop_model, rw.paddle_negative_batch,
-                rw.jax2tf_shape_arithmetic, rw.jax2tf_glu, rw.jax2tf_two_rounds]
+SMALL_GRAPHS = [
+    rw.ir3_model_zoo,
+    rw.if_branch_model,
+    rw.loop_model,
+    rw.paddle_negative_batch,
+    rw.jax2tf_shape_arithmetic,
+    rw.jax2tf_glu,
+    rw.jax2tf_two_rounds,
+]
 
 
 def run(model: onnx.ModelProto, **feeds) -> list[np.ndarray]:
@@ -89,6 +96,7 @@ def test_every_normalization_pass_keeps_the_real_models_valid(quick_real_models)
 
 # --- class 1: IR 3 -----------------------------------------------------------------------------
 
+
 def test_ir3_model_zoo_graph_prunes_end_to_end(tmp_path):
     model = rw.ir3_model_zoo()
     assert model.ir_version == 3 and model_problem(model) is None  # a valid input
@@ -112,6 +120,7 @@ def test_ir3_model_zoo_graph_prunes_end_to_end(tmp_path):
 
 
 # --- class 2: control flow ---------------------------------------------------------------------
+
 
 def subgraph_bytes(model: onnx.ModelProto, op_type: str) -> list[bytes]:
     (node,) = [n for n in model.graph.node if n.op_type == op_type]
@@ -168,13 +177,16 @@ def test_a_main_weight_read_by_a_subgraph_is_frozen():
 
 # --- class 3: never blame the input ------------------------------------------------------------
 
+
 def test_a_normalization_that_breaks_the_model_is_an_internal_error(monkeypatch, tmp_path):
     def drop_first_node(model):
         del model.graph.node[0]
         return model
 
     passes = normalization_passes()
-    monkeypatch.setattr(graph_module, "normalization_passes", lambda separate=False: passes + [("bad", drop_first_node)])
+    monkeypatch.setattr(
+        graph_module, "normalization_passes", lambda separate=False: passes + [("bad", drop_first_node)]
+    )
     with pytest.raises(InternalError, match=r"^internal error: normalization produced an invalid model \(ONNX"):
         onnxprune.prune(rw.paddle_negative_batch(), ratio=0.5)
     path = tmp_path / "m.onnx"
@@ -211,6 +223,7 @@ def test_an_invalid_pruned_model_is_an_internal_error_and_no_prunable_group_is_n
 
 # --- class 4 (negative dims) -------------------------------------------------------------------
 
+
 def test_negative_batch_dimension_is_dynamic():
     model = rw.paddle_negative_batch()
     normalized = normalize(model)
@@ -227,10 +240,13 @@ def test_negative_batch_dimension_is_dynamic():
 
 # --- class 11: static shape arithmetic ---------------------------------------------------------
 
+
 def test_jax2tf_shape_arithmetic_folds_and_the_batch_stays_dynamic():
-    for build, prunable, channels in ((rw.jax2tf_shape_arithmetic, ["conv1", "conv2"], [8, 8]),
-                                      (rw.jax2tf_glu, ["conv1", "conv2"], [4, 6]),
-                                      (rw.jax2tf_two_rounds, ["conv1"], [8])):
+    for build, prunable, channels in (
+        (rw.jax2tf_shape_arithmetic, ["conv1", "conv2"], [8, 8]),
+        (rw.jax2tf_glu, ["conv1", "conv2"], [4, 6]),
+        (rw.jax2tf_two_rounds, ["conv1"], [8]),
+    ):
         model = build()
         analysis = load_and_analyze(model)
         assert not [n for n in analysis.model.graph.node if n.op_type == "Shape" and n.input[0] != "x"]

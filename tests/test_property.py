@@ -44,8 +44,11 @@ class RandomNet:
         return self.draw(st.integers(2, 12))
 
     def step(self) -> None:
-        kind = self.draw(st.sampled_from(["conv", "conv", "unary", "bn", "add", "concat", "split",
-                                          "slice", "pad", "mul", "depthwise", "pool"]))
+        kind = self.draw(
+            st.sampled_from(
+                ["conv", "conv", "unary", "bn", "add", "concat", "split", "slice", "pad", "mul", "depthwise", "pool"]
+            )
+        )
         getattr(self, kind)()
 
     def conv(self):
@@ -111,8 +114,11 @@ class RandomNet:
     def finish(self):
         """Every tensor nobody reads (so nothing is dead) gets a pooled Gemm head; heads are summed."""
         used = {i for node in self.g.nodes for i in node.input}
-        heads = [self.g.gemm_head(self.g.op("Flatten", self.g.op("GlobalAveragePool", n), axis=1), c, 4)
-                 for n, c in self.tensors if n not in used]
+        heads = [
+            self.g.gemm_head(self.g.op("Flatten", self.g.op("GlobalAveragePool", n), axis=1), c, 4)
+            for n, c in self.tensors
+            if n not in used
+        ]
         total = heads[0]
         for head in heads[1:]:
             total = self.g.op("Add", total, head)
@@ -131,9 +137,13 @@ def test_random_dags_prune_correctly_or_refuse():
     outcomes: collections.Counter[str] = collections.Counter()
 
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(model=random_models(), ratio=st.floats(0.0, 0.9),
-           criterion=st.sampled_from(["l1", "l2", "fpgm", "random"]), scope=st.sampled_from(["local", "global"]),
-           round_to=st.sampled_from([1, 1, 2, 4]))
+    @given(
+        model=random_models(),
+        ratio=st.floats(0.0, 0.9),
+        criterion=st.sampled_from(["l1", "l2", "fpgm", "random"]),
+        scope=st.sampled_from(["local", "global"]),
+        round_to=st.sampled_from([1, 1, 2, 4]),
+    )
     def prune_or_refuse(model, ratio, criterion, scope, round_to):
         try:
             result = onnxprune.prune(model, criterion=criterion, ratio=ratio, scope=scope, round_to=round_to)

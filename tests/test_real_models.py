@@ -19,32 +19,52 @@ from onnxprune.verify.check import check_pruned
 
 #: model -> (verification shape, where it came from, {frozen group name: start of its reason})
 EXPECTED = {
-    "320n.onnx": ({"images": [2, 3, 320, 320]}, "hint: metadata imgsz", {
-        "/model.0/conv/Conv": "reaches graph input 'images'",
-        "/model.22/cv2.0/cv2.0.2/Conv": "axis 1 of '/model.22/Reshape_7_output_0' is not mapped through Reshape",
-        "/model.22/dfl/conv/Conv": "axis 1 of '/model.22/dfl/Softmax_output_0' is not mapped through Softmax",
-    }),
-    "ch_PP-OCRv4_det_infer.onnx": ({"x": [2, 3, 64, 64]}, "probe", {
-        "p2o.Conv.0": "reaches graph input 'x'",
-    }),
-    "ch_PP-OCRv4_rec_infer.onnx": ({"x": [2, 3, 64, 64]}, "probe", {
-        "p2o.Conv.0": "reaches graph input 'x'",
-        "p2o.Conv.34": "its size is read by Shape",
-        "p2o.MatMul.0": "normalized by a LayerNorm (decomposed: ReduceMean…Div)",
-        "p2o.MatMul.8": "normalized by a LayerNorm (decomposed: ReduceMean…Div)",
-        "p2o.MatMul.12": "normalized by a LayerNorm (decomposed: ReduceMean…Div)",
-        "p2o.MatMul.20": "normalized by a LayerNorm (decomposed: ReduceMean…Div)",
-        "p2o.Transpose.7": "axis 3 of 'reshape2_29.tmp_0' is not mapped through Reshape",
-        "p2o.MatMul.24": "axis 2 of 'p2o.Add.277' is not mapped through Softmax",
-    }),
-    "ch_ppocr_mobile_v2.0_cls_infer.onnx": ({"x": [2, 3, 64, 64]}, "probe", {
-        "Conv@0": "reaches graph input 'x'",
-        "Conv@52": "its size is read by Shape",
-    }),
-    "common_det.onnx": ({"images": [1, 3, 416, 416]}, "static", {
-        "Slice_4": "reaches graph input 'images'",
-        "Conv_261": "reaches graph output 'output'",
-    }),
+    "320n.onnx": (
+        {"images": [2, 3, 320, 320]},
+        "hint: metadata imgsz",
+        {
+            "/model.0/conv/Conv": "reaches graph input 'images'",
+            "/model.22/cv2.0/cv2.0.2/Conv": "axis 1 of '/model.22/Reshape_7_output_0' is not mapped through Reshape",
+            "/model.22/dfl/conv/Conv": "axis 1 of '/model.22/dfl/Softmax_output_0' is not mapped through Softmax",
+        },
+    ),
+    "ch_PP-OCRv4_det_infer.onnx": (
+        {"x": [2, 3, 64, 64]},
+        "probe",
+        {
+            "p2o.Conv.0": "reaches graph input 'x'",
+        },
+    ),
+    "ch_PP-OCRv4_rec_infer.onnx": (
+        {"x": [2, 3, 64, 64]},
+        "probe",
+        {
+            "p2o.Conv.0": "reaches graph input 'x'",
+            "p2o.Conv.34": "its size is read by Shape",
+            "p2o.MatMul.0": "normalized by a LayerNorm (decomposed: ReduceMean…Div)",
+            "p2o.MatMul.8": "normalized by a LayerNorm (decomposed: ReduceMean…Div)",
+            "p2o.MatMul.12": "normalized by a LayerNorm (decomposed: ReduceMean…Div)",
+            "p2o.MatMul.20": "normalized by a LayerNorm (decomposed: ReduceMean…Div)",
+            "p2o.Transpose.7": "axis 3 of 'reshape2_29.tmp_0' is not mapped through Reshape",
+            "p2o.MatMul.24": "axis 2 of 'p2o.Add.277' is not mapped through Softmax",
+        },
+    ),
+    "ch_ppocr_mobile_v2.0_cls_infer.onnx": (
+        {"x": [2, 3, 64, 64]},
+        "probe",
+        {
+            "Conv@0": "reaches graph input 'x'",
+            "Conv@52": "its size is read by Shape",
+        },
+    ),
+    "common_det.onnx": (
+        {"images": [1, 3, 416, 416]},
+        "static",
+        {
+            "Slice_4": "reaches graph input 'images'",
+            "Conv_261": "reaches graph output 'output'",
+        },
+    ),
 }
 
 

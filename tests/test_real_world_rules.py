@@ -71,9 +71,13 @@ def mlp_block(kind: str, square: str = "pow", inverse: str = "div", opset: int =
     return g.model(_linear(g, out, C, 3))
 
 
-VARIANTS = [("layernorm", "pow", "div", 17), ("layernorm", "mul", "reciprocal", 18),
-            ("rmsnorm", "pow", "div", 17), ("rmsnorm", "mul", "rsqrt_pow", 18),
-            ("rmsnorm", "pow", "reciprocal", 13)]
+VARIANTS = [
+    ("layernorm", "pow", "div", 17),
+    ("layernorm", "mul", "reciprocal", 18),
+    ("rmsnorm", "pow", "div", 17),
+    ("rmsnorm", "mul", "rsqrt_pow", 18),
+    ("rmsnorm", "pow", "reciprocal", 13),
+]
 
 
 def _groups_by_size(groups):
@@ -134,8 +138,18 @@ def test_norm_whose_statistic_is_read_elsewhere_is_not_recognized():
     g = GraphBuilder(shape=("N", 5, C))
     stream = _linear(g, "x", C, C)
     mean = _reduce_mean(g, stream)
-    norm = g.op("Div", g.op("Sub", stream, mean), g.op("Sqrt", g.op("Add", _reduce_mean(
-        g, g.op("Mul", g.op("Sub", stream, mean), g.op("Sub", stream, mean))), g.const(np.float32(1e-5)))))
+    norm = g.op(
+        "Div",
+        g.op("Sub", stream, mean),
+        g.op(
+            "Sqrt",
+            g.op(
+                "Add",
+                _reduce_mean(g, g.op("Mul", g.op("Sub", stream, mean), g.op("Sub", stream, mean))),
+                g.const(np.float32(1e-5)),
+            ),
+        ),
+    )
     model = g.model(_linear(g, norm, C, 3), g.op("Add", mean, g.const(np.float32(1.0))))
     reasons = [grp.frozen for grp in onnxprune.analyze(model) if grp.frozen]
     assert reasons and not any("decomposed" in r for r in reasons)
@@ -161,12 +175,14 @@ def test_sqrt_passes_and_reciprocal_alone_is_frozen():
     assert [g["kept"] for g in result.report["groups"] if g["channels"] == 6] == [3]
     recip = conv_chain(lambda g, t: g.op("Reciprocal", g.op("Relu", t)))
     groups = [grp for grp in onnxprune.analyze(recip) if grp.channels == 6]
-    assert len(groups) == 2 and all("Reciprocal maps a pruned (zero) channel to infinity" in grp.frozen
-                                    for grp in groups)
+    assert len(groups) == 2 and all(
+        "Reciprocal maps a pruned (zero) channel to infinity" in grp.frozen for grp in groups
+    )
 
 
 def test_sum_couples_all_inputs_with_broadcasting():
     """Sum(a, b, per-channel constant [C,1,1]) of the ONNX-zoo era: one group, pruned and verified."""
+
     def middle(g, t):
         other = g.conv(t, 6, 6, k=1)
         return g.op("Relu", g.op("Sum", t, other, g.weight(6, 1, 1), g.weight(1)))
@@ -202,16 +218,27 @@ def det_like_model(final_bias: float = -15.0) -> onnx.ModelProto:
     gate = g.conv(g.op("Relu", g.conv(g.op("GlobalAveragePool", t), 8, 4, k=1)), 4, 8, k=1)
     y = g.op("Add", t, g.op("Mul", t, g.op("HardSigmoid", gate, alpha=0.2, beta=0.5)))
     scales = g.const(np.array([1, 1, 2, 2], np.float32))
-    up = g.op("Resize", y, g.const(np.zeros(0, np.float32)), scales, mode="nearest",
-              coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    up = g.op(
+        "Resize",
+        y,
+        g.const(np.zeros(0, np.float32)),
+        scales,
+        mode="nearest",
+        coordinate_transformation_mode="asymmetric",
+        nearest_mode="floor",
+    )
     cat = g.op("Concat", up, g.op("Relu", g.conv(up, 8, 6)), axis=1)
     h = g.op("Relu", g.bn(g.conv(cat, 14, 8, bias=False), 8))
-    h = g.op("Add", g.op("ConvTranspose", h, g.weight(8, 4, 2, 2), kernel_shape=[2, 2], strides=[2, 2]),
-             g.weight(1, 4, 1, 1))
+    h = g.op(
+        "Add", g.op("ConvTranspose", h, g.weight(8, 4, 2, 2), kernel_shape=[2, 2], strides=[2, 2]), g.weight(1, 4, 1, 1)
+    )
     h = g.op("Relu", g.bn(h, 4))
     head = g.const((g.rng.standard_normal((4, 1, 2, 2)) * 1e-3).astype(np.float32))
-    logit = g.op("Add", g.op("ConvTranspose", h, head, kernel_shape=[2, 2], strides=[2, 2]),
-                 g.const(np.full((1, 1, 1, 1), final_bias, np.float32)))
+    logit = g.op(
+        "Add",
+        g.op("ConvTranspose", h, head, kernel_shape=[2, 2], strides=[2, 2]),
+        g.const(np.full((1, 1, 1, 1), final_bias, np.float32)),
+    )
     return g.model(g.op("Sigmoid", logit))
 
 
@@ -234,10 +261,13 @@ def test_saturated_sigmoid_output_is_judged_by_its_logit():
     from onnxprune.verify.bounded_outputs import bounded_outputs
     from onnxprune.verify.reference import compare
 
-    graph = helper.make_graph([helper.make_node("Add", ["x", "b"], ["z"]), helper.make_node("Sigmoid", ["z"], ["p"])],
-                              "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, [4])],
-                              [onnx.numpy_helper.from_array(np.float32(0.0), "b")])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "b"], ["z"]), helper.make_node("Sigmoid", ["z"], ["p"])],
+        "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [4])],
+        [onnx.numpy_helper.from_array(np.float32(0.0), "b")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     bounded = bounded_outputs(model)
     assert bounded.logits == {"p": ("z", 1.0)}
@@ -256,8 +286,9 @@ def test_det_like_model_verifies_by_its_logit():
     analysis, plan, pruned = _det_plan()
     assert sum(plan.is_pruned(g) for g in analysis.groups) == 4
     check = verify(analysis.model, pruned, plan, 0, {"x": (2, 3, 8, 8)}, analysis.view)
-    assert check.ok and [o.name for o in check.outputs] == [analysis.model.graph.output[0].name + s
-                                                             for s in ("", " (its logit)")]
+    assert check.ok and [o.name for o in check.outputs] == [
+        analysis.model.graph.output[0].name + s for s in ("", " (its logit)")
+    ]
     assert max(o.relative for o in check.outputs) < 1e-5
 
 

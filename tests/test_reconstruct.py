@@ -135,8 +135,11 @@ def test_grouped_and_depthwise_convs_are_refitted(calib):
     rebuilt = prune(model, "l1", 0.5, calib=calib, batch_size=32, reconstruct=True)
     entry = rebuilt.report["reconstruction"]
     assert entry["applied"] and not entry["skipped"]
-    groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1) for n in rebuilt.model.graph.node
-              if n.op_type == "Conv"}
+    groups = {
+        n.name: next((a.i for a in n.attribute if a.name == "group"), 1)
+        for n in rebuilt.model.graph.node
+        if n.op_type == "Conv"
+    }
     refitted = {r["node"] for r in rebuilt.plan["recovered"]["layers"]}
     assert sorted(groups[name] for name in refitted if name in groups) == [1, 2, 8]  # 1x grouped, 1x depthwise
     x = inputs(200, seed=99)
@@ -157,9 +160,14 @@ def test_grouped_normal_equations_solve_each_group():
         np.testing.assert_allclose(b[g], expected[-1], atol=1e-10)
 
 
-@pytest.mark.parametrize("k, attrs", [(3, {"strides": [2, 2], "pads": [1, 1, 1, 1], "dilations": [1, 1]}),
-                                      (1, {"pads": [0, 0, 0, 0]}),
-                                      (3, {"pads": [2, 1, 0, 2], "dilations": [2, 1], "strides": [1, 2]})])
+@pytest.mark.parametrize(
+    "k, attrs",
+    [
+        (3, {"strides": [2, 2], "pads": [1, 1, 1, 1], "dilations": [1, 1]}),
+        (1, {"pads": [0, 0, 0, 0]}),
+        (3, {"pads": [2, 1, 0, 2], "dilations": [2, 1], "strides": [1, 2]}),
+    ],
+)
 def test_im2col_equals_onnx_runtime_conv(k, attrs):
     g = GraphBuilder(shape=(2, 5, 9, 7))
     out = g.conv("x", 5, 6, k=k, **attrs)
@@ -186,8 +194,20 @@ def test_cli_reconstruct_without_calib_is_one_line_exit_2(tmp_path, capsys):
 def test_cli_reconstruct_writes_the_recovery(tmp_path, capsys, calib):
     path = tmp_path / "m.onnx"
     onnx.save(conv_net(), path)
-    code = main([str(path), "--reconstruct", "--calib", str(calib), "--batch-size", "64",
-                 "--report", str(tmp_path / "r.json"), "-o", str(tmp_path / "out.onnx")])
+    code = main(
+        [
+            str(path),
+            "--reconstruct",
+            "--calib",
+            str(calib),
+            "--batch-size",
+            "64",
+            "--report",
+            str(tmp_path / "r.json"),
+            "-o",
+            str(tmp_path / "out.onnx"),
+        ]
+    )
     assert code == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["reconstruction"]["output_error_after"] <= report["reconstruction"]["output_error_before"]

@@ -23,6 +23,7 @@ from onnx import TensorProto, numpy_helper
 @pytest.fixture()
 def pruned(tmp_path, capsys) -> tuple[Path, Path, Path]:
     """(original, pruned, plan) of a residual Conv/BN network pruned at 0.5."""
+
     def middle(g, t):
         return g.op("Add", t, g.op("Relu", g.bn(g.conv(t, 6, 6), 6)))
 
@@ -70,8 +71,19 @@ def test_check_fails_when_outputs_differ_though_weights_match(pruned, capsys, tm
 def test_check_with_calibration_data(pruned, capsys, tmp_path):
     original, model, _ = pruned
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((10, 4, 8, 8)).astype(np.float32))
-    code, out, _ = run_cli(capsys, "check", model, "--against", original, "--runs", "1",
-                           "--calib", tmp_path / "calib.npz", "--calib-samples", "10")
+    code, out, _ = run_cli(
+        capsys,
+        "check",
+        model,
+        "--against",
+        original,
+        "--runs",
+        "1",
+        "--calib",
+        tmp_path / "calib.npz",
+        "--calib-samples",
+        "10",
+    )
     assert code == 0 and "over 2 batches" in out
 
 
@@ -81,10 +93,12 @@ def test_check_bad_input_is_one_line_exit_2(case, pruned, capsys, tmp_path):
     other = tmp_path / "other.onnx"
     onnx.save(conv_chain(lambda g, t: g.op("Relu", t), seed=9), other)
     (tmp_path / "junk.json").write_text('{"format": "something else"}')
-    args = {"other original": [model, "--against", other],
-            "missing plan": [model, "--against", original, "--plan", tmp_path / "nope.json"],
-            "not a plan": [model, "--against", original, "--plan", tmp_path / "junk.json"],
-            "missing model": [tmp_path / "nope.onnx", "--against", original, "--plan", plan]}[case]
+    args = {
+        "other original": [model, "--against", other],
+        "missing plan": [model, "--against", original, "--plan", tmp_path / "nope.json"],
+        "not a plan": [model, "--against", original, "--plan", tmp_path / "junk.json"],
+        "missing model": [tmp_path / "nope.onnx", "--against", original, "--plan", plan],
+    }[case]
     code, out, err = run_cli(capsys, "check", *args)
     lines = err.strip().splitlines()
     assert code == 2 and out == "" and len(lines) == 1 and lines[0].startswith("onnxprune: error:")
@@ -106,8 +120,16 @@ def damage(plan: dict, how: str) -> dict:
     return plan
 
 
-@pytest.mark.parametrize("how", ["groups not a list", "kept not integers", "kept channel out of range",
-                                 "weight index out of range", "unknown group"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "groups not a list",
+        "kept not integers",
+        "kept channel out of range",
+        "weight index out of range",
+        "unknown group",
+    ],
+)
 def test_check_damaged_plan_is_one_line_exit_2(how, pruned, capsys, tmp_path):
     original, model, plan = pruned
     damaged = tmp_path / "damaged.json"
@@ -122,6 +144,7 @@ def test_check_damaged_plan_is_one_line_exit_2(how, pruned, capsys, tmp_path):
 
 def test_same_command_twice_gives_identical_model_and_plan(tmp_path):
     """Two processes with different hash seeds: byte-identical model, plan and report."""
+
     def middle(g, t):
         a, b = g.conv(t, 6, 4), g.conv(t, 6, 2)
         return g.op("Relu", g.op("Concat", a, b, axis=1))
@@ -133,9 +156,24 @@ def test_same_command_twice_gives_identical_model_and_plan(tmp_path):
         folder = tmp_path / f"run{run}"
         folder.mkdir()
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        done = subprocess.run([sys.executable, "-m", "onnxprune", str(source), "--criterion", "fpgm",
-                               "--ratio", "0.5", "-o", str(folder / "out.onnx"), "--report", str(folder / "r.json")],
-                              env=env, capture_output=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "onnxprune",
+                str(source),
+                "--criterion",
+                "fpgm",
+                "--ratio",
+                "0.5",
+                "-o",
+                str(folder / "out.onnx"),
+                "--report",
+                str(folder / "r.json"),
+            ],
+            env=env,
+            capture_output=True,
+        )
         assert done.returncode == 0, done.stderr.decode()
         outputs.append((sha(folder / "out.onnx"), sha(folder / "out.plan.json"), sha(folder / "r.json")))
     assert outputs[0] == outputs[1]
@@ -186,8 +224,13 @@ def test_kill_during_write_leaves_the_previous_or_the_complete_output(tmp_path):
     assert subprocess.run(prune_command(source, reference / output.name, "0.25"), capture_output=True).returncode == 0
     complete = (sha(reference / output.name), sha(reference / plan.name))
     landed = 0
-    for sig, delay in [(signal.SIGINT, 0), (signal.SIGINT, 0.005), (signal.SIGTERM, 0.002),
-                       (signal.SIGKILL, 0), (signal.SIGKILL, 0.005)]:
+    for sig, delay in [
+        (signal.SIGINT, 0),
+        (signal.SIGINT, 0.005),
+        (signal.SIGTERM, 0.002),
+        (signal.SIGKILL, 0),
+        (signal.SIGKILL, 0.005),
+    ]:
         landed += kill_during_write(prune_command(source, output, "0.25"), folder, output.name, sig, delay)
         assert sha(output) in (previous[0], complete[0]), f"partial output after {sig!r}"
         assert sha(plan) in (previous[1], complete[1])
@@ -273,8 +316,13 @@ def test_loading_a_model_never_runs_code_from_it(tmp_path, capsys, monkeypatch):
 
 UNSAFE_MODULES = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve"}
 UNSAFE_BUILTINS = {"eval", "exec", "compile", "__import__"}
-UNSAFE_ATTRIBUTES = {("yaml", "load"), ("yaml", "unsafe_load"), ("yaml", "full_load"), ("os", "system"),
-                     ("os", "popen")}
+UNSAFE_ATTRIBUTES = {
+    ("yaml", "load"),
+    ("yaml", "unsafe_load"),
+    ("yaml", "full_load"),
+    ("os", "system"),
+    ("os", "popen"),
+}
 
 
 def code_paths(source: str) -> list[str]:
@@ -282,8 +330,9 @@ def code_paths(source: str) -> list[str]:
     __import__, torch.load without weights_only=True, allow_pickle=True, yaml.load, a shell."""
 
     def true(call: ast.Call, name: str) -> bool:
-        return any(k.arg == name and not (isinstance(k.value, ast.Constant) and k.value.value is False)
-                   for k in call.keywords)
+        return any(
+            k.arg == name and not (isinstance(k.value, ast.Constant) and k.value.value is False) for k in call.keywords
+        )
 
     found = []
     for node in ast.walk(ast.parse(source)):
@@ -301,8 +350,10 @@ def code_paths(source: str) -> list[str]:
                 pair = (func.value.id, func.attr)
                 if pair in UNSAFE_ATTRIBUTES:
                     found.append(f"line {line}: {'.'.join(pair)}()")
-                weights_only = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant)
-                                   and k.value.value is True for k in node.keywords)
+                weights_only = any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
                 if pair == ("torch", "load") and not weights_only:
                     found.append(f"line {line}: torch.load() without weights_only=True")
             if true(node, "allow_pickle"):
@@ -314,15 +365,29 @@ def code_paths(source: str) -> list[str]:
 
 def test_the_code_path_check_finds_them():
     bad = [
-        "import pickle", "from dill import loads", "eval(text)", "exec(code)", "torch.load(path)",
-        "torch.load(path, weights_only=False)", "np.load(path, allow_pickle=True)", "yaml.load(text)",
-        "subprocess.run(cmd, shell=True)", "__import__(name)", "x = cPickle_loads", "compile(text, 'f', 'exec')",
+        "import pickle",
+        "from dill import loads",
+        "eval(text)",
+        "exec(code)",
+        "torch.load(path)",
+        "torch.load(path, weights_only=False)",
+        "np.load(path, allow_pickle=True)",
+        "yaml.load(text)",
+        "subprocess.run(cmd, shell=True)",
+        "__import__(name)",
+        "x = cPickle_loads",
+        "compile(text, 'f', 'exec')",
     ]
     assert [line for line in bad if not code_paths(line)] == []
     good = [
-        "module.eval()", "ast.literal_eval(text)", "re.compile(pattern)", "np.load(path, mmap_mode='r')",
-        "torch.load(path, map_location='cpu', weights_only=True)", "yaml.safe_load(text)",
-        "subprocess.run(['nvidia-smi'], capture_output=True)", "np.load(path, allow_pickle=False)",
+        "module.eval()",
+        "ast.literal_eval(text)",
+        "re.compile(pattern)",
+        "np.load(path, mmap_mode='r')",
+        "torch.load(path, map_location='cpu', weights_only=True)",
+        "yaml.safe_load(text)",
+        "subprocess.run(['nvidia-smi'], capture_output=True)",
+        "np.load(path, allow_pickle=False)",
     ]
     assert [line for line in good if code_paths(line)] == []
 

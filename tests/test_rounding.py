@@ -34,10 +34,18 @@ def temporary_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ONNXPRUNE_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.mark.parametrize("requested, channels, expected", [
-    (33, 64, [33, 40, 48, 56, 64]), (20, 40, [20, 24, 32]), (36, 40, [36, 40]), (32, 64, [32]),
-    (3, 6, [3, 6]), (8, 8, [8]), (1, 16, [1, 8, 16]),
-])
+@pytest.mark.parametrize(
+    "requested, channels, expected",
+    [
+        (33, 64, [33, 40, 48, 56, 64]),
+        (20, 40, [20, 24, 32]),
+        (36, 40, [36, 40]),
+        (32, 64, [32]),
+        (3, 6, [3, 6]),
+        (8, 8, [8]),
+        (1, 16, [1, 8, 16]),
+    ],
+)
 def test_candidate_counts(requested, channels, expected):
     assert candidate_counts(requested, channels) == expected
 
@@ -48,8 +56,11 @@ FAKE = {16: 1.0, 24: 1.2, 32: 0.9, 40: 1.1, 48: 1.0}
 def test_rule_on_a_fake_table():
     assert monotone_counts(FAKE) == [32, 48]
     assert [choose_count(FAKE, r) for r in (16, 24, 32, 33, 48)] == [32, 32, 32, 48, 48]
-    assert choose_counts({"g1": FAKE, "g2": {8: 1.0, 16: 2.0}}, {"g1": 24, "g2": 8, "g3": 5}) == \
-        {"g1": 32, "g2": 8, "g3": 5}
+    assert choose_counts({"g1": FAKE, "g2": {8: 1.0, 16: 2.0}}, {"g1": 24, "g2": 8, "g3": 5}) == {
+        "g1": 32,
+        "g2": 8,
+        "g3": 5,
+    }
     # within the tolerance a larger count does not beat a smaller one
     assert choose_count({8: 1.00, 16: 0.98}, 8) == 16
     assert choose_count({8: 1.00, 16: 0.98}, 8, tolerance=0.03) == 8
@@ -114,7 +125,7 @@ def test_prune_round_to_auto_end_to_end_with_cache(tmp_path):
     assert set(row["times_ms"]) == {"20", "24", "32"} and all(v > 0 for v in row["times_ms"].values())
     assert row["chosen"] == choose_count({int(k): v for k, v in row["times_ms"].items()}, 20, rounding["tolerance"])
     assert result.report["verification"]["ok"] and result.plan["options"]["round_to"] == "auto"
-    cache = json.loads((cache_dir() / "timings-cpu-" f"{_slug(rounding['device'])}.json").read_text())
+    cache = json.loads((cache_dir() / f"timings-cpu-{_slug(rounding['device'])}.json").read_text())
     assert cache["format"] == "onnxprune-timings/1" and len(cache["entries"]) == 6
     again = onnxprune.prune(str(path), ratio=0.5, round_to="auto").report["rounding"]
     assert again["layers_timed"] == 0 and again["groups"][0]["times_ms"] == row["times_ms"]
@@ -166,12 +177,15 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "xdg" / "onnxprune"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--round-to", "x"], "expected a positive integer or 'auto'"),
-    (["--round-to", "auto", "--target-flops", "0.5"], "cannot be combined with a target"),
-    (["--round-to", "auto", "--ep", "cuda"], "is not available"),
-    (["--round-to", "auto", "--round-batch", "0"], "--round-batch"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--round-to", "x"], "expected a positive integer or 'auto'"),
+        (["--round-to", "auto", "--target-flops", "0.5"], "cannot be combined with a target"),
+        (["--round-to", "auto", "--ep", "cuda"], "is not available"),
+        (["--round-to", "auto", "--round-batch", "0"], "--round-batch"),
+    ],
+)
 def test_cli_round_to_bad_input(tmp_path, capsys, args, message):
     path = _chain(tmp_path, c=8)
     code = main([str(path), "-o", str(tmp_path / "out.onnx"), *args])
@@ -202,7 +216,9 @@ def test_round_to_auto_on_cuda(tmp_path):
 
 def test_cli_prune_round_to_auto(tmp_path, capsys):
     out = tmp_path / "out.onnx"
-    assert main([str(_chain(tmp_path)), "--round-to", "auto", "-o", str(out), "--report", str(tmp_path / "r.json")]) == 0
+    assert (
+        main([str(_chain(tmp_path)), "--round-to", "auto", "-o", str(out), "--report", str(tmp_path / "r.json")]) == 0
+    )
     assert "round-to auto (CPUExecutionProvider, batch 1):" in capsys.readouterr().out
     report = json.loads((tmp_path / "r.json").read_text())
     (row,) = report["rounding"]["groups"]

@@ -78,9 +78,12 @@ def test_batchnorm_members_and_bn_scale_criterion():
     result = pruned(model, criterion="bn_scale")
     (row,) = prunable_rows(result)
     assert row["kept"] == 3
-    bn_scale_name = [n for n, e in result.plan["weights"].items() if e["shape"] == [6] and
-                     np.allclose(onnx.numpy_helper.to_array(
-                         {i.name: i for i in model.graph.initializer}[n]), scale)][0]
+    bn_scale_name = [
+        n
+        for n, e in result.plan["weights"].items()
+        if e["shape"] == [6]
+        and np.allclose(onnx.numpy_helper.to_array({i.name: i for i in model.graph.initializer}[n]), scale)
+    ][0]
     assert result.plan["weights"][bn_scale_name]["kept"]["0"] == [1, 3, 5]
 
 
@@ -127,8 +130,13 @@ def test_division_by_an_activation_is_frozen():
     assert any("division by an activation" in r for r in frozen_reasons(model))
 
 
-@pytest.mark.parametrize("op,attrs", [("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}),
-                                      ("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2]})])
+@pytest.mark.parametrize(
+    "op,attrs",
+    [
+        ("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}),
+        ("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    ],
+)
 def test_pooling_keeps_channels(op, attrs):
     result = pruned(conv_chain(lambda g, t: g.op(op, t, **attrs)))
     assert prunable_rows(result)[0]["kept"] == 3
@@ -180,8 +188,14 @@ def test_reshape_into_matmul_with_constant_target():
 def test_option_a_pad_shortcut_merges_stages():
     g = GraphBuilder(shape=("N", 3, 8, 8))
     a = g.op("Relu", g.conv("x", 3, 4))
-    sub = g.op("Slice", a, g.const(np.array([0, 0]), "i"), g.const(np.array([2**62, 2**62]), "i"),
-               g.const(np.array([2, 3]), "i"), g.const(np.array([2, 2]), "i"))
+    sub = g.op(
+        "Slice",
+        a,
+        g.const(np.array([0, 0]), "i"),
+        g.const(np.array([2**62, 2**62]), "i"),
+        g.const(np.array([2, 3]), "i"),
+        g.const(np.array([2, 2]), "i"),
+    )
     padded = g.op("Pad", sub, g.const(np.array([0, 2, 0, 0, 0, 2, 0, 0]), "i"), g.const(np.float32(0), "i"))
     b = g.conv(g.op("Relu", g.conv(a, 4, 8, strides=[2, 2])), 8, 8)
     s = g.op("Relu", g.op("Add", b, padded))
@@ -222,8 +236,9 @@ def test_shape_reading_channels_freezes():
 def test_shape_reading_only_the_batch_is_allowed():
     g = GraphBuilder()
     t = g.op("Relu", g.conv("x", 4, 6))
-    batch = g.op("Unsqueeze", g.op("Gather", g.op("Shape", t), g.const(np.int64(0), "i"), axis=0),
-                 g.const(np.array([0]), "i"))
+    batch = g.op(
+        "Unsqueeze", g.op("Gather", g.op("Shape", t), g.const(np.int64(0), "i"), axis=0), g.const(np.array([0]), "i")
+    )
     target = g.op("Concat", batch, g.const(np.array([-1]), "i"), axis=0)
     y = g.gemm_head(g.op("Reshape", g.op("GlobalAveragePool", t), target), 6, 3)
     result = pruned(g.model(y))
@@ -237,7 +252,9 @@ def test_exclude_pattern_freezes_matching_groups():
     assert any("excluded by --exclude 'Conv*'" == g.frozen for g in groups)
 
 
-@pytest.mark.parametrize("ratio,round_to,expected", [(0.3, 1, 12), (0.7, 1, 5), (0.5, 8, 8), (0.3, 8, 16), (0.0, 1, 16)])
+@pytest.mark.parametrize(
+    "ratio,round_to,expected", [(0.3, 1, 12), (0.7, 1, 5), (0.5, 8, 8), (0.3, 8, 16), (0.0, 1, 16)]
+)
 def test_ratio_and_round_to(ratio, round_to, expected):
     result = pruned(conv_chain(lambda g, t: g.op("Relu", t), c=16), ratio=ratio, round_to=round_to)
     assert prunable_rows(result)[0]["kept"] == expected
@@ -275,11 +292,14 @@ def test_fpgm_prunes_the_filter_nearest_the_median():
     assert result.plan["weights"][w]["kept"]["0"] == [0, 2]
 
 
-@pytest.mark.parametrize("in_shape,out_shape,expected", [
-    (("N", 8, 1, 1), ("N", 8), [([0], [0]), ([1], [1]), ([2], []), ([3], [])]),
-    (("N", 8, 2, 2), ("N", 32), [([0], [0]), ([1, 2, 3], [1])]),
-    ((2, 6, 4), (2, 4, 6), [([0], [0]), ([1, 2], [1, 2])]),
-    (("N", 8), ("M", 8), None),
-])
+@pytest.mark.parametrize(
+    "in_shape,out_shape,expected",
+    [
+        (("N", 8, 1, 1), ("N", 8), [([0], [0]), ([1], [1]), ([2], []), ([3], [])]),
+        (("N", 8, 2, 2), ("N", 32), [([0], [0]), ([1, 2, 3], [1])]),
+        ((2, 6, 4), (2, 4, 6), [([0], [0]), ([1, 2], [1, 2])]),
+        (("N", 8), ("M", 8), None),
+    ],
+)
 def test_align_axes(in_shape, out_shape, expected):
     assert align_axes(in_shape, out_shape) == expected

@@ -110,8 +110,7 @@ def test_data_is_streamed_once(model_path, calib):
 def test_jobs_2_equals_jobs_1(model_path, calib):
     one = analyze_sensitivity(model_path, calib, ratios=RATIOS, batch_size=16)
     steps = []
-    two = analyze_sensitivity(model_path, calib, ratios=RATIOS, batch_size=16, jobs=2,
-                              progress=lambda: steps.append(1))
+    two = analyze_sensitivity(model_path, calib, ratios=RATIOS, batch_size=16, jobs=2, progress=lambda: steps.append(1))
     assert two.to_dict() == one.to_dict() and len(steps) == 3 * 2
 
 
@@ -125,8 +124,9 @@ def test_data_criterion_and_outputs_without_2d_logits(tmp_path, calib):
 
 
 def test_cli_writes_json_and_png_and_prints_a_table(model_path, calib, capsys, tmp_path):
-    code, out, _ = run_cli(capsys, "sensitivity", model_path, "--calib", calib, "--ratios", "0.2,0.5",
-                           "--batch-size", "16")
+    code, out, _ = run_cli(
+        capsys, "sensitivity", model_path, "--calib", calib, "--ratios", "0.2,0.5", "--batch-size", "16"
+    )
     assert code == 0 and "Output change" in out and "g" in out
     document = json.loads((tmp_path / "cls.sensitivity.json").read_text())
     assert document["format"] == "onnxprune-sensitivity/1"
@@ -144,8 +144,18 @@ def test_cli_writes_json_and_png_and_prints_a_table(model_path, calib, capsys, t
 
 def test_cli_explicit_output_paths_single_panel_plot(model_path, tmp_path, capsys):
     calib = write_calib(tmp_path / "nolabels.npz", labels=False)
-    args = ["sensitivity", model_path, "--calib", calib, "--json", tmp_path / "out/s.json",
-            "--plot", tmp_path / "out/s.png", "--criterion", "l2"]
+    args = [
+        "sensitivity",
+        model_path,
+        "--calib",
+        calib,
+        "--json",
+        tmp_path / "out/s.json",
+        "--plot",
+        tmp_path / "out/s.png",
+        "--criterion",
+        "l2",
+    ]
     assert run_cli(capsys, *args)[0] == 0
     assert json.loads((tmp_path / "out/s.json").read_text())["baseline_top1"] is None
     assert (tmp_path / "out/s.png").stat().st_size > 10_000

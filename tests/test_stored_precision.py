@@ -26,13 +26,16 @@ def nbytes_without_shapes(model: onnx.ModelProto) -> int:
 
 # ---- models ----------------------------------------------------------------------------------
 
+
 def _int8_weight(prefix: str, shape: tuple, nodes: list, inits: list) -> str:
     """int8 values → Cast(float) → Mul by a per-channel scale [C, 1, 1, 1]."""
     q = RNG.integers(-127, 128, size=shape).astype(np.int8)
     scale = (RNG.random((shape[0],) + (1,) * (len(shape) - 1)) * 0.01 + 0.001).astype(np.float32)
     inits += [nh.from_array(q, f"{prefix}_q"), nh.from_array(scale, f"{prefix}_scale")]
-    nodes += [h.make_node("Cast", [f"{prefix}_q"], [f"{prefix}_f"], to=T.FLOAT),
-              h.make_node("Mul", [f"{prefix}_f", f"{prefix}_scale"], [f"{prefix}_w"])]
+    nodes += [
+        h.make_node("Cast", [f"{prefix}_q"], [f"{prefix}_f"], to=T.FLOAT),
+        h.make_node("Mul", [f"{prefix}_f", f"{prefix}_scale"], [f"{prefix}_w"]),
+    ]
     return f"{prefix}_w"
 
 
@@ -43,12 +46,19 @@ def _cnn(weight, widths=(3, 32, 64, 32), dtype=T.FLOAT, size=12) -> onnx.ModelPr
         w = weight(f"c{k}", (c_out, c_in, 3, 3), nodes, inits)
         bias = RNG.standard_normal(c_out).astype(np.float32 if dtype == T.FLOAT else np.float16)
         inits.append(nh.from_array(bias, f"b{k}"))
-        nodes += [h.make_node("Conv", [x, w, f"b{k}"], [f"y{k}"], pads=[1, 1, 1, 1]),
-                  h.make_node("Relu", [f"y{k}"], [f"r{k}"])]
+        nodes += [
+            h.make_node("Conv", [x, w, f"b{k}"], [f"y{k}"], pads=[1, 1, 1, 1]),
+            h.make_node("Relu", [f"y{k}"], [f"r{k}"]),
+        ]
         x = f"r{k}"
     nodes[-1].output[0] = "out"
-    graph = h.make_graph(nodes, "cnn", [h.make_tensor_value_info("x", dtype, [1, widths[0], size, size])],
-                         [h.make_tensor_value_info("out", dtype, [1, widths[-1], size, size])], inits)
+    graph = h.make_graph(
+        nodes,
+        "cnn",
+        [h.make_tensor_value_info("x", dtype, [1, widths[0], size, size])],
+        [h.make_tensor_value_info("out", dtype, [1, widths[-1], size, size])],
+        inits,
+    )
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     return model
@@ -71,12 +81,16 @@ def _float_weight(prefix, shape, nodes, inits, dtype=np.float32):
 
 def _plain(result, source: onnx.ModelProto) -> dict:
     """Sizes and the independent check of a prune result."""
-    return {"checked": independent_plan_check(source, result.model, result.plan),
-            "input": nbytes(source), "output": nbytes(result.model),
-            "output_without_shapes": nbytes_without_shapes(result.model)}
+    return {
+        "checked": independent_plan_check(source, result.model, result.plan),
+        "input": nbytes(source),
+        "output": nbytes(result.model),
+        "output_without_shapes": nbytes_without_shapes(result.model),
+    }
 
 
 # ---- int8 weight chains --------------------------------------------------------------------
+
 
 def test_int8_chain_kept_in_int8_at_ratio_zero_and_half():
     model = int8_chain_cnn()
@@ -104,15 +118,29 @@ def shared_scale_model() -> onnx.ModelProto:
     nodes, inits = [], []
     q1 = RNG.integers(-127, 128, size=(16, 3, 3, 3)).astype(np.int8)
     q2 = RNG.integers(-127, 128, size=(16, 16, 3, 3)).astype(np.int8)
-    inits += [nh.from_array(q1, "q1"), nh.from_array(q2, "q2"),
-              nh.from_array(np.full((16, 1, 1, 1), 0.01, np.float32), "shared_scale")]
-    nodes += [h.make_node("Cast", ["q1"], ["f1"], to=T.FLOAT), h.make_node("Mul", ["f1", "shared_scale"], ["w1"]),
-              h.make_node("Cast", ["q2"], ["f2"], to=T.FLOAT), h.make_node("Mul", ["f2", "shared_scale"], ["w2"]),
-              h.make_node("Conv", ["x", "w1"], ["y1"], pads=[1, 1, 1, 1]), h.make_node("Relu", ["y1"], ["r1"]),
-              h.make_node("Conv", ["r1", "w2"], ["y2"], pads=[1, 1, 1, 1]), h.make_node("Relu", ["y2"], ["r2"]),
-              h.make_node("ReduceMean", ["r2"], ["out"], axes=[2, 3], keepdims=0)]
-    graph = h.make_graph(nodes, "shared", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
-                         [h.make_tensor_value_info("out", T.FLOAT, [1, 16])], inits)
+    inits += [
+        nh.from_array(q1, "q1"),
+        nh.from_array(q2, "q2"),
+        nh.from_array(np.full((16, 1, 1, 1), 0.01, np.float32), "shared_scale"),
+    ]
+    nodes += [
+        h.make_node("Cast", ["q1"], ["f1"], to=T.FLOAT),
+        h.make_node("Mul", ["f1", "shared_scale"], ["w1"]),
+        h.make_node("Cast", ["q2"], ["f2"], to=T.FLOAT),
+        h.make_node("Mul", ["f2", "shared_scale"], ["w2"]),
+        h.make_node("Conv", ["x", "w1"], ["y1"], pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["y1"], ["r1"]),
+        h.make_node("Conv", ["r1", "w2"], ["y2"], pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["y2"], ["r2"]),
+        h.make_node("ReduceMean", ["r2"], ["out"], axes=[2, 3], keepdims=0),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "shared",
+        [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+        [h.make_tensor_value_info("out", T.FLOAT, [1, 16])],
+        inits,
+    )
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
 
 
@@ -134,6 +162,7 @@ def test_chain_shared_scale_sliced_two_ways_gets_its_own_copy():
 
 
 # ---- QDQ from onnxruntime.quantization ------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def qdq_model(tmp_path_factory) -> onnx.ModelProto:
@@ -159,8 +188,15 @@ def build_qdq(folder) -> onnx.ModelProto:
         def get_next(self):
             return next(self.batches, None)
 
-    quantize_static(str(folder / "float.onnx"), str(folder / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    quantize_static(
+        str(folder / "float.onnx"),
+        str(folder / "qdq.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+    )
     return onnx.load(folder / "qdq.onnx")
 
 
@@ -185,6 +221,7 @@ def test_qdq_model_pruned_in_stored_format(qdq_model):
 
 
 # ---- fp16 ------------------------------------------------------------------------------------
+
 
 def test_fp16_stored_weights_cast_to_float_stay_fp16():
     model = _cnn(_fp16_weight)
@@ -211,26 +248,37 @@ def test_whole_fp16_graph_keeps_fp16():
 
 # ---- folded tensors: the plan names input tensors only ----------------------------------------
 
+
 def _bias_after_conv(bias_op: str) -> onnx.ModelProto:
     """Conv without bias → Add of a bias [C] unsqueezed/reshaped to [1, C, 1, 1] (third-party
     exports of torch models do this)."""
     nodes, inits, x = [], [], "x"
     widths = (3, 16, 32, 8)
     for k, (c_in, c_out) in enumerate(zip(widths, widths[1:])):
-        inits += [nh.from_array((RNG.standard_normal((c_out, c_in, 3, 3)) * 0.2).astype(np.float32), f"w{k}"),
-                  nh.from_array(RNG.standard_normal(c_out).astype(np.float32), f"bias{k}")]
+        inits += [
+            nh.from_array((RNG.standard_normal((c_out, c_in, 3, 3)) * 0.2).astype(np.float32), f"w{k}"),
+            nh.from_array(RNG.standard_normal(c_out).astype(np.float32), f"bias{k}"),
+        ]
         if bias_op == "Unsqueeze":
             inits.append(nh.from_array(np.array([0, 2, 3], np.int64), f"axes{k}"))
             nodes.append(h.make_node("Unsqueeze", [f"bias{k}", f"axes{k}"], [f"b4_{k}"]))
         else:
             inits.append(nh.from_array(np.array([1, -1, 1, 1], np.int64), f"shape{k}"))
             nodes.append(h.make_node("Reshape", [f"bias{k}", f"shape{k}"], [f"b4_{k}"]))
-        nodes += [h.make_node("Conv", [x, f"w{k}"], [f"c{k}"], pads=[1, 1, 1, 1]),
-                  h.make_node("Add", [f"c{k}", f"b4_{k}"], [f"y{k}"]), h.make_node("Relu", [f"y{k}"], [f"r{k}"])]
+        nodes += [
+            h.make_node("Conv", [x, f"w{k}"], [f"c{k}"], pads=[1, 1, 1, 1]),
+            h.make_node("Add", [f"c{k}", f"b4_{k}"], [f"y{k}"]),
+            h.make_node("Relu", [f"y{k}"], [f"r{k}"]),
+        ]
         x = f"r{k}"
     nodes[-1].output[0] = "out"
-    graph = h.make_graph(nodes, "bias", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
-                         [h.make_tensor_value_info("out", T.FLOAT, [1, 8, 8, 8])], inits)
+    graph = h.make_graph(
+        nodes,
+        "bias",
+        [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+        [h.make_tensor_value_info("out", T.FLOAT, [1, 8, 8, 8])],
+        inits,
+    )
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
 
 
@@ -248,20 +296,32 @@ def test_folded_bias_plan_names_input_tensors(bias_op):
 def test_channel_padding_shortcut_with_computed_pads():
     """tf2onnx writes tf.pad's paddings [rank, 2] through Transpose → Reshape(-1) → Cast; the
     shortcut pads the channel axis so the block's input adds to its wider output."""
-    inits = [nh.from_array((RNG.standard_normal((8, 3, 3, 3)) * 0.2).astype(np.float32), "w0"),
-             nh.from_array((RNG.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float32), "w1"),
-             nh.from_array((RNG.standard_normal((8, 16, 1, 1)) * 0.2).astype(np.float32), "w2"),
-             nh.from_array(np.array([[0, 0], [4, 4], [0, 0], [0, 0]], np.int32), "paddings"),
-             nh.from_array(np.array([-1], np.int64), "flat")]
-    nodes = [h.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]), h.make_node("Relu", ["a"], ["ra"]),
-             h.make_node("Conv", ["ra", "w1"], ["b"], pads=[1, 1, 1, 1]),
-             h.make_node("Transpose", ["paddings"], ["pt"], perm=[1, 0]),
-             h.make_node("Reshape", ["pt", "flat"], ["pf"]), h.make_node("Cast", ["pf"], ["pads"], to=T.INT64),
-             h.make_node("Pad", ["ra", "pads"], ["shortcut"]),
-             h.make_node("Add", ["b", "shortcut"], ["s"]), h.make_node("Relu", ["s"], ["rs"]),
-             h.make_node("Conv", ["rs", "w2"], ["out"])]
-    graph = h.make_graph(nodes, "pad_shortcut", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
-                         [h.make_tensor_value_info("out", T.FLOAT, [1, 8, 8, 8])], inits)
+    inits = [
+        nh.from_array((RNG.standard_normal((8, 3, 3, 3)) * 0.2).astype(np.float32), "w0"),
+        nh.from_array((RNG.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float32), "w1"),
+        nh.from_array((RNG.standard_normal((8, 16, 1, 1)) * 0.2).astype(np.float32), "w2"),
+        nh.from_array(np.array([[0, 0], [4, 4], [0, 0], [0, 0]], np.int32), "paddings"),
+        nh.from_array(np.array([-1], np.int64), "flat"),
+    ]
+    nodes = [
+        h.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["a"], ["ra"]),
+        h.make_node("Conv", ["ra", "w1"], ["b"], pads=[1, 1, 1, 1]),
+        h.make_node("Transpose", ["paddings"], ["pt"], perm=[1, 0]),
+        h.make_node("Reshape", ["pt", "flat"], ["pf"]),
+        h.make_node("Cast", ["pf"], ["pads"], to=T.INT64),
+        h.make_node("Pad", ["ra", "pads"], ["shortcut"]),
+        h.make_node("Add", ["b", "shortcut"], ["s"]),
+        h.make_node("Relu", ["s"], ["rs"]),
+        h.make_node("Conv", ["rs", "w2"], ["out"]),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "pad_shortcut",
+        [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+        [h.make_tensor_value_info("out", T.FLOAT, [1, 8, 8, 8])],
+        inits,
+    )
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
     result = prune(model, ratio=0.5)
     assert result.report["verification"]["ok"]
@@ -272,6 +332,7 @@ def test_channel_padding_shortcut_with_computed_pads():
 
 
 # ---- the stored model re-checked by `onnxprune check` -------------------------------------------
+
 
 @pytest.mark.parametrize("build", ["int8", "qdq", "bias"])
 def test_check_command_accepts_stored_precision_outputs(build, tmp_path, qdq_model):
@@ -301,16 +362,26 @@ def test_per_channel_activation_qdq_is_sliced_along_channels():
     """QuantizeLinear → DequantizeLinear on an activation, per channel (axis 1): its scale and
     zero point are sliced with the channels they quantize."""
     c = 16
-    inits = [nh.from_array((RNG.standard_normal((c, 3, 3, 3)) * 0.3).astype(np.float32), "w0"),
-             nh.from_array((RNG.standard_normal((8, c, 3, 3)) * 0.3).astype(np.float32), "w1"),
-             nh.from_array((RNG.random(c) * 0.05 + 0.01).astype(np.float32), "act_scale"),
-             nh.from_array(RNG.integers(100, 150, size=c).astype(np.uint8), "act_zp")]
-    nodes = [h.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
-             h.make_node("QuantizeLinear", ["a", "act_scale", "act_zp"], ["aq"], axis=1),
-             h.make_node("DequantizeLinear", ["aq", "act_scale", "act_zp"], ["ad"], axis=1),
-             h.make_node("Relu", ["ad"], ["r"]), h.make_node("Conv", ["r", "w1"], ["out"], pads=[1, 1, 1, 1])]
-    graph = h.make_graph(nodes, "act_qdq", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
-                         [h.make_tensor_value_info("out", T.FLOAT, [1, 8, 8, 8])], inits)
+    inits = [
+        nh.from_array((RNG.standard_normal((c, 3, 3, 3)) * 0.3).astype(np.float32), "w0"),
+        nh.from_array((RNG.standard_normal((8, c, 3, 3)) * 0.3).astype(np.float32), "w1"),
+        nh.from_array((RNG.random(c) * 0.05 + 0.01).astype(np.float32), "act_scale"),
+        nh.from_array(RNG.integers(100, 150, size=c).astype(np.uint8), "act_zp"),
+    ]
+    nodes = [
+        h.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+        h.make_node("QuantizeLinear", ["a", "act_scale", "act_zp"], ["aq"], axis=1),
+        h.make_node("DequantizeLinear", ["aq", "act_scale", "act_zp"], ["ad"], axis=1),
+        h.make_node("Relu", ["ad"], ["r"]),
+        h.make_node("Conv", ["r", "w1"], ["out"], pads=[1, 1, 1, 1]),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "act_qdq",
+        [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+        [h.make_tensor_value_info("out", T.FLOAT, [1, 8, 8, 8])],
+        inits,
+    )
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
     result = prune(model, ratio=0.5)
     assert result.report["verification"]["ok"]
@@ -326,18 +397,29 @@ def test_concat_with_computed_zero_channels_is_recorded_as_derived():
     """A shortcut widened by concatenating computed zero channels (ConstantOfShape of a stored
     shape): the folded zeros are sliced with the channels; they are not a tensor of the input,
     so the plan lists them under `derived` with what they were computed from."""
-    inits = [nh.from_array((RNG.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w0"),
-             nh.from_array((RNG.standard_normal((16, 8, 3, 3)) * 0.3).astype(np.float32), "w1"),
-             nh.from_array((RNG.standard_normal((4, 16, 1, 1)) * 0.3).astype(np.float32), "w2"),
-             nh.from_array(np.array([1, 8, 8, 8], np.int64), "zeros_shape")]
-    nodes = [h.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]), h.make_node("Relu", ["a"], ["ra"]),
-             h.make_node("ConstantOfShape", ["zeros_shape"], ["zeros"]),
-             h.make_node("Concat", ["ra", "zeros"], ["wide"], axis=1),
-             h.make_node("Conv", ["ra", "w1"], ["b"], pads=[1, 1, 1, 1]),
-             h.make_node("Add", ["b", "wide"], ["s"]), h.make_node("Relu", ["s"], ["rs"]),
-             h.make_node("Conv", ["rs", "w2"], ["out"])]
-    graph = h.make_graph(nodes, "zeros_shortcut", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
-                         [h.make_tensor_value_info("out", T.FLOAT, [1, 4, 8, 8])], inits)
+    inits = [
+        nh.from_array((RNG.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w0"),
+        nh.from_array((RNG.standard_normal((16, 8, 3, 3)) * 0.3).astype(np.float32), "w1"),
+        nh.from_array((RNG.standard_normal((4, 16, 1, 1)) * 0.3).astype(np.float32), "w2"),
+        nh.from_array(np.array([1, 8, 8, 8], np.int64), "zeros_shape"),
+    ]
+    nodes = [
+        h.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["a"], ["ra"]),
+        h.make_node("ConstantOfShape", ["zeros_shape"], ["zeros"]),
+        h.make_node("Concat", ["ra", "zeros"], ["wide"], axis=1),
+        h.make_node("Conv", ["ra", "w1"], ["b"], pads=[1, 1, 1, 1]),
+        h.make_node("Add", ["b", "wide"], ["s"]),
+        h.make_node("Relu", ["s"], ["rs"]),
+        h.make_node("Conv", ["rs", "w2"], ["out"]),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "zeros_shortcut",
+        [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+        [h.make_tensor_value_info("out", T.FLOAT, [1, 4, 8, 8])],
+        inits,
+    )
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
     result = prune(model, ratio=0.5)
     assert result.report["verification"]["ok"]

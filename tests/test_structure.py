@@ -162,8 +162,9 @@ def private_imports(module: Module) -> list[tuple[str, str]]:
         elif isinstance(node, ast.ImportFrom):
             source = _absolute(module, node)
             if source in modules():
-                aliases |= {a.asname or a.name: f"{source}.{a.name}" for a in node.names
-                            if f"{source}.{a.name}" in modules()}
+                aliases |= {
+                    a.asname or a.name: f"{source}.{a.name}" for a in node.names if f"{source}.{a.name}" in modules()
+                }
     for target, name, node in imports(module):
         if _private(name) and target != module.name:
             found.append((f"{module.name}: {name}", module.where(node)))
@@ -207,19 +208,30 @@ def function_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
 
 
 def test_no_function_longer_than_the_limit():
-    found = {name: (function_lines(node), module.where(node)) for module in modules().values()
-             for name, node in functions(module) if function_lines(node) > MAX_FUNCTION_LINES}
-    offenders = [f"{name} ({lines} lines, {where})" for name, (lines, where) in sorted(found.items())
-                 if name not in KNOWN_LONG_FUNCTIONS]
+    found = {
+        name: (function_lines(node), module.where(node))
+        for module in modules().values()
+        for name, node in functions(module)
+        if function_lines(node) > MAX_FUNCTION_LINES
+    }
+    offenders = [
+        f"{name} ({lines} lines, {where})"
+        for name, (lines, where) in sorted(found.items())
+        if name not in KNOWN_LONG_FUNCTIONS
+    ]
     assert not offenders, f"functions over {MAX_FUNCTION_LINES} lines: " + "; ".join(offenders)
     assert not (message := _stale(KNOWN_LONG_FUNCTIONS, set(found), "long functions")), message
 
 
 def test_every_public_module_level_function_and_class_has_a_docstring():
-    found = {f"{module.name}.{node.name}": module.where(node) for module in modules().values()
-             for node in module.tree.body
-             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-             and not node.name.startswith("_") and not ast.get_docstring(node)}
+    found = {
+        f"{module.name}.{node.name}": module.where(node)
+        for module in modules().values()
+        for node in module.tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        and not node.name.startswith("_")
+        and not ast.get_docstring(node)
+    }
     offenders = [f"{name} ({where})" for name, where in sorted(found.items()) if name not in KNOWN_MISSING_DOCSTRINGS]
     assert not offenders, "public functions and classes without a docstring: " + "; ".join(offenders)
     assert not (message := _stale(KNOWN_MISSING_DOCSTRINGS, set(found), "missing docstrings")), message

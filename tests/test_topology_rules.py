@@ -71,8 +71,9 @@ def test_slice_of_a_channel_range_is_rewritten():
 def test_strided_channel_slice_freezes():
     g = GraphBuilder()
     t = g.op("Relu", g.conv("x", 4, 8))
-    part = g.op("Slice", t, g.const(ints([0]), "i"), g.const(ints([8]), "i"), g.const(ints([1]), "i"),
-                g.const(ints([2]), "i"))
+    part = g.op(
+        "Slice", t, g.const(ints([0]), "i"), g.const(ints([8]), "i"), g.const(ints([1]), "i"), g.const(ints([2]), "i")
+    )
     y = g.op("GlobalAveragePool", g.conv(part, 4, 2))
     assert any("not mapped through Slice" in r for r in frozen_reasons(g.model(y)))
 

@@ -86,11 +86,19 @@ def test_grouped_conv_group_counts_halve(zoo_model):
     path = zoo_model("regnet_block", "dynamo")
 
     def group_counts(model):
-        return {n.name: a.i for n in model.graph.node if n.op_type == "Conv"
-                for a in n.attribute if a.name == "group" and a.i > 1}
+        return {
+            n.name: a.i
+            for n in model.graph.node
+            if n.op_type == "Conv"
+            for a in n.attribute
+            if a.name == "group" and a.i > 1
+        }
 
     before = group_counts(onnx.load(path))
-    after = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1)
-             for n in onnxprune.prune(path, ratio=0.5).model.graph.node if n.name in before}
+    after = {
+        n.name: next((a.i for a in n.attribute if a.name == "group"), 1)
+        for n in onnxprune.prune(path, ratio=0.5).model.graph.node
+        if n.name in before
+    }
     assert sorted(before.values()) == [2, 4, 4, 8, 8]
     assert after == {name: count // 2 for name, count in before.items()}

@@ -128,7 +128,8 @@ def test_train_step_and_reexport(zoo_model, tmp_path, name, exporter):
 def test_unknown_op_raises():
     node = onnx.helper.make_node("NoSuchOp", ["x"], ["y"])
     graph = onnx.helper.make_graph(
-        [node], "g",
+        [node],
+        "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])],
     )
@@ -161,23 +162,34 @@ W_G = _RNG.standard_normal((5, 6)).astype(np.float32)
 
 # (op, attrs, input shape, extra initializer inputs (name -> array; "" = missing), outputs)
 SINGLE_OPS = [
-    ("ConvTranspose", dict(strides=[2, 2], pads=[1, 0, 0, 1], output_padding=[1, 1]),
-     (2, 4, 5, 5), {"w": W_CT}, 1),
+    ("ConvTranspose", dict(strides=[2, 2], pads=[1, 0, 0, 1], output_padding=[1, 1]), (2, 4, 5, 5), {"w": W_CT}, 1),
     ("ConvTranspose", dict(strides=[2, 2], dilations=[2, 1], group=1), (2, 4, 5, 5), {"w": W_CT}, 1),
-    ("Conv", dict(pads=[0, 1, 2, 1], strides=[2, 1], dilations=[1, 2]), (2, 3, 9, 9),
-     {"w": _RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)}, 1),
-    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 1], ceil_mode=1),
-     (2, 3, 8, 8), {}, 1),
-    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=0),
-     (2, 3, 7, 7), {}, 1),
-    ("Gemm", dict(transA=1, transB=0, alpha=0.5, beta=2.0), (5, 3),
-     {"b": W_G, "c": _f32(*range(6))}, 1),
+    (
+        "Conv",
+        dict(pads=[0, 1, 2, 1], strides=[2, 1], dilations=[1, 2]),
+        (2, 3, 9, 9),
+        {"w": _RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)},
+        1,
+    ),
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 1], ceil_mode=1), (2, 3, 8, 8), {}, 1),
+    (
+        "AveragePool",
+        dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=0),
+        (2, 3, 7, 7),
+        {},
+        1,
+    ),
+    ("Gemm", dict(transA=1, transB=0, alpha=0.5, beta=2.0), (5, 3), {"b": W_G, "c": _f32(*range(6))}, 1),
     ("Split", dict(axis=1), (2, 6, 3), {"split": _i64(1, 2, 3)}, 3),
     ("Split", dict(axis=-1, num_outputs=3), (2, 3, 7), {}, 3),
-    ("Slice", {}, (4, 6, 8), {"starts": _i64(1, -1, 0), "ends": _i64(3, -100, 2**62),
-                             "axes": _i64(0, 1, 2), "steps": _i64(1, -2, 3)}, 1),
-    ("Pad", dict(mode="constant"), (2, 3, 4, 4), {"pads": _i64(0, 0, 1, -1, 0, 1, 2, 0),
-                                                  "value": _f32(1.5)}, 1),
+    (
+        "Slice",
+        {},
+        (4, 6, 8),
+        {"starts": _i64(1, -1, 0), "ends": _i64(3, -100, 2**62), "axes": _i64(0, 1, 2), "steps": _i64(1, -2, 3)},
+        1,
+    ),
+    ("Pad", dict(mode="constant"), (2, 3, 4, 4), {"pads": _i64(0, 0, 1, -1, 0, 1, 2, 0), "value": _f32(1.5)}, 1),
     ("Reshape", {}, (2, 3, 4), {"shape": _i64(0, -1, 2)}, 1),
     ("Reshape", dict(allowzero=1), (2, 3, 4), {"shape": _i64(2, 12)}, 1),
     ("Flatten", dict(axis=2), (2, 3, 4, 5), {}, 1),
@@ -195,14 +207,34 @@ SINGLE_OPS = [
     ("Squeeze", {}, (2, 1, 4, 1), {"axes": _i64(1, -1)}, 1),
     ("Unsqueeze", {}, (2, 4), {"axes": _i64(0, -1)}, 1),
     ("Gather", dict(axis=1), (2, 5, 3), {"idx": _i64([0, -1], [2, 2])}, 1),
-    ("Resize", dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
-     (2, 3, 4, 5), {"roi": "", "scales": _f32(1, 1, 2, 3)}, 1),
-    ("Resize", dict(mode="linear", coordinate_transformation_mode="align_corners"),
-     (2, 3, 4, 5), {"roi": "", "scales": "", "sizes": _i64(2, 3, 7, 9)}, 1),
-    ("Resize", dict(mode="linear", coordinate_transformation_mode="half_pixel"),
-     (2, 3, 4, 5), {"roi": "", "scales": _f32(1, 1, 2, 2)}, 1),
-    ("LayerNormalization", dict(axis=-2, epsilon=1e-3), (2, 3, 4, 5),
-     {"scale": _RNG.standard_normal((4, 5)).astype(np.float32)}, 1),
+    (
+        "Resize",
+        dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+        (2, 3, 4, 5),
+        {"roi": "", "scales": _f32(1, 1, 2, 3)},
+        1,
+    ),
+    (
+        "Resize",
+        dict(mode="linear", coordinate_transformation_mode="align_corners"),
+        (2, 3, 4, 5),
+        {"roi": "", "scales": "", "sizes": _i64(2, 3, 7, 9)},
+        1,
+    ),
+    (
+        "Resize",
+        dict(mode="linear", coordinate_transformation_mode="half_pixel"),
+        (2, 3, 4, 5),
+        {"roi": "", "scales": _f32(1, 1, 2, 2)},
+        1,
+    ),
+    (
+        "LayerNormalization",
+        dict(axis=-2, epsilon=1e-3),
+        (2, 3, 4, 5),
+        {"scale": _RNG.standard_normal((4, 5)).astype(np.float32)},
+        1,
+    ),
 ]
 
 
@@ -219,8 +251,12 @@ def _single_op_model(op_type, attrs, shape, extra, n_out):
     outs = [f"y{i}" for i in range(n_out)]
     node = H.make_node(op_type, names, outs, **attrs)
     graph = H.make_graph(
-        [node], "g", [H.make_tensor_value_info("x", FLOAT, list(shape))],
-        [H.make_tensor_value_info(o, FLOAT, None) for o in outs], initializer=inits)
+        [node],
+        "g",
+        [H.make_tensor_value_info("x", FLOAT, list(shape))],
+        [H.make_tensor_value_info(o, FLOAT, None) for o in outs],
+        initializer=inits,
+    )
     return H.make_model(graph, opset_imports=[H.make_opsetid("", 20)], ir_version=9)
 
 
@@ -245,22 +281,29 @@ def test_shape_ops_chain_matches_onnxruntime():
     TorchScript exporter's computed shapes."""
     from onnxprune.torch.convert import OnnxModule
 
-    inits = [onnx.numpy_helper.from_array(_i64(1), "i1"), onnx.numpy_helper.from_array(_i64(2), "two"),
-             onnx.numpy_helper.from_array(_i64(-1), "m1")]
+    inits = [
+        onnx.numpy_helper.from_array(_i64(1), "i1"),
+        onnx.numpy_helper.from_array(_i64(2), "two"),
+        onnx.numpy_helper.from_array(_i64(-1), "m1"),
+    ]
     nodes = [
         H.make_node("Shape", ["x"], ["s"]),
-        H.make_node("Gather", ["s", "i1"], ["c"], axis=0),           # [C]
-        H.make_node("Div", ["c", "two"], ["half"]),                  # integer division
-        H.make_node("Concat", ["m1", "half"], ["shape"], axis=0),   # [-1, C // 2]
+        H.make_node("Gather", ["s", "i1"], ["c"], axis=0),  # [C]
+        H.make_node("Div", ["c", "two"], ["half"]),  # integer division
+        H.make_node("Concat", ["m1", "half"], ["shape"], axis=0),  # [-1, C // 2]
         H.make_node("Reshape", ["x", "shape"], ["r"]),
         H.make_node("Shape", ["r"], ["rs"]),
-        H.make_node("ConstantOfShape", ["rs"], ["ones"],
-                    value=onnx.numpy_helper.from_array(np.array([1], np.int32))),
+        H.make_node("ConstantOfShape", ["rs"], ["ones"], value=onnx.numpy_helper.from_array(np.array([1], np.int32))),
         H.make_node("Cast", ["ones"], ["onesf"], to=FLOAT),
         H.make_node("Add", ["r", "onesf"], ["y"]),
     ]
-    graph = H.make_graph(nodes, "g", [H.make_tensor_value_info("x", FLOAT, [2, 6, 3])],
-                         [H.make_tensor_value_info("y", FLOAT, None)], initializer=inits)
+    graph = H.make_graph(
+        nodes,
+        "g",
+        [H.make_tensor_value_info("x", FLOAT, [2, 6, 3])],
+        [H.make_tensor_value_info("y", FLOAT, None)],
+        initializer=inits,
+    )
     model = H.make_model(graph, opset_imports=[H.make_opsetid("", 17)], ir_version=8)
     x = np.random.default_rng(5).standard_normal((2, 6, 3)).astype(np.float32)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

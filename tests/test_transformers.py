@@ -120,8 +120,10 @@ def test_heads_and_mlp_are_groups(transformer, name, exporter):
         assert sum(analysis.view.shape(m.space.tensor)[m.space.axis] for m in outs) == 3 * EMBED
         assert [analysis.view.shape(m.space.tensor) for m in group.members_with("in")] == [(EMBED, EMBED)]
     frozen = [g.frozen for g in analysis.groups if g.channels == EMBED and g.frozen]
-    assert frozen and all("LayerNormalization" in r or "graph" in r or "Gather" in r or "Expand" in r
-                          or "Shape" in r or "Reshape" in r for r in frozen), frozen
+    assert frozen and all(
+        "LayerNormalization" in r or "graph" in r or "Gather" in r or "Expand" in r or "Shape" in r or "Reshape" in r
+        for r in frozen
+    ), frozen
 
 
 @pytest.mark.parametrize("criterion", ["l1", "l2"])
@@ -149,8 +151,7 @@ def test_head_mask_criterion(transformer, tmp_path, name, exporter):
     calib = tmp_path / "calib.npz"
     np.savez(calib, input=example_input(name, 8, seed=5).numpy())
     path = transformer(name, exporter)
-    result = onnxprune.prune(path, criterion="head_mask", ratio=0.5, calib=str(calib),
-                             input_shapes=_shapes(name))
+    result = onnxprune.prune(path, criterion="head_mask", ratio=0.5, calib=str(calib), input_shapes=_shapes(name))
     assert result.report["verification"]["ok"]
     _assert_matches_masked(path, name, result)
 
@@ -199,14 +200,19 @@ def test_contrib_attention_is_frozen_with_a_reason():
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, EMBED])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, EMBED])
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((EMBED, 3 * EMBED)).astype(np.float32), "w"),
-             numpy_helper.from_array(np.zeros(3 * EMBED, np.float32), "b"),
-             numpy_helper.from_array(rng.standard_normal((EMBED, EMBED)).astype(np.float32), "wo")]
-    nodes = [helper.make_node("Attention", ["x", "w", "b"], ["a"], domain="com.microsoft", num_heads=HEADS),
-             helper.make_node("MatMul", ["a", "wo"], ["y"])]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((EMBED, 3 * EMBED)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.zeros(3 * EMBED, np.float32), "b"),
+        numpy_helper.from_array(rng.standard_normal((EMBED, EMBED)).astype(np.float32), "wo"),
+    ]
+    nodes = [
+        helper.make_node("Attention", ["x", "w", "b"], ["a"], domain="com.microsoft", num_heads=HEADS),
+        helper.make_node("MatMul", ["a", "wo"], ["y"]),
+    ]
     graph = helper.make_graph(nodes, "g", [x], [y], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
     groups = onnxprune.analyze(model)
     reasons = [g.frozen for g in groups]
     assert reasons and all(r for r in reasons)
@@ -262,10 +268,13 @@ def test_prune_residual_stream_bert_classifier(transformer, exporter, tokens):
     assert _reshape_head_counts(result.model) == [HEADS // 2] * 6
 
 
-@pytest.mark.parametrize("name,exporter,reason", [
-    ("bert", "torchscript", "reaches graph output"),  # the hidden states are the output
-    ("bert", "dynamo", "reaches graph output"),
-])
+@pytest.mark.parametrize(
+    "name,exporter,reason",
+    [
+        ("bert", "torchscript", "reaches graph output"),  # the hidden states are the output
+        ("bert", "dynamo", "reaches graph output"),
+    ],
+)
 def test_prune_residual_frozen_with_a_reason(transformer, name, exporter, reason):
     path = transformer(name, exporter)
     groups = load_and_analyze(path, prune_residual=True).groups
@@ -288,16 +297,24 @@ def _opset23_attention_model() -> onnx.ModelProto:
     head_dim = EMBED // HEADS
     for p in "qkv":
         w = const(f"w{p}", rng.standard_normal((EMBED, EMBED)).astype(np.float32))
-        nodes += [helper.make_node("MatMul", ["x", w], [f"{p}0"]),
-                  helper.make_node("Reshape", [f"{p}0", const(f"s{p}", np.array([0, 0, HEADS, head_dim]))], [f"{p}1"]),
-                  helper.make_node("Transpose", [f"{p}1"], [p], perm=[0, 2, 1, 3])]
-    nodes += [helper.make_node("Attention", ["q", "k", "v"], ["a"]),
-              helper.make_node("Transpose", ["a"], ["a1"], perm=[0, 2, 1, 3]),
-              helper.make_node("Reshape", ["a1", const("so", np.array([0, 0, EMBED]))], ["a2"]),
-              helper.make_node("MatMul", ["a2", const("wo", rng.standard_normal((EMBED, EMBED)).astype(np.float32))], ["y"])]
-    graph = helper.make_graph(nodes, "attention23",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", "T", EMBED])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", "T", EMBED])], inits)
+        nodes += [
+            helper.make_node("MatMul", ["x", w], [f"{p}0"]),
+            helper.make_node("Reshape", [f"{p}0", const(f"s{p}", np.array([0, 0, HEADS, head_dim]))], [f"{p}1"]),
+            helper.make_node("Transpose", [f"{p}1"], [p], perm=[0, 2, 1, 3]),
+        ]
+    nodes += [
+        helper.make_node("Attention", ["q", "k", "v"], ["a"]),
+        helper.make_node("Transpose", ["a"], ["a1"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["a1", const("so", np.array([0, 0, EMBED]))], ["a2"]),
+        helper.make_node("MatMul", ["a2", const("wo", rng.standard_normal((EMBED, EMBED)).astype(np.float32))], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "attention23",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", "T", EMBED])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", "T", EMBED])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
     model.ir_version = 10  # what ONNX Runtime reads
     return model
@@ -322,8 +339,7 @@ def test_cli_shape_and_prune_residual(transformer, tmp_path):
     from onnxprune.cli import main
 
     out = tmp_path / "vit.pruned.onnx"
-    code = main([str(transformer("vit", "dynamo")), "--shape", "input=2x3x16x16", "--prune-residual",
-                 "-o", str(out)])
+    code = main([str(transformer("vit", "dynamo")), "--shape", "input=2x3x16x16", "--prune-residual", "-o", str(out)])
     assert code == 0 and out.exists()
     model = onnx.load(str(out))
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
@@ -350,14 +366,23 @@ def test_simplify_attention_round_trip(split, replaced):
     from onnxprune.model.simplify_attention import simplify_attention
 
     x = np.random.default_rng(0).standard_normal((2, 4, 6, 8)).astype(np.float32)
-    nodes = [helper.make_node("Reshape", ["x", "s1"], ["m"]),
-             helper.make_node("Transpose", ["m"], ["t"], perm=[0, 2, 1]),
-             helper.make_node("Reshape", ["t", "s2"], ["r"]),
-             helper.make_node("Relu", ["r"], ["y"])]
-    inits = [numpy_helper.from_array(np.array([-1, 6, 8]), "s1"),
-             numpy_helper.from_array(np.array([*split, 8, 6]), "s2")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    nodes = [
+        helper.make_node("Reshape", ["x", "s1"], ["m"]),
+        helper.make_node("Transpose", ["m"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("Reshape", ["t", "s2"], ["r"]),
+        helper.make_node("Relu", ["r"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([-1, 6, 8]), "s1"),
+        numpy_helper.from_array(np.array([*split, 8, 6]), "s2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     model = normalize(model)

@@ -141,7 +141,7 @@ def test_fp16_model_verifies_with_fp16_tolerance():
     del model.graph.value_info[:]
     result = onnxprune.prune(model, ratio=0.5)
     check = result.report["verification"]
-    assert check["ok"] and 4 * 2 ** -10 <= check["tolerance"] <= 32 * 2 ** -10
+    assert check["ok"] and 4 * 2**-10 <= check["tolerance"] <= 32 * 2**-10
     assert result.model.graph.initializer[0].data_type == onnx.TensorProto.FLOAT16
 
 

@@ -124,11 +124,7 @@ def test_topology_export_matches_torch(zoo_model, name, exporter):
 
 def _conv_groups(path) -> list[int]:
     model = onnx.load(str(path), load_external_data=False)
-    return [
-        next((a.i for a in n.attribute if a.name == "group"), 1)
-        for n in model.graph.node
-        if n.op_type == "Conv"
-    ]
+    return [next((a.i for a in n.attribute if a.name == "group"), 1) for n in model.graph.node if n.op_type == "Conv"]
 
 
 def _initializer_shapes(path) -> dict[str, list[int]]:
@@ -137,9 +133,7 @@ def _initializer_shapes(path) -> dict[str, list[int]]:
 
     model = onnx.load(str(path), load_external_data=False)
     vals = {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT64}
-    vals.update(
-        {n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"}
-    )
+    vals.update({n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"})
     return {k: numpy_helper.to_array(v).tolist() for k, v in vals.items()}
 
 
@@ -160,10 +154,8 @@ TOPOLOGY_LANDMARKS: dict[str, dict] = {
         dynamo={"Concat": 4, "Conv": 14, "MaxPool": 2},
     ),
     "mobilenet_v3_block": dict(
-        ts={"HardSigmoid": 3, "HardSwish": 7, "Sigmoid": 4, "Mul": 7, "Add": 3,
-            "GlobalAveragePool": 5},
-        dynamo={"HardSigmoid": 3, "HardSwish": 7, "Sigmoid": 4, "Mul": 7, "Add": 3,
-                "ReduceMean": 5},
+        ts={"HardSigmoid": 3, "HardSwish": 7, "Sigmoid": 4, "Mul": 7, "Add": 3, "GlobalAveragePool": 5},
+        dynamo={"HardSigmoid": 3, "HardSwish": 7, "Sigmoid": 4, "Mul": 7, "Add": 3, "ReduceMean": 5},
         grouped=[8, 24, 36, 48, 64, 64],  # the depthwise convs
     ),  # fmt: skip
     "regnet_block": dict(
@@ -179,16 +171,13 @@ TOPOLOGY_LANDMARKS: dict[str, dict] = {
         # chunk: 2 Slices with Shape-computed bounds (ts) vs one 2-output Split (dynamo);
         # 2 more ts Concats build the view(N, 20, -1) shapes
         ts={"Slice": 8, "Concat": 12, "MaxPool": 3, "Resize": 1, "Reshape": 2, "Sigmoid": 28},
-        dynamo={"Split": 4, "Concat": 10, "MaxPool": 3, "Resize": 1, "Reshape": 2,
-                "Sigmoid": 28},
+        dynamo={"Split": 4, "Concat": 10, "MaxPool": 3, "Resize": 1, "Reshape": 2, "Sigmoid": 28},
     ),  # fmt: skip
     "convnext_block": dict(
         # GELU: Erf decomposition at opset 17, a Gelu node at opset 20; the hand-written
         # channels-first LN stays decomposed (2 ReduceMean each) in both
-        ts={"LayerNormalization": 5, "Erf": 4, "Transpose": 8, "MatMul": 8, "ReduceMean": 5,
-            "Pow": 2, "Sqrt": 2},
-        dynamo={"LayerNormalization": 5, "Gelu": 4, "Transpose": 8, "MatMul": 8,
-                "ReduceMean": 5, "Pow": 2, "Sqrt": 2},
+        ts={"LayerNormalization": 5, "Erf": 4, "Transpose": 8, "MatMul": 8, "ReduceMean": 5, "Pow": 2, "Sqrt": 2},
+        dynamo={"LayerNormalization": 5, "Gelu": 4, "Transpose": 8, "MatMul": 8, "ReduceMean": 5, "Pow": 2, "Sqrt": 2},
     ),  # fmt: skip
     "shufflenet_unit": dict(
         ts={"Transpose": 4, "Reshape": 8, "Slice": 4, "Concat": 12, "Shape": 18},

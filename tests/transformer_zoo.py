@@ -47,8 +47,7 @@ class Attention(nn.Module):
         if self.fused:
             qkv = self.qkv(x).reshape(n, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
             return qkv.unbind(0)
-        return [layer(x).view(n, t, self.heads, self.head_dim).transpose(1, 2)
-                for layer in (self.q, self.k, self.v)]
+        return [layer(x).view(n, t, self.heads, self.head_dim).transpose(1, 2) for layer in (self.q, self.k, self.v)]
 
     def forward(self, x):
         n, t, c = x.shape
@@ -75,8 +74,9 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """A transformer encoder block: pre-LN (ViT) or post-LN (BERT)."""
 
-    def __init__(self, pre_norm: bool, fused: bool, sdpa: bool = False, dim: int = EMBED,
-                 heads: int = HEADS, hidden: int = MLP):
+    def __init__(
+        self, pre_norm: bool, fused: bool, sdpa: bool = False, dim: int = EMBED, heads: int = HEADS, hidden: int = MLP
+    ):
         super().__init__()
         self.pre_norm = pre_norm
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
@@ -94,8 +94,17 @@ class TinyViT(nn.Module):
     """Patch embedding, class token, position embedding, pre-LN blocks, LayerNorm, head (the
     defaults are the test model; `benchmarks/vit.py` builds a ViT-S/16 from the same class)."""
 
-    def __init__(self, sdpa: bool = False, classes: int = 10, max_tokens: int = 65, dim: int = EMBED,
-                 heads: int = HEADS, hidden: int = MLP, depth: int = BLOCKS, patch: int = 4):
+    def __init__(
+        self,
+        sdpa: bool = False,
+        classes: int = 10,
+        max_tokens: int = 65,
+        dim: int = EMBED,
+        heads: int = HEADS,
+        hidden: int = MLP,
+        depth: int = BLOCKS,
+        patch: int = 4,
+    ):
         super().__init__()
         self.patch = nn.Conv2d(3, dim, patch, stride=patch)
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
@@ -153,16 +162,26 @@ def example_input(name: str, batch: int = 2, size: int | None = None, seed: int 
 def build(name: str, seed: int = 0) -> nn.Module:
     """The seeded module called `name` ('vit', 'vit_sdpa', 'bert', 'bert_cls')."""
     torch.manual_seed(seed)
-    module = {"vit": lambda: TinyViT(), "vit_sdpa": lambda: TinyViT(sdpa=True),
-              "bert": lambda: TinyBert(), "bert_cls": lambda: TinyBert(classes=3)}[name]()
+    module = {
+        "vit": lambda: TinyViT(),
+        "vit_sdpa": lambda: TinyViT(sdpa=True),
+        "bert": lambda: TinyBert(),
+        "bert_cls": lambda: TinyBert(classes=3),
+    }[name]()
     return _randomize(module, seed + 1)
 
 
 TRANSFORMERS = ("vit", "vit_sdpa", "bert", "bert_cls")
 
 
-def export_transformer(name: str, path, dynamo: bool, module: nn.Module | None = None,
-                       x: torch.Tensor | None = None, dynamic_sequence: bool = True) -> pathlib.Path:
+def export_transformer(
+    name: str,
+    path,
+    dynamo: bool,
+    module: nn.Module | None = None,
+    x: torch.Tensor | None = None,
+    dynamic_sequence: bool = True,
+) -> pathlib.Path:
     """Export model `name` (or `module`, traced on `x`) with batch and sequence (image side)
     dynamic, or batch only without `dynamic_sequence`; returns the path."""
     path = pathlib.Path(path)
@@ -175,9 +194,16 @@ def export_transformer(name: str, path, dynamo: bool, module: nn.Module | None =
         if not dynamo:
             axes = {0: "batch", 2: "height", 3: "width"} if vit else {0: "batch", 1: "tokens"}
             axes = axes if dynamic_sequence else {0: "batch"}
-            torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=17,
-                              input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": axes, "output": axes if name == "bert" else {0: "batch"}})
+            torch.onnx.export(
+                module,
+                (x,),
+                str(path),
+                dynamo=False,
+                opset_version=17,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": axes, "output": axes if name == "bert" else {0: "batch"}},
+            )
         else:
             batch = torch.export.Dim("batch", min=1, max=64)
             if not dynamic_sequence:
@@ -187,6 +213,14 @@ def export_transformer(name: str, path, dynamo: bool, module: nn.Module | None =
                 shapes = ({0: batch, 2: 4 * side, 3: 4 * side},)
             else:
                 shapes = ({0: batch, 1: torch.export.Dim("tokens", min=2, max=64)},)
-            torch.onnx.export(module, (x,), str(path), dynamo=True, verbose=False,
-                              input_names=["input"], output_names=["output"], dynamic_shapes=shapes)
+            torch.onnx.export(
+                module,
+                (x,),
+                str(path),
+                dynamo=True,
+                verbose=False,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_shapes=shapes,
+            )
     return path

@@ -132,9 +132,7 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def randomize_bn(
-    module: nn.Module, seed: int = 0, input_shape: tuple[int, ...] | None = None
-) -> nn.Module:
+def randomize_bn(module: nn.Module, seed: int = 0, input_shape: tuple[int, ...] | None = None) -> nn.Module:
     """Give every BatchNorm non-trivial, sane statistics and affine parameters (in place).
 
     weight ~ U(0.5, 1.5), bias ~ U(-0.2, 0.2). The running statistics are *calibrated*: with
@@ -215,9 +213,7 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_planes != planes:
             if option == "A":
                 pad = planes // 4
-                self.shortcut = LambdaLayer(
-                    lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad), "constant", 0.0)
-                )
+                self.shortcut = LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad), "constant", 0.0))
             elif option == "B":
                 self.shortcut = nn.Sequential(
                     nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
@@ -294,9 +290,7 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_planes != out:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, out, 1, stride, bias=False), nn.BatchNorm2d(out)
-            )
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -654,9 +648,7 @@ class InceptionA(nn.Module):
         super().__init__()
         self.branch1x1 = BasicConv2d(cin, c1, 1)
         self.branch5x5 = nn.Sequential(BasicConv2d(cin, c5r, 1), BasicConv2d(c5r, c5, 5))
-        self.branch3x3dbl = nn.Sequential(
-            BasicConv2d(cin, cdr, 1), BasicConv2d(cdr, cd, 3), BasicConv2d(cd, cd, 3)
-        )
+        self.branch3x3dbl = nn.Sequential(BasicConv2d(cin, cdr, 1), BasicConv2d(cdr, cd, 3), BasicConv2d(cd, cd, 3))
         self.branch_pool = BasicConv2d(cin, cp, 1)
         self.out_channels = c1 + c5 + cd + cp
 
@@ -793,9 +785,7 @@ class MBConv(nn.Module):
         layers += [*conv_bn(exp, exp, k, stride, groups=exp), act()]
         if se:
             if kind == "mnv3":
-                layers.append(
-                    SqueezeExcitation(exp, _make_divisible(exp / 4), nn.ReLU, nn.Hardsigmoid)
-                )
+                layers.append(SqueezeExcitation(exp, _make_divisible(exp / 4), nn.ReLU, nn.Hardsigmoid))
             else:
                 layers.append(SqueezeExcitation(exp, max(1, cin // 4), nn.SiLU, nn.Sigmoid))
         layers += conv_bn(exp, cout, 1)
@@ -829,9 +819,7 @@ class MobileNetV3Tiny(nn.Module):
         layers += [*conv_bn(16, 64, 1), nn.Hardswish()]
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(
-            nn.Linear(64, 64), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(64, num_classes)
-        )
+        self.classifier = nn.Sequential(nn.Linear(64, 64), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(64, num_classes))
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -1044,12 +1032,8 @@ class YOLOv8Tiny(nn.Module):
         self.n3 = C2f(32 + 16, 16, 1, False)
         self.down = YConv(16, 16, 3, 2)
         self.n4 = C2f(16 + 32, 32, 1, False)
-        self.box = nn.ModuleList(
-            nn.Sequential(YConv(c, 16, 3), nn.Conv2d(16, 4 * reg_max, 1)) for c in (16, 32)
-        )
-        self.cls = nn.ModuleList(
-            nn.Sequential(YConv(c, 8, 3), nn.Conv2d(8, nc, 1)) for c in (16, 32)
-        )
+        self.box = nn.ModuleList(nn.Sequential(YConv(c, 16, 3), nn.Conv2d(16, 4 * reg_max, 1)) for c in (16, 32))
+        self.cls = nn.ModuleList(nn.Sequential(YConv(c, 8, 3), nn.Conv2d(8, nc, 1)) for c in (16, 32))
 
     def forward(self, x):
         p3 = self.b2(self.b1(self.b0(x)))
@@ -1124,14 +1108,10 @@ class ConvNeXtTiny(nn.Module):
 
     def __init__(self, dims=(16, 32), depths=(2, 2), num_classes: int = 10):
         super().__init__()
-        self.downsample = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), ChannelsFirstLayerNorm(dims[0]))]
-        )
+        self.downsample = nn.ModuleList([nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), ChannelsFirstLayerNorm(dims[0]))])
         for a, b in zip(dims[:-1], dims[1:]):
             self.downsample.append(nn.Sequential(ChannelsFirstLayerNorm(a), nn.Conv2d(a, b, 2, 2)))
-        self.stages = nn.ModuleList(
-            nn.Sequential(*(ConvNeXtBlock(d) for _ in range(n))) for d, n in zip(dims, depths)
-        )
+        self.stages = nn.ModuleList(nn.Sequential(*(ConvNeXtBlock(d) for _ in range(n))) for d, n in zip(dims, depths))
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.head = nn.Linear(dims[-1], num_classes)
 
@@ -1300,9 +1280,7 @@ def export_onnx(
                 dynamo=False,
                 opset_version=17,
                 do_constant_folding=True,
-                training=(
-                    torch.onnx.TrainingMode.PRESERVE if keep_bn else torch.onnx.TrainingMode.EVAL
-                ),
+                training=(torch.onnx.TrainingMode.PRESERVE if keep_bn else torch.onnx.TrainingMode.EVAL),
                 input_names=["input"],
                 output_names=["output"],
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},

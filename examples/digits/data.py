@@ -16,9 +16,7 @@ from sklearn.model_selection import train_test_split
 __all__ = ["load_digits_split"]
 
 
-def load_digits_split(
-    test_size: float = 0.25, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load_digits_split(test_size: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(x_train, y_train, x_test, y_test)``.
 
     ``x_*``: float32 ``[N, 1, 8, 8]`` in [0, 1] (raw pixel / 16); ``y_*``: int64 ``[N]`` in 0..9.
@@ -27,9 +25,7 @@ def load_digits_split(
     digits = load_digits()
     x = (digits.images.astype(np.float32) / 16.0)[:, None, :, :]
     y = digits.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=test_size, random_state=seed, stratify=y
-    )
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
     return (
         np.ascontiguousarray(x_train),
         np.ascontiguousarray(y_train),

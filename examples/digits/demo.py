@@ -43,16 +43,18 @@ def main() -> int:
 
     source = HERE / "digits_cnn.onnx"
     analysis = onnxprune.api.load_and_analyze(source)
-    print_analysis(group_rows(analysis.groups, analysis.view), prunable_share(analysis.groups, analysis.view),
-                   source.name)
+    print_analysis(
+        group_rows(analysis.groups, analysis.view), prunable_share(analysis.groups, analysis.view), source.name
+    )
 
     x_train, y_train, x_test, y_test = load_digits_split()
     calib = Path(args.out) / "calibration.npz"
     calib.parent.mkdir(parents=True, exist_ok=True)
     np.savez(calib, input=x_train, y=y_train)
     plain = onnxprune.prune(source, criterion=args.criterion, ratio=args.ratio)
-    result = onnxprune.prune(source, criterion=args.criterion, ratio=args.ratio, calib=calib,
-                             calib_samples=len(x_train), reconstruct=True)
+    result = onnxprune.prune(
+        source, criterion=args.criterion, ratio=args.ratio, calib=calib, calib_samples=len(x_train), reconstruct=True
+    )
     output = Path(args.out) / "digits_cnn.pruned.onnx"
     result.save(output)
     stdout.print()
@@ -62,13 +64,17 @@ def main() -> int:
     feeds = {"input": np.ascontiguousarray(x_test[:64])}
     before, after = compare_latency([original, result.model], feeds, warmup=10, iters=100)
     stdout.print()
-    stdout.print(f"ONNX Runtime CPU latency, batch {before.batch}: {before.median_ms:.3f} ms → "
-                 f"{after.median_ms:.3f} ms  (speedup {before.median_ms / after.median_ms:.2f}×, "
-                 f"MACs reduction {1 / result.report['macs_ratio']:.2f}×)")
-    stdout.print(f"held-out accuracy ({len(y_test)} digits): {accuracy(original, x_test, y_test):.1%} → "
-                 f"{accuracy(plain.model, x_test, y_test):.1%} pruned → "
-                 f"{accuracy(result.model, x_test, y_test):.1%} after least-squares reconstruction "
-                 f"on the {len(x_train)} training digits (no fine-tuning)")
+    stdout.print(
+        f"ONNX Runtime CPU latency, batch {before.batch}: {before.median_ms:.3f} ms → "
+        f"{after.median_ms:.3f} ms  (speedup {before.median_ms / after.median_ms:.2f}×, "
+        f"MACs reduction {1 / result.report['macs_ratio']:.2f}×)"
+    )
+    stdout.print(
+        f"held-out accuracy ({len(y_test)} digits): {accuracy(original, x_test, y_test):.1%} → "
+        f"{accuracy(plain.model, x_test, y_test):.1%} pruned → "
+        f"{accuracy(result.model, x_test, y_test):.1%} after least-squares reconstruction "
+        f"on the {len(x_train)} training digits (no fine-tuning)"
+    )
     return 0
 
 

@@ -113,10 +113,7 @@ def train(epochs: int = 40, seed: int = 0, batch_size: int = 64, lr: float = 1e-
             sched.step()
             total += loss.item() * len(idx)
         if (epoch + 1) % 5 == 0 or epoch == epochs - 1:
-            print(
-                f"epoch {epoch + 1:3d}  loss {total / len(xt):.4f}  "
-                f"test acc {accuracy(model, x_test, y_test):.4f}"
-            )
+            print(f"epoch {epoch + 1:3d}  loss {total / len(xt):.4f}  test acc {accuracy(model, x_test, y_test):.4f}")
     return model.eval()
 
 

@@ -17,7 +17,11 @@ def pytest_terminal_summary(terminalreporter):
     total = sum(counts.values(), collections.Counter())
     for kind in sorted(counts):
         c = counts[kind]
-        write(f"{kind:24s} tried {sum(c.values()):4d}  errors {c['error']:4d}  verified {c['verified']:4d}  "
-              f"wrong {c['wrong']}  crash {c['crash']}")
-    write(f"{'total':24s} tried {sum(total.values()):4d}  errors {total['error']:4d}  verified "
-          f"{total['verified']:4d}  wrong {total['wrong']}  crash {total['crash']}")
+        write(
+            f"{kind:24s} tried {sum(c.values()):4d}  errors {c['error']:4d}  verified {c['verified']:4d}  "
+            f"wrong {c['wrong']}  crash {c['crash']}"
+        )
+    write(
+        f"{'total':24s} tried {sum(total.values()):4d}  errors {total['error']:4d}  verified "
+        f"{total['verified']:4d}  wrong {total['wrong']}  crash {total['crash']}"
+    )

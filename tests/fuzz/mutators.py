@@ -20,6 +20,7 @@ Mutator = Callable[[onnx.ModelProto, np.random.Generator], bytes]
 
 def seed_models() -> list[onnx.ModelProto]:
     """Small valid prunable models: a Conv chain, a BN chain, a residual Add, a Concat, a Gemm head."""
+
     def residual(g, t):
         u = g.op("Relu", g.conv(t, 6, 6))
         return g.op("Add", t, u)
@@ -33,11 +34,13 @@ def seed_models() -> list[onnx.ModelProto]:
         t = g.op("Relu", g.conv("x", 4, 8))
         return g.model(g.gemm_head(g.op("Flatten", t, axis=1), 8 * 16))
 
-    return [conv_chain(lambda g, t: g.op("Relu", t), c=8),
-            conv_chain(lambda g, t: g.op("Relu", g.bn(t, 6)), seed=1),
-            conv_chain(residual, seed=2),
-            conv_chain(concat, seed=3),
-            gemm_head()]
+    return [
+        conv_chain(lambda g, t: g.op("Relu", t), c=8),
+        conv_chain(lambda g, t: g.op("Relu", g.bn(t, 6)), seed=1),
+        conv_chain(residual, seed=2),
+        conv_chain(concat, seed=3),
+        gemm_head(),
+    ]
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -178,8 +181,11 @@ def outputs_only_consumers(model: onnx.ModelProto, rng: np.random.Generator) -> 
     choice = int(rng.integers(3))
     if choice == 0:  # every node's output is also a graph output
         present = {o.name for o in graph.output}
-        graph.output.extend(helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None)
-                            for n in graph.node if n.output[0] not in present)
+        graph.output.extend(
+            helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None)
+            for n in graph.node
+            if n.output[0] not in present
+        )
     elif choice == 1:  # the graph output is the input itself; the whole network is dead
         del graph.output[:]
         graph.output.append(helper.make_value_info(graph.input[0].name, graph.input[0].type))
@@ -211,13 +217,13 @@ def wrong_type(model: onnx.ModelProto, rng: np.random.Generator) -> bytes:
     """The input or a weight declared with an element type the ops do not take."""
     copy = _copy(model)
     if rng.random() < 0.5:
-        copy.graph.input[0].type.tensor_type.elem_type = _pick(rng, [TensorProto.INT64, TensorProto.STRING,
-                                                                     TensorProto.BOOL, 0])
+        copy.graph.input[0].type.tensor_type.elem_type = _pick(
+            rng, [TensorProto.INT64, TensorProto.STRING, TensorProto.BOOL, 0]
+        )
     else:
         init = _pick(rng, list(copy.graph.initializer))
         value = numpy_helper.to_array(init)
-        init.CopyFrom(numpy_helper.from_array(value.astype(_pick(rng, [np.int32, np.float64, np.float16])),
-                                              init.name))
+        init.CopyFrom(numpy_helper.from_array(value.astype(_pick(rng, [np.int32, np.float64, np.float16])), init.name))
     return copy.SerializeToString()
 
 
