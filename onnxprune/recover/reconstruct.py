@@ -2,9 +2,10 @@
 layer by ridge-regularized least squares, so that its output on calibration data matches the
 unpruned model's output of the same layer (ThiNet / channel pruning, He et al. 2017).
 
-For each layer whose rule's weight layout says `refit` (2-D Conv, Gemm and MatMul) with a constant weight whose input channels were reduced
-(grouped and depthwise Convs included: one independent problem per group, solved together): X = what the layer reads in the pruned network, Y = the layer's output in the unpruned
-network on the same batch. The pruned model *is* the input model with every group gated by the
+For each layer whose rule's weight layout says `refit` (2-D Conv, Gemm and MatMul) with a
+constant weight whose input channels were reduced (grouped and depthwise Convs included: one
+independent problem per group, solved together): X = what the layer reads in the pruned network,
+Y = the layer's output in the unpruned network on the same batch. The pruned model *is* the input model with every group gated by the
 plan (that is what verification proved), so X is read from the pruned model itself (its consumer
 inputs added as outputs, on a copy), already restricted to the kept channels in the order of the
 sliced weight's columns. A Conv's X is its im2col patch matrix. The normal equations
