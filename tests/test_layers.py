@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxprune
 from onnxprune.analysis.cost import model_macs, node_macs, unscaled_macs
 from onnxprune.analysis.layers import is_layer, layer_layout, layer_weight, weight_axes
-from onnxprune.model.view import ModelView, node_label
+from onnxprune.model.nodes import node_label
+from onnxprune.model.view import ModelView
 
 RNG = np.random.default_rng(3)
 
