@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis.groups import ChannelGroup, find_groups
+from onnxprune.analysis.layers import is_layer
 from onnxprune.errors import InputError
 from onnxprune.model.io import LoadedModel, load_model
 from onnxprune.model.simplify_attention import simplify_attention
@@ -84,16 +85,13 @@ def require_prunable(analysis: Analysis) -> None:
     raise InputError(f"the model has no prunable channel group ({len(groups)} frozen{detail})")
 
 
-LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "ConvInteger", "MatMulInteger")
-
-
 def layers_in_subgraphs(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The main-graph nodes (If/Loop/Scan) whose subgraphs, at any depth, hold a layer."""
+    """The main-graph nodes (If/Loop/Scan) whose subgraphs, at any depth, hold a layer (`is_layer`)."""
 
     def holds_layer(node: onnx.NodeProto) -> bool:
         for attribute in node.attribute:
             bodies = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
-            if any(n.op_type in LAYER_OPS or holds_layer(n) for body in bodies for n in body.node):
+            if any(is_layer(n) or holds_layer(n) for body in bodies for n in body.node):
                 return True
         return False
 

@@ -1,38 +1,40 @@
 """Multiply-accumulate (MAC) and parameter counts. Shapes come from the view (dynamic dimensions
 count as 1) or, better, from `shapes`: every tensor's shape inferred with the graph inputs fixed
-to the verification shape at batch 1 (`verify_shapes.macs_shapes`)."""
+to the verification shape at batch 1 (`verify_shapes.macs_shapes`). Each layer op's count is its
+rule's `macs` (`analysis/rules/macs.py`)."""
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 
 from onnxprune.analysis import ChannelGroup, ModelView
+from onnxprune.analysis.layers import layer_layout
+from onnxprune.analysis.rules.macs import numel
+from onnxprune.analysis.rules.registry import ShapeFn, rule_for
 from onnxprune.model.nodes import node_label
 
 
-def _numel(shape) -> int:
-    return int(np.prod([d if isinstance(d, int) else 1 for d in shape], dtype=np.int64))
+def _shape_fn(view: ModelView, shapes: dict[str, tuple] | None) -> ShapeFn:
+    """A tensor's shape from `shapes` where given, else the view's."""
+    return lambda name: (shapes or {}).get(name) or view.shape(name)
 
 
 def node_macs(node: onnx.NodeProto, view: ModelView, shapes: dict[str, tuple] | None = None) -> int:
-    """MACs of one node (convolutions and matrix products; other ops count 0): shapes from
-    `shapes` where given, else the view's (dynamic dims as 1)."""
-    def shape(name: str):
-        return (shapes or {}).get(name) or view.shape(name)
-
-    if node.domain not in ("", "ai.onnx") or len(node.input) < 2:  # custom ops: unknown cost
+    """MACs of one node (the layers: convolutions, matrix products, integer and recurrent layers;
+    other ops count 0): shapes from `shapes` where given, else the view's (dynamic dims as 1)."""
+    rule = rule_for(node)  # custom domains: unknown cost
+    if rule is None or rule.macs is None or len(node.input) < 2:
         return 0
-    if node.op_type in ("Conv", "ConvTranspose") and shape(node.input[1]) and shape(node.output[0]):
-        w, y, x = shape(node.input[1]), shape(node.output[0]), shape(node.input[0])
-        spatial = y[2:] if node.op_type == "Conv" else x[2:]
-        return _numel(w) * _numel(spatial)
-    if node.op_type in ("Gemm", "MatMul") and shape(node.input[0]) and shape(node.output[0]):
-        a = shape(node.input[0])
-        transposed = node.op_type == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute)
-        k = a[0] if transposed else a[-1]
-        return _numel(shape(node.output[0])) * (k if isinstance(k, int) else 1)
-    return 0
+    return rule.macs(node, _shape_fn(view, shapes))
+
+
+def unscaled_macs(node: onnx.NodeProto, view: ModelView, shapes: dict[str, tuple] | None = None) -> int:
+    """The part of `node_macs` that does not scale with the kept share of the layer's weight
+    (`layer_weight`): an LSTM/GRU/RNN's recurrent product; 0 for every other op."""
+    layout = layer_layout(node)
+    if layout is None or layout.unscaled_macs is None or len(node.input) < 2:
+        return 0
+    return layout.unscaled_macs(node, _shape_fn(view, shapes))
 
 
 def model_macs(view: ModelView, shapes: dict[str, tuple] | None = None) -> dict[str, int]:
@@ -44,7 +46,7 @@ def model_params(model: onnx.ModelProto) -> int:
     """Number of elements in all floating-point initializers."""
     float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                    onnx.TensorProto.BFLOAT16}
-    return sum(_numel(init.dims) for init in model.graph.initializer if init.data_type in float_types)
+    return sum(numel(init.dims) for init in model.graph.initializer if init.data_type in float_types)
 
 
 def group_macs(group: ChannelGroup, macs: dict[str, int]) -> int:

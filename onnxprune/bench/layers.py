@@ -1,6 +1,7 @@
-"""Time a channel group's layers at candidate channel counts: each Conv/ConvTranspose/Gemm/MatMul
-that produces or consumes the group's channels becomes a single-op ONNX model at its real input
-shape (the other groups at the plan's counts), with the group's axes resized to the candidate."""
+"""Time a channel group's layers at candidate channel counts: each timed layer (an op whose rule's
+weight layout says `timed`: Conv, ConvTranspose, Gemm, MatMul) with a float weight that produces or
+consumes the group's channels becomes a single-op ONNX model at its real input shape (the other
+groups at the plan's counts), with the group's axes resized to the candidate."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.analysis import ChannelGroup, ModelView
+from onnxprune.analysis.layers import layer_layout
 from onnxprune.analysis.relations import Space
 from onnxprune.bench.cache import TimingCache
 from onnxprune.bench.latency import (
@@ -22,8 +24,6 @@ from onnxprune.bench.latency import (
 )
 from onnxprune.bench.providers import ExecutionProvider, check_session_provider
 from onnxprune.model.nodes import attr, node_label
-
-TIMED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass
@@ -56,9 +56,9 @@ class LayerSpec:
         return [tuple(count * i.scaled[a] if a in i.scaled else d for a, d in enumerate(i.shape)) for i in self.inputs]
 
     def group_attribute(self, count: int) -> int | None:
-        """A grouped Conv's `group` attribute at `count` (scaled with its input channels), else None."""
-        group = attr(self.node, "group", 1)
-        if self.node.op_type not in ("Conv", "ConvTranspose") or group == 1:
+        """A grouped convolution's `group` attribute at `count` (scaled with its input channels), else None."""
+        group, layout = attr(self.node, "group", 1), layer_layout(self.node)
+        if layout is None or not layout.grouped or group == 1:
             return None
         before, after = self.inputs[0].shape[1], self.shapes(count)[0][1]
         return group * after // before
@@ -126,7 +126,8 @@ def group_layers(group: ChannelGroup, pruned: ModelView, batch: int) -> list[Lay
     labels = {m.node for m in group.members if m.role in ("out", "in")}
     specs = []
     for node in pruned.graph.node:
-        if node.op_type in TIMED_OPS and node_label(node) in labels:
+        layout = layer_layout(node)
+        if layout is not None and layout.timed and node_label(node) in labels:
             spec = _layer_spec(node, pruned, atoms, batch)
             if spec is not None:
                 specs.append(spec)

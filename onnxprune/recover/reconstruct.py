@@ -2,9 +2,10 @@
 layer by ridge-regularized least squares, so that its output on calibration data matches the
 unpruned model's output of the same layer (ThiNet / channel pruning, He et al. 2017).
 
-For each 2-D Conv, Gemm and MatMul with a constant weight whose input channels were reduced
-(grouped and depthwise Convs included: one independent problem per group, solved together): X = what the layer reads in the pruned network, Y = the layer's output in the unpruned
-network on the same batch. The pruned model *is* the input model with every group gated by the
+For each layer whose rule's weight layout says `refit` (2-D Conv, Gemm and MatMul) with a
+constant weight whose input channels were reduced (grouped and depthwise Convs included: one
+independent problem per group, solved together): X = what the layer reads in the pruned network,
+Y = the layer's output in the unpruned network on the same batch. The pruned model *is* the input model with every group gated by the
 plan (that is what verification proved), so X is read from the pruned model itself (its consumer
 inputs added as outputs, on a copy), already restricted to the kept channels in the order of the
 sliced weight's columns. A Conv's X is its im2col patch matrix. The normal equations
@@ -30,6 +31,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxprune.analysis.layers import layer_layout, weight_axes
+from onnxprune.analysis.rules.registry import WeightLayout
 from onnxprune.model.edit import with_outputs
 from onnxprune.model.nodes import attr, node_label
 from onnxprune.model.runtime import make_session
@@ -44,14 +47,15 @@ CHUNK_ELEMENTS = 4_000_000
 
 @dataclass
 class Layer:
-    """One consumer layer to refit: where its input/output are, its weight layout and the
-    original output channels it keeps (None: all)."""
+    """One consumer layer to refit: where its input/output are, its weight layout (`spec`: the
+    op's, from its rule) and the original output channels it keeps (None: all)."""
 
     node: onnx.NodeProto
     weight: str
     bias: str | None
     in_axis: int
     out_kept: np.ndarray | None
+    spec: WeightLayout
     kernel: tuple[int, int] | None = None
     stats: "NormalEquations | None" = None
     groups: int = 1  # Conv groups in the pruned model (one least-squares problem per group)
@@ -147,28 +151,35 @@ def find_layers(pruned: onnx.ModelProto, weights: dict[str, dict]) -> tuple[list
     view = ModelView(pruned)
     layers, skipped = [], []
     for node in pruned.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+        spec = layer_layout(node)
+        if spec is None or not spec.refit or len(node.input) <= spec.weight:
             continue
-        record = weights.get(node.input[1])
-        layout = _layout(node, view)
-        if record is None and layout is not None and _chain_sources(view, node.input[1]) & set(weights):
+        weight = node.input[spec.weight]
+        record = weights.get(weight)
+        layout = weight_axes(node, view)
+        if record is None and layout is not None and _chain_sources(view, weight) & set(weights):
             skipped.append(f"{node_label(node)}: its weight is stored through a chain (int8/fp16 → Cast/"
                            "DequantizeLinear); refitting it would store it as float")
             continue
-        if record is None or layout is None or not _input_reduced(node, layout, record):
+        if record is None or layout is None or not _input_reduced(node, spec, layout, record):
             continue
-        problem = _unsupported(node, view)
+        problem = _unsupported(node, spec, view)
         if problem:
             skipped.append(f"{node_label(node)}: {problem}")
             continue
         in_axis, out_axis = layout
         out_kept = record["kept"].get(str(out_axis))
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        kernel = tuple(view.value(node.input[1]).shape[2:]) if node.op_type == "Conv" else None
-        layers.append(Layer(node, node.input[1], bias, in_axis,
-                            None if out_kept is None else np.asarray(out_kept), kernel,
-                            groups=int(attr(node, "group", 1)) if node.op_type == "Conv" else 1))
+        kernel = tuple(view.value(weight).shape[2:]) if spec.kernel else None
+        layers.append(Layer(node, weight, _bias(node, spec), in_axis,
+                            None if out_kept is None else np.asarray(out_kept), spec, kernel,
+                            groups=int(attr(node, "group", 1)) if spec.grouped else 1))
     return layers, skipped
+
+
+def _bias(node: onnx.NodeProto, spec: WeightLayout) -> str | None:
+    """The layer's bias input, or None (absent, or the op has none)."""
+    index = spec.bias
+    return node.input[index] if index is not None and len(node.input) > index and node.input[index] else None
 
 
 def _chain_sources(view: ModelView, name: str) -> set[str]:
@@ -185,56 +196,52 @@ def _chain_sources(view: ModelView, name: str) -> set[str]:
     return sources - {name}
 
 
-def _input_reduced(node: onnx.NodeProto, layout: tuple[int, int], record: dict) -> bool:
+def _input_reduced(node: onnx.NodeProto, spec: WeightLayout, axes: tuple[int, int], record: dict) -> bool:
     """Whether the layer reads fewer channels than before: its weight's input axis was sliced, or
-    (grouped Conv, where whole groups are pruned) its output axis."""
-    if str(layout[0]) in record["kept"]:
+    (grouped convolution, where whole groups are pruned) its output axis."""
+    if str(axes[0]) in record["kept"]:
         return True
-    return node.op_type == "Conv" and attr(node, "group", 1) > 1 and str(layout[1]) in record["kept"]
+    return spec.grouped and attr(node, "group", 1) > 1 and str(axes[1]) in record["kept"]
 
 
-def _layout(node: onnx.NodeProto, view: ModelView) -> tuple[int, int] | None:
-    """(input-channel axis, output-channel axis) of the node's weight."""
-    if not view.is_const(node.input[1]):
-        return None
-    if node.op_type == "Conv":
-        return 1, 0
-    if node.op_type == "Gemm":
-        return (1, 0) if attr(node, "transB", 0) else (0, 1)
-    return (0, 1) if view.value(node.input[1]).ndim == 2 else None
-
-
-def _unsupported(node: onnx.NodeProto, view: ModelView) -> str | None:
+def _unsupported(node: onnx.NodeProto, spec: WeightLayout, view: ModelView) -> str | None:
     """Why a layer is not refitted, or None."""
-    weight = view.value(node.input[1])
-    users = view.consumers.get(node.input[1], [])
+    name, op = node.input[spec.weight], node.op_type
+    weight, users = view.value(name), view.consumers.get(name, [])
     if len(users) > 1:
         return "weight shared with other nodes"
     if weight.dtype != np.float32:
         return f"weight dtype {weight.dtype} (float32 only)"
-    if node.op_type == "Conv":
+    if spec.kernel:
         if weight.ndim != 4:
             return "not a 2-D convolution"
         if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
             return "auto_pad SAME_* (explicit pads only)"
-    if node.op_type == "Gemm" and attr(node, "transA", 0):
-        return "Gemm with transA=1"
-    if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
-        if not view.is_const(node.input[2]) or view.value(node.input[2]).size != weight.shape[
-                0 if attr(node, "transB", 0) else 1]:
-            return "Gemm bias C is not a per-output vector"
-    if node.op_type == "Gemm" and float(attr(node, "alpha", 1.0)) == 0.0:
-        return "Gemm with alpha=0"
-    if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] and float(attr(node, "beta", 1.0)) == 0.0:
-        return "Gemm with beta=0"
+    if spec.input_transposed_by and attr(node, spec.input_transposed_by, 0):
+        return f"{op} with {spec.input_transposed_by}=1"
+    bias = _bias(node, spec)
+    if bias and (not view.is_const(bias) or view.value(bias).size != weight.shape[spec.axes(node)[1]]):
+        return f"{op} bias {_input_name(op, spec.bias or 0)} is not a per-output vector"
+    if spec.gain and float(attr(node, spec.gain[0], 1.0)) == 0.0:
+        return f"{op} with {spec.gain[0]}=0"
+    if spec.gain and bias and float(attr(node, spec.gain[1], 1.0)) == 0.0:
+        return f"{op} with {spec.gain[1]}=0"
     return None
+
+
+def _input_name(op: str, index: int) -> str:
+    """The ONNX specification's name of input `index` of `op` (Gemm's bias: C)."""
+    try:
+        return onnx.defs.get_schema(op).inputs[index].name
+    except (onnx.defs.SchemaError, IndexError):
+        return str(index)
 
 
 def layer_rows(layer: Layer, x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
                max_positions: int = MAX_POSITIONS):
     """(X rows, Y rows) of one batch, chunked so memory stays bounded."""
     node = layer.node
-    if node.op_type != "Conv":
+    if layer.kernel is None:
         xs = x.reshape(-1, x.shape[-1])
         ys = y.reshape(-1, y.shape[-1])
         if layer.out_kept is not None:
@@ -295,7 +302,7 @@ def accumulate(original: onnx.ModelProto, pruned: onnx.ModelProto, layers: list[
     """Stream the first `fit_batches` calibration batches; fills each layer's NormalEquations.
     Returns the number of samples used."""
     for layer in layers:
-        layer.stats = NormalEquations(intercept=layer.node.op_type != "MatMul")
+        layer.stats = NormalEquations(intercept=layer.spec.bias is not None)
     reads = make_session(with_outputs(pruned, [l.node.input[0] for l in layers]), optimize=True)
     targets = make_session(with_outputs(original, [l.node.output[0] for l in layers]), optimize=True)
     rng, samples = np.random.default_rng(seed), 0
@@ -320,8 +327,9 @@ def write_fit(model: onnx.ModelProto, layer: Layer, ridge: float) -> dict:
     node = next(n for n in model.graph.node if node_label(n) == layer.name)
     old = numpy_helper.to_array(inits[layer.weight])
     w, b = layer.stats.solve(ridge)  # w [D, O]
-    alpha, beta = (float(attr(node, "alpha", 1.0)), float(attr(node, "beta", 1.0))) if node.op_type == "Gemm" else (1.0, 1.0)
-    if node.op_type == "Conv":  # w [G, D, O/G] (grouped) or [D, O]
+    spec = layer.spec
+    alpha, beta = (float(attr(node, a, 1.0)) for a in spec.gain) if spec.gain else (1.0, 1.0)
+    if layer.kernel is not None:  # w [G, D, O/G] (grouped) or [D, O]
         new = (w.transpose(0, 2, 1) if w.ndim == 3 else w.T).reshape(old.shape)
         b = b.reshape(-1)
     else:
@@ -329,18 +337,18 @@ def write_fit(model: onnx.ModelProto, layer: Layer, ridge: float) -> dict:
     inits[layer.weight].CopyFrom(numpy_helper.from_array(new.astype(old.dtype), layer.weight))
     entry = {"node": layer.name, "op": node.op_type, "weight": layer.weight, "bias": layer.bias,
              "bias_added": False, "rows": layer.stats.rows}
-    if node.op_type == "MatMul":
-        entry["bias"] = None  # a MatMul has no bias input: fitted without an intercept
+    if spec.bias is None:
+        entry["bias"] = None  # no bias input (MatMul): fitted without an intercept
         return entry
     bias = (b / beta).astype(old.dtype)
     if layer.bias is None:
         name = _fresh(f"{layer.weight}__bias", inits)
         model.graph.initializer.append(numpy_helper.from_array(bias, name))
-        while len(node.input) < 3:
+        while len(node.input) <= spec.bias:
             node.input.append("")
-        node.input[2] = name
-        if node.op_type == "Gemm":
-            _set_attr(node, "beta", 1.0)
+        node.input[spec.bias] = name
+        if spec.gain:
+            _set_attr(node, spec.gain[1], 1.0)
         entry.update(bias=name, bias_added=True)
     else:
         shape = numpy_helper.to_array(inits[layer.bias]).shape

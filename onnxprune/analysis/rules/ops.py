@@ -15,8 +15,14 @@ from onnxprune.analysis.rules.attention import (
     rewrite_shape_target,
     target_concat,
 )
+from onnxprune.analysis.rules.macs import (
+    conv_macs,
+    conv_transpose_macs,
+    gemm_macs,
+    matmul_macs,
+)
 from onnxprune.analysis.rules.norms import norm_of, relate_norm_node
-from onnxprune.analysis.rules.registry import rule
+from onnxprune.analysis.rules.registry import WeightLayout, rule
 from onnxprune.analysis.rules.shape_entries import (
     copied_dims,
     copies_into,
@@ -116,7 +122,8 @@ def is_positive(view, name: str, strict: bool = True, depth: int = 12) -> bool:
 @rule("Conv", mapping="weight axis 0 = output channels; weight axis 1 = input channels; "
       "depthwise (group = C_in) ties input to output channels; grouped convolutions prune whole groups",
       freezes_when="weight not constant; group sizes that do not divide the channels",
-      rewrite=lambda node, ctx: rewrite_group(node, ctx))
+      rewrite=lambda node, ctx: rewrite_group(node, ctx), macs=conv_macs,
+      layout=WeightLayout(out_axis=0, in_axis=1, bias=2, grouped=True, kernel=True, timed=True, refit=True))
 def conv(rel, node, view):
     """Conv: producer of its output channels, consumer of its input channels."""
     x, w, y = node.input[0], node.input[1], node.output[0]
@@ -156,7 +163,8 @@ def rewrite_group(node, ctx) -> None:
 
 @rule("ConvTranspose", mapping="weight axis 0 = input channels; weight axis 1 = output channels "
       "per group; depthwise and grouped as for Conv", freezes_when="weight not constant",
-      rewrite=lambda node, ctx: rewrite_group(node, ctx))
+      rewrite=lambda node, ctx: rewrite_group(node, ctx), macs=conv_transpose_macs,
+      layout=WeightLayout(out_axis=1, in_axis=0, bias=2, grouped=True, kernel=True, timed=True))
 def conv_transpose(rel, node, view):
     """ConvTranspose: weight layout [C_in, C_out / group, k...]."""
     x, w, y = node.input[0], node.input[1], node.output[0]
@@ -303,7 +311,10 @@ def _reduce_axes(node, view, rank: int) -> set[int] | None:
 
 
 @rule("Gemm", mapping="B's contracted axis = input features; its other axis = output features; "
-      "C follows the output", freezes_when="B is an activation (not a weight); A is a constant")
+      "C follows the output", freezes_when="B is an activation (not a weight); A is a constant",
+      macs=gemm_macs, layout=WeightLayout(out_axis=1, in_axis=0, bias=2, transposed_by="transB",
+                                          input_transposed_by="transA", gain=("alpha", "beta"),
+                                          timed=True, refit=True))
 def gemm(rel, node, view):
     """Gemm with constant B: a Linear layer."""
     a, b, y = node.input[0], node.input[1], node.output[0]
@@ -326,7 +337,8 @@ def gemm(rel, node, view):
 @rule("MatMul", mapping="constant B [K, N]: K = input features (A's last axis), N = output "
       "features; leading axes of A pass through; two activations (attention q·kᵀ, softmax·v): "
       "batch axes (heads) coupled, the contracted axes coupled",
-      freezes_when="a constant weight that is not 2-D, or a constant A")
+      freezes_when="a constant weight that is not 2-D, or a constant A", macs=matmul_macs,
+      layout=WeightLayout(out_axis=1, in_axis=0, matrix=True, timed=True, refit=True))
 def matmul(rel, node, view):
     """MatMul by a constant 2-D weight (a Linear layer), or of two activations (attention)."""
     a, b, y = node.input[0], node.input[1], node.output[0]
