@@ -9,4 +9,13 @@ from onnxprune.errors import (
 )
 
 __version__ = "0.1.0"
-__all__ = ["InputError", "InternalError", "OnnxPruneError", "PruneResult", "VerificationError", "analyze", "prune", "__version__"]
+__all__ = [
+    "InputError",
+    "InternalError",
+    "OnnxPruneError",
+    "PruneResult",
+    "VerificationError",
+    "analyze",
+    "prune",
+    "__version__",
+]

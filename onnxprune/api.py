@@ -48,8 +48,21 @@ from onnxprune.verify.verification import (
     verify_or_freeze,
 )
 
-__all__ = ["PLAN_FORMAT", "Analysis", "ModelLike", "PruneConfig", "PruneResult", "analyze", "default_plan_path",
-           "load_and_analyze", "prepare", "prune", "require_prunable", "run_prune", "score_groups"]
+__all__ = [
+    "PLAN_FORMAT",
+    "Analysis",
+    "ModelLike",
+    "PruneConfig",
+    "PruneResult",
+    "analyze",
+    "default_plan_path",
+    "load_and_analyze",
+    "prepare",
+    "prune",
+    "require_prunable",
+    "run_prune",
+    "score_groups",
+]
 
 Progress = Callable[..., None] | None
 
@@ -66,8 +79,12 @@ class PruneResult:
     #: only when the input did (else the output would grow by them, and be larger than its input).
     value_info: bool = True
 
-    def save(self, path: str | os.PathLike, plan_path: str | os.PathLike | None = None,
-             report_path: str | os.PathLike | None = None) -> Path:
+    def save(
+        self,
+        path: str | os.PathLike,
+        plan_path: str | os.PathLike | None = None,
+        report_path: str | os.PathLike | None = None,
+    ) -> Path:
         """Write the model (atomically), the plan next to it (or to `plan_path`), and the report."""
         path = Path(path)
         shapes = list(self.model.graph.value_info)
@@ -84,15 +101,37 @@ class PruneResult:
         return path
 
 
-def prune(model_or_path: ModelLike, criterion: str = "l1", ratio: float = 0.5, *,
-          min_channels: int = 1, round_to: int | str = 1, scope: str = "local",
-          exclude: tuple[str, ...] | list[str] = (), seed: int = 0, verify: bool = True,
-          input_shapes: dict[str, tuple] | None = None, calib=None, calib_samples: int | None = 512,
-          preprocess: str | None = None, batch_size: int = 64, progress=None,
-          target_flops=None, target_params=None, target_latency=None, allocate: str | None = None,
-          layerwise: dict | str | None = None, samples: int = 64, jobs: int = 1,
-          reconstruct: bool = False, ridge: float = 1e-4, round_ep: str = "cpu",
-          round_batch: int = 1, prune_residual: bool = False, strict: bool = False) -> PruneResult:
+def prune(
+    model_or_path: ModelLike,
+    criterion: str = "l1",
+    ratio: float = 0.5,
+    *,
+    min_channels: int = 1,
+    round_to: int | str = 1,
+    scope: str = "local",
+    exclude: tuple[str, ...] | list[str] = (),
+    seed: int = 0,
+    verify: bool = True,
+    input_shapes: dict[str, tuple] | None = None,
+    calib=None,
+    calib_samples: int | None = 512,
+    preprocess: str | None = None,
+    batch_size: int = 64,
+    progress=None,
+    target_flops=None,
+    target_params=None,
+    target_latency=None,
+    allocate: str | None = None,
+    layerwise: dict | str | None = None,
+    samples: int = 64,
+    jobs: int = 1,
+    reconstruct: bool = False,
+    ridge: float = 1e-4,
+    round_ep: str = "cpu",
+    round_batch: int = 1,
+    prune_residual: bool = False,
+    strict: bool = False,
+) -> PruneResult:
     """Prune `ratio` of the channels of every prunable group, chosen by `criterion`.
 
     Data-driven criteria need `calib`: a .npz/.npy file or an image folder (see `measure/calibration.py`), of
@@ -137,8 +176,9 @@ def run_prune(model_or_path: ModelLike, config: PruneConfig, progress: Progress 
     analysis = prepare(model_or_path, config)
     data = config.calibration.load(analysis.model, config.seed)
     scores = score_groups(analysis, config.selection.criterion, config.seed, data, progress)
-    plan, allocation = plan_pruning(analysis, scores, config.select_options(), config.allocation, data,
-                                    config.seed, progress)
+    plan, allocation = plan_pruning(
+        analysis, scores, config.select_options(), config.allocation, data, config.seed, progress
+    )
     plan, rounding = round_plan(analysis, scores, plan, config, progress)
     verified = apply_and_verify(analysis, plan, config)
     recovered = reconstruct_layers(analysis, verified, data, config, progress)
@@ -154,8 +194,9 @@ def prepare(model_or_path: ModelLike, config: PruneConfig) -> Analysis:
     return analysis
 
 
-def round_plan(analysis: Analysis, scores: dict, plan: PruningPlan, config: PruneConfig,
-               progress: Progress = None) -> tuple[PruningPlan, dict | None]:
+def round_plan(
+    analysis: Analysis, scores: dict, plan: PruningPlan, config: PruneConfig, progress: Progress = None
+) -> tuple[PruningPlan, dict | None]:
     """`round_to='auto'`: each pruned group's kept count chosen by timing its layers."""
     if not config.rounding.auto:
         return plan, None
@@ -172,23 +213,31 @@ def apply_and_verify(analysis: Analysis, plan: PruningPlan, config: PruneConfig)
     return verify_or_freeze(analysis, plan, applied, config.seed, config.verification.strict, apply_plan)
 
 
-def reconstruct_layers(analysis: Analysis, verified: Verified, data: CalibrationData | None, config: PruneConfig,
-                       progress: Progress = None) -> Reconstruction | None:
+def reconstruct_layers(
+    analysis: Analysis, verified: Verified, data: CalibrationData | None, config: PruneConfig, progress: Progress = None
+) -> Reconstruction | None:
     """Least-squares reconstruction of the verified pruned model (see recover/reconstruct.py)."""
     if not config.recovery.reconstruct:
         return None
     applied = verified.applied
-    recovered = reconstruct(analysis.model, applied.model, applied.weights, data, config.recovery.ridge,
-                            config.seed, progress)
+    recovered = reconstruct(
+        analysis.model, applied.model, applied.weights, data, config.recovery.ridge, config.seed, progress
+    )
     if recovered.applied:
         require_valid_model(recovered.model, analysis.model)
         applied.model = recovered.model
     return recovered
 
 
-def assemble(analysis: Analysis, verified: Verified, config: PruneConfig, data: CalibrationData | None,
-             allocation: PlannedAllocation | None, rounding: dict | None,
-             recovered: Reconstruction | None) -> PruneResult:
+def assemble(
+    analysis: Analysis,
+    verified: Verified,
+    config: PruneConfig,
+    data: CalibrationData | None,
+    allocation: PlannedAllocation | None,
+    rounding: dict | None,
+    recovered: Reconstruction | None,
+) -> PruneResult:
     """The PruneResult: the pruned model, the plan file and the report."""
     criterion, options = config.selection.criterion, config.record(data)
     report = prune_report(analysis, verified, criterion, options)
@@ -200,5 +249,4 @@ def assemble(analysis: Analysis, verified: Verified, config: PruneConfig, data: 
     if recovered is not None:
         report["reconstruction"] = recovered.to_dict(config.recovery.ridge)
         record_recovery(plan_file, recovered, config.recovery.ridge)
-    return PruneResult(verified.applied.model, plan_file, report, analysis.groups,
-                       value_info=analysis.input_value_info)
+    return PruneResult(verified.applied.model, plan_file, report, analysis.groups, value_info=analysis.input_value_info)

@@ -65,13 +65,18 @@ class RoundingConfig:
         """InputError for a bad `to`/`batch`, 'auto' with a target, or a missing provider."""
         if not self.auto:
             if isinstance(self.to, bool) or not isinstance(self.to, (int, np.integer)):
-                raise InputError(f"--round-to must be a positive integer or 'auto', got '{self.to}'")
+                raise InputError(
+                    f"{{round_to}} must be a positive integer or 'auto', got '{self.to}'", parameter="round_to"
+                )
             return
         if allocation.active:
-            raise InputError("--round-to auto cannot be combined with a target or --allocate (rounding up would "
-                             "move the result off the target); use --ratio, or an integer --round-to")
+            raise InputError(
+                "{round_to} auto cannot be combined with a target or {allocate} (rounding up would "
+                "move the result off the target); use {ratio}, or an integer {round_to}",
+                parameter="round_to",
+            )
         if not isinstance(self.batch, int) or self.batch < 1:
-            raise InputError(f"--round-batch must be a positive integer, got {self.batch}")
+            raise InputError(f"{{round_batch}} must be a positive integer, got {self.batch}", parameter="round_batch")
 
         resolve_ep(self.ep)  # before the work: a missing provider is a clear error now
 
@@ -90,9 +95,12 @@ class RecoveryConfig:
     def validate(self, calibration: CalibrationConfig) -> None:
         """InputError for reconstruction without data or a bad ridge."""
         if self.reconstruct and not calibration.source:
-            raise InputError("--reconstruct needs calibration data: add --calib PATH (.npz/.npy or an image folder)")
+            raise InputError(
+                "{reconstruct} needs calibration data: add {calib} PATH (.npz/.npy or an image folder)",
+                parameter="reconstruct",
+            )
         if not (self.ridge >= 0 and np.isfinite(self.ridge)):
-            raise InputError(f"--ridge must be a finite number >= 0, got {self.ridge}")
+            raise InputError(f"{{ridge}} must be a finite number >= 0, got {self.ridge}", parameter="ridge")
 
 
 @dataclass
@@ -106,17 +114,30 @@ class VerificationConfig:
 
 #: prune()'s keyword arguments -> (section, field) of PruneConfig
 KEYWORDS: dict[str, tuple[str, str]] = {
-    "criterion": ("selection", "criterion"), "ratio": ("selection", "ratio"),
-    "min_channels": ("selection", "min_channels"), "scope": ("selection", "scope"),
-    "exclude": ("selection", "exclude"), "prune_residual": ("selection", "prune_residual"),
-    "calib": ("calibration", "source"), "calib_samples": ("calibration", "samples"),
-    "preprocess": ("calibration", "preprocess"), "batch_size": ("calibration", "batch_size"),
-    "target_flops": ("allocation", "flops"), "target_params": ("allocation", "params"),
-    "target_latency": ("allocation", "latency"), "allocate": ("allocation", "strategy"),
-    "layerwise": ("allocation", "layerwise"), "samples": ("allocation", "samples"), "jobs": ("allocation", "jobs"),
-    "round_to": ("rounding", "to"), "round_ep": ("rounding", "ep"), "round_batch": ("rounding", "batch"),
-    "reconstruct": ("recovery", "reconstruct"), "ridge": ("recovery", "ridge"),
-    "verify": ("verification", "enabled"), "input_shapes": ("verification", "input_shapes"),
+    "criterion": ("selection", "criterion"),
+    "ratio": ("selection", "ratio"),
+    "min_channels": ("selection", "min_channels"),
+    "scope": ("selection", "scope"),
+    "exclude": ("selection", "exclude"),
+    "prune_residual": ("selection", "prune_residual"),
+    "calib": ("calibration", "source"),
+    "calib_samples": ("calibration", "samples"),
+    "preprocess": ("calibration", "preprocess"),
+    "batch_size": ("calibration", "batch_size"),
+    "target_flops": ("allocation", "flops"),
+    "target_params": ("allocation", "params"),
+    "target_latency": ("allocation", "latency"),
+    "allocate": ("allocation", "strategy"),
+    "layerwise": ("allocation", "layerwise"),
+    "samples": ("allocation", "samples"),
+    "jobs": ("allocation", "jobs"),
+    "round_to": ("rounding", "to"),
+    "round_ep": ("rounding", "ep"),
+    "round_batch": ("rounding", "batch"),
+    "reconstruct": ("recovery", "reconstruct"),
+    "ridge": ("recovery", "ridge"),
+    "verify": ("verification", "enabled"),
+    "input_shapes": ("verification", "input_shapes"),
     "strict": ("verification", "strict"),
 }
 
@@ -162,8 +183,15 @@ class PruneConfig:
         """The options as the plan file and the report record them (`options`)."""
         s, calib = self.selection, self.calibration.source
         shapes = self.verification.input_shapes or {}
-        return {"ratio": s.ratio, "min_channels": s.min_channels, "round_to": self.rounding.to,
-                "scope": s.scope, "exclude": list(s.exclude), "seed": self.seed, "prune_residual": s.prune_residual,
-                "calib": str(calib) if calib else None, "calib_samples": data.samples if data else None,
-                "shapes": {name: list(shape) for name, shape in shapes.items()}}
-
+        return {
+            "ratio": s.ratio,
+            "min_channels": s.min_channels,
+            "round_to": self.rounding.to,
+            "scope": s.scope,
+            "exclude": list(s.exclude),
+            "seed": self.seed,
+            "prune_residual": s.prune_residual,
+            "calib": str(calib) if calib else None,
+            "calib_samples": data.samples if data else None,
+            "shapes": {name: list(shape) for name, shape in shapes.items()},
+        }

@@ -11,12 +11,55 @@ import re
 
 #: prune()'s (and the other entry points') parameter names -> the command-line flag that sets them
 FLAGS: dict[str, str] = {
-    name: "--" + name.replace("_", "-") for name in (
-        "ratio", "min_channels", "round_to", "scope", "exclude", "seed", "calib", "calib_samples", "preprocess",
-        "batch_size", "target_flops", "target_params", "target_latency", "allocate", "layerwise", "samples",
-        "jobs", "reconstruct", "ridge", "round_batch", "prune_residual", "strict", "criterion", "ratios",
-        "epochs", "lr", "val", "teacher", "checkpoint_dir", "resume", "plan", "threads", "batch", "ep",
-        "warmup", "iters", "shape", "workers", "output", "refresh", "runs")
+    name: "--" + name.replace("_", "-")
+    for name in (
+        "ratio",
+        "min_channels",
+        "round_to",
+        "scope",
+        "exclude",
+        "seed",
+        "calib",
+        "calib_samples",
+        "preprocess",
+        "batch_size",
+        "target_flops",
+        "target_params",
+        "target_latency",
+        "allocate",
+        "layerwise",
+        "samples",
+        "jobs",
+        "reconstruct",
+        "ridge",
+        "round_batch",
+        "prune_residual",
+        "strict",
+        "criterion",
+        "ratios",
+        "epochs",
+        "lr",
+        "val",
+        "teacher",
+        "checkpoint_dir",
+        "resume",
+        "plan",
+        "threads",
+        "batch",
+        "ep",
+        "warmup",
+        "iters",
+        "shape",
+        "workers",
+        "output",
+        "refresh",
+        "runs",
+        "optimizer",
+        "kd_alpha",
+        "kd_temperature",
+        "clip_grad",
+        "data",
+    )
 }
 FLAGS.update({"round_ep": "--ep", "input_shapes": "--shape", "verify": "--no-verify"})
 

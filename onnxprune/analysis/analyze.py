@@ -49,8 +49,9 @@ def load_and_analyze(source: ModelLike, exclude: tuple[str, ...] = (), prune_res
     return analyze_loaded(loaded, exclude, prune_residual, in_place=loaded.path is not None)
 
 
-def analyze_loaded(loaded: LoadedModel, exclude: tuple[str, ...] = (), prune_residual: bool = False,
-                   in_place: bool = False) -> Analysis:
+def analyze_loaded(
+    loaded: LoadedModel, exclude: tuple[str, ...] = (), prune_residual: bool = False, in_place: bool = False
+) -> Analysis:
     """Normalize and analyze a loaded model (`in_place`: normalize `loaded.model` itself)."""
     had_value_info = len(loaded.model.graph.value_info) > 0
     # weight chains (int8 → Cast → Mul, DequantizeLinear, fp16 → Cast) are folded for the analysis
@@ -59,8 +60,7 @@ def analyze_loaded(loaded: LoadedModel, exclude: tuple[str, ...] = (), prune_res
     model = simplify_attention(model)  # dynamo's kᵀ round trip through [N·H, T, D] -> one Transpose
     view = ModelView(model, prune_normalized=prune_residual)
     view.weight_chains = chains.matched(model)
-    return Analysis(model, view, find_groups(view, tuple(exclude)), loaded.sha256,
-                    input_value_info=had_value_info)
+    return Analysis(model, view, find_groups(view, tuple(exclude)), loaded.sha256, input_value_info=had_value_info)
 
 
 def analyze(model_or_path: ModelLike, exclude: tuple[str, ...] = ()) -> list[ChannelGroup]:
@@ -78,8 +78,10 @@ def require_prunable(analysis: Analysis) -> None:
     if hidden and not any(m.role == "out" for g in groups for m in g.members):
         names = ", ".join(f"{n.op_type} '{n.name or n.output[0]}'" for n in hidden[:3])
         more = f" and {len(hidden) - 3} more" if len(hidden) > 3 else ""
-        raise InputError(f"the model has no prunable channel group: its layers sit inside the "
-                         f"subgraphs of {names}{more} (layers inside If/Loop/Scan bodies are not pruned)")
+        raise InputError(
+            f"the model has no prunable channel group: its layers sit inside the "
+            f"subgraphs of {names}{more} (layers inside If/Loop/Scan bodies are not pruned)"
+        )
     reasons = sorted({g.frozen for g in groups if g.frozen})
     detail = f"; e.g. {reasons[0]}" if reasons else ""
     raise InputError(f"the model has no prunable channel group ({len(groups)} frozen{detail})")

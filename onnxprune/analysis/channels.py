@@ -73,8 +73,7 @@ def relate_node(rel: Relations, node: onnx.NodeProto, view: ModelView, readers: 
         _freeze_control_flow(rel, node)
     elif rule is None:
         domain = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
-        rel.freeze_node(contrib_attention_reason(node)
-                        or f"no channel rule for op {domain}{node.op_type}")
+        rel.freeze_node(contrib_attention_reason(node) or f"no channel rule for op {domain}{node.op_type}")
     elif unknown:
         rel.freeze_node(f"shape of '{unknown[0]}' is unknown")
     else:
@@ -88,8 +87,12 @@ def relate_node(rel: Relations, node: onnx.NodeProto, view: ModelView, readers: 
 def _unread_output(tensor: str, node: onnx.NodeProto, view: ModelView, readers: dict) -> bool:
     """True for an output of `node` that nothing reads (e.g. the mask of an opset-9 Dropout, whose
     shape inference may leave unknown): its shape does not matter."""
-    return tensor in node.output and tensor not in view.consumers and tensor not in view.graph_outputs \
+    return (
+        tensor in node.output
+        and tensor not in view.consumers
+        and tensor not in view.graph_outputs
         and tensor not in readers
+    )
 
 
 def _freeze_control_flow(rel: Relations, node: onnx.NodeProto) -> None:

@@ -44,8 +44,7 @@ def model_macs(view: ModelView, shapes: dict[str, tuple] | None = None) -> dict[
 
 def model_params(model: onnx.ModelProto) -> int:
     """Number of elements in all floating-point initializers."""
-    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                   onnx.TensorProto.BFLOAT16}
+    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
     return sum(numel(init.dims) for init in model.graph.initializer if init.data_type in float_types)
 
 

@@ -50,8 +50,13 @@ class ChannelGroup:
 
     def to_dict(self) -> dict:
         """A JSON-ready summary."""
-        return {"id": self.id, "name": self.name, "channels": self.channels,
-                "members": sorted({str(m.space) for m in self.members}), "frozen": self.frozen}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "channels": self.channels,
+            "members": sorted({str(m.space) for m in self.members}),
+            "frozen": self.frozen,
+        }
 
 
 def find_groups(view: ModelView, exclude: tuple[str, ...] = ()) -> list[ChannelGroup]:
@@ -88,9 +93,17 @@ def _make_group(gid: str, component: set[Space], channels: ChannelGraph, order, 
     sizes = {s: channels.graph.nodes[s].get("size") for s in spaces}
     channel_of, count = assign_channels(spaces, channels.links_between(component), sizes)
     pinned = [channel_of[space][start:stop] for space, start, stop in channels.pins if space in component]
-    return ChannelGroup(gid, name, count, spaces, members, channel_of, nodes,
-                        reasons[0] if reasons else None,
-                        np.unique(np.concatenate(pinned)) if pinned else np.zeros(0, dtype=np.int64))
+    return ChannelGroup(
+        gid,
+        name,
+        count,
+        spaces,
+        members,
+        channel_of,
+        nodes,
+        reasons[0] if reasons else None,
+        np.unique(np.concatenate(pinned)) if pinned else np.zeros(0, dtype=np.int64),
+    )
 
 
 def assign_channels(spaces: list[Space], links: list[Link], sizes: dict) -> tuple[dict, int]:
@@ -110,7 +123,7 @@ def assign_channels(spaces: list[Space], links: list[Link], sizes: dict) -> tupl
             _union(parent, a, b)
     roots = np.array([_find(parent, i) for i in range(total)])
     _, labels = np.unique(roots, return_inverse=True)
-    return {s: labels[base[s]:base[s] + sizes[s]] for s in spaces}, int(labels.max()) + 1
+    return {s: labels[base[s] : base[s] + sizes[s]] for s in spaces}, int(labels.max()) + 1
 
 
 def _find(parent: np.ndarray, i: int) -> int:

@@ -89,8 +89,7 @@ class Relations:
         size = self.size(tensor, axis)
         return Space(tensor, axis) if isinstance(size, int) and size > 1 else None
 
-    def link(self, a: str, a_axis: int, b: str, b_axis: int, offset: int | None = None,
-             block: int = 1) -> None:
+    def link(self, a: str, a_axis: int, b: str, b_axis: int, offset: int | None = None, block: int = 1) -> None:
         """Relate axis `a_axis` of `a` to `b_axis` of `b` (see `Link`); checks the sizes agree.
 
         Without `offset` and `block` the two axes are the same channels (equal sizes); with an
@@ -114,8 +113,9 @@ class Relations:
             return
         self.links.append(Link(src, dst, offset or 0, block))
 
-    def weight(self, tensor: str, axis: int, role: str, fill: float | None, like: tuple[str, int],
-               offset: int | None = None) -> None:
+    def weight(
+        self, tensor: str, axis: int, role: str, fill: float | None, like: tuple[str, int], offset: int | None = None
+    ) -> None:
         """Declare a weight axis as a member with `role`, the same channels as `like` (tensor, axis)
         starting at `offset`."""
         space = self._space(tensor, axis)

@@ -54,8 +54,11 @@ class TimingCache:
 
     def put(self, signature: dict, ms: float) -> None:
         """Remember one timing (call `save` to write)."""
-        self.entries[signature_key(signature)] = {"ms": float(ms), "op": signature.get("op"),
-                                                  "inputs": signature.get("inputs")}
+        self.entries[signature_key(signature)] = {
+            "ms": float(ms),
+            "op": signature.get("op"),
+            "inputs": signature.get("inputs"),
+        }
 
     def save(self) -> Path | None:
         """Write the cache (merged with the file's current entries); None when it cannot be written."""

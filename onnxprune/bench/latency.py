@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import onnx
 
-from onnxprune.model.runtime import make_session as runtime_session
-from onnxprune.model.runtime import onnxruntime
+from onnxprune.model.runtime import make_session as runtime_session, onnxruntime
 
 
 @dataclass
@@ -31,25 +30,39 @@ class LatencyStats:
         return self.batch * 1000.0 / self.median_ms if self.median_ms > 0 else float("inf")
 
     @classmethod
-    def from_samples(cls, seconds: list[float], batch: int) -> "LatencyStats":
+    def from_samples(cls, seconds: list[float], batch: int) -> LatencyStats:
         """Statistics of timed runs (seconds)."""
         ms = np.asarray(seconds, dtype=np.float64) * 1000.0
-        return cls(float(np.median(ms)), float(np.percentile(ms, 90)), float(np.percentile(ms, 99)), batch,
-                   float(ms.mean()), float(ms.min()), int(ms.size))
+        return cls(
+            float(np.median(ms)),
+            float(np.percentile(ms, 90)),
+            float(np.percentile(ms, 99)),
+            batch,
+            float(ms.mean()),
+            float(ms.min()),
+            int(ms.size),
+        )
 
     def to_dict(self) -> dict:
         """JSON-ready, with the throughput."""
-        return {"batch": self.batch, "median_ms": self.median_ms, "p90_ms": self.p90_ms, "p99_ms": self.p99_ms,
-                "mean_ms": self.mean_ms, "min_ms": self.min_ms, "runs": self.runs,
-                "throughput": self.throughput}
+        return {
+            "batch": self.batch,
+            "median_ms": self.median_ms,
+            "p90_ms": self.p90_ms,
+            "p99_ms": self.p99_ms,
+            "mean_ms": self.mean_ms,
+            "min_ms": self.min_ms,
+            "runs": self.runs,
+            "throughput": self.throughput,
+        }
 
 
-def make_session(model, threads: int = 0, providers: list[str] | tuple[str, ...] | None = None,
-                 spin: bool = True):
+def make_session(model, threads: int = 0, providers: list[str] | tuple[str, ...] | None = None, spin: bool = True):
     """A session for timing: full graph optimizations, the whole model serialized (see
     `model.runtime.make_session`, the one factory)."""
-    return runtime_session(model, optimize=True, threads=threads, providers=providers, spin=spin,
-                           in_memory=False, log_level=3)
+    return runtime_session(
+        model, optimize=True, threads=threads, providers=providers, spin=spin, in_memory=False, log_level=3
+    )
 
 
 def plain_runner(session, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
@@ -57,8 +70,9 @@ def plain_runner(session, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
     return lambda: session.run(None, feeds)
 
 
-def io_binding_runner(session, feeds: dict[str, np.ndarray], device_type: str = "cpu",
-                      device_id: int = 0) -> Callable[[], object]:
+def io_binding_runner(
+    session, feeds: dict[str, np.ndarray], device_type: str = "cpu", device_id: int = 0
+) -> Callable[[], object]:
     """One inference per call with IO binding: the inputs are copied to the device once, outputs
     stay there, so host<->device transfers are not timed (on a GPU the call waits for the outputs)."""
     ort = onnxruntime()
@@ -83,16 +97,28 @@ def io_binding_runner(session, feeds: dict[str, np.ndarray], device_type: str = 
     return run
 
 
-def interleaved(sessions: list, feeds: dict[str, np.ndarray] | list[dict[str, np.ndarray]], warmup: int,
-                iters: int, block: int = 10, progress: Callable[[], object] | None = None) -> list[list[float]]:
+def interleaved(
+    sessions: list,
+    feeds: dict[str, np.ndarray] | list[dict[str, np.ndarray]],
+    warmup: int,
+    iters: int,
+    block: int = 10,
+    progress: Callable[[], object] | None = None,
+) -> list[list[float]]:
     """`interleaved_calls` of `session.run` on `feeds` (one dict for all, or one per session)."""
     per_session = feeds if isinstance(feeds, list) else [feeds] * len(sessions)
-    return interleaved_calls([plain_runner(s, f) for s, f in zip(sessions, per_session)], warmup, iters,
-                             block, progress)
+    return interleaved_calls(
+        [plain_runner(s, f) for s, f in zip(sessions, per_session)], warmup, iters, block, progress
+    )
 
 
-def interleaved_calls(calls: list[Callable[[], object]], warmup: int, iters: int, block: int = 10,
-                      progress: Callable[[], object] | None = None) -> list[list[float]]:
+def interleaved_calls(
+    calls: list[Callable[[], object]],
+    warmup: int,
+    iters: int,
+    block: int = 10,
+    progress: Callable[[], object] | None = None,
+) -> list[list[float]]:
     """Per-call latency samples (seconds) of `iters` runs each (rounded up to whole blocks),
     taken in blocks of `block` runs of one call, the calls alternating block by block in
     ABBA order so drifting load hits all alike. The first run after each switch is not timed:
@@ -105,7 +131,7 @@ def interleaved_calls(calls: list[Callable[[], object]], warmup: int, iters: int
     samples: list[list[float]] = [[] for _ in calls]
     order = list(range(len(calls)))
     for index in range(-(-iters // block)):
-        for k in (order if index % 2 == 0 else order[::-1]):
+        for k in order if index % 2 == 0 else order[::-1]:
             calls[k]()  # right after the switch: not timed
             for _ in range(block):
                 start = time.perf_counter()
@@ -116,14 +142,16 @@ def interleaved_calls(calls: list[Callable[[], object]], warmup: int, iters: int
     return samples
 
 
-def measure_latency(model: onnx.ModelProto, feeds: dict[str, np.ndarray], warmup: int = 5,
-                    iters: int = 50, threads: int = 0) -> LatencyStats:
+def measure_latency(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], warmup: int = 5, iters: int = 50, threads: int = 0
+) -> LatencyStats:
     """Latency of one model on the given inputs."""
     return compare_latency([model], feeds, warmup, iters, threads)[0]
 
 
-def compare_latency(models: list[onnx.ModelProto], feeds: dict[str, np.ndarray], warmup: int = 5,
-                    iters: int = 50, threads: int = 0) -> list[LatencyStats]:
+def compare_latency(
+    models: list[onnx.ModelProto], feeds: dict[str, np.ndarray], warmup: int = 5, iters: int = 50, threads: int = 0
+) -> list[LatencyStats]:
     """Latency of several models on the same inputs, measured side by side (see `interleaved`)."""
     sessions = [make_session(m, threads) for m in models]
     batch = next(iter(feeds.values())).shape[0] if feeds else 1

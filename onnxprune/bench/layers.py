@@ -5,8 +5,8 @@ groups at the plan's counts), with the group's axes resized to the candidate."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -68,8 +68,14 @@ class LayerSpec:
         attrs = {a.name: _attribute_value(a) for a in self.node.attribute}
         if self.group_attribute(count) is not None:
             attrs["group"] = self.group_attribute(count)
-        return {"op": self.node.op_type, "opset": self.opset, "attributes": attrs, "threads": threads,
-                "runtime": runtime, "inputs": [[list(s), i.dtype, i.const] for s, i in zip(self.shapes(count), self.inputs)]}
+        return {
+            "op": self.node.op_type,
+            "opset": self.opset,
+            "attributes": attrs,
+            "threads": threads,
+            "runtime": runtime,
+            "inputs": [[list(s), i.dtype, i.const] for s, i in zip(self.shapes(count), self.inputs)],
+        }
 
     def model(self, count: int, seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
         """The single-op model at `count` channels and random feeds for its activation inputs."""
@@ -145,7 +151,9 @@ def _layer_spec(node: onnx.NodeProto, view: ModelView, atoms: dict, batch: int) 
         shape = view.shape(name) if not const else view.value(name).shape
         if shape is None:
             return None
-        shape = tuple(batch if axis == 0 and not const and not isinstance(d, int) else d for axis, d in enumerate(shape))
+        shape = tuple(
+            batch if axis == 0 and not const and not isinstance(d, int) else d for axis, d in enumerate(shape)
+        )
         if any(not isinstance(d, int) for d in shape):
             return None
         scaled = {a: atoms[Space(name, a)] for a in range(len(shape)) if Space(name, a) in atoms}
@@ -158,8 +166,16 @@ class LayerTimer:
     `TimingCache`. The candidates of one layer are timed side by side (interleaved blocks); on a GPU
     provider with IO binding, so that transfers are not timed."""
 
-    def __init__(self, ep: ExecutionProvider, cache: TimingCache | None, threads: int = 0,
-                 warmup: int = 3, iters: int = 30, block: int = 5, refresh: bool = False):
+    def __init__(
+        self,
+        ep: ExecutionProvider,
+        cache: TimingCache | None,
+        threads: int = 0,
+        warmup: int = 3,
+        iters: int = 30,
+        block: int = 5,
+        refresh: bool = False,
+    ):
         from onnxprune.model.runtime import onnxruntime
 
         self.ep, self.cache, self.threads = ep, cache, threads
@@ -170,8 +186,11 @@ class LayerTimer:
     def layer_times(self, spec: LayerSpec, counts: list[int]) -> dict[int, float]:
         """Milliseconds of the layer at each count."""
         signatures = {c: spec.signature(c, self.threads, self.runtime) for c in counts}
-        times = {} if self.refresh or self.cache is None else \
-            {c: t for c in counts if (t := self.cache.get(signatures[c])) is not None}
+        times = (
+            {}
+            if self.refresh or self.cache is None
+            else {c: t for c in counts if (t := self.cache.get(signatures[c])) is not None}
+        )
         missing = [c for c in counts if c not in times]
         if missing:
             for count, ms in zip(missing, self._measure(spec, missing)):
@@ -187,13 +206,16 @@ class LayerTimer:
             session = make_session(model, self.threads, self.ep.providers)
             check_session_provider(session, self.ep)
             gpu = self.ep.device_type != "cpu"
-            calls.append(io_binding_runner(session, feeds, self.ep.device_type) if gpu else plain_runner(session, feeds))
+            calls.append(
+                io_binding_runner(session, feeds, self.ep.device_type) if gpu else plain_runner(session, feeds)
+            )
         samples = interleaved_calls(calls, self.warmup, self.iters, self.block)
         self.timed += len(counts)
         return [float(np.median(s)) * 1000.0 for s in samples]
 
-    def group_times(self, specs: list[LayerSpec], counts: list[int],
-                    progress: Callable[[], object] | None = None) -> dict[int, float]:
+    def group_times(
+        self, specs: list[LayerSpec], counts: list[int], progress: Callable[[], object] | None = None
+    ) -> dict[int, float]:
         """Total milliseconds of the group's layers at each count."""
         total = {c: 0.0 for c in counts}
         for spec in specs:

@@ -30,12 +30,15 @@ class ExecutionProvider:
 EPS: dict[str, ExecutionProvider] = {
     "cpu": ExecutionProvider("cpu", ("CPUExecutionProvider",), "cpu"),
     "cuda": ExecutionProvider("cuda", ("CUDAExecutionProvider", "CPUExecutionProvider"), "cuda"),
-    "tensorrt": ExecutionProvider("tensorrt", ("TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                               "CPUExecutionProvider"), "cuda"),
+    "tensorrt": ExecutionProvider(
+        "tensorrt", ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"), "cuda"
+    ),
 }
 SHORT_NAMES = {ep.provider: name for name, ep in EPS.items()}
-INSTALL_HINT = ("the CUDA and TensorRT providers come with onnxruntime-gpu (pip install 'onnxprune[gpu]' "
-                "instead of 'onnxprune[cpu]') on a machine with an NVIDIA GPU and its CUDA/TensorRT libraries")
+INSTALL_HINT = (
+    "the CUDA and TensorRT providers come with onnxruntime-gpu (pip install 'onnxprune[gpu]' "
+    "instead of 'onnxprune[cpu]') on a machine with an NVIDIA GPU and its CUDA/TensorRT libraries"
+)
 
 
 def available_providers() -> list[str]:
@@ -52,13 +55,15 @@ def resolve_ep(name: str, available: list[str] | None = None) -> ExecutionProvid
     """The execution provider for a short name; InputError when unknown or not available here."""
     ep = EPS.get(str(name).lower())
     if ep is None:
-        raise InputError(f"--ep {name}: unknown execution provider; choose one of {', '.join(EPS)}")
+        raise InputError(f"{{ep}} {name}: unknown execution provider; choose one of {', '.join(EPS)}", parameter="ep")
     available = available_providers() if available is None else available
     if ep.provider not in available:
         ort = onnxruntime()
         hint = f"; {INSTALL_HINT}" if ep.device_type == "cuda" else ""
-        raise InputError(f"execution provider '{ep.name}' ({ep.provider}) is not available in this "
-                         f"onnxruntime {ort.__version__} build; available: {describe_available(available)}{hint}")
+        raise InputError(
+            f"execution provider '{ep.name}' ({ep.provider}) is not available in this "
+            f"onnxruntime {ort.__version__} build; available: {describe_available(available)}{hint}"
+        )
     return ep
 
 
@@ -67,19 +72,26 @@ def check_session_provider(session, ep: ExecutionProvider) -> None:
     CUDA libraries): refuse to time that as if it were the requested provider."""
     used = session.get_providers()
     if ep.provider not in used:
-        raise InputError(f"execution provider '{ep.name}' ({ep.provider}) is installed but could not start "
-                         f"(no usable GPU or missing CUDA/TensorRT libraries?); the session runs on "
-                         f"{describe_available(used)}")
+        raise InputError(
+            f"execution provider '{ep.name}' ({ep.provider}) is installed but could not start "
+            f"(no usable GPU or missing CUDA/TensorRT libraries?); the session runs on "
+            f"{describe_available(used)}"
+        )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def device_name(device_type: str = "cpu", device_id: int = 0) -> str:
     """The CPU model (from /proc/cpuinfo) or the GPU's name (from nvidia-smi), for cache keys and reports."""
     if device_type == "cpu":
         return _cpu_model()
     try:
-        out = subprocess.run(["nvidia-smi", f"--id={device_id}", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        out = subprocess.run(
+            ["nvidia-smi", f"--id={device_id}", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         out = ""
     return out or f"{device_type}:{device_id}"

@@ -4,9 +4,9 @@ sizes, with each model's speedup over the first and its MACs reduction."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -56,9 +56,15 @@ class BenchOptions:
     def validate(self) -> None:
         """Raise InputError for values outside their range."""
         if not self.batches or any(b < 1 for b in self.batches):
-            raise InputError(f"--batch: batch sizes must be positive integers, got {list(self.batches)}")
-        for name, value, low in (("--threads", self.threads, 0), ("--warmup", self.warmup, 0),
-                                 ("--iters", self.iters, 1), ("--block", self.block, 1)):
+            raise InputError(
+                f"{{batch}}: batch sizes must be positive integers, got {list(self.batches)}", parameter="batch"
+            )
+        for name, value, low in (
+            ("--threads", self.threads, 0),
+            ("--warmup", self.warmup, 0),
+            ("--iters", self.iters, 1),
+            ("--block", self.block, 1),
+        ):
             if value < low:
                 raise InputError(f"{name} must be at least {low}, got {value}")
 
@@ -91,33 +97,57 @@ class BenchResult:
         (median / median), the MACs reduction (first model's MACs / this model's) and their quotient."""
         rows = []
         first = self.models[0]
-        for batch, stats in self.stats.items():
+        for stats in self.stats.values():
             for model, stat in zip(self.models, stats):
                 speedup = stats[0].median_ms / stat.median_ms if stat.median_ms > 0 else None
                 reduction = first.macs / model.macs if model.macs else None
                 efficiency = speedup / reduction if speedup and reduction else None
-                rows.append({"model": model.path, **stat.to_dict(), "speedup": speedup,
-                             "macs_reduction": reduction, "speedup_per_macs_reduction": efficiency})
+                rows.append(
+                    {
+                        "model": model.path,
+                        **stat.to_dict(),
+                        "speedup": speedup,
+                        "macs_reduction": reduction,
+                        "speedup_per_macs_reduction": efficiency,
+                    }
+                )
         return rows
 
     def to_dict(self) -> dict:
         """The `--json` document (format onnxprune-bench/1)."""
         options = self.options
-        return {"format": FORMAT, "ep": self.ep.name, "provider": self.ep.provider, "device": self.device,
-                "onnxruntime": onnxruntime().__version__, "threads": options.threads,
-                "warmup": options.warmup, "iters": options.iters, "block": options.block,
-                "io_binding": self._io_binding(), "spin": options.spin, "batches": list(options.batches),
-                "models": [{"path": m.path, "macs": m.macs, "params": m.params,
-                            "macs_ratio": m.macs / self.models[0].macs if self.models[0].macs else None}
-                           for m in self.models],
-                "results": self.rows()}
+        return {
+            "format": FORMAT,
+            "ep": self.ep.name,
+            "provider": self.ep.provider,
+            "device": self.device,
+            "onnxruntime": onnxruntime().__version__,
+            "threads": options.threads,
+            "warmup": options.warmup,
+            "iters": options.iters,
+            "block": options.block,
+            "io_binding": self._io_binding(),
+            "spin": options.spin,
+            "batches": list(options.batches),
+            "models": [
+                {
+                    "path": m.path,
+                    "macs": m.macs,
+                    "params": m.params,
+                    "macs_ratio": m.macs / self.models[0].macs if self.models[0].macs else None,
+                }
+                for m in self.models
+            ],
+            "results": self.rows(),
+        }
 
     def _io_binding(self) -> bool:
         return self.ep.device_type != "cpu" if self.options.io_binding is None else self.options.io_binding
 
 
-def bench_models(paths: list[str | os.PathLike], options: BenchOptions,
-                 progress: Callable[[], object] | None = None) -> BenchResult:
+def bench_models(
+    paths: list[str | os.PathLike], options: BenchOptions, progress: Callable[[], object] | None = None
+) -> BenchResult:
     """Time every model at every batch size, side by side (see `interleaved_calls`). `progress()`
     is called after every timed block (models × batches × blocks in all)."""
     options.validate()
@@ -132,8 +162,10 @@ def bench_models(paths: list[str | os.PathLike], options: BenchOptions,
     stats: dict[int, list[LatencyStats]] = {}
     for batch in options.batches:
         feeds = [input_feeds(m, batch, options.shapes, options.seed) for m in loaded]
-        calls = [io_binding_runner(s, f, ep.device_type) if io_binding else plain_runner(s, f)
-                 for s, f in zip(sessions, feeds)]
+        calls = [
+            io_binding_runner(s, f, ep.device_type) if io_binding else plain_runner(s, f)
+            for s, f in zip(sessions, feeds)
+        ]
         for call, path in zip(calls, paths):
             _runtime_guard(call, f"{path} fails in ONNX Runtime at batch {batch}")
         samples = interleaved_calls(calls, options.warmup, options.iters, options.block, progress)
@@ -144,8 +176,9 @@ def bench_models(paths: list[str | os.PathLike], options: BenchOptions,
 
 def _session(path: Path, options: BenchOptions, ep: ExecutionProvider):
     """The session of one model on the requested provider (InputError when ONNX Runtime refuses it)."""
-    session = _runtime_guard(lambda: make_session(path, options.threads, ep.providers, options.spin),
-                             f"ONNX Runtime cannot load {path}")
+    session = _runtime_guard(
+        lambda: make_session(path, options.threads, ep.providers, options.spin), f"ONNX Runtime cannot load {path}"
+    )
     check_session_provider(session, ep)
     return session
 
@@ -184,16 +217,22 @@ def input_shape(info: onnx.ValueInfoProto, batch: int | None, shapes: dict[str, 
     for axis, dim in enumerate(dims):
         if dim.HasField("dim_value") and dim.dim_value > 0:
             if axis == 0 and batch is not None and dim.dim_value != batch:
-                raise InputError(f"input '{info.name}' has a fixed batch size of {dim.dim_value}; "
-                                 f"cannot time batch {batch} (use --batch {dim.dim_value})")
+                raise InputError(
+                    f"input '{info.name}' has a fixed batch size of {dim.dim_value}; "
+                    f"cannot time batch {batch} (use {{batch}} {dim.dim_value})",
+                    parameter="batch",
+                )
             shape.append(dim.dim_value)
         elif axis == 0:
             shape.append(batch or 1)
         elif given is not None:
             shape.append(given[axis])
         else:
-            raise InputError(f"input '{info.name}' has a dynamic dimension {axis} ('{dim.dim_param or '?'}'); "
-                             f"give its shape with --shape {info.name}=" + "x".join(["1"] + ["N"] * (len(dims) - 1)))
+            raise InputError(
+                f"input '{info.name}' has a dynamic dimension {axis} ('{dim.dim_param or '?'}'); "
+                f"give its shape with {{shape}} {info.name}=" + "x".join(["1"] + ["N"] * (len(dims) - 1)),
+                parameter="shape",
+            )
     return tuple(shape)
 
 
@@ -202,17 +241,22 @@ def _check_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], pa
     inputs = {info.name: info for info in graph_inputs(model)}
     for name, shape in shapes.items():
         if name not in inputs:
-            raise InputError(f"--shape {name}: {path} has no input '{name}' (inputs: {', '.join(inputs)})")
+            raise InputError(
+                f"{{shape}} {name}: {path} has no input '{name}' (inputs: {', '.join(inputs)})", parameter="shape"
+            )
         dims = inputs[name].type.tensor_type.shape.dim
         if len(shape) != len(dims):
-            raise InputError(f"--shape {name}: {len(shape)} dims given, the input has {len(dims)}")
+            raise InputError(f"{{shape}} {name}: {len(shape)} dims given, the input has {len(dims)}", parameter="shape")
         for axis, (dim, size) in enumerate(zip(dims, shape)):
             if axis and dim.HasField("dim_value") and dim.dim_value > 0 and dim.dim_value != size:
-                raise InputError(f"--shape {name}: dim {axis} is {size}, the model fixes it to {dim.dim_value}")
+                raise InputError(
+                    f"{{shape}} {name}: dim {axis} is {size}, the model fixes it to {dim.dim_value}", parameter="shape"
+                )
 
 
-def input_feeds(model: onnx.ModelProto, batch: int, shapes: dict[str, tuple[int, ...]],
-                seed: int = 0) -> dict[str, np.ndarray]:
+def input_feeds(
+    model: onnx.ModelProto, batch: int, shapes: dict[str, tuple[int, ...]], seed: int = 0
+) -> dict[str, np.ndarray]:
     """Seeded random inputs for every graph input at `batch` (see `input_shape`)."""
     concrete = {info.name: input_shape(info, batch, shapes) for info in graph_inputs(model)}
     return random_inputs(model, seed, batch, concrete)
@@ -243,7 +287,10 @@ def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
         except ValueError:
             shape = ()
         if not name or not shape or any(d < 1 for d in shape):
-            raise InputError(f"--shape {item}: expected NAME=DxDx... with positive sizes, e.g. input=1x3x224x224")
+            raise InputError(
+                f"{{shape}} {item}: expected NAME=DxDx... with positive sizes, e.g. input=1x3x224x224",
+                parameter="shape",
+            )
         shapes[name] = shape
     return shapes
 
@@ -255,5 +302,7 @@ def parse_batches(text: str) -> tuple[int, ...]:
     except ValueError:
         batches = ()
     if not batches or any(b < 1 for b in batches):
-        raise InputError(f"--batch {text}: expected comma-separated positive integers, e.g. 1,8,64")
+        raise InputError(
+            f"{{batch}} {text}: expected comma-separated positive integers, e.g. 1,8,64", parameter="batch"
+        )
     return batches

@@ -21,8 +21,7 @@ def activation_stats(ctx: ScoringContext):
     """Per-space statistics, computed once per scoring context."""
     from onnxprune.measure.gated import collect_stats
 
-    return ctx.cached("stats", lambda: collect_stats(ctx.model, ctx.groups, ctx.view, ctx.data,
-                                                     ctx.progress))
+    return ctx.cached("stats", lambda: collect_stats(ctx.model, ctx.groups, ctx.view, ctx.data, ctx.progress))
 
 
 class StatisticCriterion(Criterion):
@@ -95,9 +94,12 @@ class EmpiricalSensitivity(StatisticCriterion):
     def score(self, group, ctx):
         """Per consumer, the channel's atoms averaged; then the largest over all the consumers of
         the channel, whichever space they read (a residual stream's consumers included)."""
-        per_consumer = [atoms_to_channels(group, {space: running})
-                        for space, stats in activation_stats(ctx).items() if space in group.channel_of
-                        for running in stats.sensitivity.values()]
+        per_consumer = [
+            atoms_to_channels(group, {space: running})
+            for space, stats in activation_stats(ctx).items()
+            if space in group.channel_of
+            for running in stats.sensitivity.values()
+        ]
         return np.max(per_consumer, axis=0)
 
 
@@ -136,8 +138,10 @@ class EffectCriterion(Criterion):
             reference = next(iter(model.run(feeds).values()))
             for group in groups:
                 for channel in range(group.channels):
-                    outputs = [next(iter(model.run(feeds, {group.id: _gate(group.channels, channel, v)}).values()))
-                               for v in self.gate_values]
+                    outputs = [
+                        next(iter(model.run(feeds, {group.id: _gate(group.channels, channel, v)}).values()))
+                        for v in self.gate_values
+                    ]
                     sums[group.id][channel] += self.effect(reference, outputs, labels).sum()
             if ctx.progress:
                 ctx.progress()

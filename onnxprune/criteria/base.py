@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class Criterion(ABC):
     def check(self, ctx: ScoringContext) -> None:
         """Raise InputError when the criterion cannot be used on this model."""
         if self.needs_data and ctx.data is None:
-            raise InputError(f"criterion {self.name} needs calibration data: add --calib PATH")
+            raise InputError(f"criterion {self.name} needs calibration data: add {{calib}} PATH", parameter="calib")
 
     @abstractmethod
     def score(self, group: ChannelGroup, ctx: ScoringContext) -> np.ndarray:
@@ -69,8 +69,9 @@ def get_criterion(name: str) -> Criterion:
 RowScore = Callable[[np.ndarray], np.ndarray]
 
 
-def group_scores(group: ChannelGroup, ctx: ScoringContext, row_score: RowScore,
-                 roles: tuple[str, ...] = ("out",)) -> np.ndarray:
+def group_scores(
+    group: ChannelGroup, ctx: ScoringContext, row_score: RowScore, roles: tuple[str, ...] = ("out",)
+) -> np.ndarray:
     """Reduce per-row scores of the group's weight members to one score per channel.
 
     Each member is viewed as a matrix (rows = its channel axis, columns = everything else);
@@ -79,8 +80,9 @@ def group_scores(group: ChannelGroup, ctx: ScoringContext, row_score: RowScore,
     Members with the first of `roles`, else consumer ("in") members, are used.
     """
     members = _unique(group.members_with(*roles)) or _unique(group.members_with("in"))
-    return atoms_to_channels(group, {m.space: row_score(member_matrix(ctx.weights[m.space.tensor], m.space.axis))
-                                     for m in members})
+    return atoms_to_channels(
+        group, {m.space: row_score(member_matrix(ctx.weights[m.space.tensor], m.space.axis)) for m in members}
+    )
 
 
 def member_matrix(weight: np.ndarray, axis: int) -> np.ndarray:

@@ -81,8 +81,10 @@ class BNScale(Criterion):
 
     def check(self, ctx):
         if not any(m.role == "bn_scale" for g in ctx.groups for m in g.members):
-            raise InputError("criterion bn_scale needs BatchNormalization nodes, but this model has "
-                             "none (its exporter folded them into the convolutions); use l1, l2 or fpgm")
+            raise InputError(
+                "criterion bn_scale needs BatchNormalization nodes, but this model has "
+                "none (its exporter folded them into the convolutions); use l1, l2 or fpgm"
+            )
 
     def score(self, group, ctx):
         roles = ("bn_scale",) if group.members_with("bn_scale") else ("out",)

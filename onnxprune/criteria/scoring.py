@@ -13,12 +13,12 @@ if TYPE_CHECKING:
     from onnxprune.analysis.analyze import Analysis
 
 
-def score_groups(analysis: Analysis, criterion: str, seed: int = 0, data=None,
-                 progress: Callable | None = None) -> dict[str, np.ndarray]:
+def score_groups(
+    analysis: Analysis, criterion: str, seed: int = 0, data=None, progress: Callable | None = None
+) -> dict[str, np.ndarray]:
     """Scores of every prunable group's channels by the named criterion (`data`: calibration set
     for the data-driven criteria; `progress()` is called once per calibration batch)."""
     scorer = get_criterion(criterion)
-    ctx = ScoringContext(analysis.view.consts, analysis.groups, seed, analysis.model, analysis.view,
-                         data, progress)
+    ctx = ScoringContext(analysis.view.consts, analysis.groups, seed, analysis.model, analysis.view, data, progress)
     scorer.check(ctx)
     return {g.id: scorer.score(g, ctx) for g in analysis.groups if g.prunable}

@@ -4,9 +4,9 @@ file or an image folder (`class/xxx.jpg`), with a small preprocessing spec."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -28,7 +28,7 @@ class Preprocess:
     layout: str = "auto"
 
     @classmethod
-    def parse(cls, text: str | None) -> "Preprocess":
+    def parse(cls, text: str | None) -> Preprocess:
         """Parse 'resize=32,scale=255,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=nchw'."""
         spec = cls()
         for item in filter(None, (text or "").split(",")):
@@ -46,8 +46,11 @@ class Preprocess:
                 else:
                     raise ValueError(key)
             except ValueError:
-                raise InputError(f"--preprocess: cannot read '{item}' (keys: resize=INT, scale=FLOAT, "
-                                 "mean=A/B/C, std=A/B/C, layout=nchw|nhwc|auto)") from None
+                raise InputError(
+                    f"{{preprocess}}: cannot read '{item}' (keys: resize=INT, scale=FLOAT, "
+                    "mean=A/B/C, std=A/B/C, layout=nchw|nhwc|auto)",
+                    parameter="preprocess",
+                ) from None
         return spec
 
     def apply(self, images: np.ndarray, channels_first: bool) -> np.ndarray:
@@ -55,8 +58,10 @@ class Preprocess:
         for key in ("mean", "std"):
             values = getattr(self, key)
             if values is not None and len(values) not in (1, images.shape[-1]):
-                raise InputError(f"--preprocess: {key} has {len(values)} values for images with "
-                                 f"{images.shape[-1]} channels")
+                raise InputError(
+                    f"{{preprocess}}: {key} has {len(values)} values for images with {images.shape[-1]} channels",
+                    parameter="preprocess",
+                )
         x = images.astype(np.float32) / self.scale
         if self.mean is not None:
             x = x - np.asarray(self.mean, np.float32)
@@ -75,7 +80,7 @@ class ModelInput:
     dtype: np.dtype
 
     @classmethod
-    def of(cls, model: onnx.ModelProto) -> "ModelInput":
+    def of(cls, model: onnx.ModelProto) -> ModelInput:
         """The first graph input that is not an initializer."""
         inits = {i.name for i in model.graph.initializer}
         info = next(i for i in model.graph.input if i.name not in inits)
@@ -120,34 +125,42 @@ class CalibrationData:
         x, y = self._arrays
         batch = np.asarray(x[start:stop])
         if batch.dtype == np.uint8:
-            batch = self.preprocess.apply(batch if batch.shape[-1] in (1, 3, 4) else batch.transpose(0, 2, 3, 1),
-                                          self.target.channels_first)
+            batch = self.preprocess.apply(
+                batch if batch.shape[-1] in (1, 3, 4) else batch.transpose(0, 2, 3, 1), self.target.channels_first
+            )
         return batch.astype(self.target.dtype, copy=False), (None if y is None else np.asarray(y[start:stop]))
 
     def _files_batch(self, start: int, stop: int):
         chosen = self._files[start:stop]
         images = [_read_image(path, self.preprocess.resize) for path, _ in chosen]
         if len({image.shape for image in images}) > 1:
-            raise InputError(f"--calib {self.source}: images of different sizes in one batch; "
-                             "add --preprocess resize=SIZE")
+            raise InputError(
+                f"{{calib}} {self.source}: images of different sizes in one batch; add {{preprocess}} resize=SIZE",
+                parameter="calib",
+            )
         images = np.stack(images)
         x = self.preprocess.apply(images, self.target.channels_first).astype(self.target.dtype, copy=False)
         return x, np.array([label for _, label in chosen], dtype=np.int64)
 
 
-def load_calibration(path: str | Path, model: onnx.ModelProto, samples: int | None = None,
-                     preprocess: str | Preprocess | None = None, batch_size: int = 64,
-                     seed: int = 0) -> CalibrationData:
+def load_calibration(
+    path: str | Path,
+    model: onnx.ModelProto,
+    samples: int | None = None,
+    preprocess: str | Preprocess | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> CalibrationData:
     """Open a calibration set for `model`: a .npz/.npy file or an image folder."""
     if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+        raise InputError(f"{{batch_size}} must be at least 1, got {batch_size}", parameter="batch_size")
     if samples is not None and samples < 1:
-        raise InputError(f"--calib-samples must be at least 1, got {samples}")
+        raise InputError(f"{{calib_samples}} must be at least 1, got {samples}", parameter="calib_samples")
     path = Path(path)
     spec = preprocess if isinstance(preprocess, Preprocess) else Preprocess.parse(preprocess)
     target = ModelInput.of(model)
     if not path.exists():
-        raise InputError(f"--calib {path}: no such file or folder")
+        raise InputError(f"{{calib}} {path}: no such file or folder", parameter="calib")
     if path.is_dir():
         data = CalibrationData(path, target, spec, 0, batch_size, seed, True)
         data._files = _image_files(path, seed)
@@ -159,7 +172,7 @@ def load_calibration(path: str | Path, model: onnx.ModelProto, samples: int | No
         total = len(data._arrays[0])
     data.samples = min(total, samples) if samples else total
     if data.samples < 1:
-        raise InputError(f"--calib {path}: no samples found")
+        raise InputError(f"{{calib}} {path}: no samples found", parameter="calib")
     _check_sample_shape(data)
     return data
 
@@ -171,8 +184,11 @@ def _check_sample_shape(data: CalibrationData) -> None:
     fixed = [e is None or e == got for e, got in zip(expected[1:], x.shape[1:])]
     if len(x.shape) != len(expected) or not all(fixed):
         want = "x".join("?" if e is None else str(e) for e in expected[1:])
-        raise InputError(f"--calib {data.source}: samples of shape {'x'.join(map(str, x.shape[1:]))} do not fit "
-                         f"model input '{data.target.name}' ({want})")
+        raise InputError(
+            f"{{calib}} {data.source}: samples of shape {'x'.join(map(str, x.shape[1:]))} do not fit "
+            f"model input '{data.target.name}' ({want})",
+            parameter="calib",
+        )
 
 
 def _load_arrays(path: Path, input_name: str):
@@ -181,10 +197,10 @@ def _load_arrays(path: Path, input_name: str):
             return np.load(path, mmap_mode="r"), None
         archive = np.load(path)
     except Exception as exc:
-        raise InputError(f"--calib {path}: not a readable .npz/.npy file ({exc})") from None
+        raise InputError(f"{{calib}} {path}: not a readable .npz/.npy file ({exc})", parameter="calib") from None
     names = list(archive.files)
     if not names:
-        raise InputError(f"--calib {path}: the .npz file holds no arrays")
+        raise InputError(f"{{calib}} {path}: the .npz file holds no arrays", parameter="calib")
     key = input_name if input_name in names else ("x" if "x" in names else names[0])
     labels = archive["y"] if "y" in names and key != "y" else None
     return archive[key], labels
@@ -193,10 +209,16 @@ def _load_arrays(path: Path, input_name: str):
 def _image_files(folder: Path, seed: int) -> list[tuple[Path, int]]:
     """All images as (path, label index by sorted class folder), in a seeded random order."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    files = [(f, label) for label, name in enumerate(classes) for f in sorted((folder / name).iterdir())
-             if f.suffix.lower() in IMAGE_SUFFIXES]
+    files = [
+        (f, label)
+        for label, name in enumerate(classes)
+        for f in sorted((folder / name).iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
     if not files:
-        raise InputError(f"--calib {folder}: no images in class sub-folders (expected class/xxx.jpg)")
+        raise InputError(
+            f"{{calib}} {folder}: no images in class sub-folders (expected class/xxx.jpg)", parameter="calib"
+        )
     order = np.random.default_rng(seed).permutation(len(files))
     return [files[i] for i in order]
 
@@ -211,4 +233,4 @@ def _read_image(path: Path, size: int | None) -> np.ndarray:
                 image = image.resize((size, size), Image.BILINEAR)
             return np.asarray(image)
     except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise InputError(f"--calib: cannot read image {path} ({exc})") from None
+        raise InputError(f"{{calib}}: cannot read image {path} ({exc})", parameter="calib") from None

@@ -48,8 +48,14 @@ class GatedModel:
     """The model with gates before every probe (graph inputs `gate::<tensor>::<axis>`), optionally
     returning the probed activations too."""
 
-    def __init__(self, model: onnx.ModelProto, groups: list[ChannelGroup], view: ModelView,
-                 observe: bool = False, threads: int = 0):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        groups: list[ChannelGroup],
+        view: ModelView,
+        observe: bool = False,
+        threads: int = 0,
+    ):
         self.groups = {g.id: g for g in groups}
         self.probes = find_probes(groups, view)
         self.spaces = list(dict.fromkeys(p.space for p in self.probes))
@@ -77,8 +83,11 @@ class GatedModel:
                     node.input[index] = renamed[probe.space]
         _topological_sort(graph)
         if self.observe:
-            graph.output.extend(helper.make_tensor_value_info(s.tensor, onnx.TensorProto.FLOAT, None)
-                                for s in dict.fromkeys(p.space for p in self.probes) if s.tensor not in self.outputs)
+            graph.output.extend(
+                helper.make_tensor_value_info(s.tensor, onnx.TensorProto.FLOAT, None)
+                for s in dict.fromkeys(p.space for p in self.probes)
+                if s.tensor not in self.outputs
+            )
         return gated
 
     def _insert_gate(self, graph: onnx.GraphProto, space: Space, view: ModelView) -> str:
@@ -100,8 +109,9 @@ class GatedModel:
             group = self.groups[self.space_group[space]]
             values = (class_gates or {}).get(group.id)
             atoms = group.channel_of[space]
-            feeds[self.gate_name(space)] = (np.ones(len(atoms), np.float32) if values is None
-                                            else values[atoms].astype(np.float32))
+            feeds[self.gate_name(space)] = (
+                np.ones(len(atoms), np.float32) if values is None else values[atoms].astype(np.float32)
+            )
         return feeds
 
     def run(self, feeds: dict[str, np.ndarray], class_gates: dict[str, np.ndarray] | None = None) -> dict:
@@ -162,7 +172,7 @@ class SpaceStats:
     @property
     def std(self) -> np.ndarray:
         """Standard deviation of the activation per atom."""
-        return np.sqrt(np.maximum(self.total_sq / np.maximum(self.elements, 1) - self.mean ** 2, 0.0))
+        return np.sqrt(np.maximum(self.total_sq / np.maximum(self.elements, 1) - self.mean**2, 0.0))
 
 
 def feature_map_ranks(activation: np.ndarray) -> np.ndarray:
@@ -174,20 +184,24 @@ def feature_map_ranks(activation: np.ndarray) -> np.ndarray:
     if activation.ndim < 4:
         flat = activation.reshape(activation.shape[0], activation.shape[1], -1)
         return (np.abs(flat).max(axis=2) > 0).astype(np.float64)
-    maps = activation.reshape(activation.shape[:2] + (-1,) + activation.shape[-1:]) if activation.ndim > 4 \
-        else activation
+    maps = (
+        activation.reshape(activation.shape[:2] + (-1,) + activation.shape[-1:]) if activation.ndim > 4 else activation
+    )
     precision = np.promote_types(maps.dtype, np.float32)  # float16 maps: float32 (linalg has no float16)
     return np.linalg.matrix_rank(maps.astype(precision, copy=False)).astype(np.float64)
 
 
-def collect_stats(model: onnx.ModelProto, groups: list[ChannelGroup], view: ModelView, data,
-                  progress=None) -> dict[Space, SpaceStats]:
+def collect_stats(
+    model: onnx.ModelProto, groups: list[ChannelGroup], view: ModelView, data, progress=None
+) -> dict[Space, SpaceStats]:
     """Stream the calibration data once; per probed space, running statistics and, per consumer,
     the empirical sensitivity max_x (|W[:, c]|_1 mean|a_c(x)|) / sum_k (|W[:, k]|_1 mean|a_k(x)|)."""
     gated = GatedModel(model, groups, view, observe=True)
     stats = {s: SpaceStats(view.shape(s.tensor)[s.axis]) for s in gated.spaces}
-    column_norms = {p: np.abs(member_matrix(view.value(p.weight.space.tensor), p.weight.space.axis)).sum(axis=1)
-                    for p in gated.probes}
+    column_norms = {
+        p: np.abs(member_matrix(view.value(p.weight.space.tensor), p.weight.space.axis)).sum(axis=1)
+        for p in gated.probes
+    }
     for feeds, _ in data.batches():
         outputs = gated.run(feeds)
         per_sample = {s: stats[s].update(np.moveaxis(outputs[s.tensor], s.axis, 1)) for s in gated.spaces}

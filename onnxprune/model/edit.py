@@ -20,8 +20,11 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     present = {o.name for o in copy.graph.output}
-    copy.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-                             for n in dict.fromkeys(names) if n not in present)
+    copy.graph.output.extend(
+        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+        for n in dict.fromkeys(names)
+        if n not in present
+    )
     return copy
 
 
@@ -50,14 +53,23 @@ def detach_large_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[
     external), unless a node whose inputs are all constant reads them (folding needs the values);
     returns it and the set-aside originals by name (not copied)."""
     graph = model.graph
-    constants = {init.name for init in graph.initializer} | \
-        {out for node in graph.node if node.op_type == "Constant" for out in node.output}
-    folded_inputs = {name for node in graph.node if node.input and all(i in constants or not i for i in node.input)
-                     for name in node.input}
+    constants = {init.name for init in graph.initializer} | {
+        out for node in graph.node if node.op_type == "Constant" for out in node.output
+    }
+    folded_inputs = {
+        name
+        for node in graph.node
+        if node.input and all(i in constants or not i for i in node.input)
+        for name in node.input
+    }
     light, detached = copy_without_initializers(model), {}
     for init in graph.initializer:
         entry = light.graph.initializer.add()
-        if init.name in folded_inputs or tensor_nbytes(init) <= DETACH_BYTES or init.data_location == onnx.TensorProto.EXTERNAL:
+        if (
+            init.name in folded_inputs
+            or tensor_nbytes(init) <= DETACH_BYTES
+            or init.data_location == onnx.TensorProto.EXTERNAL
+        ):
             entry.CopyFrom(init)
             continue
         entry.name, entry.data_type, entry.data_location = init.name, init.data_type, onnx.TensorProto.EXTERNAL
@@ -79,8 +91,11 @@ def reattach(model: onnx.ModelProto, detached: dict[str, onnx.TensorProto]) -> o
 def transplant(normalized: onnx.ModelProto, target: onnx.ModelProto, detached: dict) -> None:
     """Make `target` (which holds the set-aside weights) equal to `normalized`, whose stand-ins
     name them: everything but those weights is replaced; they stay where they are."""
-    kept = {i.name for i in normalized.graph.initializer
-            if i.name in detached and i.data_location == onnx.TensorProto.EXTERNAL}
+    kept = {
+        i.name
+        for i in normalized.graph.initializer
+        if i.name in detached and i.data_location == onnx.TensorProto.EXTERNAL
+    }
     graph = target.graph
     for index in reversed(range(len(graph.initializer))):
         if graph.initializer[index].name not in kept:

@@ -14,8 +14,9 @@ DEFAULT_BATCH = 2
 MAX_INPUT_ELEMENTS = 1 << 30
 
 
-def random_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = DEFAULT_BATCH,
-                  shapes: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
+def random_inputs(
+    model: onnx.ModelProto, seed: int = 0, batch: int = DEFAULT_BATCH, shapes: dict[str, tuple] | None = None
+) -> dict[str, np.ndarray]:
     """Seeded random feeds for every graph input; dynamic dims become `batch` (first) or 1."""
     rng = np.random.default_rng(seed)
     consts = {init.name for init in model.graph.initializer}
@@ -25,8 +26,10 @@ def random_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = DEFAULT_BA
             continue
         shape = (shapes or {}).get(info.name) or _concrete_shape(info, batch)
         if int(np.prod(shape, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
-            raise InputError(f"input '{info.name}' of shape {list(shape)} is too large to verify with random "
-                             "data; give smaller dimensions with --shape")
+            raise InputError(
+                f"input '{info.name}' of shape {list(shape)} is too large to verify with random "
+                "data; give smaller dimensions with --shape"
+            )
         dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating):
             feeds[info.name] = rng.standard_normal(shape).astype(dtype)

@@ -74,7 +74,9 @@ def check_structure(model: onnx.ModelProto, where: str = "") -> None:
             stand_in.dims.append(0)
         _read_all_text(skeleton)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{where}the input model is not valid ONNX (text that is not UTF-8: {short_message(exc)})") from None
+        raise InputError(
+            f"{where}the input model is not valid ONNX (text that is not UTF-8: {short_message(exc)})"
+        ) from None
     graph = skeleton.graph
     for info in list(graph.input) + list(graph.output) + list(graph.value_info):
         if info.type.HasField("tensor_type") and not info.type.tensor_type.HasField("shape"):
@@ -95,7 +97,7 @@ def _read_all_text(message) -> None:
         repeated = getattr(descriptor, "is_repeated", None)
         if repeated is None:  # protobuf < 5
             repeated = descriptor.label == descriptor.LABEL_REPEATED
-        for item in (value if repeated else [value]):
+        for item in value if repeated else [value]:
             _read_all_text(item)
 
 
@@ -110,8 +112,10 @@ def check_dimensions(model: onnx.ModelProto) -> None:
         if info.type.HasField("tensor_type"):
             for dim in info.type.tensor_type.shape.dim:
                 if dim.HasField("dim_value") and not 0 <= dim.dim_value <= MAX_DIM:
-                    raise InputError(f"tensor '{info.name}' would have a dimension of {dim.dim_value}: "
-                                     "no runtime can run this model (check the attributes that size it)")
+                    raise InputError(
+                        f"tensor '{info.name}' would have a dimension of {dim.dim_value}: "
+                        "no runtime can run this model (check the attributes that size it)"
+                    )
 
 
 def check_weight_shapes(model: onnx.ModelProto, stored_bytes: int, where: str = "") -> None:
@@ -124,8 +128,10 @@ def check_weight_shapes(model: onnx.ModelProto, stored_bytes: int, where: str = 
         for dim in init.dims:
             count *= dim
             if dim < 0 or count > limit:
-                raise InputError(f"{where}weight '{init.name}' has shape {list(init.dims)}, more values than "
-                                 f"the model's {stored_bytes} bytes can hold")
+                raise InputError(
+                    f"{where}weight '{init.name}' has shape {list(init.dims)}, more values than "
+                    f"the model's {stored_bytes} bytes can hold"
+                )
 
 
 def check_external_locations(model: onnx.ModelProto, folder: Path) -> set[Path]:
@@ -142,8 +148,10 @@ def check_external_locations(model: onnx.ModelProto, folder: Path) -> set[Path]:
         target = (root / location).resolve()
         inside = location and not Path(location).is_absolute() and target.is_relative_to(root)
         if not inside:
-            raise InputError(f"weight '{tensor.name}': external data location {location!r} is outside the "
-                             "model's folder; refusing to read it")
+            raise InputError(
+                f"weight '{tensor.name}': external data location {location!r} is outside the "
+                "model's folder; refusing to read it"
+            )
         if not target.is_file():
             raise InputError(f"weight '{tensor.name}': external data file {location!r} not found beside the model")
         files.add(target)
@@ -233,7 +241,7 @@ def _write_external(handle, init: onnx.TensorProto, entry: onnx.TensorProto, dig
 def _remove_old_data_files(path: Path, keep: str | None) -> None:
     """Data files `<name>.<12 hex>.data` of earlier writes of `path`, other than `keep`."""
     for old in path.parent.glob(f"{glob.escape(path.name)}.*.data"):
-        stem = old.name[len(path.name) + 1:-len(".data")]
+        stem = old.name[len(path.name) + 1 : -len(".data")]
         if old.name != keep and len(stem) == 12 and all(c in "0123456789abcdef" for c in stem):
             old.unlink(missing_ok=True)
 
@@ -247,7 +255,7 @@ def remove_stale_temporaries(path: Path) -> None:
     """Remove temporary files left beside `path` by writes whose process no longer exists (a
     SIGKILL cannot be cleaned up after; the next write to the same path does it)."""
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
         if pid.isdigit() and not _process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 

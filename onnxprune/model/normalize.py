@@ -69,19 +69,28 @@ def _normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def normalization_passes(separate: bool = False) -> list[tuple[str, "Callable"]]:
+def normalization_passes(separate: bool = False) -> list[tuple[str, Callable]]:
     """The normalization passes in order, as (name, function ModelProto -> ModelProto). Each
     returns a valid model when given one (tests check the model after every pass). `separate`:
     lifting, folding, dead-node removal and sorting as four passes (each a graph-surgeon
     import/export) instead of one."""
-    surgery = [("lift constants", ()), ("remove dead nodes", ("cleanup",)), ("fold constants", ("fold",)),
-               ("sort topologically", ("toposort",))] if separate else \
-        [("lift and fold constants, remove dead nodes, sort", ("fold", "cleanup", "toposort"))]
-    return [("initializers only as initializers (IR < 4)", upgrade_ir_version),
-            ("negative dimensions are dynamic", negative_dims_as_dynamic),
-            ("infer shapes for folding", infer_shapes_for_folding),
-            *[(name, functools.partial(graph_surgery, steps=steps)) for name, steps in surgery],
-            ("infer shapes", infer_final_shapes)]
+    surgery = (
+        [
+            ("lift constants", ()),
+            ("remove dead nodes", ("cleanup",)),
+            ("fold constants", ("fold",)),
+            ("sort topologically", ("toposort",)),
+        ]
+        if separate
+        else [("lift and fold constants, remove dead nodes, sort", ("fold", "cleanup", "toposort"))]
+    )
+    return [
+        ("initializers only as initializers (IR < 4)", upgrade_ir_version),
+        ("negative dimensions are dynamic", negative_dims_as_dynamic),
+        ("infer shapes for folding", infer_shapes_for_folding),
+        *[(name, functools.partial(graph_surgery, steps=steps)) for name, steps in surgery],
+        ("infer shapes", infer_final_shapes),
+    ]
 
 
 #: The IR version from which initializers need not be graph inputs (ONNX 1.4).
@@ -136,7 +145,8 @@ def infer_final_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 def graph_surgery(model: onnx.ModelProto, steps: tuple[str, ...]) -> onnx.ModelProto:
     """One graph-surgeon import/export (which lifts `Constant` nodes into initializers) with
     `steps` in between: 'fold' (constant sub-graphs, then the folded nodes are removed),
-    'cleanup' (dead nodes; graph inputs are kept), 'toposort'. Nodes with subgraphs (If, Loop, Scan) are held out meanwhile and put back
+    'cleanup' (dead nodes; graph inputs are kept), 'toposort'. Nodes with subgraphs (If, Loop, Scan)
+    are held out meanwhile and put back
     unchanged (see `hold_subgraphs`)."""
     import onnx_graphsurgeon as gs
 
@@ -154,8 +164,9 @@ def graph_surgery(model: onnx.ModelProto, steps: tuple[str, ...]) -> onnx.ModelP
             graph.toposort()
         result = gs.export_onnx(graph, do_type_check=False)
     except Exception as exc:
-        raise InternalError(f"internal error: graph-surgeon cannot process the model ({short_message(exc)}); "
-                            "please report it") from None
+        raise InternalError(
+            f"internal error: graph-surgeon cannot process the model ({short_message(exc)}); please report it"
+        ) from None
     restore_subgraphs(result, held)
     _copy_model_metadata(model, result)
     return result

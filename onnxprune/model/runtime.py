@@ -19,8 +19,9 @@ def onnxruntime():
     try:
         import onnxruntime as ort
     except ImportError:
-        raise InputError("ONNX Runtime is not installed: pip install 'onnxprune[cpu]' "
-                         "(or 'onnxprune[gpu]' for CUDA/TensorRT)") from None
+        raise InputError(
+            "ONNX Runtime is not installed: pip install 'onnxprune[cpu]' (or 'onnxprune[gpu]' for CUDA/TensorRT)"
+        ) from None
     return ort
 
 
@@ -59,14 +60,22 @@ def session_options(optimize: bool = False, threads: int = 0, spin: bool = True,
     options.intra_op_num_threads = threads
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     return options
 
 
-def make_session(model: onnx.ModelProto | str | os.PathLike, arrays: dict[str, np.ndarray] | None = None,
-                 optimize: bool = False, threads: int = 0, providers: list[str] | tuple[str, ...] | None = None,
-                 spin: bool = True, in_memory: bool = True, log_level: int = 4):
+def make_session(
+    model: onnx.ModelProto | str | os.PathLike,
+    arrays: dict[str, np.ndarray] | None = None,
+    optimize: bool = False,
+    threads: int = 0,
+    providers: list[str] | tuple[str, ...] | None = None,
+    spin: bool = True,
+    in_memory: bool = True,
+    log_level: int = 4,
+):
     """The one ONNX Runtime session factory (`model`: a ModelProto or a path; `providers`: default
     CPU). With `in_memory` a ModelProto's large weights are passed from memory (`arrays` by name,
     else the model's own values) instead of being serialized with the graph; without it the whole
@@ -80,8 +89,9 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, arrays: dict[str, n
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     skeleton, external = _skeleton(model, arrays or {})
     inits = {init.name: init for init in model.graph.initializer}
-    values = [np.ascontiguousarray(arrays[n] if arrays and n in arrays else numpy_helper.to_array(inits[n]))
-              for n in external]
+    values = [
+        np.ascontiguousarray(arrays[n] if arrays and n in arrays else numpy_helper.to_array(inits[n])) for n in external
+    ]
     ort_values = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]
     if external:
         options.add_external_initializers(external, ort_values)
@@ -90,8 +100,12 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, arrays: dict[str, n
     return session
 
 
-def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimize: bool = False,
-              arrays: dict[str, np.ndarray] | None = None) -> dict:
+def run_model(
+    model: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    optimize: bool = False,
+    arrays: dict[str, np.ndarray] | None = None,
+) -> dict:
     """Run a model with ONNX Runtime on CPU; returns outputs by name. Without graph optimizations,
     large weights are fed as inputs: ONNX Runtime copies the initializers of a session, but reads
     inputs in place, so a big model's weights are not held twice."""

@@ -29,8 +29,15 @@ def simplify_attention(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes = []
     for node in model.graph.node:
         if id(node) in replace:
-            nodes.append(helper.make_node("Transpose", [replace[id(node)].input[0]], [node.output[0]],
-                                          name=f"{node.name or node.output[0]}::transpose", perm=[0, 1, 3, 2]))
+            nodes.append(
+                helper.make_node(
+                    "Transpose",
+                    [replace[id(node)].input[0]],
+                    [node.output[0]],
+                    name=f"{node.name or node.output[0]}::transpose",
+                    perm=[0, 1, 3, 2],
+                )
+            )
         elif id(node) not in drop:
             nodes.append(node)
     del model.graph.node[:]

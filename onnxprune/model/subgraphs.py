@@ -26,8 +26,11 @@ def subgraph_outer_reads(node: onnx.NodeProto) -> list[str]:
 
 
 def _graph_outer_reads(graph: onnx.GraphProto) -> list[str]:
-    defined = {i.name for i in graph.input} | {i.name for i in graph.initializer} | \
-        {s.values.name for s in graph.sparse_initializer}
+    defined = (
+        {i.name for i in graph.input}
+        | {i.name for i in graph.initializer}
+        | {s.values.name for s in graph.sparse_initializer}
+    )
     reads = []
     for node in graph.node:
         reads += [name for name in list(node.input) + subgraph_outer_reads(node) if name and name not in defined]

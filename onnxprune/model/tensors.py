@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from onnxprune.errors import InputError, short_message
 
 
-def initializers(model: onnx.ModelProto) -> "WeightArrays":
+def initializers(model: onnx.ModelProto) -> WeightArrays:
     """All initializers of the main graph as numpy arrays, by name (InputError for a tensor whose
     data does not fit its shape or type); large ones are read from the model when asked for."""
     return WeightArrays(model)
@@ -30,8 +30,9 @@ class WeightArrays(Mapping):
 
     def __init__(self, model: onnx.ModelProto):
         self._tensors = {init.name: init for init in model.graph.initializer}
-        self._small = {name: tensor_value(init) for name, init in self._tensors.items()
-                       if tensor_nbytes(init) <= LAZY_BYTES}
+        self._small = {
+            name: tensor_value(init) for name, init in self._tensors.items() if tensor_nbytes(init) <= LAZY_BYTES
+        }
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self._small:
@@ -63,8 +64,10 @@ def tensor_value(tensor: onnx.TensorProto) -> np.ndarray:
     try:
         value = numpy_helper.to_array(tensor)
     except Exception as exc:  # ValueError (size), TypeError/KeyError (data type)
-        raise InputError(f"weight '{tensor.name}' cannot be read: its data do not fit its shape "
-                         f"{list(tensor.dims)} and type ({short_message(exc)})") from None
+        raise InputError(
+            f"weight '{tensor.name}' cannot be read: its data do not fit its shape "
+            f"{list(tensor.dims)} and type ({short_message(exc)})"
+        ) from None
     if list(value.shape) != list(tensor.dims):
         raise InputError(f"weight '{tensor.name}' holds {value.size} values but its shape is {list(tensor.dims)}")
     return value

@@ -60,8 +60,11 @@ class ModelView:
         Mul by a scale, DequantizeLinear, fp16 → Cast) counted once, by the weight it yields."""
         chains = self.consts
         read = chains.chain_inputs
-        floats = sum(int(np.prod(self.shapes[n], dtype=np.int64)) for n in chains.initializer_names
-                     if n not in read and chains.is_float(n))
+        floats = sum(
+            int(np.prod(self.shapes[n], dtype=np.int64))
+            for n in chains.initializer_names
+            if n not in read and chains.is_float(n)
+        )
         return floats + sum(int(np.asarray(chains[n]).size) for n in chains.chain_sinks)
 
     def shape(self, name: str) -> tuple | None:
@@ -88,8 +91,13 @@ class ChainValues(Mapping):
         self._nodes, self._values = {}, {}
         for node in nodes:
             known = [n for n in node.input if n]
-            if node.op_type in CHAIN_OPS and node.domain in ("", "ai.onnx") and len(node.output) == 1 and known \
-                    and all(n in inits or n in self._nodes for n in known):
+            if (
+                node.op_type in CHAIN_OPS
+                and node.domain in ("", "ai.onnx")
+                and len(node.output) == 1
+                and known
+                and all(n in inits or n in self._nodes for n in known)
+            ):
                 self._nodes[node.output[0]] = node
 
     @property

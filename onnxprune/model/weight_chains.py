@@ -26,13 +26,28 @@ from onnxprune.model.runtime import make_session
 from onnxprune.model.tensors import initializers
 
 #: ops a chain may hold: they move, cast, scale or dequantize values, never mix channels
-CHAIN_OPS = frozenset({"Cast", "CastLike", "DequantizeLinear", "Mul", "Div", "Add", "Sub",
-                       "Unsqueeze", "Squeeze", "Reshape", "Transpose", "Identity"})
+CHAIN_OPS = frozenset(
+    {
+        "Cast",
+        "CastLike",
+        "DequantizeLinear",
+        "Mul",
+        "Div",
+        "Add",
+        "Sub",
+        "Unsqueeze",
+        "Squeeze",
+        "Reshape",
+        "Transpose",
+        "Identity",
+    }
+)
 #: inputs that configure a chain op (shapes, axes, a type) rather than carry its values
 PARAM_INPUTS = {"Reshape": (1,), "Unsqueeze": (1,), "Squeeze": (1,), "CastLike": (1,)}
 #: data types a chain's sink may have: a weight that ops compute with
-FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                         onnx.TensorProto.BFLOAT16})
+FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+)
 
 
 class ChainUnsupported(Exception):
@@ -66,7 +81,7 @@ class ChainSet:
     opset: int = 13  # of the default domain, for evaluating the chains
     copied_from: dict[str, str] = field(default_factory=dict)  # a chain's private copy -> stored tensor
 
-    def matched(self, normalized: onnx.ModelProto) -> "ChainSet":
+    def matched(self, normalized: onnx.ModelProto) -> ChainSet:
         """Keep the chains whose sink the normalized model holds as a float initializer of the
         chain's shape and whose other tensors it no longer has (they were folded away)."""
         inits = {init.name: init for init in normalized.graph.initializer}
@@ -81,8 +96,15 @@ class ChainSet:
                 continue
             keep[sink] = chain
         used = {name for chain in keep.values() for name in chain.sources + chain.params}
-        return ChainSet(keep, {n: t for n, t in self.stored.items() if n in used}, self.shapes,
-                        self.input_tensors, self.provenance, self.opset, dict(self.copied_from))
+        return ChainSet(
+            keep,
+            {n: t for n, t in self.stored.items() if n in used},
+            self.shapes,
+            self.input_tensors,
+            self.provenance,
+            self.opset,
+            dict(self.copied_from),
+        )
 
     def split_derived(self, weights: dict) -> tuple[dict, dict]:
         """The plan's `weights` (tensors of the input model) and `derived` (tensors the output
@@ -94,8 +116,10 @@ class ChainSet:
             if name in self.input_tensors:
                 stored[name] = entry
                 continue
-            origin = self.provenance.get(name) or {"from": [entry["slice_of"]] if "slice_of" in entry else [],
-                                                   "nodes": []}
+            origin = self.provenance.get(name) or {
+                "from": [entry["slice_of"]] if "slice_of" in entry else [],
+                "nodes": [],
+            }
             derived[name] = {**entry, "from": origin["from"], "nodes": origin["nodes"][:32]}
         return stored, derived
 
@@ -118,13 +142,25 @@ def fold_remaining_chains(model: onnx.ModelProto, opset: int) -> list[str]:
     writers = {}
     for node in graph.node:
         known = [n for n in node.input if n]
-        if node.op_type in CHAIN_OPS and node.domain in ("", "ai.onnx") and len(node.output) == 1 and known \
-                and all(n in inits or n in writers for n in known):
+        if (
+            node.op_type in CHAIN_OPS
+            and node.domain in ("", "ai.onnx")
+            and len(node.output) == 1
+            and known
+            and all(n in inits or n in writers for n in known)
+        ):
             writers[node.output[0]] = node
     outputs = {o.name for o in graph.output}
     chain_ids = {id(node) for node in writers.values()}
-    sinks = list(dict.fromkeys(n for node in graph.node if id(node) not in chain_ids
-                               for n in node.input if n in writers and n not in outputs))
+    sinks = list(
+        dict.fromkeys(
+            n
+            for node in graph.node
+            if id(node) not in chain_ids
+            for n in node.input
+            if n in writers and n not in outputs
+        )
+    )
     if not sinks:
         return []
     try:
@@ -280,11 +316,11 @@ def chain_shapes(chains: ChainSet) -> dict[str, tuple]:
                 seen.add(node.output[0])
                 nodes.append(node)
     params = {n for c in chains.chains.values() for n in c.params}
-    inputs = [helper.make_tensor_value_info(n, t.data_type, list(t.dims))
-              for n, t in chains.stored.items() if n not in params]
+    inputs = [
+        helper.make_tensor_value_info(n, t.data_type, list(t.dims)) for n, t in chains.stored.items() if n not in params
+    ]
     outputs = [helper.make_tensor_value_info(sink, 0, None) for sink in chains.chains]
-    graph = helper.make_graph(ordered_nodes(nodes), "chains", inputs, outputs,
-                              [chains.stored[n] for n in params])
+    graph = helper.make_graph(ordered_nodes(nodes), "chains", inputs, outputs, [chains.stored[n] for n in params])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", chains.opset)])
     model.ir_version = onnx.IR_VERSION
     shapes = {n: tuple(t.dims) for n, t in chains.stored.items()}
@@ -307,16 +343,17 @@ def ordered_nodes(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
 
 # ---- kept indices, propagated from a chain's sink back to its stored tensors ----------------
 
-def input_kept(node: onnx.NodeProto, out_kept: dict[int, np.ndarray], shapes: dict,
-               stored: dict) -> dict[str, dict[int, np.ndarray]]:
+
+def input_kept(
+    node: onnx.NodeProto, out_kept: dict[int, np.ndarray], shapes: dict, stored: dict
+) -> dict[str, dict[int, np.ndarray]]:
     """Kept indices per axis of each value input of `node`, given those of its output.
     Raises ChainUnsupported when the op moves a kept axis in a way that cannot be sliced."""
     op, out = node.op_type, node.output[0]
     if op in ("Cast", "CastLike", "Identity"):
         return {node.input[0]: dict(out_kept)}
     if op in ("Mul", "Div", "Add", "Sub"):
-        return {name: _broadcast_kept(out_kept, len(shapes[out]), shapes[name])
-                for name in node.input if name}
+        return {name: _broadcast_kept(out_kept, len(shapes[out]), shapes[name]) for name in node.input if name}
     if op == "DequantizeLinear":
         return _dequantize_kept(node, out_kept, shapes)
     if op == "Transpose":
@@ -387,9 +424,17 @@ def evaluate_chain_outputs(writers: dict[str, onnx.NodeProto], inits, names: lis
             nodes.append(writers[name])
             todo.extend(n for n in writers[name].input if n)
     leaves = sorted({n for node in nodes for n in node.input if n and n not in writers})
-    graph = helper.make_graph(ordered_nodes(nodes), "chains",
-                              [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(inits[n]).dtype),
-                                                             list(np.shape(inits[n]))) for n in leaves], [])
+    graph = helper.make_graph(
+        ordered_nodes(nodes),
+        "chains",
+        [
+            helper.make_tensor_value_info(
+                n, helper.np_dtype_to_tensor_dtype(np.asarray(inits[n]).dtype), list(np.shape(inits[n]))
+            )
+            for n in leaves
+        ],
+        [],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))  # what ONNX Runtime reads
     try:

@@ -132,6 +132,8 @@ def _slice_initializers(model: onnx.ModelProto, pruned: onnx.ModelProto, view: M
         value = view.value(init.name)
         sliced = value[np.ix_(*[axes.get(a, np.arange(n)) for a, n in enumerate(value.shape)])]
         pruned.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(sliced), init.name))
-        record[init.name] = {"shape": list(value.shape),
-                             "kept": {str(a): idx.tolist() for a, idx in sorted(axes.items())}}
+        record[init.name] = {
+            "shape": list(value.shape),
+            "kept": {str(a): idx.tolist() for a, idx in sorted(axes.items())},
+        }
     return record

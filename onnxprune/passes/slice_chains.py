@@ -54,13 +54,16 @@ def restore_chains(pruned: onnx.ModelProto, record: dict[str, dict], chains: Cha
             clashes = _held_differently(candidates, _sliced_chains(candidates, kept, chains)[1], inits)
         fresh = [sink for sink in clashes if sink not in private]
         for sink in fresh:  # its own copies of the shared tensors, sliced its way
-            shared = set(inits) | {n for other, c in candidates.items() if other != sink
-                                   for n in c.tensors + c.sources + c.params}
+            shared = set(inits) | {
+                n for other, c in candidates.items() if other != sink for n in c.tensors + c.sources + c.params
+            }
             candidates[sink] = private_copy(candidates[sink], chains, shared)
             private.add(sink)
         problems.update({sink: reason for sink, reason in clashes.items() if sink not in fresh})
         if not problems and not fresh:
-            problems = _name_clashes(candidates, inits, pruned) or _evaluation_mismatches(candidates, kept, inits, chains)
+            problems = _name_clashes(candidates, inits, pruned) or _evaluation_mismatches(
+                candidates, kept, inits, chains
+            )
             if not problems:
                 break
         result.skipped.update(problems)
@@ -75,8 +78,11 @@ def private_copy(chain: WeightChain, chains: ChainSet, shared: set[str]) -> Weig
     """The chain with its `shared` tensors, and the node outputs computed from them, renamed
     `<name>__<sink>` (stored tensors copied under those names; `chains.copied_from` says of
     which): a stored tensor that two chains slice differently is then held once per slicing."""
-    rename = {name: f"{name}__{chain.sink}" for name in chain.sources + chain.params + chain.tensors
-              if name in shared and name != chain.sink}
+    rename = {
+        name: f"{name}__{chain.sink}"
+        for name in chain.sources + chain.params + chain.tensors
+        if name in shared and name != chain.sink
+    }
     nodes = []
     for node in chain.nodes:
         copy = onnx.NodeProto()
@@ -94,8 +100,9 @@ def private_copy(chain: WeightChain, chains: ChainSet, shared: set[str]) -> Weig
             chains.stored[new].CopyFrom(chains.stored[old])
             chains.stored[new].name = new
             chains.copied_from[new] = chains.copied_from.get(old, old)
-    return WeightChain(chain.sink, nodes, [rename.get(n, n) for n in chain.sources],
-                       [rename.get(n, n) for n in chain.params])
+    return WeightChain(
+        chain.sink, nodes, [rename.get(n, n) for n in chain.sources], [rename.get(n, n) for n in chain.params]
+    )
 
 
 def _sink_kept(sink: str, record: dict) -> Kept:
@@ -169,8 +176,11 @@ def _evaluation_mismatches(candidates: dict, kept: dict, inits: dict, chains: Ch
     for sink in candidates:
         expected = tensor_value(inits[sink])
         got = values[sink]
-        if got.shape != expected.shape or got.dtype != expected.dtype or \
-                not np.allclose(got, expected, rtol=1e-6, atol=0, equal_nan=True):
+        if (
+            got.shape != expected.shape
+            or got.dtype != expected.dtype
+            or not np.allclose(got, expected, rtol=1e-6, atol=0, equal_nan=True)
+        ):
             problems[sink] = "the sliced chain does not compute the sliced weight"
     return problems
 
@@ -181,8 +191,11 @@ def _held_differently(candidates: dict, stored: dict, inits: dict) -> dict[str, 
     problems = {}
     for sink, chain in candidates.items():
         for name in chain.sources + chain.params:
-            if name in inits and name not in candidates and \
-                    not np.array_equal(tensor_value(inits[name]), tensor_value(stored[name])):
+            if (
+                name in inits
+                and name not in candidates
+                and not np.array_equal(tensor_value(inits[name]), tensor_value(stored[name]))
+            ):
                 problems[sink] = f"'{name}' is also read outside the chain with other values"
                 break
     return problems
@@ -259,7 +272,9 @@ def _rewrite(pruned: onnx.ModelProto, chains_by_sink: dict, kept: dict, record: 
         record.pop(sink, None)
     for name, axes in kept.items():
         if name in chains.stored and (axes or name in chains.copied_from):
-            record[name] = {"shape": list(chains.stored[name].dims),
-                            "kept": {str(a): idx.tolist() for a, idx in sorted(axes.items())}}
+            record[name] = {
+                "shape": list(chains.stored[name].dims),
+                "kept": {str(a): idx.tolist() for a, idx in sorted(axes.items())},
+            }
             if name in chains.copied_from:
                 record[name]["slice_of"] = chains.copied_from[name]

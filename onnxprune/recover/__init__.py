@@ -8,4 +8,4 @@ from onnxprune.recover.reconstruct import (
     reconstruct,
 )
 
-__all__ = ["NormalEquations", "Reconstruction", "im2col", "reconstruct"]
+__all__ = ["FinetuneResult", "NormalEquations", "Reconstruction", "finetune", "im2col", "reconstruct"]

@@ -16,8 +16,9 @@ from onnxprune.model.runtime import make_session
 def batchnorm_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """BatchNormalization nodes with constant statistics, in network order."""
     inits = {init.name for init in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type == "BatchNormalization"
-            and n.input[3] in inits and n.input[4] in inits]
+    return [
+        n for n in model.graph.node if n.op_type == "BatchNormalization" and n.input[3] in inits and n.input[4] in inits
+    ]
 
 
 def input_statistics(model: onnx.ModelProto, tensor: str, data, batches: int) -> tuple[np.ndarray, np.ndarray]:

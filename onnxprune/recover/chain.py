@@ -17,9 +17,20 @@ if TYPE_CHECKING:
     from onnxprune.api import PruneResult
 
 
-def finetune_pruned(result: PruneResult, source, data, *, epochs: int, val=None, preprocess=None,
-                    batch_size: int = 64, seed: int = 0, teacher: bool = True, augment: bool = True,
-                    log=None) -> PruneResult:
+def finetune_pruned(
+    result: PruneResult,
+    source,
+    data,
+    *,
+    epochs: int,
+    val=None,
+    preprocess=None,
+    batch_size: int = 64,
+    seed: int = 0,
+    teacher: bool = True,
+    augment: bool = True,
+    log=None,
+) -> PruneResult:
     """Fine-tune `result.model` on `data` (distilling from the unpruned `source` when `teacher`),
     then check it and time it against the input; the report gains `finetune` and `latency`.
     With `val` data, a fine-tuned model whose validation top-1 is lower than before fine-tuning
@@ -27,13 +38,29 @@ def finetune_pruned(result: PruneResult, source, data, *, epochs: int, val=None,
     from onnxprune.recover.finetune import finetune
 
     original = load_and_analyze(source).model
-    tuned = finetune(result.model, data, epochs=epochs, val=val, preprocess=preprocess, augment=augment,
-                     batch_size=batch_size, seed=seed, teacher=original if teacher else None, log=log)
+    tuned = finetune(
+        result.model,
+        data,
+        epochs=epochs,
+        val=val,
+        preprocess=preprocess,
+        augment=augment,
+        batch_size=batch_size,
+        seed=seed,
+        teacher=original if teacher else None,
+        log=log,
+    )
     check_runs(tuned.model, _report_shapes(result.report, "shape"))
     applied = not _worse(tuned)
-    result.report["finetune"] = {"epochs": epochs, "data": str(data), "teacher": bool(teacher),
-                                 "augment": augment, "applied": applied, "before": tuned.initial,
-                                 "history": tuned.history}
+    result.report["finetune"] = {
+        "epochs": epochs,
+        "data": str(data),
+        "teacher": bool(teacher),
+        "augment": augment,
+        "applied": applied,
+        "before": tuned.initial,
+        "history": tuned.history,
+    }
     if applied:
         result.model = tuned.model
         result.plan["recovered_finetune"] = {"method": "fine-tuning", "epochs": epochs, "data": str(data)}
@@ -68,5 +95,10 @@ def latency_report(original: onnx.ModelProto, pruned: onnx.ModelProto, shapes: d
     final model, measured side by side."""
     feeds = random_inputs(original, batch=1, shapes=shapes)
     before, after = compare_latency([original, pruned], feeds, warmup=5, iters=50)
-    return {"batch": 1, "shapes": {name: list(value.shape) for name, value in feeds.items()}, "before_ms": before.median_ms, "after_ms": after.median_ms,
-            "speedup": before.median_ms / after.median_ms if after.median_ms else None}
+    return {
+        "batch": 1,
+        "shapes": {name: list(value.shape) for name, value in feeds.items()},
+        "before_ms": before.median_ms,
+        "after_ms": after.median_ms,
+        "speedup": before.median_ms / after.median_ms if after.median_ms else None,
+    }

@@ -33,7 +33,7 @@ class Shard:
 
     def part(self, items):
         """This rank's part of one global batch: items rank, rank + world, …"""
-        return items[self.rank::self.world]
+        return items[self.rank :: self.world]
 
 
 def world_size() -> int:
@@ -61,8 +61,10 @@ def start(device, batch_size: int) -> Shard:
     if world == 1:
         return Shard()
     if batch_size % world:
-        raise InputError(f"--batch-size {batch_size} is the global batch; it must be divisible by "
-                         f"the {world} processes")
+        raise InputError(
+            f"{{batch_size}} {batch_size} is the global batch; it must be divisible by the {world} processes",
+            parameter="batch_size",
+        )
     import torch.distributed as dist
 
     if not dist.is_available():

@@ -54,9 +54,9 @@ import dataclasses
 import io
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -100,17 +100,22 @@ class FinetuneResult:
 
 def _labelled(path, model, preprocess, batch_size, seed, what) -> CalibrationData:
     try:
-        data = load_calibration(path, model, samples=None, preprocess=preprocess,
-                                batch_size=batch_size, seed=seed)
+        data = load_calibration(path, model, samples=None, preprocess=preprocess, batch_size=batch_size, seed=seed)
     except InputError as exc:
-        raise InputError(str(exc).replace("--calib", what, 1)) from None
+        raise InputError(exc.template.replace("{calib}", what, 1), parameter=exc.parameter) from None
     if not data.labels_available:
-        raise InputError(f"{what} {path}: no labels (a .npz needs an array 'y' of class indices; "
-                         "an image folder needs class sub-folders)")
+        raise InputError(
+            f"{what} {path}: no labels (a .npz needs an array 'y' of class indices; "
+            "an image folder needs class sub-folders)"
+        )
     return data
 
 
-def _epoch_batches(data: CalibrationData, seed: int, shard: Shard = Shard()):
+#: the shard of a run without data parallelism
+SINGLE_PROCESS = Shard()
+
+
+def _epoch_batches(data: CalibrationData, seed: int, shard: Shard = SINGLE_PROCESS):
     """(inputs, labels, global batch size) of one epoch in an order drawn from `seed`.
 
     Each global batch of `data.batch_size` samples is split across the workers of `shard`; only
@@ -119,16 +124,18 @@ def _epoch_batches(data: CalibrationData, seed: int, shard: Shard = Shard()):
     if data._files:  # image folders: reshuffled by the epoch seed
         files = _reshuffled(data._files, seed)
         for start in range(0, len(files), data.batch_size):
-            chosen = files[start:start + data.batch_size]
+            chosen = files[start : start + data.batch_size]
             if len(chosen) >= shard.world:
                 part = shard.part(chosen)
-                yield (*dataclasses.replace(data, _files=part, samples=len(part))._files_batch(0, len(part)),
-                       len(chosen))
+                yield (
+                    *dataclasses.replace(data, _files=part, samples=len(part))._files_batch(0, len(part)),
+                    len(chosen),
+                )
         return
     x, y = data._arrays
     perm = np.random.default_rng(seed).permutation(data.samples)
     for start in range(0, data.samples, data.batch_size):
-        idx = np.sort(perm[start:start + data.batch_size])
+        idx = np.sort(perm[start : start + data.batch_size])
         if len(idx) >= shard.world:
             part = shard.part(idx)
             chunk = dataclasses.replace(data, _arrays=(np.asarray(x[part]), np.asarray(y[part])), samples=len(part))
@@ -146,7 +153,7 @@ def _logits(out):
     return out.reshape(out.shape[0], -1)
 
 
-def _augment(x, generator, shard: Shard = Shard(), global_n: int | None = None, pad: int | None = None):
+def _augment(x, generator, shard: Shard = SINGLE_PROCESS, global_n: int | None = None, pad: int | None = None):
     """Random crop with `pad`-pixel zero padding (default H/8: the usual 4 pixels on 32x32 images,
     1 on 8x8 ones) and horizontal flip of an [N, C, H, W] batch.
 
@@ -213,24 +220,25 @@ class _Settings:
     clip_grad: float = 1.0
 
     @classmethod
-    def check(cls, epochs, optimizer, lr, momentum, weight_decay, kd_alpha, kd_temperature,
-              clip_grad=1.0) -> "_Settings":
+    def check(cls, epochs, optimizer, lr, momentum, weight_decay, kd_alpha, kd_temperature, clip_grad=1.0) -> _Settings:
         """The settings with defaults filled in, or an InputError naming the bad option."""
         if epochs < 1:
-            raise InputError(f"--epochs must be at least 1, got {epochs}")
+            raise InputError(f"{{epochs}} must be at least 1, got {epochs}", parameter="epochs")
         if optimizer not in OPTIMIZERS:
-            raise InputError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer}")
+            raise InputError(
+                f"{{optimizer}} must be one of {', '.join(OPTIMIZERS)}, got {optimizer}", parameter="optimizer"
+            )
         if not 0.0 <= kd_alpha <= 1.0:
-            raise InputError(f"--kd-alpha must be in [0, 1], got {kd_alpha}")
+            raise InputError(f"{{kd_alpha}} must be in [0, 1], got {kd_alpha}", parameter="kd_alpha")
         if kd_temperature <= 0:
-            raise InputError(f"--kd-temperature must be positive, got {kd_temperature}")
+            raise InputError(f"{{kd_temperature}} must be positive, got {kd_temperature}", parameter="kd_temperature")
         lr = (0.01 if optimizer == "sgd" else 1e-3) if lr is None else lr
         if lr <= 0:
-            raise InputError(f"--lr must be positive, got {lr}")
+            raise InputError(f"{{lr}} must be positive, got {lr}", parameter="lr")
         if weight_decay is None:
             weight_decay = 5e-4 if optimizer == "sgd" else 0.01
         if clip_grad < 0:
-            raise InputError(f"--clip-grad must be 0 (off) or positive, got {clip_grad}")
+            raise InputError(f"{{clip_grad}} must be 0 (off) or positive, got {clip_grad}", parameter="clip_grad")
         return cls(epochs, optimizer, lr, momentum, weight_decay, kd_alpha, float(kd_temperature), float(clip_grad))
 
     def optimizer_for(self, params):
@@ -268,28 +276,42 @@ class _Run:
         """The checkpoint after `epoch`."""
         import torch
 
-        return {"module": module.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "epoch": epoch, "epochs": epochs, "seed": seed,
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "augment_rng": self.gen.get_state(), "history": self.history, "initial": self.initial}
+        return {
+            "module": module.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "epoch": epoch,
+            "epochs": epochs,
+            "seed": seed,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "augment_rng": self.gen.get_state(),
+            "history": self.history,
+            "initial": self.initial,
+        }
 
     def restore(self, path: Path, epochs: int, module) -> None:
         """Continue from the checkpoint at `path` (an InputError if it does not fit)."""
         import torch
 
         if not path.is_file():
-            raise InputError(f"--resume: no checkpoint {path}")
+            raise InputError(f"{{resume}}: no checkpoint {path}", parameter="resume")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: never runs code
+            state = torch.load(
+                path, map_location="cpu", weights_only=True
+            )  # tensors and plain data only: never runs code
         except Exception as exc:
-            raise InputError(f"--resume: cannot read {path} ({exc})") from None
+            raise InputError(f"{{resume}}: cannot read {path} ({exc})", parameter="resume") from None
         if state.get("epochs") != epochs:
-            raise InputError(f"--resume: {path} was made for --epochs {state.get('epochs')}, not {epochs}")
+            raise InputError(
+                f"{{resume}}: {path} was made for {{epochs}} {state.get('epochs')}, not {epochs}", parameter="resume"
+            )
         try:
             module.load_state_dict(state["module"])
         except RuntimeError as exc:
-            raise InputError(f"--resume: {path} does not fit this model ({str(exc).splitlines()[0]})") from None
+            raise InputError(
+                f"{{resume}}: {path} does not fit this model ({str(exc).splitlines()[0]})", parameter="resume"
+            ) from None
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -321,21 +343,38 @@ def _loss(logits, y, t_logits, settings: _Settings):
     if t_logits is None:
         return ce, ce, None
     temperature = settings.kd_temperature
-    kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(t_logits / temperature, 1),
-                  reduction="batchmean", log_target=True)
-    return settings.kd_alpha * temperature ** 2 * kd + (1 - settings.kd_alpha) * ce, ce, kd
+    kd = F.kl_div(
+        F.log_softmax(logits / temperature, 1),
+        F.log_softmax(t_logits / temperature, 1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return settings.kd_alpha * temperature**2 * kd + (1 - settings.kd_alpha) * ce, ce, kd
 
 
-def _train_epoch(run: _Run, trainer, teacher, train: CalibrationData, epoch: int, settings: _Settings,
-                 augment: bool, seed: int, shard: Shard, device) -> dict:
+def _train_epoch(
+    run: _Run,
+    trainer,
+    teacher,
+    train: CalibrationData,
+    epoch: int,
+    settings: _Settings,
+    augment: bool,
+    seed: int,
+    shard: Shard,
+    device,
+) -> dict:
     """One epoch over this rank's part of every batch; the metrics summed over all ranks."""
     import torch
 
     from onnxprune.report.console import progress_bar
 
     totals = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "correct": 0.0, "count": 0.0}
-    bar = progress_bar(f"epoch {epoch}/{settings.epochs}", total=train.num_batches) if shard.main \
+    bar = (
+        progress_bar(f"epoch {epoch}/{settings.epochs}", total=train.num_batches)
+        if shard.main
         else contextlib.nullcontext(lambda steps=1: None)
+    )
     with bar as advance:
         for x_np, y_np, global_n in _epoch_batches(train, seed + epoch, shard):
             x = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
@@ -349,7 +388,8 @@ def _train_epoch(run: _Run, trainer, teacher, train: CalibrationData, epoch: int
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"fine-tuning diverged in epoch {epoch} (loss {float(loss)}); lower --lr "
-                    f"(now {settings.lr:g}) or --clip-grad (now {settings.clip_grad:g}); nothing was written")
+                    f"(now {settings.lr:g}) or --clip-grad (now {settings.clip_grad:g}); nothing was written"
+                )
             run.opt.zero_grad(set_to_none=True)
             loss.backward()
             if settings.clip_grad:
@@ -365,8 +405,13 @@ def _train_epoch(run: _Run, trainer, teacher, train: CalibrationData, epoch: int
             advance()
     totals = sum_over_ranks(totals, shard, device)
     count = totals["count"]
-    entry = {"epoch": epoch, "train_loss": totals["loss"] / count, "train_ce": totals["ce"] / count,
-             "train_top1": totals["correct"] / count, "lr": run.sched.get_last_lr()[0]}
+    entry = {
+        "epoch": epoch,
+        "train_loss": totals["loss"] / count,
+        "train_ce": totals["ce"] / count,
+        "train_top1": totals["correct"] / count,
+        "lr": run.sched.get_last_lr()[0],
+    }
     if teacher is not None:
         entry["train_kd"] = totals["kd"] / count
     return entry
@@ -410,7 +455,10 @@ def _inputs(model_or_path, data, val, preprocess, batch_size: int, seed: int, au
     from onnxprune.analysis.analyze import load_and_analyze
 
     if data is None:
-        raise InputError("finetune needs labelled training data: add --data PATH (.npz with 'y' or an image folder)")
+        raise InputError(
+            "finetune needs labelled training data: add {data} PATH (.npz with 'y' or an image folder)",
+            parameter="data",
+        )
     model = load_and_analyze(model_or_path).model
     inits = {t.name for t in model.graph.initializer}
     if sum(1 for i in model.graph.input if i.name not in inits) != 1:
@@ -429,8 +477,9 @@ def _initial_evaluation(module, val: CalibrationData, device, epochs: int, log) 
     return initial
 
 
-def _epoch(run: _Run, trainer, teacher, inputs: _Inputs, epoch: int, settings: _Settings, seed: int,
-           shard: Shard, device) -> dict:
+def _epoch(
+    run: _Run, trainer, teacher, inputs: _Inputs, epoch: int, settings: _Settings, seed: int, shard: Shard, device
+) -> dict:
     """One training epoch, then (rank 0) its validation metrics: the epoch's history entry."""
     t0 = time.perf_counter()
     entry = _train_epoch(run, trainer, teacher, inputs.train, epoch, settings, inputs.augment, seed, shard, device)
@@ -440,13 +489,31 @@ def _epoch(run: _Run, trainer, teacher, inputs: _Inputs, epoch: int, settings: _
     return entry
 
 
-def finetune(model_or_path, data, *, epochs: int, val=None, optimizer: str = "sgd",
-             lr: float | None = None, momentum: float = 0.9, weight_decay: float | None = None,
-             batch_size: int = 64, teacher=None, kd_alpha: float = 0.5, kd_temperature: float = 4.0,
-             augment: bool = True, checkpoint_dir=None, resume: bool = False,
-             preprocess: str | Preprocess | None = None, seed: int = 0, device: str | None = None,
-             output=None, log: Callable[[str], None] | None = None,
-             on_epoch_end: Callable[[dict], None] | None = None, clip_grad: float = 1.0) -> FinetuneResult:
+def finetune(
+    model_or_path,
+    data,
+    *,
+    epochs: int,
+    val=None,
+    optimizer: str = "sgd",
+    lr: float | None = None,
+    momentum: float = 0.9,
+    weight_decay: float | None = None,
+    batch_size: int = 64,
+    teacher=None,
+    kd_alpha: float = 0.5,
+    kd_temperature: float = 4.0,
+    augment: bool = True,
+    checkpoint_dir=None,
+    resume: bool = False,
+    preprocess: str | Preprocess | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    output=None,
+    log: Callable[[str], None] | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
+    clip_grad: float = 1.0,
+) -> FinetuneResult:
     """Fine-tune an ONNX model on labelled `data`; see the module docstring.
 
     Defaults: lr 0.01 (sgd) / 0.001 (adamw); weight decay 5e-4 (sgd) / 0.01 (adamw); gradients
@@ -461,7 +528,7 @@ def finetune(model_or_path, data, *, epochs: int, val=None, optimizer: str = "sg
 
     settings = _Settings.check(epochs, optimizer, lr, momentum, weight_decay, kd_alpha, kd_temperature, clip_grad)
     if resume and checkpoint_dir is None:
-        raise InputError("--resume needs --checkpoint-dir")
+        raise InputError("{resume} needs {checkpoint_dir}", parameter="resume")
     inputs = _inputs(model_or_path, data, val, preprocess, batch_size, seed, augment)
     dev = pick_device(device)
     shard = start(dev, batch_size)
@@ -488,8 +555,15 @@ def finetune(model_or_path, data, *, epochs: int, val=None, optimizer: str = "sg
             if on_epoch_end:
                 on_epoch_end(entry)
         module = module.cpu().eval()
-        result = FinetuneResult(_export(module, inputs.train), run.history, run.initial, str(dev),
-                                time.perf_counter() - started, module, shard.rank)
+        result = FinetuneResult(
+            _export(module, inputs.train),
+            run.history,
+            run.initial,
+            str(dev),
+            time.perf_counter() - started,
+            module,
+            shard.rank,
+        )
         if output is not None and shard.main:
             result.save(output)
         return result

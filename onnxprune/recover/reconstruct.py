@@ -5,21 +5,21 @@ unpruned model's output of the same layer (ThiNet / channel pruning, He et al. 2
 For each layer whose rule's weight layout says `refit` (2-D Conv, Gemm and MatMul) with a
 constant weight whose input channels were reduced (grouped and depthwise Convs included: one
 independent problem per group, solved together): X = what the layer reads in the pruned network,
-Y = the layer's output in the unpruned network on the same batch. The pruned model *is* the input model with every group gated by the
-plan (that is what verification proved), so X is read from the pruned model itself (its consumer
-inputs added as outputs, on a copy), already restricted to the kept channels in the order of the
-sliced weight's columns. A Conv's X is its im2col patch matrix. The normal equations
-[X 1]ᵀ[X 1] and [X 1]ᵀY are accumulated in float64 over the batches (memory bounded by one
-batch); (AᵀA + λ·mean(diag)·I) W = AᵀY is solved with the ridge on the weight rows only.
+Y = the layer's output in the unpruned network on the same batch. The pruned model *is* the input
+model with every group gated by the plan (that is what verification proved), so X is read from the
+pruned model itself (its consumer inputs added as outputs, on a copy), already restricted to the
+kept channels in the order of the sliced weight's columns. A Conv's X is its im2col patch matrix.
+The normal equations [X 1]ᵀ[X 1] and [X 1]ᵀY are accumulated in float64 over the batches (memory
+bounded by one batch); (AᵀA + λ·mean(diag)·I) W = AᵀY is solved with the ridge on the weight rows only.
 
 Layers are fitted sequentially in network order: layer k's X comes from the network whose layers
 before k are already refitted (one streaming pass over the fit batches per layer). Fitting all
 layers from one pass over the unreconstructed pruned network was tried first and is unstable on
 deep networks: each layer is fitted to inputs that the refitted layers before it no longer
-produce, and on ResNet-56 (l1, ratio 0.3) the held-out output error went from 1.2 to 7e15. The last ~20 % of the calibration batches are
-held out: the output error against the unpruned model is measured there before and after (after
-the least-squares refit, BatchNormalization statistics, where BN is still a node, are
-recalibrated on the fit batches, see batchnorm.py); when
+produce, and on ResNet-56 (l1, ratio 0.3) the held-out output error went from 1.2 to 7e15. The last
+~20 % of the calibration batches are held out: the output error against the unpruned model is
+measured there before and after (after the least-squares refit, BatchNormalization statistics,
+where BN is still a node, are recalibrated on the fit batches, see batchnorm.py); when
 reconstruction does not lower it, the model is left as it was (`applied: false`).
 """
 
@@ -57,7 +57,7 @@ class Layer:
     out_kept: np.ndarray | None
     spec: WeightLayout
     kernel: tuple[int, int] | None = None
-    stats: "NormalEquations | None" = None
+    stats: NormalEquations | None = None
     groups: int = 1  # Conv groups in the pruned model (one least-squares problem per group)
 
     @property
@@ -88,7 +88,7 @@ class NormalEquations:
         x3 = x if self.grouped else x[:, None, :]
         y3 = (y if self.grouped else y[:, None, :]).astype(np.float64, copy=False)
         a = np.empty(x3.shape[:2] + (x3.shape[2] + int(self.intercept),))
-        a[:, :, :x3.shape[2]] = x3
+        a[:, :, : x3.shape[2]] = x3
         if self.intercept:
             a[:, :, -1] = 1.0
         ata, aty = np.einsum("rgd,rge->gde", a, a), np.einsum("rgd,rgo->gdo", a, y3)
@@ -128,8 +128,7 @@ def conv_geometry(node: onnx.NodeProto) -> tuple[tuple, tuple, tuple]:
     return strides, pads, dilations
 
 
-def im2col(x: np.ndarray, kernel: tuple[int, int], strides=(1, 1), pads=(0, 0, 0, 0),
-           dilations=(1, 1)) -> np.ndarray:
+def im2col(x: np.ndarray, kernel: tuple[int, int], strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)) -> np.ndarray:
     """Patches of an NCHW tensor as rows [N·Ho·Wo, C·kh·kw], columns in the order of
     `weight.reshape(O, -1)`; rows in (n, ho, wo) order."""
     n, c, h, w = x.shape
@@ -140,7 +139,7 @@ def im2col(x: np.ndarray, kernel: tuple[int, int], strides=(1, 1), pads=(0, 0, 0
     cols = np.empty((n, ho, wo, c, kh, kw), x.dtype)
     for i in range(kh):
         for j in range(kw):
-            window = padded[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+            window = padded[:, :, i * dh : i * dh + sh * (ho - 1) + 1 : sh, j * dw : j * dw + sw * (wo - 1) + 1 : sw]
             cols[:, :, :, :, i, j] = window.transpose(0, 2, 3, 1)
     return cols.reshape(n * ho * wo, c * kh * kw)
 
@@ -158,8 +157,10 @@ def find_layers(pruned: onnx.ModelProto, weights: dict[str, dict]) -> tuple[list
         record = weights.get(weight)
         layout = weight_axes(node, view)
         if record is None and layout is not None and _chain_sources(view, weight) & set(weights):
-            skipped.append(f"{node_label(node)}: its weight is stored through a chain (int8/fp16 → Cast/"
-                           "DequantizeLinear); refitting it would store it as float")
+            skipped.append(
+                f"{node_label(node)}: its weight is stored through a chain (int8/fp16 → Cast/"
+                "DequantizeLinear); refitting it would store it as float"
+            )
             continue
         if record is None or layout is None or not _input_reduced(node, spec, layout, record):
             continue
@@ -170,9 +171,18 @@ def find_layers(pruned: onnx.ModelProto, weights: dict[str, dict]) -> tuple[list
         in_axis, out_axis = layout
         out_kept = record["kept"].get(str(out_axis))
         kernel = tuple(view.value(weight).shape[2:]) if spec.kernel else None
-        layers.append(Layer(node, weight, _bias(node, spec), in_axis,
-                            None if out_kept is None else np.asarray(out_kept), spec, kernel,
-                            groups=int(attr(node, "group", 1)) if spec.grouped else 1))
+        layers.append(
+            Layer(
+                node,
+                weight,
+                _bias(node, spec),
+                in_axis,
+                None if out_kept is None else np.asarray(out_kept),
+                spec,
+                kernel,
+                groups=int(attr(node, "group", 1)) if spec.grouped else 1,
+            )
+        )
     return layers, skipped
 
 
@@ -237,8 +247,9 @@ def _input_name(op: str, index: int) -> str:
         return str(index)
 
 
-def layer_rows(layer: Layer, x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
-               max_positions: int = MAX_POSITIONS):
+def layer_rows(
+    layer: Layer, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, max_positions: int = MAX_POSITIONS
+):
     """(X rows, Y rows) of one batch, chunked so memory stays bounded."""
     node = layer.node
     if layer.kernel is None:
@@ -252,15 +263,16 @@ def layer_rows(layer: Layer, x: np.ndarray, y: np.ndarray, rng: np.random.Genera
     strides, pads, dilations = conv_geometry(node)
     per_sample = max(1, CHUNK_ELEMENTS // max(1, x.shape[1] * kernel[0] * kernel[1] * y.shape[2] * y.shape[3]))
     for start in range(0, x.shape[0], per_sample):
-        patches = im2col(x[start:start + per_sample], kernel, strides, pads, dilations)
-        target = y[start:start + per_sample].transpose(0, 2, 3, 1).reshape(patches.shape[0], -1)
+        patches = im2col(x[start : start + per_sample], kernel, strides, pads, dilations)
+        target = y[start : start + per_sample].transpose(0, 2, 3, 1).reshape(patches.shape[0], -1)
         if layer.out_kept is not None:
             target = target[:, layer.out_kept]
         positions = y.shape[2] * y.shape[3]
         if positions > max_positions:
             count = patches.shape[0] // positions
-            pick = np.concatenate([k * positions + rng.choice(positions, max_positions, replace=False)
-                                   for k in range(count)])
+            pick = np.concatenate(
+                [k * positions + rng.choice(positions, max_positions, replace=False) for k in range(count)]
+            )
             patches, target = patches[pick], target[pick]
         if layer.groups > 1:  # group g reads input channels and writes outputs of its own block
             patches = patches.reshape(patches.shape[0], layer.groups, -1)
@@ -285,11 +297,18 @@ class Reconstruction:
 
     def to_dict(self, ridge: float) -> dict:
         """The report's `reconstruction` entry."""
-        return {"output_error_before": self.error_before, "output_error_after": self.error_after,
-                "applied": self.applied, "ridge": ridge, "layers": len(self.layers) if self.applied else 0,
-                "skipped": self.skipped, "fit_samples": self.fit_samples,
-                "held_out_samples": self.held_out_samples, "batchnorm_recalibrated": self.batchnorms,
-                "metric": "relative L2 of the first output vs the unpruned model, held-out batches"}
+        return {
+            "output_error_before": self.error_before,
+            "output_error_after": self.error_after,
+            "applied": self.applied,
+            "ridge": ridge,
+            "layers": len(self.layers) if self.applied else 0,
+            "skipped": self.skipped,
+            "fit_samples": self.fit_samples,
+            "held_out_samples": self.held_out_samples,
+            "batchnorm_recalibrated": self.batchnorms,
+            "metric": "relative L2 of the first output vs the unpruned model, held-out batches",
+        }
 
 
 def _split(batches: int) -> int:
@@ -297,14 +316,21 @@ def _split(batches: int) -> int:
     return 0 if batches < 2 else max(1, round(0.2 * batches))
 
 
-def accumulate(original: onnx.ModelProto, pruned: onnx.ModelProto, layers: list[Layer], data,
-               fit_batches: int, seed: int = 0, progress=None) -> int:
+def accumulate(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    layers: list[Layer],
+    data,
+    fit_batches: int,
+    seed: int = 0,
+    progress=None,
+) -> int:
     """Stream the first `fit_batches` calibration batches; fills each layer's NormalEquations.
     Returns the number of samples used."""
     for layer in layers:
         layer.stats = NormalEquations(intercept=layer.spec.bias is not None)
-    reads = make_session(with_outputs(pruned, [l.node.input[0] for l in layers]), optimize=True)
-    targets = make_session(with_outputs(original, [l.node.output[0] for l in layers]), optimize=True)
+    reads = make_session(with_outputs(pruned, [layer.node.input[0] for layer in layers]), optimize=True)
+    targets = make_session(with_outputs(original, [layer.node.output[0] for layer in layers]), optimize=True)
     rng, samples = np.random.default_rng(seed), 0
     for index, (feeds, _) in enumerate(data.batches()):
         if index >= fit_batches:
@@ -335,8 +361,14 @@ def write_fit(model: onnx.ModelProto, layer: Layer, ridge: float) -> dict:
     else:
         new = (w.T if layer.in_axis == 1 else w) / alpha
     inits[layer.weight].CopyFrom(numpy_helper.from_array(new.astype(old.dtype), layer.weight))
-    entry = {"node": layer.name, "op": node.op_type, "weight": layer.weight, "bias": layer.bias,
-             "bias_added": False, "rows": layer.stats.rows}
+    entry = {
+        "node": layer.name,
+        "op": node.op_type,
+        "weight": layer.weight,
+        "bias": layer.bias,
+        "bias_added": False,
+        "rows": layer.stats.rows,
+    }
     if spec.bias is None:
         entry["bias"] = None  # no bias input (MatMul): fitted without an intercept
         return entry
@@ -386,8 +418,15 @@ def output_error(original: onnx.ModelProto, models: list[onnx.ModelProto], data,
     return [float(np.sqrt(d / norm)) if norm > 0 else float(np.sqrt(d)) for d in diff]
 
 
-def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, weights: dict[str, dict], data,
-                ridge: float = 1e-4, seed: int = 0, progress=None) -> Reconstruction:
+def reconstruct(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    weights: dict[str, dict],
+    data,
+    ridge: float = 1e-4,
+    seed: int = 0,
+    progress=None,
+) -> Reconstruction:
     """Refit the pruned consumer layers of `pruned` (a copy is returned; neither model is
     modified). `weights` is the plan's weights record (which tensors were sliced how)."""
     layers, skipped = find_layers(pruned, weights)
@@ -405,9 +444,18 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, weights: dic
     applied = bool(records or statistics) and after <= before
     held = data.samples - fit_samples if held_out else 0
     changed = _changed(pruned, records, statistics) if applied else {}
-    return Reconstruction(fitted if applied else pruned, records if applied else [], skipped,
-                          before, after, applied, fit_samples, held, changed,
-                          len(statistics) // 2 if applied else 0)
+    return Reconstruction(
+        fitted if applied else pruned,
+        records if applied else [],
+        skipped,
+        before,
+        after,
+        applied,
+        fit_samples,
+        held,
+        changed,
+        len(statistics) // 2 if applied else 0,
+    )
 
 
 def _changed(pruned: onnx.ModelProto, records: list[dict], statistics: list[str]) -> dict[str, tuple]:

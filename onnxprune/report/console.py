@@ -33,8 +33,13 @@ def groups_table(rows: list[dict], title: str, show_kept: bool) -> Table:
     table.columns[-1].justify = "left"
     for row in rows:
         pruned = show_kept and row["frozen"] is None
-        cells = [row["id"], row["name"], f"{row['channels']} → {row['kept']}" if pruned else str(row["channels"]),
-                 str(len(row["members"])), f"{row['macs_share']:.1%}"]
+        cells = [
+            row["id"],
+            row["name"],
+            f"{row['channels']} → {row['kept']}" if pruned else str(row["channels"]),
+            str(len(row["members"])),
+            f"{row['macs_share']:.1%}",
+        ]
         if show_kept:
             cells += [_before_after(row, "macs"), _before_after(row, "params")]
         status = "prunable" if row["frozen"] is None else f"[yellow]frozen[/]: {row['frozen']}"
@@ -53,8 +58,10 @@ def print_analysis(rows: list[dict], prunable_share: float, model_name: str) -> 
     """The `analyze` table and a summary line."""
     stdout.print(groups_table(rows, f"Channel groups of {model_name}", show_kept=False))
     frozen = sum(1 for r in rows if r["frozen"])
-    stdout.print(f"{len(rows)} groups: {len(rows) - frozen} prunable, {frozen} frozen; "
-                 f"{prunable_share:.1%} of the MACs are in layers with prunable channels")
+    stdout.print(
+        f"{len(rows)} groups: {len(rows) - frozen} prunable, {frozen} frozen; "
+        f"{prunable_share:.1%} of the MACs are in layers with prunable channels"
+    )
 
 
 def print_report(report: dict, output: str, plan_path: str) -> None:
@@ -62,48 +69,67 @@ def print_report(report: dict, output: str, plan_path: str) -> None:
     stdout.print(groups_table(report["groups"], f"Pruned with {report['criterion']}", show_kept=True))
     before, after = report["before"], report["after"]
     at = ", ".join(f"{name}={'x'.join(map(str, s['macs_shape']))}" for name, s in (report.get("shapes") or {}).items())
-    stdout.print(f"MACs    {human(before['macs'])} → {human(after['macs'])}  ({report['macs_ratio']:.1%} kept)"
-                 + (f" at {at}" if at else ""))
+    stdout.print(
+        f"MACs    {human(before['macs'])} → {human(after['macs'])}  ({report['macs_ratio']:.1%} kept)"
+        + (f" at {at}" if at else "")
+    )
     stdout.print(f"params  {human(before['params'])} → {human(after['params'])}  ({report['params_ratio']:.1%} kept)")
     allocation = report.get("allocation")
     if allocation and allocation.get("target"):
         target = allocation["target"]
         unit = " ms" if target["kind"] == "latency" else ""
-        stdout.print(f"target  {target['kind']} {human(target['target'])}{unit} → achieved "
-                     f"{human(target['achieved'])}{unit} ({allocation['strategy']} allocation)")
+        stdout.print(
+            f"target  {target['kind']} {human(target['target'])}{unit} → achieved "
+            f"{human(target['achieved'])}{unit} ({allocation['strategy']} allocation)"
+        )
     elif allocation:
         stdout.print(f"ratios from the {allocation['strategy']} map: {len(allocation['ratios'])} groups")
     rounding = report.get("rounding")
     if rounding:
         changed = [g for g in rounding["groups"] if g["chosen"] != g["requested"]]
         detail = ", ".join(f"{g['id']} {g['requested']} → {g['chosen']}" for g in changed[:8])
-        stdout.print(f"round-to auto ({rounding['provider']}, batch {rounding['batch']}): {len(changed)} of "
-                     f"{len(rounding['groups'])} groups keep more channels because it is faster"
-                     f"{': ' + detail if detail else ''}{' …' if len(changed) > 8 else ''}")
+        stdout.print(
+            f"round-to auto ({rounding['provider']}, batch {rounding['batch']}): {len(changed)} of "
+            f"{len(rounding['groups'])} groups keep more channels because it is faster"
+            f"{': ' + detail if detail else ''}{' …' if len(changed) > 8 else ''}"
+        )
     recon = report.get("reconstruction")
     if recon:
         state = "applied" if recon.get("applied") else "not applied (it did not lower the error)"
-        stdout.print(f"reconstruction: {recon.get('layers', 0)} layers refitted by least squares, {state}; "
-                     f"held-out output error {recon['output_error_before']:.3g} → {recon['output_error_after']:.3g}")
+        stdout.print(
+            f"reconstruction: {recon.get('layers', 0)} layers refitted by least squares, {state}; "
+            f"held-out output error {recon['output_error_before']:.3g} → {recon['output_error_after']:.3g}"
+        )
     tuned = report.get("finetune")
     if tuned and tuned["history"]:
         last, first = tuned["history"][-1], tuned.get("before") or {}
-        val = f"; val top-1 {first.get('val_top1', float('nan')):.1%} → {last.get('val_top1', float('nan')):.1%}" \
-            if "val_top1" in last else ""
+        val = (
+            f"; val top-1 {first.get('val_top1', float('nan')):.1%} → {last.get('val_top1', float('nan')):.1%}"
+            if "val_top1" in last
+            else ""
+        )
         kept = "" if tuned.get("applied", True) else " — not kept: validation top-1 dropped"
-        stdout.print(f"fine-tuned {tuned['epochs']} epochs{' with distillation' if tuned['teacher'] else ''}{val}{kept}")
+        stdout.print(
+            f"fine-tuned {tuned['epochs']} epochs{' with distillation' if tuned['teacher'] else ''}{val}{kept}"
+        )
     latency = report.get("latency")
     if latency:
-        stdout.print(f"latency (ONNX Runtime CPU, batch 1): {latency['before_ms']:.3f} ms → {latency['after_ms']:.3f} ms "
-                     f"({latency['speedup']:.2f}×)")
+        stdout.print(
+            f"latency (ONNX Runtime CPU, batch 1): {latency['before_ms']:.3f} ms → {latency['after_ms']:.3f} ms "
+            f"({latency['speedup']:.2f}×)"
+        )
     check = report.get("verification")
     if check:
         when = " (checked before reconstruction changed the weights)" if report.get("reconstruction") else ""
-        shapes = ", ".join(f"{name}={'x'.join(map(str, s['shape']))} ({s['source']})"
-                           for name, s in (check.get("shapes") or {}).items())
-        stdout.print(f"verified at {shapes}: matches the masked reference (max relative difference "
-                     f"{check['max_relative']:.2g}, float noise {check['noise']:.2g} ({check['noise_method']}), "
-                     f"tolerance {check['tolerance']:.2g}){when}")
+        shapes = ", ".join(
+            f"{name}={'x'.join(map(str, s['shape']))} ({s['source']})"
+            for name, s in (check.get("shapes") or {}).items()
+        )
+        stdout.print(
+            f"verified at {shapes}: matches the masked reference (max relative difference "
+            f"{check['max_relative']:.2g}, float noise {check['noise']:.2g} ({check['noise_method']}), "
+            f"tolerance {check['tolerance']:.2g}){when}"
+        )
         for failed in check.get("failed_groups") or ():
             stdout.print(f"[yellow]frozen[/] {failed['id']}: {failed['reason']} — the other groups are pruned")
     else:
@@ -113,8 +139,7 @@ def print_report(report: dict, output: str, plan_path: str) -> None:
 
 def print_rules() -> None:
     """The op-coverage table generated from the rule registry."""
-    table = Table(title="Ops with a channel rule (anything else freezes the channels it touches)",
-                  title_justify="left")
+    table = Table(title="Ops with a channel rule (anything else freezes the channels it touches)", title_justify="left")
     for column in ("op", "opsets", "how channels map", "freezes when"):
         table.add_column(column)
     for op in sorted(RULES):
@@ -135,7 +160,6 @@ def progress_bar(description: str, total: int | None = None):
     )
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True,
-                  disable=not sys.stderr.isatty()) as progress:
+    with Progress(*columns, console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task(description, total=total)
         yield lambda steps=1: progress.advance(task, steps)

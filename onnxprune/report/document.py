@@ -22,9 +22,14 @@ def model_summary(model, view: ModelView | None = None, shapes: dict | None = No
     return {"macs": sum(model_macs(view, shapes).values()), "params": view.param_count()}
 
 
-def group_rows(groups: list[ChannelGroup], view: ModelView, plan: PruningPlan | None = None,
-               pruned: ModelView | None = None, shapes: dict | None = None,
-               pruned_shapes: dict | None = None) -> list[dict]:
+def group_rows(
+    groups: list[ChannelGroup],
+    view: ModelView,
+    plan: PruningPlan | None = None,
+    pruned: ModelView | None = None,
+    shapes: dict | None = None,
+    pruned_shapes: dict | None = None,
+) -> list[dict]:
     """One row per group: channels, MACs of its layers and parameters of its weights (before,
     and after when the pruned model's view is given), share of the model's MACs, frozen reason.
     `shapes` / `pruned_shapes`: tensor shapes at the verification shape (see model_summary)."""
@@ -58,8 +63,9 @@ def prunable_share(groups: list[ChannelGroup], view: ModelView, shapes: dict | N
     return sum(macs.get(n, 0) for n in nodes) / max(sum(macs.values()), 1)
 
 
-def build_report(before: dict, after: dict, rows: list[dict], criterion: str, options: dict,
-                 verification: dict | None) -> dict:
+def build_report(
+    before: dict, after: dict, rows: list[dict], criterion: str, options: dict, verification: dict | None
+) -> dict:
     """The JSON report of one pruning run."""
     return {
         "criterion": criterion,
@@ -81,8 +87,13 @@ def prune_report(analysis: Analysis, verified: Verified, criterion: str, options
     pruned_shapes = macs_shapes(pruned, analysis.shapes.shapes)
     rows = group_rows(analysis.groups, analysis.view, verified.plan, pruned_view, analysis.macs_shapes, pruned_shapes)
     check = verified.check
-    report = build_report(model_summary(analysis.model, analysis.view, analysis.macs_shapes),
-                          model_summary(pruned, pruned_view, pruned_shapes), rows, criterion, options,
-                          verification_report(check, analysis.shapes, verified.failed) if check else None)
+    report = build_report(
+        model_summary(analysis.model, analysis.view, analysis.macs_shapes),
+        model_summary(pruned, pruned_view, pruned_shapes),
+        rows,
+        criterion,
+        options,
+        verification_report(check, analysis.shapes, verified.failed) if check else None,
+    )
     report["shapes"] = analysis.shapes.to_dict()
     return report

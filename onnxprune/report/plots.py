@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -42,9 +42,17 @@ def kept_per_layer(nodes: Iterable, groups: list, kept: dict) -> list[dict]:
             count = int(mask[atoms].sum())
         else:
             count = len(atoms)
-        rows.append({"layer": label, "op": node.op_type, "group": group.id, "channels": len(atoms),
-                     "kept": count, "fraction": count / len(atoms) if len(atoms) else 1.0,
-                     "frozen": group.frozen is not None})
+        rows.append(
+            {
+                "layer": label,
+                "op": node.op_type,
+                "group": group.id,
+                "channels": len(atoms),
+                "kept": count,
+                "fraction": count / len(atoms) if len(atoms) else 1.0,
+                "frozen": group.frozen is not None,
+            }
+        )
     return rows
 
 
@@ -94,8 +102,10 @@ def _title(report: dict) -> str:
         goal = f"latency target {target['target']:.3g} ms (achieved {target['achieved']:.3g} ms)"
     else:
         name = "MACs" if target["kind"] == "flops" else "params"
-        goal = (f"{name} target {target['target'] / target['baseline']:.1%} of the model "
-                f"(achieved {target['achieved'] / target['baseline']:.1%})")
+        goal = (
+            f"{name} target {target['target'] / target['baseline']:.1%} of the model "
+            f"(achieved {target['achieved'] / target['baseline']:.1%})"
+        )
     return f"{allocation['strategy']} allocation, {goal}, criterion {report.get('criterion')}"
 
 
@@ -110,7 +120,7 @@ def _short(label: str, width: int = 38) -> str:
         if len(part) + len(tail) + 1 > width - 1:
             break
         tail = f"{part}/{tail}"
-    return "…" + tail[-(width - 1):]
+    return "…" + tail[-(width - 1) :]
 
 
 def kept_figure(report: dict, layers: list[dict]):
@@ -123,18 +133,25 @@ def kept_figure(report: dict, layers: list[dict]):
     axes = figure.subplots()
     cmap = colormaps["tab20"]
     group_ids = list(dict.fromkeys(row["group"] for row in layers if not row["frozen"]))
-    colors = [(0.72, 0.72, 0.72, 1.0) if row["frozen"] else cmap(group_ids.index(row["group"]) % cmap.N)
-              for row in layers]
+    colors = [
+        (0.72, 0.72, 0.72, 1.0) if row["frozen"] else cmap(group_ids.index(row["group"]) % cmap.N) for row in layers
+    ]
     x = np.arange(count)
     fractions = [row["fraction"] for row in layers]
     axes.bar(x, fractions, color=colors, edgecolor="black", linewidth=0.3, width=0.8)
     if count <= 60:
         for xi, row in zip(x, layers):
-            axes.text(xi, row["fraction"] + 0.01, str(row["kept"]), ha="center", va="bottom", fontsize=6,
-                      rotation=90 if count > 24 else 0)
+            axes.text(
+                xi,
+                row["fraction"] + 0.01,
+                str(row["kept"]),
+                ha="center",
+                va="bottom",
+                fontsize=6,
+                rotation=90 if count > 24 else 0,
+            )
     axes.set_xticks(x)
-    axes.set_xticklabels([_short(row["layer"]) for row in layers], rotation=90,
-                         fontsize=7 if count <= 60 else 5)
+    axes.set_xticklabels([_short(row["layer"]) for row in layers], rotation=90, fontsize=7 if count <= 60 else 5)
     axes.set_xlim(-0.6, count - 0.4)
     axes.set_ylim(0, 1.3)
     axes.set_yticks(np.linspace(0, 1, 6))
@@ -145,8 +162,12 @@ def kept_figure(report: dict, layers: list[dict]):
     totals = "" if macs is None else f"\nMACs kept {macs:.1%}, parameters kept {params:.1%}"
     axes.set_title(f"Channels kept per layer: {_title(report)}{totals}", fontsize=10)
     if any(row["frozen"] for row in layers):
-        axes.legend(handles=[Patch(color=(0.72, 0.72, 0.72), label="frozen group (not prunable)")],
-                    loc="upper right", fontsize=8, framealpha=0.9)
+        axes.legend(
+            handles=[Patch(color=(0.72, 0.72, 0.72), label="frozen group (not prunable)")],
+            loc="upper right",
+            fontsize=8,
+            framealpha=0.9,
+        )
     figure.tight_layout()
     return figure
 
@@ -162,26 +183,45 @@ def search_figure(report: dict, candidates: list[dict]):
     axes.scatter(flops / scale, scores, s=22, color="tab:blue", alpha=0.75, label=f"candidates ({len(candidates)})")
     uniform = [c for c in candidates if c.get("shape") == "uniform"]
     if uniform:
-        axes.scatter([uniform[0]["flops"] / scale], [uniform[0]["score"]], s=80, facecolors="none",
-                     edgecolors="black", linewidths=1.4, label="uniform shape", zorder=3)
+        axes.scatter(
+            [uniform[0]["flops"] / scale],
+            [uniform[0]["score"]],
+            s=80,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1.4,
+            label="uniform shape",
+            zorder=3,
+        )
     chosen = [c for c in candidates if c.get("chosen")]
     if chosen:
         best = chosen[0]
-        axes.scatter([best["flops"] / scale], [best["score"]], s=220, marker="*", color="tab:red",
-                     edgecolors="black", linewidths=0.6, zorder=4,
-                     label=f"chosen: #{best['candidate']} (change {best['score']:.3g})")
+        axes.scatter(
+            [best["flops"] / scale],
+            [best["score"]],
+            s=220,
+            marker="*",
+            color="tab:red",
+            edgecolors="black",
+            linewidths=0.6,
+            zorder=4,
+            label=f"chosen: #{best['candidate']} (change {best['score']:.3g})",
+        )
     target = (report.get("allocation") or {}).get("target") or {}
     if target.get("kind") == "flops":
-        axes.axvline(target["target"] / scale, color="tab:gray", linestyle="--", linewidth=1,
-                     label=f"MACs target {target['target'] / scale:.3g}{unit}")
-        axes.axvline(target["target"] * 0.98 / scale, color="tab:gray", linestyle=":", linewidth=1,
-                     label="target − 2%")
+        axes.axvline(
+            target["target"] / scale,
+            color="tab:gray",
+            linestyle="--",
+            linewidth=1,
+            label=f"MACs target {target['target'] / scale:.3g}{unit}",
+        )
+        axes.axvline(target["target"] * 0.98 / scale, color="tab:gray", linestyle=":", linewidth=1, label="target − 2%")
     axes.set_xlabel(f"MACs of the candidate ({unit or 'count'})")
     axes.set_ylabel("output change  ||y − y0|| / ||y0||  (lower is better)")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8, loc="best")
-    axes.set_title(f"Random search over {len(candidates)} candidates: {_title(report).split(', ', 1)[-1]}",
-                   fontsize=10)
+    axes.set_title(f"Random search over {len(candidates)} candidates: {_title(report).split(', ', 1)[-1]}", fontsize=10)
     figure.tight_layout()
     return figure
 

@@ -52,16 +52,20 @@ def plan_document(analysis: Analysis, plan: PruningPlan, weights: dict, criterio
         entry = group.to_dict()
         entry["kept"] = [int(k) for k in kept]
         groups.append(entry)
-    document = {"format": PLAN_FORMAT, "input_sha256": analysis.sha256, "criterion": criterion,
-                "options": options, "weights": weights, "groups": groups}
+    document = {
+        "format": PLAN_FORMAT,
+        "input_sha256": analysis.sha256,
+        "criterion": criterion,
+        "options": options,
+        "weights": weights,
+        "groups": groups,
+    }
     chains = analysis.view.weight_chains
     if chains is not None:
         document["weights"], derived = chains.split_derived(weights)
         if derived:
             document["derived"] = derived
     return document
-
-
 
 
 def record_recovery(plan_file: dict, recovered, ridge: float) -> None:
@@ -78,7 +82,7 @@ def record_recovery(plan_file: dict, recovered, ridge: float) -> None:
 def read_plan(path: Path) -> dict:
     """The plan file, or InputError when it is missing or not an onnxprune plan."""
     if not path.is_file():
-        raise InputError(f"{path}: no such plan file (give it with --plan)")
+        raise InputError(f"{path}: no such plan file (give it with {{plan}})", parameter="plan")
     try:
         plan = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -86,9 +90,12 @@ def read_plan(path: Path) -> dict:
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
         raise InputError(f"{path}: not an {PLAN_FORMAT} plan file")
     groups, weights = plan.get("groups"), plan.get("weights")
-    if not isinstance(groups, list) or not isinstance(weights, dict) or \
-            not all(isinstance(g, dict) and isinstance(g.get("kept", []), list) for g in groups) or \
-            not all(isinstance(w, dict) and isinstance(w.get("kept"), dict) for w in weights.values()):
+    if (
+        not isinstance(groups, list)
+        or not isinstance(weights, dict)
+        or not all(isinstance(g, dict) and isinstance(g.get("kept", []), list) for g in groups)
+        or not all(isinstance(w, dict) and isinstance(w.get("kept"), dict) for w in weights.values())
+    ):
         raise InputError(f"{path}: damaged plan file ('groups' and 'weights' are not as onnxprune writes them)")
     return plan
 
@@ -99,10 +106,15 @@ def rebuild_plan(groups, plan: dict) -> PruningPlan:
     kept = {}
     for entry in plan["groups"]:
         group = by_id.get(entry.get("id"))
-        if group is None or group.channels != entry.get("channels") or \
-                sorted({str(m.space) for m in group.members}) != entry.get("members"):
-            raise InputError(f"the plan's group {entry.get('id')!r} does not match the original model's channel "
-                             "groups (different model or onnxprune version)")
+        if (
+            group is None
+            or group.channels != entry.get("channels")
+            or sorted({str(m.space) for m in group.members}) != entry.get("members")
+        ):
+            raise InputError(
+                f"the plan's group {entry.get('id')!r} does not match the original model's channel "
+                "groups (different model or onnxprune version)"
+            )
         try:
             chosen = np.asarray(entry.get("kept", []), dtype=np.int64).reshape(-1)
         except (TypeError, ValueError):

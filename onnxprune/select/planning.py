@@ -31,9 +31,15 @@ class PlannedAllocation(Allocation):
     achieved: float | None = None
 
 
-def plan_pruning(analysis: Analysis, scores: dict, options: SelectOptions, request: AllocationRequest,
-                 data=None, seed: int = 0, progress: Callable | None = None
-                 ) -> tuple[PruningPlan, PlannedAllocation | None]:
+def plan_pruning(
+    analysis: Analysis,
+    scores: dict,
+    options: SelectOptions,
+    request: AllocationRequest,
+    data=None,
+    seed: int = 0,
+    progress: Callable | None = None,
+) -> tuple[PruningPlan, PlannedAllocation | None]:
     """The plan: plain selection at `options.ratio`, or a strategy's allocation for a target
     or a layerwise map. Returns (plan, PlannedAllocation or None)."""
     if not request.active:
@@ -41,8 +47,20 @@ def plan_pruning(analysis: Analysis, scores: dict, options: SelectOptions, reque
     cost = PlanCost(analysis, analysis.macs_shapes)
     budget = request.budget(cost, analysis)
     measure = memoized_latency(request.latency_meter(analysis))
-    ctx = AllocationContext(analysis, scores, budget, options, cost, measure, data,
-                            seed, request.samples, request.jobs, request.layerwise_map(), progress)
+    ctx = AllocationContext(
+        analysis,
+        scores,
+        budget,
+        options,
+        cost,
+        measure,
+        data,
+        seed,
+        request.samples,
+        request.jobs,
+        request.layerwise_map(),
+        progress,
+    )
     result = allocate(ctx, request.strategy)
     layers = kept_per_layer(analysis.view.graph.node, analysis.groups, result.plan.kept)
     achieved = ctx.value(result.plan) if budget is not None else None
@@ -69,11 +87,16 @@ def memoized_latency(measure: Callable[[PruningPlan], float] | None) -> Callable
 def allocation_report(result: Allocation, request: AllocationRequest, report: dict) -> dict:
     """What the strategy did: target vs achieved, each group's ratio, the fraction of channels each
     layer keeps (network order), the search history."""
-    entry = {"strategy": request.strategy, "ratios": result.ratios, "layers": getattr(result, "layers", None),
-             "history": result.history}
+    entry = {
+        "strategy": request.strategy,
+        "ratios": result.ratios,
+        "layers": getattr(result, "layers", None),
+        "history": result.history,
+    }
     if request.kind:
         budget = request.resolved
         achieved = {"flops": report["after"]["macs"], "params": report["after"]["params"]}.get(
-            request.kind, getattr(result, "achieved", None))
+            request.kind, getattr(result, "achieved", None)
+        )
         entry["target"] = {**budget.to_dict(), "achieved": achieved}
     return entry

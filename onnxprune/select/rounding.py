@@ -20,8 +20,8 @@ whose time hardly depends on a few channels) would round up at random and add MA
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -65,8 +65,9 @@ def choose_count(times: dict[int, float], requested: int, tolerance: float = 0.0
     return min(above) if above else requested
 
 
-def choose_counts(tables: dict[str, dict[int, float]], requested: dict[str, int],
-                  tolerance: float = 0.0) -> dict[str, int]:
+def choose_counts(
+    tables: dict[str, dict[int, float]], requested: dict[str, int], tolerance: float = 0.0
+) -> dict[str, int]:
     """`choose_count` for every group of a timing table (group id -> count -> ms)."""
     return {gid: choose_count(tables.get(gid, {}), count, tolerance) for gid, count in requested.items()}
 
@@ -74,7 +75,7 @@ def choose_counts(tables: dict[str, dict[int, float]], requested: dict[str, int]
 def keep_best(scores: np.ndarray, count: int) -> np.ndarray:
     """The sorted ids of the `count` best-scored channels (ties as `select` breaks them)."""
     order = np.argsort(scores, kind="stable")
-    return np.sort(order[len(order) - count:])
+    return np.sort(order[len(order) - count :])
 
 
 @dataclass
@@ -90,8 +91,14 @@ class AutoRoundOptions:
     tolerance: float = TOLERANCE
 
 
-def auto_round(analysis, scores: dict[str, np.ndarray], plan: PruningPlan, options: AutoRoundOptions,
-               progress: Callable | None = None, timer=None) -> tuple[PruningPlan, dict]:
+def auto_round(
+    analysis,
+    scores: dict[str, np.ndarray],
+    plan: PruningPlan,
+    options: AutoRoundOptions,
+    progress: Callable | None = None,
+    timer=None,
+) -> tuple[PruningPlan, dict]:
     """The plan with every pruned group's kept count chosen by `choose_count`, and a report
     (per group: requested and chosen count, timing table, or why it was skipped). `timer` (a
     `bench.layers.LayerTimer`-like object) replaces the real one in tests."""
@@ -99,9 +106,9 @@ def auto_round(analysis, scores: dict[str, np.ndarray], plan: PruningPlan, optio
     ep = resolve_ep(options.ep)
     device = device_name(ep.device_type)
     if timer is None:
-
-        timer = LayerTimer(ep, TimingCache(ep.name, device, options.cache_dir), options.threads,
-                           refresh=options.refresh)
+        timer = LayerTimer(
+            ep, TimingCache(ep.name, device, options.cache_dir), options.threads, refresh=options.refresh
+        )
     pruned_view = ModelView(apply_plan(analysis.model, plan, analysis.view).model)
     rows, kept = [], dict(plan.kept)
     for group in plan.groups:
@@ -112,19 +119,35 @@ def auto_round(analysis, scores: dict[str, np.ndarray], plan: PruningPlan, optio
                 kept[group.id] = keep_best(scores[group.id], row["chosen"])
     if getattr(timer, "cache", None) is not None:
         timer.cache.save()
-    report = {"ep": ep.name, "provider": ep.provider, "device": device, "batch": options.batch,
-              "threads": options.threads, "tolerance": options.tolerance,
-              "rule": "smallest count >= requested that no larger count beats by more than the tolerance",
-              "layers_timed": getattr(timer, "timed", None),
-              "cache": str(timer.cache.path) if getattr(timer, "cache", None) is not None else None, "groups": rows}
+    report = {
+        "ep": ep.name,
+        "provider": ep.provider,
+        "device": device,
+        "batch": options.batch,
+        "threads": options.threads,
+        "tolerance": options.tolerance,
+        "rule": "smallest count >= requested that no larger count beats by more than the tolerance",
+        "layers_timed": getattr(timer, "timed", None),
+        "cache": str(timer.cache.path) if getattr(timer, "cache", None) is not None else None,
+        "groups": rows,
+    }
     return PruningPlan(plan.groups, kept), report
 
 
-def _round_group(group: ChannelGroup, requested: int, pruned_view: ModelView, options: AutoRoundOptions,
-                 timer, progress) -> dict:
+def _round_group(
+    group: ChannelGroup, requested: int, pruned_view: ModelView, options: AutoRoundOptions, timer, progress
+) -> dict:
     """One group's row of the rounding report."""
-    row = {"id": group.id, "name": group.name, "channels": group.channels, "requested": requested,
-           "chosen": requested, "layers": 0, "times_ms": {}, "skipped": None}
+    row = {
+        "id": group.id,
+        "name": group.name,
+        "channels": group.channels,
+        "requested": requested,
+        "chosen": requested,
+        "layers": 0,
+        "times_ms": {},
+        "skipped": None,
+    }
     if not uniform_atoms(group):
         row["skipped"] = "channels map unevenly onto its layers (Pad/Concat offsets or pinned channels)"
         return row

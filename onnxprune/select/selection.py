@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -25,13 +25,13 @@ class SelectOptions:
     def validate(self) -> None:
         """Raise InputError for values outside their range."""
         if not 0.0 <= self.ratio < 1.0 or math.isnan(self.ratio):
-            raise InputError(f"--ratio must be in [0, 1), got {self.ratio}")
+            raise InputError(f"{{ratio}} must be in [0, 1), got {self.ratio}", parameter="ratio")
         if self.min_channels < 1:
-            raise InputError(f"--min-channels must be at least 1, got {self.min_channels}")
+            raise InputError(f"{{min_channels}} must be at least 1, got {self.min_channels}", parameter="min_channels")
         if self.round_to < 1:
-            raise InputError(f"--round-to must be at least 1, got {self.round_to}")
+            raise InputError(f"{{round_to}} must be at least 1, got {self.round_to}", parameter="round_to")
         if self.scope not in ("local", "global"):
-            raise InputError(f"--scope must be 'local' or 'global', got '{self.scope}'")
+            raise InputError(f"{{scope}} must be 'local' or 'global', got '{self.scope}'", parameter="scope")
 
 
 def select(groups: list[ChannelGroup], scores: dict[str, np.ndarray], options: SelectOptions) -> PruningPlan:
@@ -43,8 +43,9 @@ def select(groups: list[ChannelGroup], scores: dict[str, np.ndarray], options: S
     return _plan(groups, _global_pruned(prunable, scores, options))
 
 
-def select_ratios(groups: list[ChannelGroup], scores: dict[str, np.ndarray], ratios: dict[str, float],
-                  options: SelectOptions) -> PruningPlan:
+def select_ratios(
+    groups: list[ChannelGroup], scores: dict[str, np.ndarray], ratios: dict[str, float], options: SelectOptions
+) -> PruningPlan:
     """Local selection with each group's own ratio (groups missing from `ratios` keep everything)."""
     pruned = {}
     for group in groups:

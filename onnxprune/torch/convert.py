@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -43,6 +44,7 @@ def op(*names: str):
 
 
 # ------------------------------------------------------------------------------ helpers
+
 
 def _ints(t) -> list[int]:
     """A 1-D int tensor / sequence as a Python int list."""
@@ -78,15 +80,21 @@ _MAXPOOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVGPOOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 _DTYPES = {
-    onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
-    onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16,
-    onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32,
-    onnx.TensorProto.INT16: torch.int16, onnx.TensorProto.INT8: torch.int8,
-    onnx.TensorProto.UINT8: torch.uint8, onnx.TensorProto.BOOL: torch.bool,
+    onnx.TensorProto.FLOAT: torch.float32,
+    onnx.TensorProto.DOUBLE: torch.float64,
+    onnx.TensorProto.FLOAT16: torch.float16,
+    onnx.TensorProto.BFLOAT16: torch.bfloat16,
+    onnx.TensorProto.INT64: torch.int64,
+    onnx.TensorProto.INT32: torch.int32,
+    onnx.TensorProto.INT16: torch.int16,
+    onnx.TensorProto.INT8: torch.int8,
+    onnx.TensorProto.UINT8: torch.uint8,
+    onnx.TensorProto.BOOL: torch.bool,
 }
 
 
 # ------------------------------------------------------------------------------ conv / pool
+
 
 @op("Conv")
 def _conv(a, x, w, b=None):
@@ -147,8 +155,7 @@ def _avgpool(a, x):
         raise InputError("no torch translation for op AveragePool with dilations")
     if pb != pe:
         if not include:
-            raise InputError("no torch translation for op AveragePool with asymmetric pads "
-                             "and count_include_pad=0")
+            raise InputError("no torch translation for op AveragePool with asymmetric pads and count_include_pad=0")
         x = F.pad(x, _fpad(pb, pe))
         pb = [0] * n
     if any(2 * p > kk for p, kk in zip(pb, k)):  # torch limits pad to half the kernel
@@ -265,6 +272,7 @@ def _reduce_mean(a, x, axes=None):
 
 # ------------------------------------------------------------------------------ shape ops
 
+
 @op("Flatten")
 def _flatten(a, x):
     axis = a.get("axis", 1) % (x.dim() + 1) if x.dim() else 0
@@ -279,8 +287,10 @@ def _reshape(a, x, shape):
     vals = _ints(shape)
     zero_copies = not a.get("allowzero", 0)
     if torch.jit.is_tracing():  # keep a computed (Shape -> ...) target dynamic in the trace
-        dims: list[Any] = [x.shape[i] if (v == 0 and zero_copies) else (-1 if v == -1 else d)
-                           for i, (v, d) in enumerate(zip(vals, shape.reshape(-1).unbind(0)))]
+        dims: list[Any] = [
+            x.shape[i] if (v == 0 and zero_copies) else (-1 if v == -1 else d)
+            for i, (v, d) in enumerate(zip(vals, shape.reshape(-1).unbind(0)))
+        ]
     else:
         dims = [x.shape[i] if (v == 0 and zero_copies) else v for i, v in enumerate(vals)]
     return x.reshape(dims)
@@ -363,7 +373,7 @@ def _gather(a, x, idx):
     idx = idx.long()
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     out = x.index_select(axis, idx.reshape(-1))
-    return out.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:]))
+    return out.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1 :]))
 
 
 @op("Unsqueeze")
@@ -402,8 +412,12 @@ def _constant_of_shape(a, shape):
 def _constant(a):
     if "value" in a:
         return a["value"]
-    for key, dtype in (("value_float", torch.float32), ("value_floats", torch.float32),
-                       ("value_int", torch.int64), ("value_ints", torch.int64)):
+    for key, dtype in (
+        ("value_float", torch.float32),
+        ("value_floats", torch.float32),
+        ("value_int", torch.int64),
+        ("value_ints", torch.int64),
+    ):
         if key in a:
             return torch.tensor(a[key], dtype=dtype)
     raise InputError("no torch translation for op Constant with this value attribute")
@@ -445,6 +459,7 @@ def _resize(a, x, roi=None, scales=None, sizes=None):
 
 # ------------------------------------------------------------------------------ module
 
+
 def _attr_value(attr: onnx.AttributeProto):
     v = helper.get_attribute_value(attr)
     if isinstance(v, bytes):
@@ -459,9 +474,19 @@ def _attr_value(attr: onnx.AttributeProto):
 #: (op_type, input index) slots whose float initializer is never trainable (statistics, shape /
 #: scale / bound operands): always a buffer. Other float initializers are parameters when they
 #: hold more than one element (scalars stay buffers).
-_BUFFER_SLOTS = {("BatchNormalization", 3), ("BatchNormalization", 4), ("Resize", 1),
-                 ("Resize", 2), ("Resize", 3), ("Pad", 1), ("Pad", 2), ("Clip", 1), ("Clip", 2),
-                 ("Pow", 1), ("Dropout", 1)}
+_BUFFER_SLOTS = {
+    ("BatchNormalization", 3),
+    ("BatchNormalization", 4),
+    ("Resize", 1),
+    ("Resize", 2),
+    ("Resize", 3),
+    ("Pad", 1),
+    ("Pad", 2),
+    ("Clip", 1),
+    ("Clip", 2),
+    ("Pow", 1),
+    ("Dropout", 1),
+}
 
 
 def _topo_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -533,8 +558,7 @@ class OnnxModule(nn.Module):
     @property
     def onnx_tensors(self) -> dict[str, Tensor]:
         """ONNX initializer (or folded Constant) name -> its parameter or buffer."""
-        return {n: (self.params[k] if kind == "param" else getattr(self, k))
-                for n, (kind, k) in self._keys.items()}
+        return {n: (self.params[k] if kind == "param" else getattr(self, k)) for n, (kind, k) in self._keys.items()}
 
     def forward(self, *inputs: Tensor):
         if len(inputs) != len(self.input_names):
@@ -576,8 +600,16 @@ def export_onnx(module: nn.Module, example_inputs, path: str | os.PathLike) -> s
     was_training = module.training
     module.eval()
     try:
-        torch.onnx.export(module, example_inputs, str(path), dynamo=False, opset_version=17,
-                          input_names=in_names, output_names=list(out_names), dynamic_axes=dynamic)
+        torch.onnx.export(
+            module,
+            example_inputs,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=in_names,
+            output_names=list(out_names),
+            dynamic_axes=dynamic,
+        )
     finally:
         module.train(was_training)
     return str(path)

@@ -9,8 +9,8 @@ the partial plan and verifies it. The caller freezes the culprits and prunes the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from onnxprune.errors import VerificationError
 from onnxprune.select.plan import PruningPlan
@@ -31,14 +31,21 @@ class FailedGroup:
     def reason(self) -> str:
         """The frozen reason: 'pruning it failed verification (max relative difference …)'."""
         worst = self.check.worst()
-        return (f"pruning it failed verification (max relative difference {worst.relative:.2g}, "
-                f"tolerance {worst.tolerance:.2g})")
+        return (
+            f"pruning it failed verification (max relative difference {worst.relative:.2g}, "
+            f"tolerance {worst.tolerance:.2g})"
+        )
 
     def to_dict(self) -> dict:
         """JSON-ready."""
         worst = self.check.worst()
-        return {"id": self.id, "max_relative": worst.relative, "tolerance": worst.tolerance,
-                "output": worst.name, "reason": self.reason}
+        return {
+            "id": self.id,
+            "max_relative": worst.relative,
+            "tolerance": worst.tolerance,
+            "output": worst.name,
+            "reason": self.reason,
+        }
 
 
 def restricted(plan: PruningPlan, group_ids: list[str]) -> PruningPlan:
@@ -47,8 +54,9 @@ def restricted(plan: PruningPlan, group_ids: list[str]) -> PruningPlan:
     return PruningPlan(plan.groups, {gid: kept for gid, kept in plan.kept.items() if gid in chosen})
 
 
-def find_failing_groups(plan: PruningPlan, check: Callable[[PruningPlan], VerifyResult],
-                        failed: VerifyResult | None = None) -> tuple[list[FailedGroup], PruningPlan, VerifyResult]:
+def find_failing_groups(
+    plan: PruningPlan, check: Callable[[PruningPlan], VerifyResult], failed: VerifyResult | None = None
+) -> tuple[list[FailedGroup], PruningPlan, VerifyResult]:
     """(culprits, the plan without them, its passing check). `check(plan)` applies and verifies
     a plan; `failed` is the full plan's failing check when already known. Raises
     VerificationError when the unpruned model itself does not verify or culprits exceed MAX_CULPRITS."""
@@ -84,9 +92,13 @@ def _first_failing_prefix(plan: PruningPlan, groups: list[str], check, full: Ver
 
 def _give_up_message(result: VerifyResult, culprits: list[FailedGroup], remaining: list[str]) -> str:
     worst = result.worst()
-    detail = f"output '{worst.name}' differs from the masked reference by {worst.relative:.3g} " \
-             f"(relative; tolerance {worst.tolerance:.2g})"
+    detail = (
+        f"output '{worst.name}' differs from the masked reference by {worst.relative:.3g} "
+        f"(relative; tolerance {worst.tolerance:.2g})"
+    )
     if not remaining and not culprits:
         return f"verification failed: {detail} with no channel pruned; the model was not written"
-    return (f"verification failed: {detail}; more than {MAX_CULPRITS} groups fail verification when "
-            "pruned; the model was not written")
+    return (
+        f"verification failed: {detail}; more than {MAX_CULPRITS} groups fail verification when "
+        "pruned; the model was not written"
+    )

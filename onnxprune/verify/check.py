@@ -71,16 +71,20 @@ def _rank(check: OutputCheck) -> float:
     return float(value) if np.isfinite(value) and np.isfinite(check.max_abs_diff) else float("inf")
 
 
-def sliced_weights_differ(view: ModelView, pruned: onnx.ModelProto, weights: dict,
-                          source: onnx.ModelProto | None = None) -> list[str]:
+def sliced_weights_differ(
+    view: ModelView, pruned: onnx.ModelProto, weights: dict, source: onnx.ModelProto | None = None
+) -> list[str]:
     """Names of plan weights marked exact whose pruned value is not `original[np.ix_(kept...)]`.
     Originals are the tensors of `source` (the input as loaded: initializers and `Constant`
     tensors, which the plan names; stored int8/fp16 tensors of weight chains included), else of
     the normalized model's view."""
+
     def tensors(model: onnx.ModelProto) -> dict:
         found = {init.name: init for init in model.graph.initializer}
         for node in model.graph.node:
-            value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+            value = (
+                next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+            )
             if value is not None and node.output:
                 found[node.output[0]] = value
         return found
@@ -91,8 +95,11 @@ def sliced_weights_differ(view: ModelView, pruned: onnx.ModelProto, weights: dic
     for name, entry in sorted(weights.items()):
         if entry.get("exact") is False:
             continue
-        original = view.consts.get(name) if originals is None else \
-            (tensor_value(originals[name]) if name in originals else None)
+        original = (
+            view.consts.get(name)
+            if originals is None
+            else (tensor_value(originals[name]) if name in originals else None)
+        )
         init = stored.get(name)
         if original is None or init is None or list(original.shape) != entry.get("shape"):
             bad.append(name)
@@ -120,8 +127,16 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return np.array_equal(a, b, equal_nan=floating)
 
 
-def check_pruned(pruned_path, original_path, plan_path, seed: int = 0, runs: int = 3,
-                 calib=None, calib_samples: int = 64, preprocess: str | None = None) -> CheckResult:
+def check_pruned(
+    pruned_path,
+    original_path,
+    plan_path,
+    seed: int = 0,
+    runs: int = 3,
+    calib=None,
+    calib_samples: int = 64,
+    preprocess: str | None = None,
+) -> CheckResult:
     """Re-run the masked-reference check of a stored pruned model (see the module docstring).
 
     `runs` batches of seeded random inputs (seeds seed, seed+1, ...) and, with `calib`, up to
@@ -158,7 +173,6 @@ def _feeds(model: onnx.ModelProto, seed: int, runs: int, calib, samples: int, pr
     for run in range(runs):
         yield random_inputs(model, seed + run, shapes=shapes)
     if calib:
-
         data = load_calibration(calib, model, samples, preprocess, 32, seed)
         for feeds, _ in data.batches():
             yield feeds
@@ -168,16 +182,24 @@ def summary_line(result: CheckResult, pruned_name: str) -> str:
     """One line: PASS or FAIL, what was compared and the largest relative difference."""
     verdict = "PASS" if result.ok else "FAIL"
     worst = max(result.outputs.values(), key=lambda o: _rank(o) / o.tolerance, default=None)
-    noise = f"float noise {worst.noise:.2g} ({result.noise_method}), tolerance {worst.tolerance:.2g}" \
-        if worst is not None else "no outputs"
-    detail = (f"max relative difference {result.max_relative:.3g} ({noise}) over {result.batches} batches"
-              + (f" at {result.shapes}" if result.shapes else ""))
+    noise = (
+        f"float noise {worst.noise:.2g} ({result.noise_method}), tolerance {worst.tolerance:.2g}"
+        if worst is not None
+        else "no outputs"
+    )
+    detail = f"max relative difference {result.max_relative:.3g} ({noise}) over {result.batches} batches" + (
+        f" at {result.shapes}" if result.shapes else ""
+    )
     if result.bad_weights:
         names = ", ".join(result.bad_weights[:3]) + (" ..." if len(result.bad_weights) > 3 else "")
-        return f"{verdict}: {pruned_name}: {len(result.bad_weights)} weights are not the plan's slices ({names}); {detail}"
+        return (
+            f"{verdict}: {pruned_name}: {len(result.bad_weights)} weights are not the plan's slices ({names}); {detail}"
+        )
     if result.recovered:
-        return (f"{verdict}: {pruned_name}: exact weights match the plan; weights refitted by {result.recovered} "
-                f"differ from the masked reference by design ({detail})")
+        return (
+            f"{verdict}: {pruned_name}: exact weights match the plan; weights refitted by {result.recovered} "
+            f"differ from the masked reference by design ({detail})"
+        )
     failed = [o for o in result.outputs.values() if not o.ok]
     if failed:
         worst = max(failed, key=_rank)

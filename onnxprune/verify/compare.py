@@ -39,8 +39,9 @@ def compare_one(name: str, got: np.ndarray, ref: np.ndarray) -> OutputCheck:
     the same values in both (else the difference is infinite)."""
     ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
     finite = np.isfinite(ref64)
-    if not np.array_equal(finite, np.isfinite(got64)) or \
-            not np.array_equal(ref64[~finite], got64[~finite], equal_nan=True):
+    if not np.array_equal(finite, np.isfinite(got64)) or not np.array_equal(
+        ref64[~finite], got64[~finite], equal_nan=True
+    ):
         return OutputCheck(name, float("inf"), 1.0)
     if not finite.any():
         return OutputCheck(name, 0.0, 0.0)

@@ -50,8 +50,9 @@ def masked_norm_reference(model: onnx.ModelProto, kept: dict[Space, np.ndarray],
     return reference
 
 
-def _kept_of(node: onnx.NodeProto, kept: dict[Space, np.ndarray], view: ModelView,
-             x: str | None = None) -> np.ndarray | None:
+def _kept_of(
+    node: onnx.NodeProto, kept: dict[Space, np.ndarray], view: ModelView, x: str | None = None
+) -> np.ndarray | None:
     """0/1 mask of the kept channels of the last axis of `x` (default: the node's input), or None
     when none were pruned."""
     x = x or node.input[0]
@@ -70,8 +71,12 @@ def _masked_layer_norm(node: onnx.NodeProto, mask: np.ndarray, graph: onnx.Graph
     x, scale = node.input[0], node.input[1]
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
     eps = float(attr(node, "epsilon", 1e-5))
-    consts = {f"{p}::m": mask, f"{p}::inv_n": np.array(1.0 / mask.sum(), np.float32),
-              f"{p}::eps": np.array(eps, np.float32), f"{p}::axes": np.array([-1], np.int64)}
+    consts = {
+        f"{p}::m": mask,
+        f"{p}::inv_n": np.array(1.0 / mask.sum(), np.float32),
+        f"{p}::eps": np.array(eps, np.float32),
+        f"{p}::axes": np.array([-1], np.int64),
+    }
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
     make = helper.make_node
     nodes = [
@@ -98,8 +103,12 @@ def _mask_decomposed(graph: onnx.GraphProto, norms: list[tuple[DecomposedNorm, n
     replace: dict[str, list[onnx.NodeProto]] = {}
     for norm, mask in norms:
         p = f"{node_label(norm.var_reduce)}::masked"
-        graph.initializer.extend([numpy_helper.from_array(mask, f"{p}::m"),
-                                  numpy_helper.from_array(np.array(1.0 / mask.sum(), np.float32), f"{p}::inv_n")])
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(mask, f"{p}::m"),
+                numpy_helper.from_array(np.array(1.0 / mask.sum(), np.float32), f"{p}::inv_n"),
+            ]
+        )
         for reduce in filter(None, (norm.mean_reduce, norm.var_reduce)):
             replace[reduce.output[0]] = _masked_mean(reduce, p, opset)
         raw = f"{p}::raw"
@@ -128,5 +137,8 @@ def _masked_mean(reduce: onnx.NodeProto, p: str, opset: int) -> list[onnx.NodePr
         total = helper.make_node("ReduceSum", [f"{tag}::tm", "::masked_norm::axes"], [f"{tag}::sum"], keepdims=1)
     else:
         total = helper.make_node("ReduceSum", [f"{tag}::tm"], [f"{tag}::sum"], axes=[-1], keepdims=1)
-    return [helper.make_node("Mul", [t, f"{p}::m"], [f"{tag}::tm"]), total,
-            helper.make_node("Mul", [f"{tag}::sum", f"{p}::inv_n"], [out])]
+    return [
+        helper.make_node("Mul", [t, f"{p}::m"], [f"{tag}::tm"]),
+        total,
+        helper.make_node("Mul", [f"{tag}::sum", f"{p}::inv_n"], [out]),
+    ]

@@ -69,7 +69,7 @@ def tolerance(noise: float, dtype) -> float:
         try:
             eps = float(np.finfo(dtype).eps)
         except ValueError:  # a 2-byte float numpy has no finfo for (bfloat16 from ml_dtypes)
-            eps = 2.0 ** -7
+            eps = 2.0**-7
         floor, cap = max(floor, 4 * eps), max(cap, 32 * eps)
     return float(min(cap, max(floor, K * noise)))
 
@@ -95,8 +95,11 @@ def measure_noise(model, arrays: dict, feeds: dict, outputs: dict, judge=None) -
 
 def relative_deviation(got: dict, reference: dict) -> dict[str, float]:
     """max |got - reference| / max |reference| per output (finite values only)."""
-    return {name: float(compare_one(name, got[name], value).relative) if got[name].shape == value.shape
-            else float("inf") for name, value in reference.items() if name in got}
+    return {
+        name: float(compare_one(name, got[name], value).relative) if got[name].shape == value.shape else float("inf")
+        for name, value in reference.items()
+        if name in got
+    }
 
 
 def _float64_noise(model, arrays: dict, feeds: dict, outputs: dict, judge) -> dict[str, float] | None:
@@ -123,8 +126,10 @@ def _float64_noise(model, arrays: dict, feeds: dict, outputs: dict, judge) -> di
     exact = judge(exact)
     ort_dev, torch_dev = relative_deviation(judge(outputs), exact), relative_deviation(judge(stored), exact)
     floor = FLOOR / K
-    if any(not np.isfinite(ort_dev.get(n, np.inf)) or ort_dev[n] > max(AGREEMENT * torch_dev.get(n, 0.0), floor)
-           for n in exact):
+    if any(
+        not np.isfinite(ort_dev.get(n, np.inf)) or ort_dev[n] > max(AGREEMENT * torch_dev.get(n, 0.0), floor)
+        for n in exact
+    ):
         return None
     return ort_dev
 

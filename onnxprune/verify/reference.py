@@ -17,9 +17,7 @@ from onnxprune.select.plan import PruningPlan
 from onnxprune.verify.bounded_outputs import bounded_outputs
 from onnxprune.verify.compare import OutputCheck, compare_one
 from onnxprune.verify.masked_norm import masked_norm_reference
-from onnxprune.verify.noise import K as NOISE_K
-from onnxprune.verify.noise import Noise, measure_noise
-from onnxprune.verify.noise import tolerance as noise_tolerance
+from onnxprune.verify.noise import K as NOISE_K, Noise, measure_noise, tolerance as noise_tolerance
 
 
 @dataclass
@@ -28,7 +26,7 @@ class VerifyResult:
     tolerance was calibrated (None: the fixed RTOL)."""
 
     outputs: list[OutputCheck]
-    noise: "Noise | None" = None
+    noise: Noise | None = None
 
     @property
     def ok(self) -> bool:
@@ -47,18 +45,33 @@ class VerifyResult:
     def to_dict(self) -> dict:
         """A JSON-ready summary: per output the difference, noise and tolerance; the worst output's."""
         worst = self.worst() if self.outputs else OutputCheck("", 0.0, 0.0)
-        return {"ok": self.ok, "max_relative": self.max_relative, "noise": worst.noise,
-                "tolerance": worst.tolerance, "rtol": worst.tolerance,
-                "noise_method": self.noise.method if self.noise else None, "k": NOISE_K,
-                "outputs": {o.name: {"max_abs_diff": o.max_abs_diff, "relative": o.relative, "noise": o.noise,
-                                     "tolerance": o.tolerance} for o in self.outputs}}
+        return {
+            "ok": self.ok,
+            "max_relative": self.max_relative,
+            "noise": worst.noise,
+            "tolerance": worst.tolerance,
+            "rtol": worst.tolerance,
+            "noise_method": self.noise.method if self.noise else None,
+            "k": NOISE_K,
+            "outputs": {
+                o.name: {
+                    "max_abs_diff": o.max_abs_diff,
+                    "relative": o.relative,
+                    "noise": o.noise,
+                    "tolerance": o.tolerance,
+                }
+                for o in self.outputs
+            },
+        }
 
     def summary(self) -> str:
         """'max relative difference 1.2e-05, float noise 3e-07 (float64 via torch), tolerance 0.0001'."""
         worst = self.worst()
         how = f" ({self.noise.method})" if self.noise else ""
-        return (f"max relative difference {worst.relative:.2g}, float noise {worst.noise:.2g}{how}, "
-                f"tolerance {worst.tolerance:.2g}")
+        return (
+            f"max relative difference {worst.relative:.2g}, float noise {worst.noise:.2g}{how}, "
+            f"tolerance {worst.tolerance:.2g}"
+        )
 
 
 def masked_weights(view: ModelView, plan: PruningPlan) -> dict[str, np.ndarray]:
@@ -71,7 +84,8 @@ def masked_weights(view: ModelView, plan: PruningPlan) -> dict[str, np.ndarray]:
         for member in group.members:
             if member.fill is not None:
                 masks.setdefault(member.space.tensor, []).append(
-                    (member.space.axis, group.kept_atoms(member.space, dropped), member.fill))
+                    (member.space.axis, group.kept_atoms(member.space, dropped), member.fill)
+                )
     return {name: _masked_copy(view.value(name), tensor_masks) for name, tensor_masks in masks.items()}
 
 
@@ -153,7 +167,7 @@ class Reference:
     raw: dict
 
     @classmethod
-    def run(cls, original: onnx.ModelProto, plan: PruningPlan, view: ModelView, feeds: dict) -> "Reference":
+    def run(cls, original: onnx.ModelProto, plan: PruningPlan, view: ModelView, feeds: dict) -> Reference:
         """Build and run the masked reference of `plan` on `feeds`."""
 
         bounded = bounded_outputs(original)  # sigmoid outputs: judged on their range and by their logits
@@ -172,9 +186,15 @@ class Reference:
         return compare(self.bounded.judge(got), self.outputs, noise)
 
 
-def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, plan: PruningPlan, seed: int = 0,
-           shapes: dict[str, tuple] | None = None, view: ModelView | None = None,
-           noise: Noise | bool | None = True) -> VerifyResult:
+def verify(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    plan: PruningPlan,
+    seed: int = 0,
+    shapes: dict[str, tuple] | None = None,
+    view: ModelView | None = None,
+    noise: Noise | bool | None = True,
+) -> VerifyResult:
     """Run the pruned model and the masked reference on the same seeded random inputs (`shapes`:
     input shapes by name, see verify_shapes.py). The tolerance is calibrated from the reference's
     float noise (`noise=True`: measured now; a `Noise`: measured before; None/False: RTOL)."""

@@ -53,9 +53,10 @@ class VerificationShapes:
 
     def at_batch(self, batch: int) -> dict[str, tuple]:
         """The shapes with each dynamic batch dimension set to `batch`."""
-        return {name: tuple(batch if axis in self.batch_axes.get(name, ()) else size
-                            for axis, size in enumerate(shape))
-                for name, shape in self.shapes.items()}
+        return {
+            name: tuple(batch if axis in self.batch_axes.get(name, ()) else size for axis, size in enumerate(shape))
+            for name, shape in self.shapes.items()
+        }
 
     def verify_shapes(self) -> dict[str, tuple]:
         """The shapes the verification feeds have (dynamic batch dims 2)."""
@@ -64,8 +65,10 @@ class VerificationShapes:
     def to_dict(self) -> dict:
         """JSON-ready: per input, the verification shape, the MACs shape (batch 1) and the source."""
         verify = self.verify_shapes()
-        return {name: {"shape": list(verify[name]), "macs_shape": list(shape), "source": self.sources[name]}
-                for name, shape in self.shapes.items()}
+        return {
+            name: {"shape": list(verify[name]), "macs_shape": list(shape), "source": self.sources[name]}
+            for name, shape in self.shapes.items()
+        }
 
     def describe(self) -> str:
         """One line: 'x=2x3x64x64 (probe: …)'."""
@@ -80,8 +83,10 @@ def _inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 def _dims(info: onnx.ValueInfoProto) -> list:
     """Each dim as an int (static) or a str (its symbol, '' when unnamed): a negative dim_value is dynamic."""
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else d.dim_param
-            for d in info.type.tensor_type.shape.dim]
+    return [
+        d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else d.dim_param
+        for d in info.type.tensor_type.shape.dim
+    ]
 
 
 def _kind(info: onnx.ValueInfoProto, axis: int, symbol: str) -> str:
@@ -114,17 +119,22 @@ def check_user_shapes(model: onnx.ModelProto, shapes: dict[str, tuple]) -> None:
     inputs = {info.name: info for info in _inputs(model)}
     for name, shape in shapes.items():
         if name not in inputs:
-            raise InputError(f"--shape {name}: the model has no input '{name}' (inputs: {', '.join(inputs)})")
+            raise InputError(
+                f"{{shape}} {name}: the model has no input '{name}' (inputs: {', '.join(inputs)})", parameter="shape"
+            )
         dims = _dims(inputs[name])
         if len(shape) != len(dims):
-            raise InputError(f"--shape {name}: {len(shape)} dims given, the input has {len(dims)}")
+            raise InputError(f"{{shape}} {name}: {len(shape)} dims given, the input has {len(dims)}", parameter="shape")
         for axis, (dim, size) in enumerate(zip(dims, shape)):
             if isinstance(dim, int) and dim != size:
-                raise InputError(f"--shape {name}: dim {axis} is {size}, the model fixes it to {dim}")
+                raise InputError(
+                    f"{{shape}} {name}: dim {axis} is {size}, the model fixes it to {dim}", parameter="shape"
+                )
 
 
-def choose_shapes(model: onnx.ModelProto, user: dict[str, tuple] | None = None,
-                  probe: bool = True) -> VerificationShapes:
+def choose_shapes(
+    model: onnx.ModelProto, user: dict[str, tuple] | None = None, probe: bool = True
+) -> VerificationShapes:
     """The verification shapes of a (normalized) model; see the module docstring. Probes with
     ONNX Runtime only when a non-batch dimension is dynamic and no hint or --shape fixes it
     (`probe=False`: the hint or the first candidates, untested)."""
@@ -135,7 +145,9 @@ def choose_shapes(model: onnx.ModelProto, user: dict[str, tuple] | None = None,
     batch_symbols = {dims[0] for dims in map(_dims, _inputs(model)) if dims and isinstance(dims[0], str) and dims[0]}
     for info in _inputs(model):
         dims = _dims(info)
-        batch = tuple(axis for axis, d in enumerate(dims) if not isinstance(d, int) and (axis == 0 or d in batch_symbols))
+        batch = tuple(
+            axis for axis, d in enumerate(dims) if not isinstance(d, int) and (axis == 0 or d in batch_symbols)
+        )
         if batch:
             result.batch_axes[info.name] = batch
         if info.name in user:
@@ -144,8 +156,11 @@ def choose_shapes(model: onnx.ModelProto, user: dict[str, tuple] | None = None,
             continue
         result.shapes[info.name] = tuple(d if isinstance(d, int) else 1 for d in dims)
         result.sources[info.name] = "static, dynamic batch" if batch else "static"
-        rest = [(axis, d, _kind(info, axis, d)) for axis, d in enumerate(dims)
-                if not isinstance(d, int) and axis not in batch]
+        rest = [
+            (axis, d, _kind(info, axis, d))
+            for axis, d in enumerate(dims)
+            if not isinstance(d, int) and axis not in batch
+        ]
         if rest:
             open_dims[info.name] = rest
     if open_dims:
@@ -164,8 +179,9 @@ def _symbols_from_user(model: onnx.ModelProto, user: dict[str, tuple]) -> dict[s
     return known
 
 
-def _fill_open_dims(model, result: VerificationShapes, open_dims: dict, known: dict[str, int],
-                    probe: bool = True) -> None:
+def _fill_open_dims(
+    model, result: VerificationShapes, open_dims: dict, known: dict[str, int], probe: bool = True
+) -> None:
     """Give every open dim a size: a hint when there is one (and it runs), else the first probe
     that runs."""
     hint = metadata_image_size(model)
@@ -182,9 +198,11 @@ def _fill_open_dims(model, result: VerificationShapes, open_dims: dict, known: d
     errors = []
     attempts = max(len(IMAGE_SIZES), len(SEQUENCE_SIZES))
     for attempt in range(attempts):
+
         def size(kind, index, attempt=attempt):
             sizes = IMAGE_SIZES if kind == "image" else SEQUENCE_SIZES
             return sizes[min(attempt, len(sizes) - 1)]
+
         _assign(result, open_dims, known, size)
         error = _runs(model, result.shapes)
         if error is None:
@@ -192,8 +210,11 @@ def _fill_open_dims(model, result: VerificationShapes, open_dims: dict, known: d
             return
         errors.append(error)
     tried = ", ".join(f"{n}={'x'.join(map(str, s))}" for n, s in result.shapes.items())
-    raise InputError(f"ONNX Runtime cannot run the model at any probed input size (last: {tried}: {errors[-1]}); "
-                     "give the input shape with --shape NAME=DxDx...")
+    raise InputError(
+        f"ONNX Runtime cannot run the model at any probed input size (last: {tried}: {errors[-1]}); "
+        "give the input shape with {shape} NAME=DxDx...",
+        parameter="shape",
+    )
 
 
 def _assign(result: VerificationShapes, open_dims: dict, known: dict[str, int], size) -> None:
@@ -216,8 +237,11 @@ def _mark(result: VerificationShapes, open_dims: dict, source: str) -> None:
 
 def _tried(open_dims: dict, attempt: int) -> str:
     kinds = {kind for dims in open_dims.values() for _, _, kind in dims}
-    lists = [("H/W " if kind == "image" else "sequence ") + "/".join(map(str, sizes[:attempt + 1]))
-             for kind, sizes in (("image", IMAGE_SIZES), ("sequence", SEQUENCE_SIZES)) if kind in kinds]
+    lists = [
+        ("H/W " if kind == "image" else "sequence ") + "/".join(map(str, sizes[: attempt + 1]))
+        for kind, sizes in (("image", IMAGE_SIZES), ("sequence", SEQUENCE_SIZES))
+        if kind in kinds
+    ]
     return ", ".join(lists)
 
 
@@ -249,5 +273,8 @@ def macs_shapes(model: onnx.ModelProto, shapes: dict[str, tuple]) -> dict[str, t
         inferred = infer_shapes(light)
     except InputError:
         return {}
-    return {name: shape for name, shape in tensor_shapes(inferred).items()
-            if all(isinstance(d, (int, np.integer)) for d in shape)}
+    return {
+        name: shape
+        for name, shape in tensor_shapes(inferred).items()
+        if all(isinstance(d, (int, np.integer)) for d in shape)
+    }

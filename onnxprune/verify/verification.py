@@ -52,8 +52,9 @@ def set_verification_shapes(analysis: Analysis, input_shapes: dict | None, requi
     analysis.macs_shapes = macs_shapes(analysis.model, analysis.shapes.shapes)
 
 
-def verify_or_freeze(analysis: Analysis, plan: PruningPlan, applied: AppliedPlan, seed: int, strict: bool,
-                     apply: ApplyFn) -> Verified:
+def verify_or_freeze(
+    analysis: Analysis, plan: PruningPlan, applied: AppliedPlan, seed: int, strict: bool, apply: ApplyFn
+) -> Verified:
     """Verify the pruned model; when it fails, refuse (`strict`) or freeze the failing groups
     (found by bisection, each step pruned by `apply`) and verify the rest."""
     check = verify(analysis.model, applied.model, plan, seed, analysis.shapes.verify_shapes(), analysis.view)
@@ -64,16 +65,18 @@ def verify_or_freeze(analysis: Analysis, plan: PruningPlan, applied: AppliedPlan
     return freeze_failing_groups(analysis, plan, check, seed, apply)
 
 
-def freeze_failing_groups(analysis: Analysis, plan: PruningPlan, check: VerifyResult, seed: int,
-                          apply: ApplyFn) -> Verified:
+def freeze_failing_groups(
+    analysis: Analysis, plan: PruningPlan, check: VerifyResult, seed: int, apply: ApplyFn
+) -> Verified:
     """Bisect for the groups whose pruning fails verification, freeze them with the reason, and
     prune the rest. VerificationError when no pruned group is left or the final model still fails."""
     shapes = analysis.shapes.verify_shapes()
     fixed, fixed_view = static_copy(analysis, shapes)
 
     def verify_plan(partial: PruningPlan) -> VerifyResult:
-        return verify(fixed, apply(fixed, partial, fixed_view).model, partial, seed, shapes, fixed_view,
-                      noise=check.noise)
+        return verify(
+            fixed, apply(fixed, partial, fixed_view).model, partial, seed, shapes, fixed_view, noise=check.noise
+        )
 
     failed, plan, _ = find_failing_groups(plan, verify_plan)
     for culprit in failed:
@@ -117,9 +120,11 @@ def verification_report(check: VerifyResult, shapes: VerificationShapes, failed:
 def failure_message(check: VerifyResult, detail: str = "") -> str:
     """The VerificationError's message: the worst output, its difference, noise and tolerance."""
     worst = check.worst()
-    return (f"verification failed: output '{worst.name}' differs from the masked reference by "
-            f"{worst.relative:.3g} (relative; float noise {worst.noise:.2g}, tolerance {worst.tolerance:.2g})"
-            f"{detail}; the model was not written")
+    return (
+        f"verification failed: output '{worst.name}' differs from the masked reference by "
+        f"{worst.relative:.3g} (relative; float noise {worst.noise:.2g}, tolerance {worst.tolerance:.2g})"
+        f"{detail}; the model was not written"
+    )
 
 
 def checker_error(model: onnx.ModelProto) -> str | None:
@@ -141,5 +146,6 @@ def require_valid_model(pruned: onnx.ModelProto, source: onnx.ModelProto) -> Non
     problem = checker_error(pruned)
     if problem is None or checker_error(source) is not None:
         return
-    raise InternalError(f"internal error: pruning produced an invalid model ({problem}); it was not written; "
-                        "please report it")
+    raise InternalError(
+        f"internal error: pruning produced an invalid model ({problem}); it was not written; please report it"
+    )

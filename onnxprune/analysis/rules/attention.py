@@ -43,14 +43,15 @@ def link_head_split(rel, x: str, in_axis: int, y: str, out_axes: list[int]) -> b
         return False
     head_axis, depth = real[-2], y_shape[real[-1]]
     outer = real[:-2]
-    reason = (f"{rel.label} splits channels into {[y_shape[a] for a in real]}: only whole heads "
-              f"(axis {head_axis}) are pruned")
+    reason = (
+        f"{rel.label} splits channels into {[y_shape[a] for a in real]}: only whole heads (axis {head_axis}) are pruned"
+    )
     for axis in outer + [real[-1]]:
         rel.freeze(y, axis, reason)
     for axis in out_axes:
         if y_shape[axis] == 1:
             rel.touch(y, axis)
-    strides = [int(np.prod([y_shape[b] for b in real[k + 1:]], dtype=np.int64)) for k in range(len(outer))]
+    strides = [int(np.prod([y_shape[b] for b in real[k + 1 :]], dtype=np.int64)) for k in range(len(outer))]
     for index in itertools.product(*[range(y_shape[a]) for a in outer]):
         offset = sum(i * s for i, s in zip(index, strides))
         rel.link(y, head_axis, x, in_axis, offset=offset, block=depth)
@@ -83,8 +84,13 @@ def rewrite_shape_target(node, ctx) -> None:
     if target is None:
         return rewrite_computed_target(node, ctx)
     flat, offset = target.reshape(-1), len(ctx.shape(out)) - target.size
-    new = np.array([ctx.new_size(out, offset + k) if v > 0 and ctx.kept(out, offset + k) is not None
-                    else v for k, v in enumerate(flat)], dtype=target.dtype).reshape(target.shape)
+    new = np.array(
+        [
+            ctx.new_size(out, offset + k) if v > 0 and ctx.kept(out, offset + k) is not None else v
+            for k, v in enumerate(flat)
+        ],
+        dtype=target.dtype,
+    ).reshape(target.shape)
     if not np.array_equal(new, target):
         ctx.set_input(node, 1, new)
 
@@ -105,8 +111,10 @@ def rewrite_computed_target(node, ctx) -> None:
             return  # the analysis froze every axis of such a target (`_target_entries`)
         if value is not None:
             flat = value.reshape(-1)
-            new = np.array([ctx.new_size(node.output[0], position + k) if v > 0 else v
-                            for k, v in enumerate(flat)], dtype=value.dtype).reshape(value.shape)
+            new = np.array(
+                [ctx.new_size(node.output[0], position + k) if v > 0 else v for k, v in enumerate(flat)],
+                dtype=value.dtype,
+            ).reshape(value.shape)
             if not np.array_equal(new, value):
                 ctx.set_input(concat, index, new)
         position += size
@@ -121,10 +129,14 @@ def target_concat(producers: dict, name: str):
     return node if node is not None and node.op_type == "Concat" else None
 
 
-@rule("Attention", opsets="23-24", mapping="4-D q/k/v [N, H, T, D]: the head axis passes through "
-      "q, k, v and the output (one head = one channel)", freezes_when="3-D inputs (heads packed "
-      "in the last axis), grouped-query attention (fewer k/v heads), attention masks over heads, "
-      "extra outputs")
+@rule(
+    "Attention",
+    opsets="23-24",
+    mapping="4-D q/k/v [N, H, T, D]: the head axis passes through q, k, v and the output (one head = one channel)",
+    freezes_when="3-D inputs (heads packed "
+    "in the last axis), grouped-query attention (fewer k/v heads), attention masks over heads, "
+    "extra outputs",
+)
 def attention(rel, node, view):
     """ONNX Attention (opset 23) with 4-D inputs: heads are independent, so axis 1 is shared."""
     q, k, v = node.input[:3]
@@ -145,9 +157,15 @@ def attention(rel, node, view):
 
 def contrib_attention_reason(node) -> str | None:
     """Why a com.microsoft attention op freezes its heads (None for other ops)."""
-    if node.domain == "com.microsoft" and node.op_type in ("Attention", "MultiHeadAttention",
-                                                           "GroupQueryAttention", "PackedAttention"):
-        return (f"{node.op_type} '{node_label(node)}' (com.microsoft) packs its heads into fused "
-                f"weights and a num_heads attribute ({attr(node, 'num_heads')} heads); prune the "
-                "model before ORT's transformer optimizer fuses attention")
+    if node.domain == "com.microsoft" and node.op_type in (
+        "Attention",
+        "MultiHeadAttention",
+        "GroupQueryAttention",
+        "PackedAttention",
+    ):
+        return (
+            f"{node.op_type} '{node_label(node)}' (com.microsoft) packs its heads into fused "
+            f"weights and a num_heads attribute ({attr(node, 'num_heads')} heads); prune the "
+            "model before ORT's transformer optimizer fuses attention"
+        )
     return None

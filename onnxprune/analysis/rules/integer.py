@@ -17,8 +17,12 @@ from onnxprune.analysis.rules.registry import WeightLayout, rule
 from onnxprune.model.nodes import attr
 
 
-@rule("DynamicQuantizeLinear", mapping="every axis passes through (the range always includes 0, "
-      "so masked channels leave the scale and zero point unchanged)", freezes_when="never")
+@rule(
+    "DynamicQuantizeLinear",
+    mapping="every axis passes through (the range always includes 0, "
+    "so masked channels leave the scale and zero point unchanged)",
+    freezes_when="never",
+)
 def dynamic_quantize(rel, node, view):
     """y = saturate(round(x / scale) + zero_point), scale and zero point scalars."""
     rel.identity(node.input[0], node.output[0])
@@ -53,11 +57,15 @@ def _touch_scalars(rel, node, indices: tuple[int, ...]) -> bool:
     return True
 
 
-@rule("ConvInteger", mapping="as Conv: weight axis 0 = output channels (a per-channel weight zero "
-      "point follows them), axis 1 = input channels; depthwise and grouped as for Conv",
-      freezes_when="weight or its zero point not constant; a per-axis input zero point",
-      rewrite=rewrite_group, macs=conv_macs,
-      layout=WeightLayout(out_axis=0, in_axis=1, grouped=True, kernel=True))
+@rule(
+    "ConvInteger",
+    mapping="as Conv: weight axis 0 = output channels (a per-channel weight zero "
+    "point follows them), axis 1 = input channels; depthwise and grouped as for Conv",
+    freezes_when="weight or its zero point not constant; a per-axis input zero point",
+    rewrite=rewrite_group,
+    macs=conv_macs,
+    layout=WeightLayout(out_axis=0, in_axis=1, grouped=True, kernel=True),
+)
 def conv_integer(rel, node, view):
     """ConvInteger(x, w, x_zero_point, w_zero_point): an integer convolution with int32 output."""
     x, w, y = node.input[0], node.input[1], node.output[0]
@@ -73,10 +81,13 @@ def conv_integer(rel, node, view):
         link_groups(rel, node, x, y)
 
 
-@rule("MatMulInteger", mapping="constant 2-D B: as MatMul (K = input features, N = output "
-      "features; a per-column B zero point follows N)",
-      freezes_when="B or its zero point not constant or not 2-D; a per-row A zero point",
-      macs=matmul_macs, layout=WeightLayout(out_axis=1, in_axis=0, matrix=True))
+@rule(
+    "MatMulInteger",
+    mapping="constant 2-D B: as MatMul (K = input features, N = output features; a per-column B zero point follows N)",
+    freezes_when="B or its zero point not constant or not 2-D; a per-row A zero point",
+    macs=matmul_macs,
+    layout=WeightLayout(out_axis=1, in_axis=0, matrix=True),
+)
 def matmul_integer(rel, node, view):
     """MatMulInteger(a, b, a_zero_point, b_zero_point) with a stored integer weight b."""
     a, b, y = node.input[0], node.input[1], node.output[0]

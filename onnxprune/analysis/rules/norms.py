@@ -45,11 +45,13 @@ class DecomposedNorm:
     def reason(self) -> str:
         """Why the normalized axis is frozen by default."""
         ops = "ReduceMean…Div" if self.kind == "LayerNorm" else "Pow…ReduceMean…Div"
-        return (f"normalized by a {self.kind} (decomposed: {ops}) over this axis at "
-                f"'{node_label(self.var_reduce)}' (--prune-residual prunes it)")
+        return (
+            f"normalized by a {self.kind} (decomposed: {ops}) over this axis at "
+            f"'{node_label(self.var_reduce)}' (--prune-residual prunes it)"
+        )
 
 
-_CACHE: "weakref.WeakKeyDictionary[ModelView, dict[int, DecomposedNorm]]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[ModelView, dict[int, DecomposedNorm]] = weakref.WeakKeyDictionary()
 
 
 def norm_of(view: ModelView, node: onnx.NodeProto) -> DecomposedNorm | None:
@@ -193,8 +195,12 @@ def _affine(view: ModelView, norm: DecomposedNorm) -> None:
         node = _only_user(view, norm.output, (op,))
         param = _other(node, norm.output) if node is not None else None
         value = view.value(param) if param else None
-        if value is None or value.ndim < 1 or np.prod(value.shape[:-1]) != 1 \
-                or value.shape[-1] != (view.shape(norm.x) or (None,))[-1]:
+        if (
+            value is None
+            or value.ndim < 1
+            or np.prod(value.shape[:-1]) != 1
+            or value.shape[-1] != (view.shape(norm.x) or (None,))[-1]
+        ):
             if op == "Mul":
                 continue
             return
@@ -215,8 +221,9 @@ def _closed(view: ModelView, norm: DecomposedNorm) -> bool:
         if name in view.graph_outputs or any(id(u) not in inside for u in _users(view, name)):
             return False
     rank = len(view.shape(norm.x))
-    norm.full = {t for t in outs | {norm.x} if view.shape(t) and len(view.shape(t)) == rank
-                 and view.shape(t)[-1] == channels}
+    norm.full = {
+        t for t in outs | {norm.x} if view.shape(t) and len(view.shape(t)) == rank and view.shape(t)[-1] == channels
+    }
     return True
 
 

@@ -31,9 +31,32 @@ from onnxprune.analysis.rules.shape_entries import (
 from onnxprune.model.nodes import attr
 
 ELEMENTWISE_UNARY = (
-    "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Identity",
-    "Dropout", "Cast", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Neg", "Abs", "Erf", "Gelu",
-    "Mish", "ThresholdedRelu", "Exp", "Sqrt", "Floor", "Ceil", "Round",
+    "Relu",
+    "LeakyRelu",
+    "Clip",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Identity",
+    "Dropout",
+    "Cast",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Softplus",
+    "Softsign",
+    "Neg",
+    "Abs",
+    "Erf",
+    "Gelu",
+    "Mish",
+    "ThresholdedRelu",
+    "Exp",
+    "Sqrt",
+    "Floor",
+    "Ceil",
+    "Round",
 )
 
 
@@ -56,8 +79,11 @@ def elementwise(rel, node, view):
         rel.identity(node.input[0], node.output[0])
 
 
-@rule("Pow", mapping="a scalar constant exponent >= 0: every axis of the base passes through",
-      freezes_when="a negative, per-channel or computed exponent (0 to a negative power is infinite)")
+@rule(
+    "Pow",
+    mapping="a scalar constant exponent >= 0: every axis of the base passes through",
+    freezes_when="a negative, per-channel or computed exponent (0 to a negative power is infinite)",
+)
 def power(rel, node, view):
     """Pow(x, p) with a scalar constant p >= 0 maps a pruned (zero) channel to 0 or 1: finite."""
     if in_norm(rel, node, view):
@@ -72,9 +98,12 @@ def power(rel, node, view):
     rel.identity(node.input[0], node.output[0])
 
 
-@rule("Reciprocal", mapping="inside a decomposed LayerNorm/RMSNorm: as the normalization; of a "
-      "provably positive tensor (e.g. sqrt(var + eps)): every axis passes through",
-      freezes_when="elsewhere: 1/0 is infinite, so a pruned (zero) channel would poison its consumers")
+@rule(
+    "Reciprocal",
+    mapping="inside a decomposed LayerNorm/RMSNorm: as the normalization; of a "
+    "provably positive tensor (e.g. sqrt(var + eps)): every axis passes through",
+    freezes_when="elsewhere: 1/0 is infinite, so a pruned (zero) channel would poison its consumers",
+)
 def reciprocal(rel, node, view):
     """Reciprocal: as the 1/σ of a recognized normalization, or of a tensor that is never 0."""
     if in_norm(rel, node, view):
@@ -84,8 +113,7 @@ def reciprocal(rel, node, view):
     rel.freeze_node("Reciprocal maps a pruned (zero) channel to infinity")
 
 
-NONNEGATIVE_UNARY = ("Relu", "Abs", "Sqrt", "Exp", "Softplus", "Sigmoid", "ReduceSumSquare",
-                     "ReduceL1", "ReduceL2")
+NONNEGATIVE_UNARY = ("Relu", "Abs", "Sqrt", "Exp", "Softplus", "Sigmoid", "ReduceSumSquare", "ReduceL1", "ReduceL2")
 POSITIVE_UNARY = ("Exp", "Sigmoid", "Softplus")
 SHAPE_ONLY = ("Reshape", "Expand", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Flatten")
 
@@ -101,8 +129,16 @@ def is_positive(view, name: str, strict: bool = True, depth: int = 12) -> bool:
     if node is None or depth == 0:
         return False
     inputs, op = [i for i in node.input if i], node.op_type
-    if op in SHAPE_ONLY or op in ("Sqrt", "ReduceSum", "ReduceMax", "ReduceMean", "MaxPool",
-                                   "GlobalMaxPool", "GlobalAveragePool", "AveragePool"):
+    if op in SHAPE_ONLY or op in (
+        "Sqrt",
+        "ReduceSum",
+        "ReduceMax",
+        "ReduceMean",
+        "MaxPool",
+        "GlobalMaxPool",
+        "GlobalAveragePool",
+        "AveragePool",
+    ):
         return is_positive(view, inputs[0], strict, depth - 1)
     if op in POSITIVE_UNARY or (not strict and op in NONNEGATIVE_UNARY):
         return True
@@ -119,11 +155,15 @@ def is_positive(view, name: str, strict: bool = True, depth: int = 12) -> bool:
     return all(nonnegative) and any(positive)  # Add
 
 
-@rule("Conv", mapping="weight axis 0 = output channels; weight axis 1 = input channels; "
-      "depthwise (group = C_in) ties input to output channels; grouped convolutions prune whole groups",
-      freezes_when="weight not constant; group sizes that do not divide the channels",
-      rewrite=lambda node, ctx: rewrite_group(node, ctx), macs=conv_macs,
-      layout=WeightLayout(out_axis=0, in_axis=1, bias=2, grouped=True, kernel=True, timed=True, refit=True))
+@rule(
+    "Conv",
+    mapping="weight axis 0 = output channels; weight axis 1 = input channels; "
+    "depthwise (group = C_in) ties input to output channels; grouped convolutions prune whole groups",
+    freezes_when="weight not constant; group sizes that do not divide the channels",
+    rewrite=lambda node, ctx: rewrite_group(node, ctx),
+    macs=conv_macs,
+    layout=WeightLayout(out_axis=0, in_axis=1, bias=2, grouped=True, kernel=True, timed=True, refit=True),
+)
 def conv(rel, node, view):
     """Conv: producer of its output channels, consumer of its input channels."""
     x, w, y = node.input[0], node.input[1], node.output[0]
@@ -161,10 +201,15 @@ def rewrite_group(node, ctx) -> None:
         ctx.set_attr(node, "group", group * ctx.new_size(node.input[0], 1) // c_in)
 
 
-@rule("ConvTranspose", mapping="weight axis 0 = input channels; weight axis 1 = output channels "
-      "per group; depthwise and grouped as for Conv", freezes_when="weight not constant",
-      rewrite=lambda node, ctx: rewrite_group(node, ctx), macs=conv_transpose_macs,
-      layout=WeightLayout(out_axis=1, in_axis=0, bias=2, grouped=True, kernel=True, timed=True))
+@rule(
+    "ConvTranspose",
+    mapping="weight axis 0 = input channels; weight axis 1 = output channels "
+    "per group; depthwise and grouped as for Conv",
+    freezes_when="weight not constant",
+    rewrite=lambda node, ctx: rewrite_group(node, ctx),
+    macs=conv_transpose_macs,
+    layout=WeightLayout(out_axis=1, in_axis=0, bias=2, grouped=True, kernel=True, timed=True),
+)
 def conv_transpose(rel, node, view):
     """ConvTranspose: weight layout [C_in, C_out / group, k...]."""
     x, w, y = node.input[0], node.input[1], node.output[0]
@@ -183,8 +228,11 @@ def conv_transpose(rel, node, view):
         rel.weight(node.input[2], 0, "param", 0.0, like=(y, 1))
 
 
-@rule("BatchNormalization", mapping="every axis passes through; scale/bias/mean/var follow axis 1",
-      freezes_when="training-mode outputs; statistics not constant")
+@rule(
+    "BatchNormalization",
+    mapping="every axis passes through; scale/bias/mean/var follow axis 1",
+    freezes_when="training-mode outputs; statistics not constant",
+)
 def batch_norm(rel, node, view):
     """BatchNormalization: per-channel affine; |scale| is the bn_scale criterion."""
     x, y = node.input[0], node.output[0]
@@ -201,9 +249,12 @@ def batch_norm(rel, node, view):
 BROADCAST_BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min", "PRelu", "Sum", "Mean")
 
 
-@rule(*BROADCAST_BINARY, mapping="numpy broadcasting: equal axes are coupled; per-channel "
-      "constants become group members (n-ary Sum/Mean/Max/Min: every input)",
-      freezes_when="Div: the divisor is an activation")
+@rule(
+    *BROADCAST_BINARY,
+    mapping="numpy broadcasting: equal axes are coupled; per-channel "
+    "constants become group members (n-ary Sum/Mean/Max/Min: every input)",
+    freezes_when="Div: the divisor is an activation",
+)
 def broadcast_binary(rel, node, view):
     """Element-wise binary ops couple every non-broadcast axis of their inputs and output."""
     if in_norm(rel, node, view):
@@ -211,8 +262,13 @@ def broadcast_binary(rel, node, view):
     y = node.output[0]
     out_rank = rel.rank(y)
     for index, name in enumerate(node.input):
-        if node.op_type == "Div" and index == 1 and not view.is_const(name) and not is_positive(view, name) \
-                and not _is_scalar(view, name):  # a scalar divides every channel alike
+        if (
+            node.op_type == "Div"
+            and index == 1
+            and not view.is_const(name)
+            and not is_positive(view, name)
+            and not _is_scalar(view, name)
+        ):  # a scalar divides every channel alike
             rel.freeze_node("division by an activation that may be 0")
             return
         rank = rel.rank(name)
@@ -230,9 +286,12 @@ def broadcast_binary(rel, node, view):
 COMPARISONS = ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual")
 
 
-@rule(*COMPARISONS, mapping="an activation's axes pass through where the other operand broadcasts "
-      "(size 1)", freezes_when="an axis a constant contributes (a one-hot encoding: the classes "
-      "compared with are input features) or compares per channel (a masked 0 would not map to 0)")
+@rule(
+    *COMPARISONS,
+    mapping="an activation's axes pass through where the other operand broadcasts (size 1)",
+    freezes_when="an axis a constant contributes (a one-hot encoding: the classes "
+    "compared with are input features) or compares per channel (a masked 0 would not map to 0)",
+)
 def comparison(rel, node, view):
     """Comparisons make a bool mask: an axis passes through only where one activation alone
     sets it (a pruned channel's 0 compares to a value its zeroed consumers then ignore)."""
@@ -240,16 +299,22 @@ def comparison(rel, node, view):
     out_rank = rel.rank(y)
     operands = [(name, rel.rank(name)) for name in node.input]
     for out_axis in range(out_rank):
-        sized = [(name, out_axis - out_rank + rank) for name, rank in operands
-                 if out_axis - out_rank + rank >= 0 and rel.size(name, out_axis - out_rank + rank) != 1]
+        sized = [
+            (name, out_axis - out_rank + rank)
+            for name, rank in operands
+            if out_axis - out_rank + rank >= 0 and rel.size(name, out_axis - out_rank + rank) != 1
+        ]
         for name, rank in operands:
             if out_axis - out_rank + rank >= 0 and rel.size(name, out_axis - out_rank + rank) == 1:
                 rel.touch(name, out_axis - out_rank + rank)
         if len(sized) == 1 and not view.is_const(sized[0][0]):
             rel.link(*sized[0], y, out_axis)
             continue
-        what = "compares with a constant's axis (the classes of a one-hot encoding are input " \
-            "features, not channels)" if any(view.is_const(n) for n, _ in sized) else "compares two activations"
+        what = (
+            "compares with a constant's axis (the classes of a one-hot encoding are input features, not channels)"
+            if any(view.is_const(n) for n, _ in sized)
+            else "compares two activations"
+        )
         for name, axis in sized:
             rel.freeze(name, axis, f"{rel.label} {what}")
         rel.freeze(y, out_axis, f"{rel.label} {what}")
@@ -264,8 +329,11 @@ def _is_scalar(view, name: str) -> bool:
 POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 
 
-@rule(*POOLS, mapping="batch and channel axes pass through; spatial axes are pooled",
-      freezes_when="MaxPool with an Indices output")
+@rule(
+    *POOLS,
+    mapping="batch and channel axes pass through; spatial axes are pooled",
+    freezes_when="MaxPool with an Indices output",
+)
 def pool(rel, node, view):
     """Pooling over spatial axes keeps channels."""
     if len([o for o in node.output if o]) > 1:
@@ -274,12 +342,24 @@ def pool(rel, node, view):
     rel.link(node.input[0], 1, node.output[0], 1)
 
 
-REDUCES = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2",
-           "ReduceProd", "ReduceSumSquare", "ReduceLogSumExp")
+REDUCES = (
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceProd",
+    "ReduceSumSquare",
+    "ReduceLogSumExp",
+)
 
 
-@rule(*REDUCES, mapping="axes that are not reduced pass through",
-      freezes_when="the channel axis is reduced; axes computed at run time")
+@rule(
+    *REDUCES,
+    mapping="axes that are not reduced pass through",
+    freezes_when="the channel axis is reduced; axes computed at run time",
+)
 def reduce(rel, node, view):
     """Reductions: kept axes pass through (reducing over channels freezes them)."""
     if in_norm(rel, node, view):
@@ -310,11 +390,22 @@ def _reduce_axes(node, view, rank: int) -> set[int] | None:
     return {a % rank for a in axes}
 
 
-@rule("Gemm", mapping="B's contracted axis = input features; its other axis = output features; "
-      "C follows the output", freezes_when="B is an activation (not a weight); A is a constant",
-      macs=gemm_macs, layout=WeightLayout(out_axis=1, in_axis=0, bias=2, transposed_by="transB",
-                                          input_transposed_by="transA", gain=("alpha", "beta"),
-                                          timed=True, refit=True))
+@rule(
+    "Gemm",
+    mapping="B's contracted axis = input features; its other axis = output features; C follows the output",
+    freezes_when="B is an activation (not a weight); A is a constant",
+    macs=gemm_macs,
+    layout=WeightLayout(
+        out_axis=1,
+        in_axis=0,
+        bias=2,
+        transposed_by="transB",
+        input_transposed_by="transA",
+        gain=("alpha", "beta"),
+        timed=True,
+        refit=True,
+    ),
+)
 def gemm(rel, node, view):
     """Gemm with constant B: a Linear layer."""
     a, b, y = node.input[0], node.input[1], node.output[0]
@@ -334,11 +425,15 @@ def gemm(rel, node, view):
                 rel.weight(bias, axis, "param", 0.0, like=(y, out_axis))
 
 
-@rule("MatMul", mapping="constant B [K, N]: K = input features (A's last axis), N = output "
-      "features; leading axes of A pass through; two activations (attention q·kᵀ, softmax·v): "
-      "batch axes (heads) coupled, the contracted axes coupled",
-      freezes_when="a constant weight that is not 2-D, or a constant A", macs=matmul_macs,
-      layout=WeightLayout(out_axis=1, in_axis=0, matrix=True, timed=True, refit=True))
+@rule(
+    "MatMul",
+    mapping="constant B [K, N]: K = input features (A's last axis), N = output "
+    "features; leading axes of A pass through; two activations (attention q·kᵀ, softmax·v): "
+    "batch axes (heads) coupled, the contracted axes coupled",
+    freezes_when="a constant weight that is not 2-D, or a constant A",
+    macs=matmul_macs,
+    layout=WeightLayout(out_axis=1, in_axis=0, matrix=True, timed=True, refit=True),
+)
 def matmul(rel, node, view):
     """MatMul by a constant 2-D weight (a Linear layer), or of two activations (attention)."""
     a, b, y = node.input[0], node.input[1], node.output[0]
@@ -352,8 +447,11 @@ def matmul(rel, node, view):
     rel.weight(b, 1, "out", 0.0, like=(y, -1))
 
 
-@rule("Flatten", mapping="the outer flattened axis maps to blocks of features (one channel = "
-      "a block of H*W features)", freezes_when="channels are not the outermost flattened axis")
+@rule(
+    "Flatten",
+    mapping="the outer flattened axis maps to blocks of features (one channel = a block of H*W features)",
+    freezes_when="channels are not the outermost flattened axis",
+)
 def flatten(rel, node, view):
     """Flatten: an axis merged with the axes after it becomes a block of features."""
     x, y = node.input[0], node.output[0]
@@ -415,8 +513,14 @@ def _dynamic_tail(pairs: list, in_shape: tuple, out_shape: tuple, i: int, j: int
     each side and one side is a single axis (e.g. [N, C, H, W] -> [N, C, H*W] with dynamic H, W):
     the leading pairs stand."""
     rest_in, rest_out = in_shape[i:], out_shape[j:]
-    if not pairs or not rest_in or not rest_out or min(len(rest_in), len(rest_out)) != 1 \
-            or all(isinstance(d, int) for d in rest_in) or all(isinstance(d, int) for d in rest_out):
+    if (
+        not pairs
+        or not rest_in
+        or not rest_out
+        or min(len(rest_in), len(rest_out)) != 1
+        or all(isinstance(d, int) for d in rest_in)
+        or all(isinstance(d, int) for d in rest_out)
+    ):
         return None
     return pairs + [(list(range(i, len(in_shape))), list(range(j, len(out_shape))))]
 
@@ -436,11 +540,15 @@ def _match_run(a: tuple, b: tuple, i: int, j: int) -> tuple[int, int] | None:
             return None
 
 
-@rule("Reshape", mapping="axes are paired by their sizes: equal axes pass through, merged axes "
-      "become blocks, a split axis maps blocks of inputs to its outer part; a split of the last "
-      "axis into [..., H, D] (attention heads) makes one head one channel",
-      freezes_when="the pairing is ambiguous; a split of any other axis (channel shuffle); the "
-      "target shape of a channel axis is computed at run time", rewrite=lambda node, ctx: rewrite_shape_target(node, ctx))
+@rule(
+    "Reshape",
+    mapping="axes are paired by their sizes: equal axes pass through, merged axes "
+    "become blocks, a split axis maps blocks of inputs to its outer part; a split of the last "
+    "axis into [..., H, D] (attention heads) makes one head one channel",
+    freezes_when="the pairing is ambiguous; a split of any other axis (channel shuffle); the "
+    "target shape of a channel axis is computed at run time",
+    rewrite=lambda node, ctx: rewrite_shape_target(node, ctx),
+)
 def reshape(rel, node, view):
     """Reshape (e.g. flattening [N, C, 1, 1] into [N, C] before a Linear layer)."""
     x, y = node.input[0], node.output[0]
@@ -455,8 +563,10 @@ def reshape(rel, node, view):
         elif len(in_axes) == 1 and len(sizes) > 1 and link_head_split(rel, x, in_axes[0], y, out_axes):
             continue
         elif len(in_axes) == 1 and len(sizes) > 1:
-            reason = (f"{rel.label} splits channels into {sizes} (a channel shuffle or channel "
-                      "groups): pruning would reorder them")
+            reason = (
+                f"{rel.label} splits channels into {sizes} (a channel shuffle or channel "
+                "groups): pruning would reorder them"
+            )
             for name, axis in [(x, in_axes[0])] + [(y, a) for a in out_axes]:
                 rel.freeze(name, axis, reason)
         elif len(in_axes) == 1:
@@ -511,10 +621,13 @@ def squeeze(rel, node, view):
         rel.link(x, a, y, b)
 
 
-@rule("Pad", mapping="unpadded axes pass through; constant padding on the channel axis embeds the "
-      "input channels at an offset (ResNet option-A shortcut)",
-      freezes_when="non-constant mode or negative pads on the channel axis; pads computed at run time",
-      rewrite=lambda node, ctx: _rewrite_pad(node, ctx))
+@rule(
+    "Pad",
+    mapping="unpadded axes pass through; constant padding on the channel axis embeds the "
+    "input channels at an offset (ResNet option-A shortcut)",
+    freezes_when="non-constant mode or negative pads on the channel axis; pads computed at run time",
+    rewrite=lambda node, ctx: _rewrite_pad(node, ctx),
+)
 def pad(rel, node, view):
     """Pad: zero channels added before/after the input channels."""
     x, y = node.input[0], node.output[0]
@@ -579,9 +692,13 @@ def _write_pads(node, ctx, pads: list[int], rank: int) -> None:
     ctx.set_input(node, 1, np.array(pads, dtype=np.int64))
 
 
-@rule("Slice", mapping="unsliced axes pass through; a contiguous range (step 1) of the channel axis "
-      "maps to an offset of the input's channels", freezes_when="strided or reversed slicing of a "
-      "channel axis; bounds computed at run time", rewrite=lambda node, ctx: _rewrite_slice(node, ctx))
+@rule(
+    "Slice",
+    mapping="unsliced axes pass through; a contiguous range (step 1) of the channel axis "
+    "maps to an offset of the input's channels",
+    freezes_when="strided or reversed slicing of a channel axis; bounds computed at run time",
+    rewrite=lambda node, ctx: _rewrite_slice(node, ctx),
+)
 def slice_(rel, node, view):
     """Slice: spatial subsampling passes channels through; a channel range is an offset."""
     x, y = node.input[0], node.output[0]
@@ -596,8 +713,11 @@ def slice_(rel, node, view):
         elif axis not in ranges:
             rel.link(x, axis, y, axis)
         elif ranges[axis] is None:
-            what = "bounds computed at run time" if view.shape(x)[axis] is not None and \
-                isinstance(view.shape(x)[axis], int) else "a part of an axis of dynamic size"
+            what = (
+                "bounds computed at run time"
+                if view.shape(x)[axis] is not None and isinstance(view.shape(x)[axis], int)
+                else "a part of an axis of dynamic size"
+            )
             rel.freeze(x, axis, f"Slice {what} ({rel.label})")
         elif ranges[axis][2] == 1:
             rel.link(y, axis, x, axis, offset=ranges[axis][0])
@@ -673,8 +793,11 @@ def _rewrite_slice(node, ctx) -> None:
         ctx.set_input(node, 2, np.array(new_ends, dtype=dtype))
 
 
-@rule("Concat", mapping="each input's channels sit at an offset of the output's channel axis; "
-      "other axes are coupled", freezes_when="an input's size on the concat axis is dynamic")
+@rule(
+    "Concat",
+    mapping="each input's channels sit at an offset of the output's channel axis; other axes are coupled",
+    freezes_when="an input's size on the concat axis is dynamic",
+)
 def concat(rel, node, view):
     """Concat: input k's channels are output channels [offset_k, offset_k + C_k)."""
     y = node.output[0]
@@ -704,8 +827,11 @@ def link_pieces(rel, view, whole: str, pieces: list[str], axis: int) -> None:
         offset += size if not dynamic else 0
 
 
-@rule("Shape", mapping="reads sizes: allowed when only the sizes of non-channel axes are used",
-      freezes_when="the size of a channel axis is read")
+@rule(
+    "Shape",
+    mapping="reads sizes: allowed when only the sizes of non-channel axes are used",
+    freezes_when="the size of a channel axis is read",
+)
 def shape(rel, node, view):
     """Shape: the channel count must not flow into the computation."""
     x = node.input[0]
@@ -722,8 +848,9 @@ def _axes_read(node, view, rank: int) -> set[int]:
     available = set(range(rank)[start:end])
     read: set[int] = set()
     for user in view.consumers.get(node.output[0], []):
-        if (user.op_type == "Slice" and feeds_copies_only(view, user.output[0])) or \
-                copies_into(view, node.output[0], user):
+        if (user.op_type == "Slice" and feeds_copies_only(view, user.output[0])) or copies_into(
+            view, node.output[0], user
+        ):
             continue  # sizes copied back into a Reshape of the same tensor (flatten(2))
         indices = view.value(user.input[1]) if user.op_type == "Gather" else None
         if indices is None or attr(user, "axis", 0) != 0:

@@ -11,9 +11,12 @@ from onnxprune.analysis.rules.registry import rule
 from onnxprune.model.nodes import attr
 
 
-@rule("QuantizeLinear", "DequantizeLinear",
-      mapping="every axis passes through; a per-axis scale/zero point follows its axis",
-      freezes_when="blocked quantization (block_size); scale or zero point computed at run time")
+@rule(
+    "QuantizeLinear",
+    "DequantizeLinear",
+    mapping="every axis passes through; a per-axis scale/zero point follows its axis",
+    freezes_when="blocked quantization (block_size); scale or zero point computed at run time",
+)
 def quantize(rel, node, view):
     """(De)quantization: y = f(x; scale, zero point) element-wise, per tensor or per axis."""
     x, y = node.input[0], node.output[0]

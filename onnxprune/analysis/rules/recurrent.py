@@ -13,9 +13,15 @@ from onnxprune.analysis.rules.macs import recurrent_macs, recurrent_unscaled_mac
 from onnxprune.analysis.rules.registry import WeightLayout, rule
 
 
-@rule("LSTM", "GRU", "RNN", mapping="input features (X's last axis) = W's last axis (consumer "
-      "columns); the hidden size is not pruned", freezes_when="W is computed at run time",
-      macs=recurrent_macs, layout=WeightLayout(out_axis=1, in_axis=2, unscaled_macs=recurrent_unscaled_macs))
+@rule(
+    "LSTM",
+    "GRU",
+    "RNN",
+    mapping="input features (X's last axis) = W's last axis (consumer columns); the hidden size is not pruned",
+    freezes_when="W is computed at run time",
+    macs=recurrent_macs,
+    layout=WeightLayout(out_axis=1, in_axis=2, unscaled_macs=recurrent_unscaled_macs),
+)
 def recurrent(rel, node, view):
     """LSTM/GRU/RNN with a constant input weight W: a consumer of its input's features."""
     x, w = node.input[0], node.input[1]

@@ -3,8 +3,8 @@ layer (an op with a weight), where its weight is, how its axes map to channels a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import onnx
 
@@ -77,9 +77,15 @@ class OpRule:
 RULES: Registry[OpRule] = Registry("op rule")
 
 
-def rule(*ops: str, mapping: str, freezes_when: str = "never", rewrite: RewriteFn | None = None,
-         opsets: str = "11-21", layout: WeightLayout | None = None,
-         macs: MacsFn | None = None) -> Callable[[RelateFn], RelateFn]:
+def rule(
+    *ops: str,
+    mapping: str,
+    freezes_when: str = "never",
+    rewrite: RewriteFn | None = None,
+    opsets: str = "11-21",
+    layout: WeightLayout | None = None,
+    macs: MacsFn | None = None,
+) -> Callable[[RelateFn], RelateFn]:
     """Register `relate` as the rule for `ops`; `mapping`/`freezes_when` document it for `ops`;
     `layout` and `macs` make the ops layers (see `WeightLayout`)."""
 

@@ -35,10 +35,13 @@ def normalized_channels(rel, node, view) -> bool:
     return True
 
 
-@rule("Gather", mapping="a constant table gathered by token ids (an embedding): the table's "
-      "feature axis = the output's last axis (a producer); an activation indexed by constant "
-      "indices: the other axes pass through", freezes_when="the gathered axis; both operands "
-      "activations or both constants")
+@rule(
+    "Gather",
+    mapping="a constant table gathered by token ids (an embedding): the table's "
+    "feature axis = the output's last axis (a producer); an activation indexed by constant "
+    "indices: the other axes pass through",
+    freezes_when="the gathered axis; both operands activations or both constants",
+)
 def gather(rel, node, view):
     """Gather: embedding lookup, or selecting positions (the class token) of an activation."""
     data, indices, y = node.input[0], node.input[1], node.output[0]
@@ -59,10 +62,13 @@ def gather(rel, node, view):
         rel.touch(y, axis + a)
 
 
-@rule("Expand", mapping="axes kept at their size (target entry 1) pass through; a constant input "
-      "(a class token) is a member; an entry equal to the input's size passes through (rewritten)",
-      freezes_when="the target entry of an expanded channel axis is computed at run time",
-      rewrite=lambda node, ctx: rewrite_shape_target(node, ctx))
+@rule(
+    "Expand",
+    mapping="axes kept at their size (target entry 1) pass through; a constant input "
+    "(a class token) is a member; an entry equal to the input's size passes through (rewritten)",
+    freezes_when="the target entry of an expanded channel axis is computed at run time",
+    rewrite=lambda node, ctx: rewrite_shape_target(node, ctx),
+)
 def expand(rel, node, view):
     """Expand (broadcast): an axis whose target entry is the constant 1 keeps the input's size."""
     x, y = node.input[0], node.output[0]

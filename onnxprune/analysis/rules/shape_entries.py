@@ -63,8 +63,13 @@ def copied_range(view: ModelView, name: str) -> tuple[str, int, int] | None:
         return None
     inner = copied_range(view, producer.input[0])
     bounds = [view.value(n) if n else None for n in (list(producer.input[1:5]) + [""] * 4)[:4]]
-    if inner is None or bounds[0] is None or bounds[1] is None or any(
-            b is not None and b.size != 1 for b in bounds) or (bounds[3] is not None and int(bounds[3].reshape(-1)[0]) != 1):
+    if (
+        inner is None
+        or bounds[0] is None
+        or bounds[1] is None
+        or any(b is not None and b.size != 1 for b in bounds)
+        or (bounds[3] is not None and int(bounds[3].reshape(-1)[0]) != 1)
+    ):
         return None
     x, s0, e0 = inner
     start, stop, _ = slice(int(bounds[0].reshape(-1)[0]), int(bounds[1].reshape(-1)[0]), 1).indices(e0 - s0)
@@ -72,7 +77,7 @@ def copied_range(view: ModelView, name: str) -> tuple[str, int, int] | None:
 
 
 def _shape_bounds(node, rank: int) -> tuple[int, int]:
-    dims = range(rank)[attr(node, "start", 0):attr(node, "end", rank)]
+    dims = range(rank)[attr(node, "start", 0) : attr(node, "end", rank)]
     return (dims.start, dims.stop) if len(dims) else (0, 0)
 
 
@@ -96,8 +101,13 @@ def copies_into(view: ModelView, piece: str, concat) -> bool:
     if copied is None or concat.op_type != "Concat" or _position(view, concat, piece) != copied[1]:
         return False
     users = view.consumers.get(concat.output[0], [])
-    return bool(users) and all(u.op_type == "Reshape" and u.input[0] == copied[0] and u.input[1] == concat.output[0]
-                               and not attr(u, "allowzero", 0) for u in users)
+    return bool(users) and all(
+        u.op_type == "Reshape"
+        and u.input[0] == copied[0]
+        and u.input[1] == concat.output[0]
+        and not attr(u, "allowzero", 0)
+        for u in users
+    )
 
 
 def _position(view: ModelView, concat, piece: str) -> int | None:
@@ -111,4 +121,3 @@ def _position(view: ModelView, concat, piece: str) -> int | None:
             return None
         offset += shape[0]
     return None
-

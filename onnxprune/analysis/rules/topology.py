@@ -11,9 +11,12 @@ from onnxprune.analysis.rules.residual import normalized_channels
 from onnxprune.model.nodes import attr
 
 
-@rule("Split", mapping="output k is the input's channels [offset_k, offset_k + C_k) on the split "
-      "axis; other axes pass through", freezes_when="split sizes computed at run time",
-      rewrite=lambda node, ctx: _rewrite_split(node, ctx))
+@rule(
+    "Split",
+    mapping="output k is the input's channels [offset_k, offset_k + C_k) on the split axis; other axes pass through",
+    freezes_when="split sizes computed at run time",
+    rewrite=lambda node, ctx: _rewrite_split(node, ctx),
+)
 def split(rel, node, view):
     """Split (e.g. torch.chunk in YOLOv8's C2f): each output is an offset range of the input."""
     x = node.input[0]
@@ -33,10 +36,14 @@ def _rewrite_split(node, ctx) -> None:
     ctx.set_input(node, 1, np.array(new, dtype=np.int64))
 
 
-@rule("Resize", "Upsample", mapping="batch and channel axes pass through when their scale is 1 "
-      "(or their size unchanged); spatial axes are resampled",
-      freezes_when="the channel axis is resized; scales/sizes computed at run time",
-      rewrite=lambda node, ctx: _rewrite_resize(node, ctx))
+@rule(
+    "Resize",
+    "Upsample",
+    mapping="batch and channel axes pass through when their scale is 1 "
+    "(or their size unchanged); spatial axes are resampled",
+    freezes_when="the channel axis is resized; scales/sizes computed at run time",
+    rewrite=lambda node, ctx: _rewrite_resize(node, ctx),
+)
 def resize(rel, node, view):
     """Resize/Upsample over spatial axes keeps channels."""
     x, y = node.input[0], node.output[0]
@@ -74,15 +81,21 @@ def _rewrite_resize(node, ctx) -> None:
     shape = ctx.shape(node.input[0])
     axes = attr(node, "axes")
     axes = [a % len(shape) for a in axes] if axes is not None else list(range(len(shape)))
-    new = np.array([ctx.new_size(node.input[0], a) if sizes[k] == shape[a] else sizes[k]
-                    for k, a in enumerate(axes)], dtype=sizes.dtype)
+    new = np.array(
+        [ctx.new_size(node.input[0], a) if sizes[k] == shape[a] else sizes[k] for k, a in enumerate(axes)],
+        dtype=sizes.dtype,
+    )
     if not np.array_equal(new, sizes):
         ctx.set_input(node, 3, new)
 
 
-@rule("LayerNormalization", opsets="17-21", mapping="axes before `axis` pass through; normalized axes are "
-      "frozen, or (--prune-residual) a last normalized axis passes through with scale/bias",
-      freezes_when="the normalized axes (their statistics mix the channels), unless --prune-residual")
+@rule(
+    "LayerNormalization",
+    opsets="17-21",
+    mapping="axes before `axis` pass through; normalized axes are "
+    "frozen, or (--prune-residual) a last normalized axis passes through with scale/bias",
+    freezes_when="the normalized axes (their statistics mix the channels), unless --prune-residual",
+)
 def layer_norm(rel, node, view):
     """LayerNormalization over axes [axis, rank): those channels cannot be pruned (unless the view
     allows it: `residual_rules.normalized_channels`)."""
@@ -101,8 +114,11 @@ def layer_norm(rel, node, view):
             rel.freeze(y, axis, reason)
 
 
-@rule("LRN", mapping="batch and spatial axes pass through",
-      freezes_when="the channel axis (each channel is divided by its neighbours' sum of squares)")
+@rule(
+    "LRN",
+    mapping="batch and spatial axes pass through",
+    freezes_when="the channel axis (each channel is divided by its neighbours' sum of squares)",
+)
 def local_response_norm(rel, node, view):
     """LRN (AlexNet/GoogLeNet era): normalizes over `size` neighbouring channels, so removing one
     changes its neighbours' values; the channel axis is frozen."""
@@ -116,8 +132,11 @@ def local_response_norm(rel, node, view):
             rel.link(x, axis, y, axis)
 
 
-@rule("InstanceNormalization", mapping="every axis passes through; scale/bias follow axis 1",
-      freezes_when="scale/bias computed at run time")
+@rule(
+    "InstanceNormalization",
+    mapping="every axis passes through; scale/bias follow axis 1",
+    freezes_when="scale/bias computed at run time",
+)
 def instance_norm(rel, node, view):
     """InstanceNormalization normalizes each channel on its own."""
     x, scale, bias = node.input[:3]
@@ -129,10 +148,13 @@ def instance_norm(rel, node, view):
     rel.weight(bias, 0, "param", 0.0, like=(y, 1))
 
 
-@rule("GroupNormalization", mapping="whole groups of channels are pruned; scale/bias follow the "
-      "channels (or the groups, opset 18)", opsets="18-21",
-      freezes_when="parameters computed at run time",
-      rewrite=lambda node, ctx: _rewrite_group_norm(node, ctx))
+@rule(
+    "GroupNormalization",
+    mapping="whole groups of channels are pruned; scale/bias follow the channels (or the groups, opset 18)",
+    opsets="18-21",
+    freezes_when="parameters computed at run time",
+    rewrite=lambda node, ctx: _rewrite_group_norm(node, ctx),
+)
 def group_norm(rel, node, view):
     """GroupNormalization: a group's channels share statistics, so groups are pruned whole."""
     x, scale, bias = node.input[:3]
@@ -155,8 +177,13 @@ def _rewrite_group_norm(node, ctx) -> None:
         ctx.set_attr(node, "num_groups", new)
 
 
-@rule("Softmax", "LogSoftmax", "Hardmax", mapping="axes other than the normalized one pass through",
-      freezes_when="the normalized axis (opset < 13: every axis from `axis` on)")
+@rule(
+    "Softmax",
+    "LogSoftmax",
+    "Hardmax",
+    mapping="axes other than the normalized one pass through",
+    freezes_when="the normalized axis (opset < 13: every axis from `axis` on)",
+)
 def softmax(rel, node, view):
     """Softmax over one axis; the others pass through."""
     x, y = node.input[0], node.output[0]
@@ -170,9 +197,12 @@ def softmax(rel, node, view):
             rel.link(x, axis, y, axis)
 
 
-@rule("Einsum", mapping="equal subscripts are the same channels; a constant operand is a weight "
-      "(subscripts kept in the output: filters; contracted ones: consumer columns)",
-      freezes_when="ellipsis or repeated subscripts in one operand")
+@rule(
+    "Einsum",
+    mapping="equal subscripts are the same channels; a constant operand is a weight "
+    "(subscripts kept in the output: filters; contracted ones: consumer columns)",
+    freezes_when="ellipsis or repeated subscripts in one operand",
+)
 def einsum(rel, node, view):
     """Einsum with an explicit equation, e.g. 'nchw,oc->nohw'."""
     terms = _einsum_terms(attr(node, "equation"), len(node.input))
