@@ -298,11 +298,8 @@ def run_analyze(args) -> int:
 
 def run_sensitivity(args) -> int:
     """The sensitivity command."""
-    from onnxprune.measure.sensitivity import (
-        SensitivityStudy,
-        parse_ratios,
-        summary_table,
-    )
+    from onnxprune.measure.sensitivity import SensitivityStudy, parse_ratios
+    from onnxprune.report.sensitivity import summary_table
     from onnxprune.report.console import stdout
 
     if not args.calib:

@@ -1,108 +1,26 @@
-"""Budgets and per-group ratio allocation: hit a FLOPs (MACs), parameter or latency target.
+"""Per-group ratio allocation: what a strategy gets (`AllocationContext`) and returns (`Allocation`),
+the strategy registry, the helpers strategies share (`fit`, `refill`) and the user's request.
 
-A strategy turns scores and a `Budget` into a `PruningPlan` by choosing one ratio per group.
-`PlanCost` prices any plan (MACs and parameters) exactly without rewriting the model: a layer's
-MACs scale with the kept share of its weight tensor. Strategies are registered with `@strategy`.
+A strategy turns scores and a `Budget` (select/budgets.py) into a `PruningPlan` by choosing one
+ratio per group. Strategies live in select/strategies/, one module each, registered with
+`@STRATEGIES.register(name)`; the registry imports them (onnxprune/registry.py `BUILTINS`) the
+first time it is read.
 """
 
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from onnxprune.analysis import ChannelGroup
-from onnxprune.analysis.cost import model_macs, model_params
 from onnxprune.errors import InputError
-from onnxprune.model.nodes import node_label
+from onnxprune.registry import Registry
+from onnxprune.select.budgets import TOLERANCE, Budget, PlanCost, latency_meter, parse_budget
 from onnxprune.select.plan import PruningPlan
-from onnxprune.select.selection import SelectOptions, select, select_ratios
-
-#: Relative tolerance of a target: the achieved value may sit this far below it, never above.
-TOLERANCE = 0.02
-UNITS = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
-
-
-@dataclass
-class Budget:
-    """A target for the pruned model: `kind` flops (MACs), params or latency (ms)."""
-
-    kind: str
-    target: float
-    baseline: float
-
-    def to_dict(self) -> dict:
-        """JSON-ready."""
-        return {"kind": self.kind, "target": self.target, "baseline": self.baseline,
-                "fraction": self.target / self.baseline if self.baseline else None}
-
-
-def parse_budget(kind: str, text: str, baseline: float) -> Budget:
-    """'0.5' (a fraction of the original), '2.1G', '500k' (absolute); latency in milliseconds."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*([kKMGT]?)\s*(ms)?\s*", str(text))
-    if not match:
-        raise InputError(f"--target-{kind}: cannot read '{text}' (e.g. 0.5, 2.1G, 500k, 4.5)")
-    value, unit = float(match.group(1)), match.group(2)
-    if kind != "latency" and not unit and 1.0 < value < 100.0:
-        raise InputError(f"--target-{kind} {text}: a fraction must be in (0, 1]; absolute values take a "
-                         "unit (2.1G, 500k) or are whole counts")
-    if kind != "latency" and not unit and value <= 1.0:
-        value *= baseline
-    else:
-        value *= UNITS[unit]
-    if value <= 0 or (kind != "latency" and value > baseline):
-        raise InputError(f"--target-{kind} {text}: must be positive and at most the model's "
-                         f"{baseline:.4g}")
-    return Budget(kind, value, baseline)
-
-
-class PlanCost:
-    """MACs and parameters of the model a plan would produce, computed from kept shares."""
-
-    def __init__(self, analysis, shapes: dict | None = None):
-        self.groups = [g for g in analysis.groups if g.prunable]
-        self.macs = model_macs(analysis.view, shapes)  # shapes: at the verification shape (flops.py)
-        self.base_params = model_params(analysis.model)
-        self.sizes = {name: int(v.size) for name, v in analysis.view.consts.items()}
-        self.node_weight = _node_weights(analysis.view)
-        self.axes: dict[str, list[tuple[ChannelGroup, object]]] = {}
-        for group in self.groups:
-            for space in group.spaces:
-                if space.tensor in self.sizes:
-                    self.axes.setdefault(space.tensor, []).append((group, space))
-
-    def kept_fractions(self, plan: PruningPlan) -> dict[str, float]:
-        """Share of each sliced weight tensor that the plan keeps."""
-        masks = {}
-        for group in self.groups:
-            mask = np.zeros(group.channels, bool)
-            mask[plan.kept.get(group.id, np.arange(group.channels))] = True
-            masks[group.id] = mask
-        return {tensor: float(np.prod([masks[g.id][g.channel_of[s]].mean() for g, s in axes]))
-                for tensor, axes in self.axes.items()}
-
-    def cost(self, plan: PruningPlan) -> dict[str, float]:
-        """{'flops': MACs, 'params': parameters} of the pruned model."""
-        share = self.kept_fractions(plan)
-        macs = sum(m * share.get(self.node_weight.get(n, ""), 1.0) for n, m in self.macs.items())
-        params = self.base_params - sum(self.sizes[t] * (1 - f) for t, f in share.items())
-        return {"flops": macs, "params": params}
-
-
-def _node_weights(view) -> dict[str, str]:
-    """The weight tensor whose size a layer's MACs scale with (its first constant input of rank >= 2)."""
-    weights = {}
-    for node in view.graph.node:
-        for name in node.input[1:]:
-            value = view.value(name)
-            if value is not None and value.ndim >= 2:
-                weights[node_label(node)] = name
-                break
-    return weights
+from onnxprune.select.selection import SelectOptions, select_ratios
 
 
 @dataclass
@@ -132,6 +50,25 @@ class AllocationContext:
         """Local selection with one ratio per group."""
         return select_ratios(self.analysis.groups, self.scores, ratios, self.options)
 
+    def prunable_groups(self) -> list:
+        """The prunable groups, in network order."""
+        return [g for g in self.analysis.groups if g.prunable]
+
+    def kept(self, group, ratio: float) -> np.ndarray:
+        """The channels `group` keeps at `ratio` (local selection with the run's options)."""
+        plan = self.ratios_plan({group.id: ratio})
+        return plan.kept.get(group.id, np.arange(group.channels))
+
+    def require_data(self, name: str):
+        """The calibration data that strategy `name` measures on; InputError without them or with
+        --jobs < 1."""
+        if self.data is None:
+            raise InputError(f"--allocate {name} measures pruned models on calibration data: add --calib PATH "
+                             "(.npz/.npy or an image folder)")
+        if self.jobs < 1:
+            raise InputError(f"--jobs must be at least 1, got {self.jobs}")
+        return self.data
+
 
 @dataclass
 class Allocation:
@@ -142,17 +79,17 @@ class Allocation:
     history: list[dict] = field(default_factory=list)
 
 
-STRATEGIES: dict[str, Callable[[AllocationContext], Allocation]] = {}
+#: The allocation strategies by name (`--allocate NAME`); built-ins in select/strategies/.
+STRATEGIES: Registry[Callable[[AllocationContext], Allocation]] = Registry("allocation strategy",
+                                                                           parameter="allocate")
 
 
-def strategy(name: str):
-    """Register an allocation strategy."""
-
-    def register(function):
-        STRATEGIES[name] = function
-        return function
-
-    return register
+def allocate(ctx: AllocationContext, name: str) -> Allocation:
+    """Run the named strategy."""
+    run = STRATEGIES.get_or_fail(name)
+    if name != "layerwise" and ctx.budget is None:
+        raise InputError(f"--allocate {name} needs a target: --target-flops, --target-params or --target-latency")
+    return run(ctx)
 
 
 def fit(ctx: AllocationContext, plan_at: Callable[[float], PruningPlan], history: list[dict],
@@ -176,50 +113,6 @@ def fit(ctx: AllocationContext, plan_at: Callable[[float], PruningPlan], history
         if ctx.budget.target * (1 - TOLERANCE) <= value <= ctx.budget.target:
             break
     return high, best, low
-
-
-@strategy("uniform")
-def uniform(ctx: AllocationContext) -> Allocation:
-    """One ratio for every group, the smallest that meets the target."""
-    history: list[dict] = []
-    groups = [g.id for g in ctx.analysis.groups if g.prunable]
-    high, plan, low = fit(ctx, lambda r: ctx.ratios_plan({g: r for g in groups}), history)
-    if ctx.value(plan) >= ctx.budget.target * (1 - TOLERANCE):
-        return Allocation(plan, {g: high for g in groups}, history)
-    mixed = _mix_two_ratios(ctx, groups, low, high, history)
-    plan = refill(ctx, mixed.plan, history)  # when one group's step is still wider than the tolerance
-    return mixed if plan is mixed.plan else Allocation(plan, achieved_ratios(plan), history)
-
-
-def _mix_two_ratios(ctx: AllocationContext, groups: list[str], low: float, high: float,
-                    history: list[dict]) -> Allocation:
-    """Channel counts move in steps, and at one ratio many groups step together: give the larger
-    ratio to the first k groups (network order) only, the fewest that meet the budget."""
-
-    def ratios(k: int) -> dict[str, float]:
-        return {g: high if i < k else low for i, g in enumerate(groups)}
-
-    lo, hi = 0, len(groups)
-    while hi - lo > 1:
-        middle = (lo + hi) // 2
-        value = ctx.value(ctx.ratios_plan(ratios(middle)))
-        history.append({"groups_at_high_ratio": middle, ctx.budget.kind: value})
-        lo, hi = (lo, middle) if value <= ctx.budget.target else (middle, hi)
-    return Allocation(ctx.ratios_plan(ratios(hi)), ratios(hi), history)
-
-
-@strategy("global")
-def global_threshold(ctx: AllocationContext) -> Allocation:
-    """One threshold over normalized scores across all groups (the global ranking of --scope global)."""
-    history: list[dict] = []
-
-    def plan_at(ratio: float) -> PruningPlan:
-        options = SelectOptions(ratio, ctx.options.min_channels, ctx.options.round_to, "global")
-        return select(ctx.analysis.groups, ctx.scores, options)
-
-    _, plan, _ = fit(ctx, plan_at, history)
-    plan = refill(ctx, plan, history)
-    return Allocation(plan, achieved_ratios(plan), history)
 
 
 def refill(ctx: AllocationContext, plan: PruningPlan, history: list[dict]) -> PruningPlan:
@@ -246,54 +139,9 @@ def refill(ctx: AllocationContext, plan: PruningPlan, history: list[dict]) -> Pr
     return plan
 
 
-@strategy("layerwise")
-def layerwise(ctx: AllocationContext) -> Allocation:
-    """Exactly the ratios of a JSON/YAML map: group id ('g3') or layer name -> ratio."""
-    ratios = resolve_layerwise(ctx.layerwise or {}, ctx.analysis.groups)
-    return Allocation(ctx.ratios_plan(ratios), ratios, [])
-
-
-def resolve_layerwise(mapping: dict, groups: list[ChannelGroup]) -> dict[str, float]:
-    """Group ids for the keys of a layerwise map (group ids, or the name of a layer in the group)."""
-    ratios = {}
-    for key, ratio in mapping.items():
-        # a layer name means the group of the layer's output channels (a Conv also reads the group
-        # before it, and a first layer's name is also the name of the frozen input group)
-        matches = ([g for g in groups if key == g.id]
-                   or [g for g in groups if key in {m.node for m in g.members_with("out")}]
-                   or [g for g in groups if key == g.name or key in {m.node for m in g.members}])
-        if not matches:
-            raise InputError(f"layerwise: '{key}' names no group or layer (see 'onnxprune analyze')")
-        for group in matches:
-            if group.frozen:
-                raise InputError(f"layerwise: '{key}' is in frozen group {group.id} ({group.frozen})")
-            if not 0 <= float(ratio) < 1:
-                raise InputError(f"layerwise: ratio of '{key}' must be in [0, 1), got {ratio}")
-            ratios[group.id] = float(ratio)
-    return ratios
-
-
-def load_layerwise(path: str | Path) -> dict:
-    """Read a layerwise map from JSON or YAML."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"--layerwise {path}: {exc.strerror}") from None
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            mapping = yaml.safe_load(text)
-        else:
-            mapping = json.loads(text)
-    except ImportError:
-        raise InputError("--layerwise: YAML needs PyYAML (pip install pyyaml); JSON works without") from None
-    except Exception as exc:
-        raise InputError(f"--layerwise {path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({exc})") from None
-    if not isinstance(mapping, dict):
-        raise InputError(f"--layerwise {path}: expected a map of group or layer name to ratio")
-    return mapping
+def achieved_ratios(plan: PruningPlan) -> dict[str, float]:
+    """The share of channels each prunable group loses in a plan."""
+    return {g.id: 1 - plan.kept_count(g) / g.channels for g in plan.groups if g.prunable}
 
 
 @dataclass
@@ -339,21 +187,9 @@ class AllocationRequest:
         return self.resolved
 
     def latency_meter(self, analysis) -> Callable[[PruningPlan], float] | None:
-        """Median ONNX Runtime CPU latency (ms, batch 1) of the model a plan produces."""
-        if self.kind != "latency":
-            return None
-        from onnxprune.bench import measure_latency
-        from onnxprune.model.inputs import random_inputs
-        from onnxprune.passes import apply_plan
-
-        shapes = getattr(analysis, "shapes", None)  # the verification shapes, batch 1
-        feeds = random_inputs(analysis.model, batch=1, shapes=shapes.shapes if shapes else None)
-
-        def measure(plan: PruningPlan) -> float:
-            model = apply_plan(analysis.model, plan, analysis.view).model
-            return measure_latency(model, feeds, warmup=3, iters=20).median_ms
-
-        return measure
+        """Median ONNX Runtime CPU latency (ms, batch 1) of the model a plan produces (latency
+        targets only, else None)."""
+        return latency_meter(analysis) if self.kind == "latency" else None
 
     def layerwise_map(self) -> dict | None:
         """The layerwise map (read from its file when a path was given)."""
@@ -362,18 +198,24 @@ class AllocationRequest:
         return load_layerwise(self.layerwise)
 
 
-def achieved_ratios(plan: PruningPlan) -> dict[str, float]:
-    """The share of channels each prunable group loses in a plan."""
-    return {g.id: 1 - plan.kept_count(g) / g.channels for g in plan.groups if g.prunable}
+def load_layerwise(path: str | Path) -> dict:
+    """Read a layerwise map from JSON or YAML."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"--layerwise {path}: {exc.strerror}") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml  # optional dependency, only for YAML maps
 
-
-def allocate(ctx: AllocationContext, name: str) -> Allocation:
-    """Run the named strategy."""
-    if name not in STRATEGIES:
-        raise InputError(f"unknown --allocate '{name}' (known: {', '.join(sorted(STRATEGIES))})")
-    if name != "layerwise" and ctx.budget is None:
-        raise InputError(f"--allocate {name} needs a target: --target-flops, --target-params or --target-latency")
-    return STRATEGIES[name](ctx)
-
-
-import onnxprune.select.search as search  # noqa: E402,F401  (registers the data-driven strategies: sensitivity, random-search)
+            mapping = yaml.safe_load(text)
+        else:
+            mapping = json.loads(text)
+    except ImportError:
+        raise InputError("--layerwise: YAML needs PyYAML (pip install pyyaml); JSON works without") from None
+    except Exception as exc:
+        raise InputError(f"--layerwise {path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({exc})") from None
+    if not isinstance(mapping, dict):
+        raise InputError(f"--layerwise {path}: expected a map of group or layer name to ratio")
+    return mapping

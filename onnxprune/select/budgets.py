@@ -1,0 +1,118 @@
+"""Budgets: a FLOPs (MACs), parameter or latency target, and the prices a strategy compares with it.
+
+`PlanCost` prices any plan (MACs and parameters) exactly without rewriting the model: a layer's
+MACs scale with the kept share of its weight tensor. `latency_meter` times the model a plan
+produces (ONNX Runtime, CPU, batch 1) for latency targets.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxprune.analysis import ChannelGroup
+from onnxprune.analysis.cost import model_macs, model_params
+from onnxprune.bench.latency import measure_latency
+from onnxprune.errors import InputError
+from onnxprune.model.inputs import random_inputs
+from onnxprune.model.nodes import node_label
+from onnxprune.passes.apply_plan import apply_plan
+from onnxprune.select.plan import PruningPlan
+
+#: Relative tolerance of a target: the achieved value may sit this far below it, never above.
+TOLERANCE = 0.02
+#: Unit suffixes of absolute targets.
+UNITS = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+@dataclass
+class Budget:
+    """A target for the pruned model: `kind` flops (MACs), params or latency (ms)."""
+
+    kind: str
+    target: float
+    baseline: float
+
+    def to_dict(self) -> dict:
+        """JSON-ready."""
+        return {"kind": self.kind, "target": self.target, "baseline": self.baseline,
+                "fraction": self.target / self.baseline if self.baseline else None}
+
+
+def parse_budget(kind: str, text: str, baseline: float) -> Budget:
+    """'0.5' (a fraction of the original), '2.1G', '500k' (absolute); latency in milliseconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*([kKMGT]?)\s*(ms)?\s*", str(text))
+    if not match:
+        raise InputError(f"--target-{kind}: cannot read '{text}' (e.g. 0.5, 2.1G, 500k, 4.5)")
+    value, unit = float(match.group(1)), match.group(2)
+    if kind != "latency" and not unit and 1.0 < value < 100.0:
+        raise InputError(f"--target-{kind} {text}: a fraction must be in (0, 1]; absolute values take a "
+                         "unit (2.1G, 500k) or are whole counts")
+    if kind != "latency" and not unit and value <= 1.0:
+        value *= baseline
+    else:
+        value *= UNITS[unit]
+    if value <= 0 or (kind != "latency" and value > baseline):
+        raise InputError(f"--target-{kind} {text}: must be positive and at most the model's "
+                         f"{baseline:.4g}")
+    return Budget(kind, value, baseline)
+
+
+class PlanCost:
+    """MACs and parameters of the model a plan would produce, computed from kept shares."""
+
+    def __init__(self, analysis, shapes: dict | None = None):
+        self.groups = [g for g in analysis.groups if g.prunable]
+        self.macs = model_macs(analysis.view, shapes)  # shapes: at the verification shape (flops.py)
+        self.base_params = model_params(analysis.model)
+        self.sizes = {name: int(v.size) for name, v in analysis.view.consts.items()}
+        self.node_weight = node_weights(analysis.view)
+        self.axes: dict[str, list[tuple[ChannelGroup, object]]] = {}
+        for group in self.groups:
+            for space in group.spaces:
+                if space.tensor in self.sizes:
+                    self.axes.setdefault(space.tensor, []).append((group, space))
+
+    def kept_fractions(self, plan: PruningPlan) -> dict[str, float]:
+        """Share of each sliced weight tensor that the plan keeps."""
+        masks = {}
+        for group in self.groups:
+            mask = np.zeros(group.channels, bool)
+            mask[plan.kept.get(group.id, np.arange(group.channels))] = True
+            masks[group.id] = mask
+        return {tensor: float(np.prod([masks[g.id][g.channel_of[s]].mean() for g, s in axes]))
+                for tensor, axes in self.axes.items()}
+
+    def cost(self, plan: PruningPlan) -> dict[str, float]:
+        """{'flops': MACs, 'params': parameters} of the pruned model."""
+        share = self.kept_fractions(plan)
+        macs = sum(m * share.get(self.node_weight.get(n, ""), 1.0) for n, m in self.macs.items())
+        params = self.base_params - sum(self.sizes[t] * (1 - f) for t, f in share.items())
+        return {"flops": macs, "params": params}
+
+
+def node_weights(view) -> dict[str, str]:
+    """The weight tensor whose size a layer's MACs scale with (its first constant input of rank >= 2)."""
+    weights = {}
+    for node in view.graph.node:
+        for name in node.input[1:]:
+            value = view.value(name)
+            if value is not None and value.ndim >= 2:
+                weights[node_label(node)] = name
+                break
+    return weights
+
+
+def latency_meter(analysis) -> Callable[[PruningPlan], float]:
+    """Median ONNX Runtime CPU latency (ms, batch 1) of the model a plan produces."""
+    shapes = getattr(analysis, "shapes", None)  # the verification shapes, batch 1
+    feeds = random_inputs(analysis.model, batch=1, shapes=shapes.shapes if shapes else None)
+
+    def measure(plan: PruningPlan) -> float:
+        model = apply_plan(analysis.model, plan, analysis.view).model
+        return measure_latency(model, feeds, warmup=3, iters=20).median_ms
+
+    return measure

@@ -1,0 +1,82 @@
+"""`random-search` (random channel pruning, Li et al. 2022): `samples` random per-group ratio shapes,
+each scaled by bisection until the plan meets the target (then refilled), evaluated on the
+calibration data by the relative L2 change of the first output (measure/engine.py; `jobs > 1`
+shares the candidates among processes, measure/pool.py); the best one wins. Candidate 0 is the
+uniform shape, so the search never does worse than `uniform` on the data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxprune.errors import InputError
+from onnxprune.measure.pool import measure_work
+from onnxprune.select.allocation import STRATEGIES, Allocation, AllocationContext, achieved_ratios, fit, refill
+from onnxprune.select.budgets import TOLERANCE
+from onnxprune.select.plan import PruningPlan
+
+
+@STRATEGIES.register("random-search")
+def random_search(ctx: AllocationContext) -> Allocation:
+    """`ctx.samples` random ratio shapes, each scaled to the budget, scored on calibration data by the
+    relative change of the first output; the lowest change wins (seeded by `ctx.seed`)."""
+    data = ctx.require_data("random-search")
+    if ctx.samples < 1:
+        raise InputError(f"--samples must be at least 1, got {ctx.samples}")
+    plans, scales = sample_candidates(ctx, ctx.prunable_groups())
+    sums = measure_work(ctx.analysis, data, [(i, [dict(p.kept)]) for i, p in enumerate(plans)], ctx.jobs,
+                        ctx.progress)
+    changes = [sums.output_changes(i)[0] for i in range(len(plans))]
+    top1 = [sums.top1(i)[0] for i in range(len(plans))]
+    values = [ctx.value(p) for p in plans]
+    # the best score among the candidates that land within the tolerance (all of them, normally)
+    close = [i for i, v in enumerate(values) if v >= ctx.budget.target * (1 - TOLERANCE)] or range(len(plans))
+    best = min(close, key=lambda i: (changes[i], i))
+    history = []
+    for i, plan in enumerate(plans):
+        history.append({"candidate": i, "shape": "uniform" if i == 0 else "random", "scale": scales[i],
+                        "ratios": {g: round(r, 6) for g, r in achieved_ratios(plan).items()},
+                        **ctx.cost.cost(plan), ctx.budget.kind: values[i], "score": changes[i],
+                        "top1": top1[i], "chosen": i == best})
+    history.append({"winner": best, "score": changes[best], "top1": top1[best],
+                    "baseline_top1": sums.baseline_top1, ctx.budget.kind: values[best]})
+    return Allocation(plans[best], achieved_ratios(plans[best]), history)
+
+
+def sample_candidates(ctx: AllocationContext, groups: list) -> tuple[list[PruningPlan], list[float]]:
+    """`ctx.samples` candidate plans (the uniform shape first, then random ones, seeded by `ctx.seed`)
+    that meet the budget, and the scale of each; a random shape that cannot reach the target is
+    drawn again (at most 4 * samples draws)."""
+    rng = np.random.default_rng(ctx.seed)
+    plans, scales, tries = [], [], 0
+    while len(plans) < ctx.samples:
+        exponents = random_exponents(rng, len(groups), uniform=tries == 0)
+        tries += 1
+        try:
+            plan, scale = scaled_candidate(ctx, groups, exponents)
+        except InputError:
+            if tries == 1 or tries > 4 * ctx.samples:
+                raise  # the uniform shape cannot reach the target: no shape can
+            continue
+        plans.append(plan)
+        scales.append(scale)
+    return plans, scales
+
+
+def random_exponents(rng: np.random.Generator, count: int, uniform: bool) -> np.ndarray:
+    """Per-group exponents a_g of the shape r_g(t) = t ** a_g (t in [0, 1) is bisected to the budget):
+    a larger exponent prunes the group less; the uniform shape is all 1."""
+    if uniform:
+        return np.ones(count)
+    spread = rng.uniform(0.5, 2.0)  # log-normal exponents, some candidates near uniform, some extreme
+    return np.clip(np.exp(spread * rng.standard_normal(count)), 1 / 32, 32)
+
+
+def scaled_candidate(ctx: AllocationContext, groups: list, exponents: np.ndarray) -> tuple[PruningPlan, float]:
+    """The plan of a shape scaled to the budget (bisection on t, then refill), and its t."""
+
+    def plan_at(t: float) -> PruningPlan:
+        return ctx.ratios_plan({g.id: float(t ** a) for g, a in zip(groups, exponents)})
+
+    scale, plan, _ = fit(ctx, plan_at, [])
+    return refill(ctx, plan, []), scale
