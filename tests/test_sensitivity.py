@@ -114,6 +114,20 @@ def test_jobs_2_equals_jobs_1(model_path, calib):
     assert two.to_dict() == one.to_dict() and len(steps) == 3 * 2
 
 
+
+def test_jobs_2_rereads_a_model_too_large_to_send_from_its_file(model_path, calib, monkeypatch):
+    import onnxprune.measure.pool as pool
+
+    one = analyze_sensitivity(model_path, calib, ratios=RATIOS, batch_size=16)
+    sent = []
+    run_parallel = pool.run_parallel
+    monkeypatch.setattr(pool, "MAX_SHARED_MODEL", 0)
+    monkeypatch.setattr(pool, "run_parallel", lambda spec, *args: sent.append(spec.model) or run_parallel(spec, *args))
+    two = analyze_sensitivity(model_path, calib, ratios=RATIOS, batch_size=16, jobs=2)
+    assert sent == [str(model_path)] and two.to_dict() == one.to_dict()
+    in_memory = analyze_sensitivity(onnx.load(model_path), calib, ratios=RATIOS, batch_size=16, jobs=2)
+    assert len(sent) == 1 and in_memory.groups == one.groups  # no file: measured in this process
+
 def test_data_criterion_and_outputs_without_2d_logits(tmp_path, calib):
     path = tmp_path / "chain.onnx"
     onnx.save(conv_chain(lambda g, t: g.op("Relu", t), c=8), path)

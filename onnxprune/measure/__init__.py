@@ -1,2 +1,3 @@
 """The measure room: the gated model (channel masks as inputs), calibration data, activation
-statistics and the streaming measurement behind `sensitivity` and the data-driven strategies."""
+statistics, the streaming measurement (engine.py) and its one process pool (pool.py) behind the
+sensitivity study and the data-driven allocation strategies."""

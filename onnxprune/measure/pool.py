@@ -15,11 +15,12 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 
 from onnxprune.analysis.analyze import Analysis, load_and_analyze
-from onnxprune.measure.calibration import CalibrationData, load_calibration
+from onnxprune.measure.calibration import CalibrationData, Preprocess, load_calibration
 from onnxprune.measure.engine import Sums, Work, measure
 from onnxprune.measure.gated import GatedModel
 from onnxprune.model.view import ModelView
@@ -39,7 +40,7 @@ class MeasureSpec:
     groups: tuple
     calib: str
     samples: int
-    preprocess: object
+    preprocess: Preprocess | str | None
     batch_size: int
     seed: int
     threads: int = 0
@@ -89,7 +90,8 @@ def measure_work(analysis: Analysis, data: CalibrationData, work: Work, jobs: in
     return Sums.merge(run_parallel(spec, [work[i::jobs] for i in range(jobs)], progress))
 
 
-_PROGRESS_QUEUE = None
+#: A worker's end of the progress queue (set by `_init_worker` in each worker process).
+_PROGRESS_QUEUE: Any = None
 
 
 def _init_worker(progress_queue) -> None:
@@ -110,7 +112,8 @@ def run_parallel(spec: MeasureSpec, shares: list[Work], progress: Callable | Non
     steps = context.SimpleQueue()
     with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_init_worker,
                              initargs=(steps,)) as pool:
-        pending = futures = [pool.submit(_worker, spec, share) for share in shares]
+        futures = [pool.submit(_worker, spec, share) for share in shares]
+        pending = set(futures)
         while pending:
             pending = wait(pending, timeout=0.05).not_done
             _forward(steps, progress)

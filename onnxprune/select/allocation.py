@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxprune.analysis.analyze import Analysis
 from onnxprune.errors import InputError
 from onnxprune.registry import Registry
 from onnxprune.select.budgets import TOLERANCE, Budget, PlanCost, latency_meter, parse_budget
@@ -27,7 +28,7 @@ from onnxprune.select.selection import SelectOptions, select_ratios
 class AllocationContext:
     """Everything a strategy may use."""
 
-    analysis: object
+    analysis: Analysis
     scores: dict[str, np.ndarray]
     budget: Budget | None
     options: SelectOptions
@@ -176,7 +177,7 @@ class AllocationRequest:
                              "--target-latency) or, for layerwise, --layerwise FILE")
         return False
 
-    def budget(self, cost: PlanCost, analysis) -> Budget | None:
+    def budget(self, cost: PlanCost, analysis: Analysis) -> Budget | None:
         """The target as an absolute Budget."""
         kind = self.kind
         if kind is None:
@@ -186,7 +187,7 @@ class AllocationRequest:
         self.resolved = parse_budget(kind, str(getattr(self, kind)), baseline)
         return self.resolved
 
-    def latency_meter(self, analysis) -> Callable[[PruningPlan], float] | None:
+    def latency_meter(self, analysis: Analysis) -> Callable[[PruningPlan], float] | None:
         """Median ONNX Runtime CPU latency (ms, batch 1) of the model a plan produces (latency
         targets only, else None)."""
         return latency_meter(analysis) if self.kind == "latency" else None

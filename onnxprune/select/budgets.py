@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxprune.analysis import ChannelGroup
+from onnxprune.analysis import ChannelGroup, Space
+from onnxprune.analysis.analyze import Analysis
 from onnxprune.analysis.cost import model_macs, model_params
 from onnxprune.bench.latency import measure_latency
 from onnxprune.errors import InputError
 from onnxprune.model.inputs import random_inputs
 from onnxprune.model.nodes import node_label
+from onnxprune.model.view import ModelView
 from onnxprune.passes.apply_plan import apply_plan
 from onnxprune.select.plan import PruningPlan
 
@@ -64,13 +66,13 @@ def parse_budget(kind: str, text: str, baseline: float) -> Budget:
 class PlanCost:
     """MACs and parameters of the model a plan would produce, computed from kept shares."""
 
-    def __init__(self, analysis, shapes: dict | None = None):
+    def __init__(self, analysis: Analysis, shapes: dict | None = None):
         self.groups = [g for g in analysis.groups if g.prunable]
-        self.macs = model_macs(analysis.view, shapes)  # shapes: at the verification shape (flops.py)
+        self.macs = model_macs(analysis.view, shapes)  # shapes: at the verification shape (analysis/cost.py)
         self.base_params = model_params(analysis.model)
         self.sizes = {name: int(v.size) for name, v in analysis.view.consts.items()}
         self.node_weight = node_weights(analysis.view)
-        self.axes: dict[str, list[tuple[ChannelGroup, object]]] = {}
+        self.axes: dict[str, list[tuple[ChannelGroup, Space]]] = {}
         for group in self.groups:
             for space in group.spaces:
                 if space.tensor in self.sizes:
@@ -94,7 +96,7 @@ class PlanCost:
         return {"flops": macs, "params": params}
 
 
-def node_weights(view) -> dict[str, str]:
+def node_weights(view: ModelView) -> dict[str, str]:
     """The weight tensor whose size a layer's MACs scale with (its first constant input of rank >= 2)."""
     weights = {}
     for node in view.graph.node:
@@ -106,7 +108,7 @@ def node_weights(view) -> dict[str, str]:
     return weights
 
 
-def latency_meter(analysis) -> Callable[[PruningPlan], float]:
+def latency_meter(analysis: Analysis) -> Callable[[PruningPlan], float]:
     """Median ONNX Runtime CPU latency (ms, batch 1) of the model a plan produces."""
     shapes = getattr(analysis, "shapes", None)  # the verification shapes, batch 1
     feeds = random_inputs(analysis.model, batch=1, shapes=shapes.shapes if shapes else None)

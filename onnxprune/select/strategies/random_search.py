@@ -48,7 +48,9 @@ def sample_candidates(ctx: AllocationContext, groups: list) -> tuple[list[Prunin
     that meet the budget, and the scale of each; a random shape that cannot reach the target is
     drawn again (at most 4 * samples draws)."""
     rng = np.random.default_rng(ctx.seed)
-    plans, scales, tries = [], [], 0
+    plans: list[PruningPlan] = []
+    scales: list[float] = []
+    tries = 0
     while len(plans) < ctx.samples:
         exponents = random_exponents(rng, len(groups), uniform=tries == 0)
         tries += 1
