@@ -18,7 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxprune.analysis.analyze import Analysis, ModelLike, load_and_analyze, require_prunable
+from onnxprune.analysis.analyze import (
+    Analysis,
+    ModelLike,
+    load_and_analyze,
+    require_prunable,
+)
 from onnxprune.criteria.base import get_criterion
 from onnxprune.criteria.scoring import score_groups
 from onnxprune.errors import InputError
@@ -131,7 +136,7 @@ class SensitivityStudy:
     @classmethod
     def prepare(cls, model_or_path: ModelLike, calib, *, ratios=DEFAULT_RATIOS, criterion: str = "l1",
                 calib_samples: int | None = 512, preprocess=None, batch_size: int = 64, jobs: int = 1,
-                seed: int = 0, progress=None) -> "SensitivityStudy":
+                seed: int = 0, progress=None) -> SensitivityStudy:
         """Check the options, analyze the model, open the data and score the channels once."""
         ratios = check_ratios(ratios)
         _check_counts(jobs, batch_size)

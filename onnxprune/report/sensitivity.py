@@ -26,7 +26,8 @@ def save_plot(result, path: str | os.PathLike) -> Path:
 def plot_figure(result):
     """A matplotlib Figure (Agg canvas, no pyplot state): output change vs ratio, and top-1 vs ratio
     when labels were available; one line per group, legend with the groups' names."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib only when plotting
+    # matplotlib is imported only when plotting
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     panels = 2 if result.baseline_top1 is not None else 1

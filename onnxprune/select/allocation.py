@@ -19,7 +19,13 @@ import numpy as np
 from onnxprune.analysis.analyze import Analysis
 from onnxprune.errors import InputError
 from onnxprune.registry import Registry
-from onnxprune.select.budgets import TOLERANCE, Budget, PlanCost, latency_meter, parse_budget
+from onnxprune.select.budgets import (
+    TOLERANCE,
+    Budget,
+    PlanCost,
+    latency_meter,
+    parse_budget,
+)
 from onnxprune.select.plan import PruningPlan
 from onnxprune.select.selection import SelectOptions, select_ratios
 

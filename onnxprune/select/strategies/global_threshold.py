@@ -3,7 +3,14 @@ bisected to the target, then refilled."""
 
 from __future__ import annotations
 
-from onnxprune.select.allocation import STRATEGIES, Allocation, AllocationContext, achieved_ratios, fit, refill
+from onnxprune.select.allocation import (
+    STRATEGIES,
+    Allocation,
+    AllocationContext,
+    achieved_ratios,
+    fit,
+    refill,
+)
 from onnxprune.select.plan import PruningPlan
 from onnxprune.select.selection import SelectOptions, select
 

@@ -11,7 +11,14 @@ import numpy as np
 
 from onnxprune.errors import InputError
 from onnxprune.measure.pool import measure_work
-from onnxprune.select.allocation import STRATEGIES, Allocation, AllocationContext, achieved_ratios, fit, refill
+from onnxprune.select.allocation import (
+    STRATEGIES,
+    Allocation,
+    AllocationContext,
+    achieved_ratios,
+    fit,
+    refill,
+)
 from onnxprune.select.budgets import TOLERANCE
 from onnxprune.select.plan import PruningPlan
 

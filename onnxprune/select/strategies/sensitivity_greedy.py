@@ -19,7 +19,13 @@ import numpy as np
 from onnxprune.errors import InputError
 from onnxprune.measure.engine import group_curves
 from onnxprune.measure.pool import measure_work
-from onnxprune.select.allocation import STRATEGIES, Allocation, AllocationContext, achieved_ratios, refill
+from onnxprune.select.allocation import (
+    STRATEGIES,
+    Allocation,
+    AllocationContext,
+    achieved_ratios,
+    refill,
+)
 from onnxprune.select.budgets import TOLERANCE
 from onnxprune.select.plan import PruningPlan
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from onnxprune.select.allocation import STRATEGIES, Allocation, AllocationContext, achieved_ratios, fit, refill
+from onnxprune.select.allocation import (
+    STRATEGIES,
+    Allocation,
+    AllocationContext,
+    achieved_ratios,
+    fit,
+    refill,
+)
 from onnxprune.select.budgets import TOLERANCE
 
 
