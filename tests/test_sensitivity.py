@@ -15,6 +15,7 @@ from cli_helpers import run_cli
 from graphs import GraphBuilder, conv_chain
 
 from onnxprune.api import load_and_analyze, score_groups
+from onnxprune.measure import pool
 from onnxprune.measure.sensitivity import SensitivityStudy, analyze_sensitivity
 from onnxprune.model.runtime import run_model
 from onnxprune.passes import apply_plan
@@ -114,10 +115,7 @@ def test_jobs_2_equals_jobs_1(model_path, calib):
     assert two.to_dict() == one.to_dict() and len(steps) == 3 * 2
 
 
-
 def test_jobs_2_rereads_a_model_too_large_to_send_from_its_file(model_path, calib, monkeypatch):
-    import onnxprune.measure.pool as pool
-
     one = analyze_sensitivity(model_path, calib, ratios=RATIOS, batch_size=16)
     sent = []
     run_parallel = pool.run_parallel
@@ -127,6 +125,7 @@ def test_jobs_2_rereads_a_model_too_large_to_send_from_its_file(model_path, cali
     assert sent == [str(model_path)] and two.to_dict() == one.to_dict()
     in_memory = analyze_sensitivity(onnx.load(model_path), calib, ratios=RATIOS, batch_size=16, jobs=2)
     assert len(sent) == 1 and in_memory.groups == one.groups  # no file: measured in this process
+
 
 def test_data_criterion_and_outputs_without_2d_logits(tmp_path, calib):
     path = tmp_path / "chain.onnx"
