@@ -299,8 +299,8 @@ def run_analyze(args) -> int:
 def run_sensitivity(args) -> int:
     """The sensitivity command."""
     from onnxprune.measure.sensitivity import SensitivityStudy, parse_ratios
-    from onnxprune.report.sensitivity import summary_table
     from onnxprune.report.console import stdout
+    from onnxprune.report.sensitivity import summary_table
 
     if not args.calib:
         raise InputError("sensitivity needs calibration data: add --calib PATH (.npz/.npy or an image folder)")

@@ -22,8 +22,10 @@ BUILTINS: dict[str, tuple[str, ...]] = {
     "op rule": tuple(f"onnxprune.analysis.rules.{m}" for m in
                      ("ops", "attention", "integer", "quant", "recurrent", "topology", "residual")),
     "criterion": tuple(f"onnxprune.criteria.{m}" for m in ("magnitude", "activation", "heads")),
-    "allocation strategy": tuple(f"onnxprune.select.strategies.{m}" for m in
-                                 ("uniform", "global_threshold", "layerwise", "sensitivity_greedy", "random_search")),
+    "allocation strategy": tuple(
+        f"onnxprune.select.strategies.{m}"
+        for m in ("uniform", "global_threshold", "layerwise", "sensitivity_greedy", "random_search")
+    ),
     "subcommand": (),
     "torch op": ("onnxprune.torch.convert",),
 }

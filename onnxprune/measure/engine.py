@@ -43,8 +43,10 @@ class Sums:
     @classmethod
     def for_work(cls, work: Work) -> Sums:
         """Zeroed sums for every variant of `work`."""
-        return cls(diff_sq={key: np.zeros(len(v)) for key, v in work},
-                   correct={key: np.zeros(len(v), np.int64) for key, v in work})
+        return cls(
+            diff_sq={key: np.zeros(len(v)) for key, v in work},
+            correct={key: np.zeros(len(v), np.int64) for key, v in work},
+        )
 
     @classmethod
     def merge(cls, parts: list[Sums]) -> Sums:
@@ -103,8 +105,9 @@ def relative_change(diff_sq: float, reference_sq: float) -> float:
     return 0.0 if diff_sq == 0 else float("inf")
 
 
-def gated_outputs(gated: GatedModel, feeds: dict, variants: list[Variant],
-                  reference: np.ndarray) -> Iterator[np.ndarray]:
+def gated_outputs(
+    gated: GatedModel, feeds: dict, variants: list[Variant], reference: np.ndarray
+) -> Iterator[np.ndarray]:
     """The first output with each variant's groups gated, in turn; nothing is run for a variant that
     prunes nothing (every group keeps all its channels) or repeats the previous one."""
     previous_key, previous = None, reference
@@ -120,8 +123,7 @@ def gated_outputs(gated: GatedModel, feeds: dict, variants: list[Variant],
         yield previous
 
 
-def measure(gated: GatedModel, data: CalibrationData, work: Work,
-            progress: Callable[[], None] | None = None) -> Sums:
+def measure(gated: GatedModel, data: CalibrationData, work: Work, progress: Callable[[], None] | None = None) -> Sums:
     """Stream the calibration set once through `gated`: per batch the reference output, then every
     variant of every item of `work`; `progress()` is called once per (batch, item)."""
     output = gated.outputs[0]

@@ -55,8 +55,16 @@ class MeasureSpec:
             model = os.fspath(source)
         else:
             return None
-        return cls(model, tuple(analysis.groups), str(data.source), data.samples, data.preprocess,
-                   data.batch_size, data.seed, threads)
+        return cls(
+            model,
+            tuple(analysis.groups),
+            str(data.source),
+            data.samples,
+            data.preprocess,
+            data.batch_size,
+            data.seed,
+            threads,
+        )
 
     def open(self) -> tuple[GatedModel, CalibrationData]:
         """The gated model and the calibration stream, rebuilt in this process."""
@@ -78,8 +86,14 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
-def measure_work(analysis: Analysis, data: CalibrationData, work: Work, jobs: int = 1,
-                 progress: Callable[[], None] | None = None, source=None) -> Sums:
+def measure_work(
+    analysis: Analysis,
+    data: CalibrationData,
+    work: Work,
+    jobs: int = 1,
+    progress: Callable[[], None] | None = None,
+    source=None,
+) -> Sums:
     """Measure `work` on `data` (see engine.measure), in `jobs` processes when there are several
     items; `progress()` is called once per (batch, item)."""
     jobs = min(jobs, len(work))
@@ -110,8 +124,7 @@ def run_parallel(spec: MeasureSpec, shares: list[Work], progress: Callable | Non
     writes each step to its pipe before the worker returns, so no step arrives after its result."""
     context = multiprocessing.get_context("spawn")
     steps = context.SimpleQueue()
-    with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_init_worker,
-                             initargs=(steps,)) as pool:
+    with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_init_worker, initargs=(steps,)) as pool:
         futures = [pool.submit(_worker, spec, share) for share in shares]
         pending = set(futures)
         while pending:
@@ -126,4 +139,3 @@ def _forward(steps, progress: Callable | None) -> None:
         steps.get()
         if progress:
             progress()
-

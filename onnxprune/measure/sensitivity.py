@@ -63,8 +63,13 @@ class GroupSensitivity:
 
     def to_dict(self) -> dict:
         """A JSON-ready row."""
-        return {"id": self.id, "name": self.name, "channels": self.channels,
-                "macs_share": self.macs_share, "ratios": [asdict(p) for p in self.points]}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "channels": self.channels,
+            "macs_share": self.macs_share,
+            "ratios": [asdict(p) for p in self.points],
+        }
 
 
 @dataclass
@@ -82,11 +87,18 @@ class SensitivityResult:
 
     def to_dict(self) -> dict:
         """The JSON document (format `onnxprune-sensitivity/1`)."""
-        return {"format": FORMAT, "model": self.model, "calib": self.calib, "criterion": self.criterion,
-                "calib_samples": self.calib_samples, "output": self.output,
-                "output_change": "||y - y0|| / ||y0|| over the calibration set (first output)",
-                "ratios": list(self.ratios), "baseline_top1": self.baseline_top1,
-                "groups": [g.to_dict() for g in self.groups]}
+        return {
+            "format": FORMAT,
+            "model": self.model,
+            "calib": self.calib,
+            "criterion": self.criterion,
+            "calib_samples": self.calib_samples,
+            "output": self.output,
+            "output_change": "||y - y0|| / ||y0|| over the calibration set (first output)",
+            "ratios": list(self.ratios),
+            "baseline_top1": self.baseline_top1,
+            "groups": [g.to_dict() for g in self.groups],
+        }
 
     def save_json(self, path: str | os.PathLike) -> Path:
         """Write `to_dict()` as JSON (atomically)."""
@@ -134,9 +146,20 @@ class SensitivityStudy:
     jobs: int = 1
 
     @classmethod
-    def prepare(cls, model_or_path: ModelLike, calib, *, ratios=DEFAULT_RATIOS, criterion: str = "l1",
-                calib_samples: int | None = 512, preprocess=None, batch_size: int = 64, jobs: int = 1,
-                seed: int = 0, progress=None) -> SensitivityStudy:
+    def prepare(
+        cls,
+        model_or_path: ModelLike,
+        calib,
+        *,
+        ratios=DEFAULT_RATIOS,
+        criterion: str = "l1",
+        calib_samples: int | None = 512,
+        preprocess=None,
+        batch_size: int = 64,
+        jobs: int = 1,
+        seed: int = 0,
+        progress=None,
+    ) -> SensitivityStudy:
         """Check the options, analyze the model, open the data and score the channels once."""
         ratios = check_ratios(ratios)
         _check_counts(jobs, batch_size)
@@ -145,8 +168,7 @@ class SensitivityStudy:
         require_prunable(analysis)
         data = load_calibration(calib, analysis.model, calib_samples, preprocess, batch_size, seed)
         scores = score_groups(analysis, criterion, seed, data, progress)
-        plans = [(g.id, [kept_channels(g, scores[g.id], r) for r in ratios])
-                 for g in analysis.groups if g.prunable]
+        plans = [(g.id, [kept_channels(g, scores[g.id], r) for r in ratios]) for g in analysis.groups if g.prunable]
         return cls(model_or_path, analysis, data, ratios, criterion, plans, jobs)
 
     @property
@@ -161,18 +183,33 @@ class SensitivityStudy:
 
     def _result(self, sums: Sums) -> SensitivityResult:
         rows = {row["id"]: row for row in group_rows(self.analysis.groups, self.analysis.view)}
-        groups = [GroupSensitivity(gid, rows[gid]["name"], rows[gid]["channels"], rows[gid]["macs_share"],
-                                   self._points(sums, gid, kept_sets))
-                  for gid, kept_sets in self.plans]
-        return SensitivityResult(groups, self.ratios, self.criterion, self.data.samples,
-                                 self.analysis.model.graph.output[0].name, sums.baseline_top1,
-                                 None if hasattr(self.source, "graph") else str(self.source),
-                                 str(self.data.source))
+        groups = [
+            GroupSensitivity(
+                gid,
+                rows[gid]["name"],
+                rows[gid]["channels"],
+                rows[gid]["macs_share"],
+                self._points(sums, gid, kept_sets),
+            )
+            for gid, kept_sets in self.plans
+        ]
+        return SensitivityResult(
+            groups,
+            self.ratios,
+            self.criterion,
+            self.data.samples,
+            self.analysis.model.graph.output[0].name,
+            sums.baseline_top1,
+            None if hasattr(self.source, "graph") else str(self.source),
+            str(self.data.source),
+        )
 
     def _points(self, sums: Sums, gid: str, kept_sets: list[np.ndarray]) -> list[RatioPoint]:
         changes, top1 = sums.output_changes(gid), sums.top1(gid)
-        return [RatioPoint(ratio, len(kept), changes[i], top1[i])
-                for i, (ratio, kept) in enumerate(zip(self.ratios, kept_sets))]
+        return [
+            RatioPoint(ratio, len(kept), changes[i], top1[i])
+            for i, (ratio, kept) in enumerate(zip(self.ratios, kept_sets))
+        ]
 
 
 def _check_counts(jobs: int, batch_size: int) -> None:
@@ -182,9 +219,19 @@ def _check_counts(jobs: int, batch_size: int) -> None:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
 
 
-def analyze_sensitivity(model_or_path: ModelLike, calib, *, ratios=DEFAULT_RATIOS, criterion: str = "l1",
-                        calib_samples: int | None = 512, preprocess=None, batch_size: int = 64,
-                        jobs: int = 1, progress=None, seed: int = 0) -> SensitivityResult:
+def analyze_sensitivity(
+    model_or_path: ModelLike,
+    calib,
+    *,
+    ratios=DEFAULT_RATIOS,
+    criterion: str = "l1",
+    calib_samples: int | None = 512,
+    preprocess=None,
+    batch_size: int = 64,
+    jobs: int = 1,
+    progress=None,
+    seed: int = 0,
+) -> SensitivityResult:
     """Prune every prunable group alone at each ratio (channels chosen by `criterion`, selected as
     `select`'s local scope does) and measure, over `calib_samples` samples of `calib` (a .npz/.npy
     file or an image folder, see measure/calibration.py), the relative L2 change of the first output and the
@@ -192,7 +239,16 @@ def analyze_sensitivity(model_or_path: ModelLike, calib, *, ratios=DEFAULT_RATIO
     'spawn': a script that calls this with jobs > 1 needs `if __name__ == "__main__":`);
     `progress()` is called per scoring batch (data-driven criteria) and per (batch, group) measured.
     """
-    study = SensitivityStudy.prepare(model_or_path, calib, ratios=ratios, criterion=criterion,
-                                     calib_samples=calib_samples, preprocess=preprocess,
-                                     batch_size=batch_size, jobs=jobs, seed=seed, progress=progress)
+    study = SensitivityStudy.prepare(
+        model_or_path,
+        calib,
+        ratios=ratios,
+        criterion=criterion,
+        calib_samples=calib_samples,
+        preprocess=preprocess,
+        batch_size=batch_size,
+        jobs=jobs,
+        seed=seed,
+        progress=progress,
+    )
     return study.run(progress)

@@ -41,8 +41,13 @@ def plot_figure(result):
         if panels == 2:
             axes[1].plot(result.ratios, [100 * p.top1 for p in group.points], **style)
     _decorate(axes, result)
-    figure.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False,
-                  ncol=max(1, math.ceil(len(result.groups) / 28)))
+    figure.legend(
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=8,
+        frameon=False,
+        ncol=max(1, math.ceil(len(result.groups) / 28)),
+    )
     figure.tight_layout()
     return figure
 
@@ -51,23 +56,34 @@ def _line_style(index: int, count: int) -> dict:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if count <= 10 else "tab20"]
-    return {"color": cmap(index % cmap.N), "linestyle": ("-", "--", ":", "-.")[(index // cmap.N) % 4],
-            "marker": "o", "markersize": 3.5, "linewidth": 1.4}
+    return {
+        "color": cmap(index % cmap.N),
+        "linestyle": ("-", "--", ":", "-.")[(index // cmap.N) % 4],
+        "marker": "o",
+        "markersize": 3.5,
+        "linewidth": 1.4,
+    }
 
 
 def _decorate(axes, result) -> None:
     axes[0].set_title(f"Output change ('{result.output}') when one group is pruned")
     axes[0].set_ylabel("relative L2 change  ||y - y0|| / ||y0||")
     if len(axes) == 2:
-        axes[1].axhline(100 * result.baseline_top1, color="black", linestyle="--", linewidth=1,
-                        label=f"unpruned {result.baseline_top1:.1%}")
+        axes[1].axhline(
+            100 * result.baseline_top1,
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label=f"unpruned {result.baseline_top1:.1%}",
+        )
         axes[1].set_title("Top-1 accuracy when one group is pruned")
         axes[1].set_ylabel("top-1 (%)")
     for ax in axes:
         ax.set_xlabel("ratio of the group's channels removed")
         ax.grid(True, alpha=0.3)
-    axes[0].figure.suptitle(f"Sensitivity per group: criterion {result.criterion}, "
-                            f"{result.calib_samples} calibration samples", fontsize=11)
+    axes[0].figure.suptitle(
+        f"Sensitivity per group: criterion {result.criterion}, {result.calib_samples} calibration samples", fontsize=11
+    )
 
 
 def summary_table(result, columns: int = 5):
@@ -76,8 +92,11 @@ def summary_table(result, columns: int = 5):
 
     picks = sorted({int(round(i)) for i in np.linspace(0, len(result.ratios) - 1, min(columns, len(result.ratios)))})
     baseline = "" if result.baseline_top1 is None else f"; top-1 in brackets (unpruned {result.baseline_top1:.1%})"
-    table = Table(title=f"Output change when each group alone is pruned ({result.criterion}, "
-                        f"{result.calib_samples} samples{baseline})", title_justify="left")
+    table = Table(
+        title=f"Output change when each group alone is pruned ({result.criterion}, "
+        f"{result.calib_samples} samples{baseline})",
+        title_justify="left",
+    )
     for name in ("id", "first layer", "channels", "MACs share"):
         table.add_column(name, justify="left" if name in ("id", "first layer") else "right")
     for i in picks:

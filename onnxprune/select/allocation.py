@@ -70,8 +70,10 @@ class AllocationContext:
         """The calibration data that strategy `name` measures on; InputError without them or with
         --jobs < 1."""
         if self.data is None:
-            raise InputError(f"--allocate {name} measures pruned models on calibration data: add --calib PATH "
-                             "(.npz/.npy or an image folder)")
+            raise InputError(
+                f"--allocate {name} measures pruned models on calibration data: add --calib PATH "
+                "(.npz/.npy or an image folder)"
+            )
         if self.jobs < 1:
             raise InputError(f"--jobs must be at least 1, got {self.jobs}")
         return self.data
@@ -87,8 +89,7 @@ class Allocation:
 
 
 #: The allocation strategies by name (`--allocate NAME`); built-ins in select/strategies/.
-STRATEGIES: Registry[Callable[[AllocationContext], Allocation]] = Registry("allocation strategy",
-                                                                           parameter="allocate")
+STRATEGIES: Registry[Callable[[AllocationContext], Allocation]] = Registry("allocation strategy", parameter="allocate")
 
 
 def allocate(ctx: AllocationContext, name: str) -> Allocation:
@@ -99,15 +100,18 @@ def allocate(ctx: AllocationContext, name: str) -> Allocation:
     return run(ctx)
 
 
-def fit(ctx: AllocationContext, plan_at: Callable[[float], PruningPlan], history: list[dict],
-        steps: int = 24) -> tuple[float, PruningPlan, float]:
+def fit(
+    ctx: AllocationContext, plan_at: Callable[[float], PruningPlan], history: list[dict], steps: int = 24
+) -> tuple[float, PruningPlan, float]:
     """Bisect a scale t in [0, 1) (more pruning as t grows) for the smallest t whose plan meets the
     budget (value <= target). Returns (t, its plan, the largest t tried that misses the budget)."""
     low, high = 0.0, 0.999
     best = plan_at(high)
     if ctx.value(best) > ctx.budget.target:
-        raise InputError(f"the {ctx.budget.kind} target {ctx.budget.target:.4g} cannot be reached: pruning "
-                         f"every group as far as allowed gives {ctx.value(best):.4g}")
+        raise InputError(
+            f"the {ctx.budget.kind} target {ctx.budget.target:.4g} cannot be reached: pruning "
+            f"every group as far as allowed gives {ctx.value(best):.4g}"
+        )
     for _ in range(steps):
         middle = (low + high) / 2
         plan = plan_at(middle)
@@ -129,8 +133,15 @@ def refill(ctx: AllocationContext, plan: PruningPlan, history: list[dict]) -> Pr
         return plan
     if ctx.value(plan) >= ctx.budget.target * (1 - TOLERANCE):
         return plan
-    candidates = sorted(((float(ctx.scores[g.id][c]), g.id, c) for g in plan.groups if g.id in plan.kept
-                         for c in np.setdiff1d(np.arange(g.channels), plan.kept[g.id])), reverse=True)
+    candidates = sorted(
+        (
+            (float(ctx.scores[g.id][c]), g.id, c)
+            for g in plan.groups
+            if g.id in plan.kept
+            for c in np.setdiff1d(np.arange(g.channels), plan.kept[g.id])
+        ),
+        reverse=True,
+    )
     kept = {gid: set(map(int, channels)) for gid, channels in plan.kept.items()}
     for _, gid, channel in candidates:
         kept[gid].add(int(channel))
@@ -179,8 +190,10 @@ class AllocationRequest:
             self.strategy = self.strategy or ("layerwise" if self.kind is None else "uniform")
             return True
         if self.strategy:
-            raise InputError(f"--allocate {self.strategy} needs a target (--target-flops, --target-params, "
-                             "--target-latency) or, for layerwise, --layerwise FILE")
+            raise InputError(
+                f"--allocate {self.strategy} needs a target (--target-flops, --target-params, "
+                "--target-latency) or, for layerwise, --layerwise FILE"
+            )
         return False
 
     def budget(self, cost: PlanCost, analysis: Analysis) -> Budget | None:

@@ -40,8 +40,12 @@ class Budget:
 
     def to_dict(self) -> dict:
         """JSON-ready."""
-        return {"kind": self.kind, "target": self.target, "baseline": self.baseline,
-                "fraction": self.target / self.baseline if self.baseline else None}
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "baseline": self.baseline,
+            "fraction": self.target / self.baseline if self.baseline else None,
+        }
 
 
 def parse_budget(kind: str, text: str, baseline: float) -> Budget:
@@ -51,15 +55,16 @@ def parse_budget(kind: str, text: str, baseline: float) -> Budget:
         raise InputError(f"--target-{kind}: cannot read '{text}' (e.g. 0.5, 2.1G, 500k, 4.5)")
     value, unit = float(match.group(1)), match.group(2)
     if kind != "latency" and not unit and 1.0 < value < 100.0:
-        raise InputError(f"--target-{kind} {text}: a fraction must be in (0, 1]; absolute values take a "
-                         "unit (2.1G, 500k) or are whole counts")
+        raise InputError(
+            f"--target-{kind} {text}: a fraction must be in (0, 1]; absolute values take a "
+            "unit (2.1G, 500k) or are whole counts"
+        )
     if kind != "latency" and not unit and value <= 1.0:
         value *= baseline
     else:
         value *= UNITS[unit]
     if value <= 0 or (kind != "latency" and value > baseline):
-        raise InputError(f"--target-{kind} {text}: must be positive and at most the model's "
-                         f"{baseline:.4g}")
+        raise InputError(f"--target-{kind} {text}: must be positive and at most the model's {baseline:.4g}")
     return Budget(kind, value, baseline)
 
 
@@ -85,8 +90,10 @@ class PlanCost:
             mask = np.zeros(group.channels, bool)
             mask[plan.kept.get(group.id, np.arange(group.channels))] = True
             masks[group.id] = mask
-        return {tensor: float(np.prod([masks[g.id][g.channel_of[s]].mean() for g, s in axes]))
-                for tensor, axes in self.axes.items()}
+        return {
+            tensor: float(np.prod([masks[g.id][g.channel_of[s]].mean() for g, s in axes]))
+            for tensor, axes in self.axes.items()
+        }
 
     def cost(self, plan: PruningPlan) -> dict[str, float]:
         """{'flops': MACs, 'params': parameters} of the pruned model."""

@@ -20,9 +20,11 @@ def resolve_layerwise(mapping: dict, groups: list[ChannelGroup]) -> dict[str, fl
     for key, ratio in mapping.items():
         # a layer name means the group of the layer's output channels (a Conv also reads the group
         # before it, and a first layer's name is also the name of the frozen input group)
-        matches = ([g for g in groups if key == g.id]
-                   or [g for g in groups if key in {m.node for m in g.members_with("out")}]
-                   or [g for g in groups if key == g.name or key in {m.node for m in g.members}])
+        matches = (
+            [g for g in groups if key == g.id]
+            or [g for g in groups if key in {m.node for m in g.members_with("out")}]
+            or [g for g in groups if key == g.name or key in {m.node for m in g.members}]
+        )
         if not matches:
             raise InputError(f"layerwise: '{key}' names no group or layer (see 'onnxprune analyze')")
         for group in matches:

@@ -31,8 +31,7 @@ def random_search(ctx: AllocationContext) -> Allocation:
     if ctx.samples < 1:
         raise InputError(f"--samples must be at least 1, got {ctx.samples}")
     plans, scales = sample_candidates(ctx, ctx.prunable_groups())
-    sums = measure_work(ctx.analysis, data, [(i, [dict(p.kept)]) for i, p in enumerate(plans)], ctx.jobs,
-                        ctx.progress)
+    sums = measure_work(ctx.analysis, data, [(i, [dict(p.kept)]) for i, p in enumerate(plans)], ctx.jobs, ctx.progress)
     changes = [sums.output_changes(i)[0] for i in range(len(plans))]
     top1 = [sums.top1(i)[0] for i in range(len(plans))]
     values = [ctx.value(p) for p in plans]
@@ -41,12 +40,28 @@ def random_search(ctx: AllocationContext) -> Allocation:
     best = min(close, key=lambda i: (changes[i], i))
     history = []
     for i, plan in enumerate(plans):
-        history.append({"candidate": i, "shape": "uniform" if i == 0 else "random", "scale": scales[i],
-                        "ratios": {g: round(r, 6) for g, r in achieved_ratios(plan).items()},
-                        **ctx.cost.cost(plan), ctx.budget.kind: values[i], "score": changes[i],
-                        "top1": top1[i], "chosen": i == best})
-    history.append({"winner": best, "score": changes[best], "top1": top1[best],
-                    "baseline_top1": sums.baseline_top1, ctx.budget.kind: values[best]})
+        history.append(
+            {
+                "candidate": i,
+                "shape": "uniform" if i == 0 else "random",
+                "scale": scales[i],
+                "ratios": {g: round(r, 6) for g, r in achieved_ratios(plan).items()},
+                **ctx.cost.cost(plan),
+                ctx.budget.kind: values[i],
+                "score": changes[i],
+                "top1": top1[i],
+                "chosen": i == best,
+            }
+        )
+    history.append(
+        {
+            "winner": best,
+            "score": changes[best],
+            "top1": top1[best],
+            "baseline_top1": sums.baseline_top1,
+            ctx.budget.kind: values[best],
+        }
+    )
     return Allocation(plans[best], achieved_ratios(plans[best]), history)
 
 
@@ -85,7 +100,7 @@ def scaled_candidate(ctx: AllocationContext, groups: list, exponents: np.ndarray
     """The plan of a shape scaled to the budget (bisection on t, then refill), and its t."""
 
     def plan_at(t: float) -> PruningPlan:
-        return ctx.ratios_plan({g.id: float(t ** a) for g, a in zip(groups, exponents)})
+        return ctx.ratios_plan({g.id: float(t**a) for g, a in zip(groups, exponents)})
 
     scale, plan, _ = fit(ctx, plan_at, [])
     return refill(ctx, plan, []), scale

@@ -40,11 +40,18 @@ def sensitivity_allocation(ctx: AllocationContext) -> Allocation:
     groups = ctx.prunable_groups()
     kept = {g.id: [ctx.kept(g, r) for r in SENSITIVITY_RATIOS] for g in groups}
     require_reachable(ctx, kept)
-    sums = measure_work(ctx.analysis, data, group_curves([(g.id, kept[g.id]) for g in groups]), ctx.jobs,
-                        ctx.progress)
-    curves = {g.id: {"name": g.name, "channels": g.channels, "ratios": list(SENSITIVITY_RATIOS),
-                     "kept": [len(k) for k in kept[g.id]], "output_change": sums.output_changes(g.id),
-                     "top1": sums.top1(g.id)} for g in groups}
+    sums = measure_work(ctx.analysis, data, group_curves([(g.id, kept[g.id]) for g in groups]), ctx.jobs, ctx.progress)
+    curves = {
+        g.id: {
+            "name": g.name,
+            "channels": g.channels,
+            "ratios": list(SENSITIVITY_RATIOS),
+            "kept": [len(k) for k in kept[g.id]],
+            "output_change": sums.output_changes(g.id),
+            "top1": sums.top1(g.id),
+        }
+        for g in groups
+    }
     history: list[dict] = [{"curves": curves, "samples": sums.samples, "baseline_top1": sums.baseline_top1}]
     greedy = Greedy(ctx, groups, {gid: c["output_change"] for gid, c in curves.items()}, history)
     plan = greedy.run_latency() if ctx.budget.kind == "latency" else greedy.run()
@@ -58,9 +65,11 @@ def require_reachable(ctx: AllocationContext, kept: dict[str, list[np.ndarray]])
     value = ctx.value(deepest)
     if value > ctx.budget.target:
         unit = " ms" if ctx.budget.kind == "latency" else ""
-        raise InputError(f"the {ctx.budget.kind} target {ctx.budget.target:.4g}{unit} cannot be reached: pruning "
-                         f"every group by {SENSITIVITY_RATIOS[-1]:.0%} (the deepest ratio the sensitivity "
-                         f"strategy measures) gives {value:.4g}{unit}")
+        raise InputError(
+            f"the {ctx.budget.kind} target {ctx.budget.target:.4g}{unit} cannot be reached: pruning "
+            f"every group by {SENSITIVITY_RATIOS[-1]:.0%} (the deepest ratio the sensitivity "
+            f"strategy measures) gives {value:.4g}{unit}"
+        )
 
 
 class Greedy:
@@ -81,14 +90,15 @@ class Greedy:
     by one-channel-granular moves, with the change interpolated between measured ratios (see
     `run`)."""
 
-    def __init__(self, ctx: AllocationContext, groups: list, changes: dict[str, list[float]],
-                 history: list[dict]):
+    def __init__(self, ctx: AllocationContext, groups: list, changes: dict[str, list[float]], history: list[dict]):
         self.ctx, self.history = ctx, history
         self.groups = {g.id: g for g in groups}
         self.order = {g.id: i for i, g in enumerate(groups)}
         self.kind = "flops" if ctx.budget.kind == "latency" else ctx.budget.kind
-        self.curve = {gid: (np.array((0.0,) + SENSITIVITY_RATIOS),
-                            np.maximum.accumulate(np.square([0.0] + list(c)))) for gid, c in changes.items()}
+        self.curve = {
+            gid: (np.array((0.0,) + SENSITIVITY_RATIOS), np.maximum.accumulate(np.square([0.0] + list(c))))
+            for gid, c in changes.items()
+        }
         self.ratio = {g.id: 0.0 for g in groups}
         self.kept_cache: dict[tuple[str, float], np.ndarray] = {}
         self.baseline = self.value(self.ratio)
@@ -152,11 +162,19 @@ class Greedy:
         """Move `gid` to `ratio` and record the step in the history."""
         self.ratio[gid] = ratio
         self.current = value
-        self.history.append({"step": sum(1 for h in self.history if "step" in h) + 1, "move": how, "group": gid,
-                             "ratio": round(ratio, 6), "kept": len(self.kept(gid, ratio)),
-                             "output_change": math.sqrt(self.damage(gid, ratio)),
-                             "estimated_total_change": math.sqrt(self.total_damage()), "price": price,
-                             self.kind: value})
+        self.history.append(
+            {
+                "step": sum(1 for h in self.history if "step" in h) + 1,
+                "move": how,
+                "group": gid,
+                "ratio": round(ratio, 6),
+                "kept": len(self.kept(gid, ratio)),
+                "output_change": math.sqrt(self.damage(gid, ratio)),
+                "estimated_total_change": math.sqrt(self.total_damage()),
+                "price": price,
+                self.kind: value,
+            }
+        )
 
     def heap(self) -> list:
         """A heap of every group's next coarse move: (price, network order, group id)."""
@@ -200,32 +218,13 @@ class Greedy:
                 self.accept(gid, ratio, value, price, "measured ratio")
                 self._push(heap, gid)
                 continue
-            landing, approach = [], []
-            for other in self.groups:
-                step = self.coarse_move(other)
-                if step is None:
-                    continue
-                if step[2] > target:  # its next ratio stays above the target
-                    approach.append((step[0], self.order[other], other, step))
-                    continue
-                meets, misses = self.fine_moves(other, step[1])
-                if meets:
-                    added = self.damage(other, meets[1]) - self.damage(other, self.ratio[other])
-                    if meets[2] >= floor:
-                        landing.append((added, self.order[other], other, meets))
-                    else:
-                        below.append((meets[2], -(self.total_damage() + added), self.order[other],
-                                      {**self.ratio, other: meets[1]}, (other, meets)))
-                if misses and misses[0] < math.inf:
-                    approach.append((misses[0], self.order[other], other, misses))
+            landing, approach = self.fine_options(target, floor, below)
             if landing:
                 _, _, other, (fine_price, fine_ratio, fine_value) = min(landing)
                 self.accept(other, fine_ratio, fine_value, fine_price, "landing (one-channel steps)")
                 break
             if not approach:
-                added = self.damage(gid, ratio) - self.damage(gid, self.ratio[gid])
-                below.append((value, -(self.total_damage() + added), self.order[gid], {**self.ratio, gid: ratio},
-                              (gid, (price, ratio, value))))
+                below.append(self.below_entry(gid, (price, ratio, value)))
                 break
             _, _, other, (fine_price, fine_ratio, fine_value) = min(approach)
             self.accept(other, fine_ratio, fine_value, fine_price, "approach (one-channel steps)")
@@ -236,6 +235,36 @@ class Greedy:
             other, (fine_price, fine_ratio, fine_value) = closest[4]
             self.accept(other, fine_ratio, fine_value, fine_price, "closest below the target")
         return self.plan(self.ratio)
+
+    def fine_options(self, target: float, floor: float, below: list[tuple]) -> tuple[list, list]:
+        """Near the target, each group's one-channel-granular moves up to its next measured ratio:
+        (landings within the tolerance, by added change; approaches that stay above the target, by
+        price). A move that lands below the tolerance goes to `below`."""
+        landing, approach = [], []
+        for other in self.groups:
+            step = self.coarse_move(other)
+            if step is None:
+                continue
+            if step[2] > target:  # its next ratio stays above the target
+                approach.append((step[0], self.order[other], other, step))
+                continue
+            meets, misses = self.fine_moves(other, step[1])
+            if meets:
+                added = self.damage(other, meets[1]) - self.damage(other, self.ratio[other])
+                if meets[2] >= floor:
+                    landing.append((added, self.order[other], other, meets))
+                else:
+                    below.append(self.below_entry(other, meets))
+            if misses and misses[0] < math.inf:
+                approach.append((misses[0], self.order[other], other, misses))
+        return landing, approach
+
+    def below_entry(self, gid: str, move: tuple) -> tuple:
+        """A plan below the tolerance met on the way, moving `gid` by `move` (price, ratio, value):
+        (value, -estimated total change, network order, ratios, (gid, move))."""
+        _, ratio, value = move
+        added = self.damage(gid, ratio) - self.damage(gid, self.ratio[gid])
+        return value, -(self.total_damage() + added), self.order[gid], {**self.ratio, gid: ratio}, (gid, move)
 
     def total_damage(self) -> float:
         """Sum of the groups' squared output changes: the plan's squared change, estimated."""

@@ -26,8 +26,9 @@ def uniform(ctx: AllocationContext) -> Allocation:
     return mixed if plan is mixed.plan else Allocation(plan, achieved_ratios(plan), history)
 
 
-def mix_two_ratios(ctx: AllocationContext, groups: list[str], low: float, high: float,
-                   history: list[dict]) -> Allocation:
+def mix_two_ratios(
+    ctx: AllocationContext, groups: list[str], low: float, high: float, history: list[dict]
+) -> Allocation:
     """Channel counts move in steps, and at one ratio many groups step together: give the larger
     ratio to the first k groups (network order) only, the fewest that meet the budget."""
 
