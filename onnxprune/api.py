@@ -132,40 +132,22 @@ def prune(
     prune_residual: bool = False,
     strict: bool = False,
 ) -> PruneResult:
-    """Prune `ratio` of the channels of every prunable group, chosen by `criterion`.
+    """Prune `ratio` of the channels of every prunable group, chosen by `criterion`: the pruned
+    model, its plan file and its report (`PruneResult`).
 
-    Data-driven criteria need `calib`: a .npz/.npy file or an image folder (see `measure/calibration.py`), of
-    which `calib_samples` samples are used, preprocessed by `preprocess`.
-
-    With a target (`target_flops`/`target_params`: a fraction like 0.5 or an absolute '2.1G';
-    `target_latency`: milliseconds on ONNX Runtime CPU), `allocate` (default 'uniform'; also
-    'global', 'sensitivity', 'random-search' with `samples`/`jobs`) chooses each group's ratio;
-    `allocate='layerwise'` applies `layerwise` (a dict or a JSON/YAML file: group id or layer
-    name -> ratio) exactly.
-
-    `reconstruct` (needs `calib`) refits the kept columns and bias of every pruned consumer layer
-    by least squares (ridge `ridge`) to the unpruned model's layer outputs, after verification;
-    the report's `reconstruction` gives the held-out output error before and after.
-
-    `round_to='auto'` chooses every pruned group's kept count by timing its layers on the
-    execution provider `round_ep` ('cpu', 'cuda', 'tensorrt') at batch `round_batch` (see
-    select/rounding.py); the report's `rounding` gives the timing tables.
-
-    `prune_residual` also prunes the channels LayerNorms normalize over (a transformer's residual
-    stream), consistently in every LayerNorm, projection and embedding; those LayerNorms then
-    normalize over the kept channels (verified against a reference that does the same).
-
-    Verification runs at `input_shapes` where given, else at shapes chosen from the model (see
-    verify/shapes.py; the report's `verification.shapes` says which and why); MACs are counted
-    there at batch 1. The tolerance is calibrated from the model's float noise (verify/noise.py). When
-    the pruned model fails, the groups responsible are found by bisection and frozen (report
-    `verification.failed_groups`) and the rest is pruned and verified; `strict=True` refuses
-    instead.
+    Each keyword sets one field of a `PruneConfig` section (`config.KEYWORDS`; `run_prune` takes a
+    config): selection (`min_channels`, `scope`, `exclude`, `prune_residual`), calibration for the
+    data-driven criteria (`calib`: a .npz/.npy file or an image folder; `calib_samples`,
+    `preprocess`, `batch_size`), allocation (`target_flops`/`target_params`: a fraction like 0.5 or
+    '2.1G'; `target_latency`: ms on ONNX Runtime CPU; `allocate`: uniform, global, sensitivity,
+    random-search with `samples`/`jobs`, or layerwise with `layerwise`), rounding (`round_to`: a
+    multiple or 'auto', timed on `round_ep` at `round_batch`), recovery (`reconstruct` by least
+    squares with `ridge`) and verification (`verify`, `input_shapes`, `strict`: refuse instead of
+    freezing the groups whose pruning fails). `progress()` is called as the work advances.
 
     Raises InputError for unusable input and VerificationError when the pruned model does not
     match the masked reference (nothing is returned then).
     """
-
     keywords = {name: value for name, value in locals().items() if name not in ("model_or_path", "progress")}
     return run_prune(model_or_path, PruneConfig.from_keywords(**keywords), progress)
 

@@ -272,7 +272,7 @@ def test_images_of_different_sizes_need_resize(tmp_path):
 
 @pytest.mark.parametrize("spec", ["resize=big", "resize", "colour=1", "layout=chw", "mean=a/b/c", "std="])
 def test_bad_preprocess_spec(spec):
-    with pytest.raises(onnxprune.InputError, match=r"--preprocess: cannot read .*keys: resize=INT"):
+    with pytest.raises(onnxprune.InputError, match=r"preprocess: cannot read .*keys: resize=INT"):
         Preprocess.parse(spec)
 
 

@@ -120,7 +120,7 @@ def parse_ratios(text: str) -> list[float]:
     try:
         ratios = [float(item) for item in text.split(",") if item.strip()]
     except ValueError:
-        raise InputError(f"--ratios: cannot read '{text}' (expected e.g. 0.1,0.3,0.5)") from None
+        raise InputError(f"{{ratios}}: cannot read '{text}' (expected e.g. 0.1,0.3,0.5)", parameter="ratios") from None
     return check_ratios(ratios)
 
 
@@ -128,7 +128,7 @@ def check_ratios(ratios) -> list[float]:
     """The ratios as a list of floats; InputError when empty or outside [0, 1)."""
     ratios = [float(r) for r in ratios]
     if not ratios or any(not 0.0 <= r < 1.0 for r in ratios):
-        raise InputError(f"--ratios must be in [0, 1), got {ratios or 'none'}")
+        raise InputError(f"{{ratios}} must be in [0, 1), got {ratios or 'none'}", parameter="ratios")
     return ratios
 
 
@@ -214,9 +214,9 @@ class SensitivityStudy:
 
 def _check_counts(jobs: int, batch_size: int) -> None:
     if jobs < 1:
-        raise InputError(f"--jobs must be at least 1, got {jobs}")
+        raise InputError(f"{{jobs}} must be at least 1, got {jobs}", parameter="jobs")
     if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+        raise InputError(f"{{batch_size}} must be at least 1, got {batch_size}", parameter="batch_size")
 
 
 def analyze_sensitivity(

@@ -67,36 +67,54 @@ def print_analysis(rows: list[dict], prunable_share: float, model_name: str) -> 
 def print_report(report: dict, output: str, plan_path: str) -> None:
     """The pruning report: groups, totals and the verification result."""
     stdout.print(groups_table(report["groups"], f"Pruned with {report['criterion']}", show_kept=True))
+    for line in (*_totals_lines(report), *_plan_lines(report), *_recovery_lines(report), *_verification_lines(report)):
+        stdout.print(line)
+    stdout.print(f"wrote {output} and {plan_path}")
+
+
+def _totals_lines(report: dict) -> list[str]:
+    """MACs and parameters before → after."""
     before, after = report["before"], report["after"]
     at = ", ".join(f"{name}={'x'.join(map(str, s['macs_shape']))}" for name, s in (report.get("shapes") or {}).items())
-    stdout.print(
+    return [
         f"MACs    {human(before['macs'])} → {human(after['macs'])}  ({report['macs_ratio']:.1%} kept)"
-        + (f" at {at}" if at else "")
-    )
-    stdout.print(f"params  {human(before['params'])} → {human(after['params'])}  ({report['params_ratio']:.1%} kept)")
+        + (f" at {at}" if at else ""),
+        f"params  {human(before['params'])} → {human(after['params'])}  ({report['params_ratio']:.1%} kept)",
+    ]
+
+
+def _plan_lines(report: dict) -> list[str]:
+    """The allocation's target and what was achieved, and what `--round-to auto` changed."""
+    lines = []
     allocation = report.get("allocation")
     if allocation and allocation.get("target"):
         target = allocation["target"]
         unit = " ms" if target["kind"] == "latency" else ""
-        stdout.print(
+        lines.append(
             f"target  {target['kind']} {human(target['target'])}{unit} → achieved "
             f"{human(target['achieved'])}{unit} ({allocation['strategy']} allocation)"
         )
     elif allocation:
-        stdout.print(f"ratios from the {allocation['strategy']} map: {len(allocation['ratios'])} groups")
+        lines.append(f"ratios from the {allocation['strategy']} map: {len(allocation['ratios'])} groups")
     rounding = report.get("rounding")
     if rounding:
         changed = [g for g in rounding["groups"] if g["chosen"] != g["requested"]]
         detail = ", ".join(f"{g['id']} {g['requested']} → {g['chosen']}" for g in changed[:8])
-        stdout.print(
+        lines.append(
             f"round-to auto ({rounding['provider']}, batch {rounding['batch']}): {len(changed)} of "
             f"{len(rounding['groups'])} groups keep more channels because it is faster"
             f"{': ' + detail if detail else ''}{' …' if len(changed) > 8 else ''}"
         )
+    return lines
+
+
+def _recovery_lines(report: dict) -> list[str]:
+    """Reconstruction, fine-tuning and the latency measured after fine-tuning."""
+    lines = []
     recon = report.get("reconstruction")
     if recon:
         state = "applied" if recon.get("applied") else "not applied (it did not lower the error)"
-        stdout.print(
+        lines.append(
             f"reconstruction: {recon.get('layers', 0)} layers refitted by least squares, {state}; "
             f"held-out output error {recon['output_error_before']:.3g} → {recon['output_error_after']:.3g}"
         )
@@ -109,32 +127,37 @@ def print_report(report: dict, output: str, plan_path: str) -> None:
             else ""
         )
         kept = "" if tuned.get("applied", True) else " — not kept: validation top-1 dropped"
-        stdout.print(
+        lines.append(
             f"fine-tuned {tuned['epochs']} epochs{' with distillation' if tuned['teacher'] else ''}{val}{kept}"
         )
     latency = report.get("latency")
     if latency:
-        stdout.print(
+        lines.append(
             f"latency (ONNX Runtime CPU, batch 1): {latency['before_ms']:.3f} ms → {latency['after_ms']:.3f} ms "
             f"({latency['speedup']:.2f}×)"
         )
+    return lines
+
+
+def _verification_lines(report: dict) -> list[str]:
+    """Where the model was verified and how close it is, and the groups frozen because they failed."""
     check = report.get("verification")
-    if check:
-        when = " (checked before reconstruction changed the weights)" if report.get("reconstruction") else ""
-        shapes = ", ".join(
-            f"{name}={'x'.join(map(str, s['shape']))} ({s['source']})"
-            for name, s in (check.get("shapes") or {}).items()
-        )
-        stdout.print(
-            f"verified at {shapes}: matches the masked reference (max relative difference "
-            f"{check['max_relative']:.2g}, float noise {check['noise']:.2g} ({check['noise_method']}), "
-            f"tolerance {check['tolerance']:.2g}){when}"
-        )
-        for failed in check.get("failed_groups") or ():
-            stdout.print(f"[yellow]frozen[/] {failed['id']}: {failed['reason']} — the other groups are pruned")
-    else:
-        stdout.print("[yellow]not verified (--no-verify)[/]")
-    stdout.print(f"wrote {output} and {plan_path}")
+    if not check:
+        return ["[yellow]not verified (--no-verify)[/]"]
+    when = " (checked before reconstruction changed the weights)" if report.get("reconstruction") else ""
+    shapes = ", ".join(
+        f"{name}={'x'.join(map(str, s['shape']))} ({s['source']})" for name, s in (check.get("shapes") or {}).items()
+    )
+    lines = [
+        f"verified at {shapes}: matches the masked reference (max relative difference "
+        f"{check['max_relative']:.2g}, float noise {check['noise']:.2g} ({check['noise_method']}), "
+        f"tolerance {check['tolerance']:.2g}){when}"
+    ]
+    lines += [
+        f"[yellow]frozen[/] {failed['id']}: {failed['reason']} — the other groups are pruned"
+        for failed in check.get("failed_groups") or ()
+    ]
+    return lines
 
 
 def print_rules() -> None:

@@ -71,11 +71,12 @@ class AllocationContext:
         --jobs < 1."""
         if self.data is None:
             raise InputError(
-                f"--allocate {name} measures pruned models on calibration data: add --calib PATH "
-                "(.npz/.npy or an image folder)"
+                f"{{allocate}} {name} measures pruned models on calibration data: add {{calib}} PATH "
+                "(.npz/.npy or an image folder)",
+                parameter="allocate",
             )
         if self.jobs < 1:
-            raise InputError(f"--jobs must be at least 1, got {self.jobs}")
+            raise InputError(f"{{jobs}} must be at least 1, got {self.jobs}", parameter="jobs")
         return self.data
 
 
@@ -96,7 +97,10 @@ def allocate(ctx: AllocationContext, name: str) -> Allocation:
     """Run the named strategy."""
     run = STRATEGIES.get_or_fail(name)
     if name != "layerwise" and ctx.budget is None:
-        raise InputError(f"--allocate {name} needs a target: --target-flops, --target-params or --target-latency")
+        raise InputError(
+            f"{{allocate}} {name} needs a target: {{target_flops}}, {{target_params}} or {{target_latency}}",
+            parameter="allocate",
+        )
     return run(ctx)
 
 
@@ -180,7 +184,9 @@ class AllocationRequest:
         """The target's kind, or None."""
         given = [k for k in ("flops", "params", "latency") if getattr(self, k) is not None]
         if len(given) > 1:
-            raise InputError("give one target: --target-flops, --target-params or --target-latency")
+            raise InputError(
+                "give one target: {target_flops}, {target_params} or {target_latency}", parameter="target_flops"
+            )
         return given[0] if given else None
 
     @property
@@ -191,8 +197,9 @@ class AllocationRequest:
             return True
         if self.strategy:
             raise InputError(
-                f"--allocate {self.strategy} needs a target (--target-flops, --target-params, "
-                "--target-latency) or, for layerwise, --layerwise FILE"
+                f"{{allocate}} {self.strategy} needs a target ({{target_flops}}, {{target_params}}, "
+                "{target_latency}) or, for layerwise, {layerwise} FILE",
+                parameter="allocate",
             )
         return False
 
@@ -224,7 +231,7 @@ def load_layerwise(path: str | Path) -> dict:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise InputError(f"--layerwise {path}: {exc.strerror}") from None
+        raise InputError(f"{{layerwise}} {path}: {exc.strerror}", parameter="layerwise") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml  # optional dependency, only for YAML maps
@@ -233,9 +240,13 @@ def load_layerwise(path: str | Path) -> dict:
         else:
             mapping = json.loads(text)
     except ImportError:
-        raise InputError("--layerwise: YAML needs PyYAML (pip install pyyaml); JSON works without") from None
+        raise InputError(
+            "{layerwise}: YAML needs PyYAML (pip install pyyaml); JSON works without", parameter="layerwise"
+        ) from None
     except Exception as exc:
-        raise InputError(f"--layerwise {path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({exc})") from None
+        raise InputError(
+            f"{{layerwise}} {path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({exc})", parameter="layerwise"
+        ) from None
     if not isinstance(mapping, dict):
-        raise InputError(f"--layerwise {path}: expected a map of group or layer name to ratio")
+        raise InputError(f"{{layerwise}} {path}: expected a map of group or layer name to ratio", parameter="layerwise")
     return mapping

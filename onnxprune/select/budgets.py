@@ -15,12 +15,12 @@ import numpy as np
 
 from onnxprune.analysis import ChannelGroup, Space
 from onnxprune.analysis.analyze import Analysis
-from onnxprune.analysis.cost import model_macs, model_params
+from onnxprune.analysis.cost import model_macs, model_params, unscaled_macs
+from onnxprune.analysis.layers import layer_weight
 from onnxprune.bench.latency import measure_latency
 from onnxprune.errors import InputError
 from onnxprune.model.inputs import random_inputs
 from onnxprune.model.nodes import node_label
-from onnxprune.model.view import ModelView
 from onnxprune.passes.apply_plan import apply_plan
 from onnxprune.select.plan import PruningPlan
 
@@ -52,7 +52,9 @@ def parse_budget(kind: str, text: str, baseline: float) -> Budget:
     """'0.5' (a fraction of the original), '2.1G', '500k' (absolute); latency in milliseconds."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*([kKMGT]?)\s*(ms)?\s*", str(text))
     if not match:
-        raise InputError(f"--target-{kind}: cannot read '{text}' (e.g. 0.5, 2.1G, 500k, 4.5)")
+        raise InputError(
+            f"{{target_{kind}}}: cannot read '{text}' (e.g. 0.5, 2.1G, 500k, 4.5)", parameter=f"target_{kind}"
+        )
     value, unit = float(match.group(1)), match.group(2)
     if kind != "latency" and not unit and 1.0 < value < 100.0:
         raise InputError(
@@ -64,7 +66,10 @@ def parse_budget(kind: str, text: str, baseline: float) -> Budget:
     else:
         value *= UNITS[unit]
     if value <= 0 or (kind != "latency" and value > baseline):
-        raise InputError(f"--target-{kind} {text}: must be positive and at most the model's {baseline:.4g}")
+        raise InputError(
+            f"{{target_{kind}}} {text}: must be positive and at most the model's {baseline:.4g}",
+            parameter=f"target_{kind}",
+        )
     return Budget(kind, value, baseline)
 
 
@@ -76,7 +81,10 @@ class PlanCost:
         self.macs = model_macs(analysis.view, shapes)  # shapes: at the verification shape (analysis/cost.py)
         self.base_params = model_params(analysis.model)
         self.sizes = {name: int(v.size) for name, v in analysis.view.consts.items()}
-        self.node_weight = node_weights(analysis.view)
+        nodes = analysis.view.graph.node
+        self.node_weight = {node_label(n): w for n in nodes if (w := layer_weight(n, analysis.view))}
+        #: the part of each layer's MACs that no pruning shrinks (an LSTM's recurrent product)
+        self.unscaled = {node_label(n): unscaled_macs(n, analysis.view, shapes) for n in nodes}
         self.axes: dict[str, list[tuple[ChannelGroup, Space]]] = {}
         for group in self.groups:
             for space in group.spaces:
@@ -98,21 +106,12 @@ class PlanCost:
     def cost(self, plan: PruningPlan) -> dict[str, float]:
         """{'flops': MACs, 'params': parameters} of the pruned model."""
         share = self.kept_fractions(plan)
-        macs = sum(m * share.get(self.node_weight.get(n, ""), 1.0) for n, m in self.macs.items())
+        macs = sum(
+            self.unscaled[n] + (m - self.unscaled[n]) * share.get(self.node_weight.get(n, ""), 1.0)
+            for n, m in self.macs.items()
+        )
         params = self.base_params - sum(self.sizes[t] * (1 - f) for t, f in share.items())
         return {"flops": macs, "params": params}
-
-
-def node_weights(view: ModelView) -> dict[str, str]:
-    """The weight tensor whose size a layer's MACs scale with (its first constant input of rank >= 2)."""
-    weights = {}
-    for node in view.graph.node:
-        for name in node.input[1:]:
-            value = view.value(name)
-            if value is not None and value.ndim >= 2:
-                weights[node_label(node)] = name
-                break
-    return weights
 
 
 def latency_meter(analysis: Analysis) -> Callable[[PruningPlan], float]:

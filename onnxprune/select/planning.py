@@ -8,13 +8,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from onnxprune.report.plots import kept_per_layer
-from onnxprune.select.allocation import (
-    Allocation,
-    AllocationContext,
-    AllocationRequest,
-    PlanCost,
-    allocate,
-)
+from onnxprune.select.allocation import Allocation, AllocationContext, AllocationRequest, allocate
+from onnxprune.select.budgets import PlanCost
 from onnxprune.select.plan import PruningPlan
 from onnxprune.select.selection import SelectOptions, select
 

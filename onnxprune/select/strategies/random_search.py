@@ -29,7 +29,7 @@ def random_search(ctx: AllocationContext) -> Allocation:
     relative change of the first output; the lowest change wins (seeded by `ctx.seed`)."""
     data = ctx.require_data("random-search")
     if ctx.samples < 1:
-        raise InputError(f"--samples must be at least 1, got {ctx.samples}")
+        raise InputError(f"{{samples}} must be at least 1, got {ctx.samples}", parameter="samples")
     plans, scales = sample_candidates(ctx, ctx.prunable_groups())
     sums = measure_work(ctx.analysis, data, [(i, [dict(p.kept)]) for i, p in enumerate(plans)], ctx.jobs, ctx.progress)
     changes = [sums.output_changes(i)[0] for i in range(len(plans))]
