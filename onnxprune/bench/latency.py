@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -84,17 +85,24 @@ def io_binding_runner(
         binding.bind_ortvalue_input(name, value)
     for output in session.get_outputs():
         binding.bind_output(output.name, device_type, device_id)
-    synchronize = device_type != "cpu"
+    return _BoundRun(session, binding, keep, synchronize=device_type != "cpu")
 
-    def run():
-        session.run_with_iobinding(binding)
-        if synchronize:
-            binding.synchronize_outputs()
-        return binding  # outputs: binding.copy_outputs_to_cpu()
 
-    run.inputs = keep
+@dataclass(eq=False)
+class _BoundRun:
+    """One inference with an IO binding per call; holds the bound input OrtValues (`inputs`), which
+    must outlive the binding."""
 
-    return run
+    session: Any  # onnxruntime objects
+    binding: Any
+    inputs: list
+    synchronize: bool
+
+    def __call__(self) -> Any:
+        self.session.run_with_iobinding(self.binding)
+        if self.synchronize:
+            self.binding.synchronize_outputs()
+        return self.binding  # outputs: binding.copy_outputs_to_cpu()
 
 
 def interleaved(

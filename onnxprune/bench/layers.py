@@ -148,7 +148,7 @@ def _layer_spec(node: onnx.NodeProto, view: ModelView, atoms: dict, batch: int) 
     inputs = []
     for name in [n for n in node.input if n]:
         const = view.is_const(name)
-        shape = view.shape(name) if not const else view.value(name).shape
+        shape = view.shape(name) if not const else view.consts[name].shape
         if shape is None:
             return None
         shape = tuple(

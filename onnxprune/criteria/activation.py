@@ -21,7 +21,8 @@ def activation_stats(ctx: ScoringContext):
     """Per-space statistics, computed once per scoring context."""
     from onnxprune.measure.gated import collect_stats
 
-    return ctx.cached("stats", lambda: collect_stats(ctx.model, ctx.groups, ctx.view, ctx.data, ctx.progress))
+    model, view, data = ctx.data_inputs()
+    return ctx.cached("stats", lambda: collect_stats(model, ctx.groups, view, data, ctx.progress))
 
 
 class StatisticCriterion(Criterion):

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 
 from onnxprune.analysis import ChannelGroup
 from onnxprune.errors import InputError
 from onnxprune.registry import Registry
+
+if TYPE_CHECKING:
+    from onnxprune.measure.calibration import CalibrationData
+    from onnxprune.model.view import ModelView
 
 #: criterion name -> its instance (the built-in criteria modules are listed in `onnxprune/registry.py`)
 CRITERIA: Registry[Criterion] = Registry("criterion", parameter="criterion")
@@ -22,14 +28,20 @@ class ScoringContext:
     for data-driven criteria the model, its view and the calibration data (`cache` keeps what
     several criteria share, e.g. activation statistics)."""
 
-    weights: dict[str, np.ndarray]
+    weights: Mapping[str, np.ndarray]
     groups: list[ChannelGroup]
     seed: int = 0
-    model: object = None
-    view: object = None
-    data: object = None
-    progress: object = None
+    model: onnx.ModelProto | None = None
+    view: ModelView | None = None
+    data: CalibrationData | None = None
+    progress: Callable[[], object] | None = None
     cache: dict = field(default_factory=dict)
+
+    def data_inputs(self) -> tuple[onnx.ModelProto, ModelView, CalibrationData]:
+        """The model, its view and the calibration data a data-driven criterion reads (the scoring
+        stage passes the model and view; `Criterion.check` has refused a missing `data`)."""
+        assert self.model is not None and self.view is not None and self.data is not None, "a data-driven context"
+        return self.model, self.view, self.data
 
     def cached(self, key: str, compute):
         """`compute()` once per context."""

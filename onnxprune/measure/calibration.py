@@ -62,7 +62,7 @@ class Preprocess:
                     f"{{preprocess}}: {key} has {len(values)} values for images with {images.shape[-1]} channels",
                     parameter="preprocess",
                 )
-        x = images.astype(np.float32) / self.scale
+        x: np.ndarray = images.astype(np.float32) / self.scale
         if self.mean is not None:
             x = x - np.asarray(self.mean, np.float32)
         if self.std is not None:
@@ -107,7 +107,7 @@ class CalibrationData:
     seed: int = 0
     labels_available: bool = False
     _files: list[tuple[Path, int]] = field(default_factory=list, repr=False)
-    _arrays: tuple | None = field(default=None, repr=False)
+    _arrays: tuple[np.ndarray, np.ndarray | None] | None = field(default=None, repr=False)
 
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """Stream the set in batches; only one batch of inputs is in memory at a time."""
@@ -121,7 +121,8 @@ class CalibrationData:
         """Number of batches `batches()` yields."""
         return math.ceil(self.samples / self.batch_size)
 
-    def _array_batch(self, start: int, stop: int):
+    def _array_batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+        assert self._arrays is not None, "a calibration set reads either image files or arrays"
         x, y = self._arrays
         batch = np.asarray(x[start:stop])
         if batch.dtype == np.uint8:
@@ -130,7 +131,7 @@ class CalibrationData:
             )
         return batch.astype(self.target.dtype, copy=False), (None if y is None else np.asarray(y[start:stop]))
 
-    def _files_batch(self, start: int, stop: int):
+    def _files_batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         chosen = self._files[start:stop]
         images = [_read_image(path, self.preprocess.resize) for path, _ in chosen]
         if len({image.shape for image in images}) > 1:
@@ -138,8 +139,7 @@ class CalibrationData:
                 f"{{calib}} {self.source}: images of different sizes in one batch; add {{preprocess}} resize=SIZE",
                 parameter="calib",
             )
-        images = np.stack(images)
-        x = self.preprocess.apply(images, self.target.channels_first).astype(self.target.dtype, copy=False)
+        x = self.preprocess.apply(np.stack(images), self.target.channels_first).astype(self.target.dtype, copy=False)
         return x, np.array([label for _, label in chosen], dtype=np.int64)
 
 
@@ -191,7 +191,7 @@ def _check_sample_shape(data: CalibrationData) -> None:
         )
 
 
-def _load_arrays(path: Path, input_name: str):
+def _load_arrays(path: Path, input_name: str) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         if path.suffix == ".npy":
             return np.load(path, mmap_mode="r"), None
@@ -230,7 +230,8 @@ def _read_image(path: Path, size: int | None) -> np.ndarray:
         with Image.open(path) as image:
             image = image.convert("RGB")
             if size is not None and image.size != (size, size):
-                image = image.resize((size, size), Image.BILINEAR)
+                bilinear = Image.BILINEAR  # type: ignore[attr-defined]  # PIL defines it at run time
+                image = image.resize((size, size), bilinear)
             return np.asarray(image)
     except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
         raise InputError(f"{{calib}}: cannot read image {path} ({exc})", parameter="calib") from None

@@ -91,7 +91,8 @@ class GatedModel:
         return gated
 
     def _insert_gate(self, graph: onnx.GraphProto, space: Space, view: ModelView) -> str:
-        rank, size = len(view.shape(space.tensor)), view.shape(space.tensor)[space.axis]
+        dims = view.shapes[space.tensor]  # a probe's shape is known (analysis found its channels)
+        rank, size = len(dims), dims[space.axis]
         gate, gated = self.gate_name(space), f"{space.tensor}::gated{space.axis}"
         graph.input.append(helper.make_tensor_value_info(gate, onnx.TensorProto.FLOAT, [size]))
         shape = [1] * rank
@@ -139,16 +140,17 @@ class SpaceStats:
     """Running per-atom statistics of one probed activation space."""
 
     size: int
-    elements: np.ndarray = None
-    total: np.ndarray = None
-    total_abs: np.ndarray = None
-    total_sq: np.ndarray = None
-    zeros: np.ndarray = None
-    rank_sum: np.ndarray = None
+    # per-atom sums, zeros of `size` to start
+    elements: np.ndarray = field(init=False)
+    total: np.ndarray = field(init=False)
+    total_abs: np.ndarray = field(init=False)
+    total_sq: np.ndarray = field(init=False)
+    zeros: np.ndarray = field(init=False)
+    rank_sum: np.ndarray = field(init=False)
     samples: int = 0
     sensitivity: dict = field(default_factory=dict)  # consumer node -> running max per atom
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("elements", "total", "total_abs", "total_sq", "zeros", "rank_sum"):
             setattr(self, name, np.zeros(self.size))
 
@@ -197,9 +199,9 @@ def collect_stats(
     """Stream the calibration data once; per probed space, running statistics and, per consumer,
     the empirical sensitivity max_x (|W[:, c]|_1 mean|a_c(x)|) / sum_k (|W[:, k]|_1 mean|a_k(x)|)."""
     gated = GatedModel(model, groups, view, observe=True)
-    stats = {s: SpaceStats(view.shape(s.tensor)[s.axis]) for s in gated.spaces}
+    stats = {s: SpaceStats(view.shapes[s.tensor][s.axis]) for s in gated.spaces}
     column_norms = {
-        p: np.abs(member_matrix(view.value(p.weight.space.tensor), p.weight.space.axis)).sum(axis=1)
+        p: np.abs(member_matrix(view.consts[p.weight.space.tensor], p.weight.space.axis)).sum(axis=1)
         for p in gated.probes
     }
     for feeds, _ in data.batches():

@@ -4,6 +4,7 @@ session factory every stage uses, and running a model on CPU."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -29,7 +30,7 @@ def onnxruntime():
 IN_MEMORY_BYTES = 1024
 
 
-def _skeleton(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str]]:
+def _skeleton(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str]]:
     """The model with its large initializers marked external (their values come from memory);
     small ones are embedded, from `arrays` when given there."""
     skeleton = copy_without_initializers(model)
@@ -68,7 +69,7 @@ def session_options(optimize: bool = False, threads: int = 0, spin: bool = True,
 
 def make_session(
     model: onnx.ModelProto | str | os.PathLike,
-    arrays: dict[str, np.ndarray] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
     optimize: bool = False,
     threads: int = 0,
     providers: list[str] | tuple[str, ...] | None = None,
@@ -104,14 +105,15 @@ def run_model(
     model: onnx.ModelProto,
     feeds: dict[str, np.ndarray],
     optimize: bool = False,
-    arrays: dict[str, np.ndarray] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
     """Run a model with ONNX Runtime on CPU; returns outputs by name. Without graph optimizations,
     large weights are fed as inputs: ONNX Runtime copies the initializers of a session, but reads
     inputs in place, so a big model's weights are not held twice."""
     try:
+        weights: dict[str, np.ndarray] = {}
         if optimize:
-            session, weights = make_session(model, arrays, optimize), {}
+            session = make_session(model, arrays, optimize)
         else:
             skeleton, weights = _weights_as_inputs(model, arrays or {})
             session = make_session(skeleton)
@@ -123,7 +125,7 @@ def run_model(
         raise InputError(f"ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:300]}") from None
 
 
-def _weights_as_inputs(model: onnx.ModelProto, arrays: dict) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def _weights_as_inputs(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The model with its initializers over IN_MEMORY_BYTES turned into graph inputs, and their
     values (from `arrays` by name, else the model's own) to feed."""
     skeleton = copy_without_initializers(model)

@@ -81,14 +81,15 @@ class ModelView:
         return self.consts.get(name)
 
 
-class ChainValues(Mapping):
+class ChainValues(Mapping[str, np.ndarray]):
     """A model's initializers by name, and the outputs of its weight chains (layout and precision
     ops over initializers, as a pruned model with stored precision holds them), computed when
     first read."""
 
     def __init__(self, inits: Mapping, nodes, opset: int):
         self._inits, self._opset = inits, opset
-        self._nodes, self._values = {}, {}
+        self._nodes: dict[str, onnx.NodeProto] = {}
+        self._values: dict[str, np.ndarray] = {}
         for node in nodes:
             known = [n for n in node.input if n]
             if (

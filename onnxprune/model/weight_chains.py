@@ -198,7 +198,9 @@ def find_weight_chains(model: onnx.ModelProto) -> ChainSet:
     graph = model.graph
     stored = {init.name: init for init in graph.initializer}
     stored.update(_constant_tensors(graph))
-    constant, chain_nodes, provenance = set(stored), {}, {}
+    constant = set(stored)
+    chain_nodes: dict[str, onnx.NodeProto] = {}
+    provenance: dict[str, dict] = {}
     for node in graph.node:
         inputs = [name for name in node.input if name]
         if node.op_type == "Constant" or not inputs or not all(name in constant for name in inputs):

@@ -24,7 +24,9 @@ def batchnorm_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 def input_statistics(model: onnx.ModelProto, tensor: str, data, batches: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (axis 1) mean and population variance of `tensor` over the first `batches`."""
     session = make_session(with_outputs(model, [tensor]), optimize=True)
-    count, total, total_sq = 0, 0.0, 0.0
+    count = 0
+    total: np.ndarray | float = 0.0
+    total_sq: np.ndarray | float = 0.0
     for index, (feeds, _) in enumerate(data.batches()):
         if index >= batches:
             break
@@ -33,8 +35,8 @@ def input_statistics(model: onnx.ModelProto, tensor: str, data, batches: int) ->
         count += x.shape[1]
         total = total + x.sum(axis=1)
         total_sq = total_sq + (x * x).sum(axis=1)
-    mean = total / max(count, 1)
-    return mean, np.maximum(total_sq / max(count, 1) - mean * mean, 0.0)
+    mean = np.asarray(total) / max(count, 1)
+    return mean, np.maximum(np.asarray(total_sq) / max(count, 1) - mean * mean, 0.0)
 
 
 def recalibrate_batchnorm(model: onnx.ModelProto, data, batches: int) -> list[str]:

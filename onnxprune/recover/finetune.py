@@ -57,6 +57,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -132,7 +133,9 @@ def _epoch_batches(data: CalibrationData, seed: int, shard: Shard = SINGLE_PROCE
                     len(chosen),
                 )
         return
+    assert data._arrays is not None, "a calibration set reads either image files or arrays"
     x, y = data._arrays
+    assert y is not None, "fine-tuning data is labelled (`_labelled`)"
     perm = np.random.default_rng(seed).permutation(data.samples)
     for start in range(0, data.samples, data.batch_size):
         idx = np.sort(perm[start : start + data.batch_size])
@@ -254,10 +257,11 @@ class _Settings:
 class _Run:
     """The mutable state of a fine-tuning run (what a checkpoint holds)."""
 
-    module: object
-    opt: object
-    sched: object
-    gen: object
+    # torch objects (torch is imported lazily, so they are typed Any)
+    module: Any
+    opt: Any
+    sched: Any
+    gen: Any
     history: list = field(default_factory=list)
     initial: dict | None = None
     start_epoch: int = 1
@@ -539,6 +543,7 @@ def finetune(
         run = _Run.begin(module, settings, epochs * inputs.train.num_batches, seed)
         ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if resume:
+            assert ckpt_dir is not None, "resume without checkpoint_dir was refused above"
             run.restore(ckpt_dir / CHECKPOINT_NAME, epochs, module)
         log = log if shard.main else None
         started = time.perf_counter()

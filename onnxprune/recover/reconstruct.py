@@ -77,8 +77,8 @@ class NormalEquations:
     """
 
     intercept: bool = True
-    ata: np.ndarray = None
-    aty: np.ndarray = None
+    ata: np.ndarray | None = None
+    aty: np.ndarray | None = None
     rows: int = 0
     grouped: bool = False
 
@@ -92,7 +92,7 @@ class NormalEquations:
         if self.intercept:
             a[:, :, -1] = 1.0
         ata, aty = np.einsum("rgd,rge->gde", a, a), np.einsum("rgd,rgo->gdo", a, y3)
-        if self.ata is None:
+        if self.ata is None or self.aty is None:  # the first rows (both are set together)
             self.ata, self.aty = ata, aty
         else:
             self.ata += ata
@@ -102,6 +102,7 @@ class NormalEquations:
     def solve(self, ridge: float) -> tuple[np.ndarray, np.ndarray]:
         """(W [D, O], b [O]) minimizing |Y - XW - b|² + λ·mean(diag XᵀX)·|W|² (per group:
         W [G, D, O], b [G, O])."""
+        assert self.ata is not None and self.aty is not None, "rows were added"
         solved = [self._solve_one(ata, aty, ridge) for ata, aty in zip(self.ata, self.aty)]
         w, b = np.stack([s[0] for s in solved]), np.stack([s[1] for s in solved])
         return (w, b) if self.grouped else (w[0], b[0])
@@ -170,7 +171,7 @@ def find_layers(pruned: onnx.ModelProto, weights: dict[str, dict]) -> tuple[list
             continue
         in_axis, out_axis = layout
         out_kept = record["kept"].get(str(out_axis))
-        kernel = tuple(view.value(weight).shape[2:]) if spec.kernel else None
+        kernel = tuple(view.consts[weight].shape[2:]) if spec.kernel else None  # the weight is a constant
         layers.append(
             Layer(
                 node,
@@ -217,7 +218,7 @@ def _input_reduced(node: onnx.NodeProto, spec: WeightLayout, axes: tuple[int, in
 def _unsupported(node: onnx.NodeProto, spec: WeightLayout, view: ModelView) -> str | None:
     """Why a layer is not refitted, or None."""
     name, op = node.input[spec.weight], node.op_type
-    weight, users = view.value(name), view.consumers.get(name, [])
+    weight, users = view.consts[name], view.consumers.get(name, [])
     if len(users) > 1:
         return "weight shared with other nodes"
     if weight.dtype != np.float32:
@@ -230,7 +231,7 @@ def _unsupported(node: onnx.NodeProto, spec: WeightLayout, view: ModelView) -> s
     if spec.input_transposed_by and attr(node, spec.input_transposed_by, 0):
         return f"{op} with {spec.input_transposed_by}=1"
     bias = _bias(node, spec)
-    if bias and (not view.is_const(bias) or view.value(bias).size != weight.shape[spec.axes(node)[1]]):
+    if bias and (not view.is_const(bias) or view.consts[bias].size != weight.shape[spec.axes(node)[1]]):
         return f"{op} bias {_input_name(op, spec.bias or 0)} is not a per-output vector"
     if spec.gain and float(attr(node, spec.gain[0], 1.0)) == 0.0:
         return f"{op} with {spec.gain[0]}=0"
@@ -327,8 +328,9 @@ def accumulate(
 ) -> int:
     """Stream the first `fit_batches` calibration batches; fills each layer's NormalEquations.
     Returns the number of samples used."""
-    for layer in layers:
-        layer.stats = NormalEquations(intercept=layer.spec.bias is not None)
+    equations = [NormalEquations(intercept=layer.spec.bias is not None) for layer in layers]
+    for layer, stats in zip(layers, equations):
+        layer.stats = stats
     reads = make_session(with_outputs(pruned, [layer.node.input[0] for layer in layers]), optimize=True)
     targets = make_session(with_outputs(original, [layer.node.output[0] for layer in layers]), optimize=True)
     rng, samples = np.random.default_rng(seed), 0
@@ -337,9 +339,9 @@ def accumulate(
             break
         x = dict(zip([o.name for o in reads.get_outputs()], reads.run(None, feeds)))
         y = dict(zip([o.name for o in targets.get_outputs()], targets.run(None, feeds)))
-        for layer in layers:
+        for layer, stats in zip(layers, equations):
             for xs, ys in layer_rows(layer, x[layer.node.input[0]], y[layer.node.output[0]], rng):
-                layer.stats.add(xs, ys)
+                stats.add(xs, ys)
         samples += len(next(iter(feeds.values())))
         if progress:
             progress()
@@ -352,7 +354,9 @@ def write_fit(model: onnx.ModelProto, layer: Layer, ridge: float) -> dict:
     inits = {init.name: init for init in model.graph.initializer}
     node = next(n for n in model.graph.node if node_label(n) == layer.name)
     old = numpy_helper.to_array(inits[layer.weight])
-    w, b = layer.stats.solve(ridge)  # w [D, O]
+    stats = layer.stats
+    assert stats is not None, "accumulate() filled the layer's normal equations"
+    w, b = stats.solve(ridge)  # w [D, O]
     spec = layer.spec
     alpha, beta = (float(attr(node, a, 1.0)) for a in spec.gain) if spec.gain else (1.0, 1.0)
     if layer.kernel is not None:  # w [G, D, O/G] (grouped) or [D, O]
@@ -367,7 +371,7 @@ def write_fit(model: onnx.ModelProto, layer: Layer, ridge: float) -> dict:
         "weight": layer.weight,
         "bias": layer.bias,
         "bias_added": False,
-        "rows": layer.stats.rows,
+        "rows": stats.rows,
     }
     if spec.bias is None:
         entry["bias"] = None  # no bias input (MatMul): fitted without an intercept

@@ -25,7 +25,7 @@ def kept_per_layer(nodes: Iterable, groups: list, kept: dict) -> list[dict]:
     """One row per producer layer (a node whose weight holds output filters: Conv, Gemm, MatMul…)
     in network order: its channel group, output channels, channels kept and whether the group is
     frozen. `kept` maps group id -> kept channel ids (groups missing from it keep everything)."""
-    producers = {}
+    producers: dict[str, tuple] = {}  # node label -> (group, space)
     for group in groups:
         for member in group.members_with("out"):
             producers.setdefault(member.node, (group, member.space))

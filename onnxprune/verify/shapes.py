@@ -185,9 +185,9 @@ def _fill_open_dims(
     """Give every open dim a size: a hint when there is one (and it runs), else the first probe
     that runs."""
     hint = metadata_image_size(model)
-    hinted = hint is not None and all(kind == "image" for dims in open_dims.values() for _, _, kind in dims)
-    if hinted:
-        _assign(result, open_dims, known, lambda kind, index: hint[index % 2])
+    if hint is not None and all(kind == "image" for dims in open_dims.values() for _, _, kind in dims):
+        image_size = hint
+        _assign(result, open_dims, known, lambda kind, index: image_size[index % 2])
         if not probe or _runs(model, result.shapes) is None:
             _mark(result, open_dims, f"hint: metadata imgsz {list(hint)}")
             return

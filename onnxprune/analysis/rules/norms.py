@@ -83,7 +83,7 @@ def _last_axis_mean(view: ModelView, node) -> bool:
     if axes is None and len(node.input) > 1 and node.input[1]:
         value = view.value(node.input[1])
         axes = None if value is None else value.reshape(-1).tolist()
-    return bool(shape) and axes is not None and [a % len(shape) for a in axes] == [len(shape) - 1]
+    return bool(shape and axes is not None and [a % len(shape) for a in axes] == [len(shape) - 1])
 
 
 def _scalar(view: ModelView, name: str) -> float | None:
@@ -126,7 +126,7 @@ def _match(view: ModelView, var_reduce) -> DecomposedNorm | None:
         return None
     centre = view.producer.get(u)
     mean = view.producer.get(centre.input[1]) if centre is not None and centre.op_type == "Sub" else None
-    if mean is not None and _last_axis_mean(view, mean) and mean.input[0] == centre.input[0]:
+    if centre is not None and mean is not None and _last_axis_mean(view, mean) and mean.input[0] == centre.input[0]:
         kind, x, nodes = "LayerNorm", centre.input[0], [mean, centre, square, var_reduce]
     else:
         kind, x, mean, nodes = "RMSNorm", u, None, [square, var_reduce]
@@ -196,7 +196,8 @@ def _affine(view: ModelView, norm: DecomposedNorm) -> None:
         param = _other(node, norm.output) if node is not None else None
         value = view.value(param) if param else None
         if (
-            value is None
+            param is None
+            or value is None
             or value.ndim < 1
             or np.prod(value.shape[:-1]) != 1
             or value.shape[-1] != (view.shape(norm.x) or (None,))[-1]
@@ -214,16 +215,15 @@ def _closed(view: ModelView, norm: DecomposedNorm) -> bool:
     the shapes are static on the normalized axis."""
     inside = {id(n) for n in norm.nodes}
     outs = {o for n in norm.nodes for o in n.output}
-    channels = (view.shape(norm.x) or (None,))[-1]
+    x_shape = view.shape(norm.x) or (None,)
+    channels = x_shape[-1]
     if not isinstance(channels, int) or channels < 2:
         return False
     for name in outs - {norm.output}:
         if name in view.graph_outputs or any(id(u) not in inside for u in _users(view, name)):
             return False
-    rank = len(view.shape(norm.x))
-    norm.full = {
-        t for t in outs | {norm.x} if view.shape(t) and len(view.shape(t)) == rank and view.shape(t)[-1] == channels
-    }
+    rank = len(x_shape)
+    norm.full = {t for t in outs | {norm.x} if (shape := view.shape(t)) and len(shape) == rank and shape[-1] == channels}
     return True
 
 

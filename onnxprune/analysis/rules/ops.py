@@ -492,7 +492,8 @@ def align_axes(in_shape: tuple, out_shape: tuple) -> list[tuple[list[int], list[
 
     Dynamic dims pair only with the identical symbol. Returns None when no pairing exists.
     """
-    pairs, i, j = [], 0, 0
+    pairs: list[tuple[list[int], list[int]]] = []
+    i = j = 0
     while i < len(in_shape) or j < len(out_shape):
         if i < len(in_shape) and not isinstance(in_shape[i], int):
             if in_shape[i] is None or j >= len(out_shape) or in_shape[i] != out_shape[j]:
@@ -587,7 +588,7 @@ def _target_entries(view, name: str, rank: int, data: str | None = None) -> list
     producer = target_concat(view.producer, name)
     if producer is None:
         return [None] * rank
-    entries = []
+    entries: list[int | None] = []
     for piece in producer.input:
         piece_value = view.value(piece)
         size = (view.shape(piece) or (None,))[0]
@@ -669,6 +670,7 @@ def _rewrite_pad(node, ctx) -> None:
     x, y = node.input[0], node.output[0]
     rank = len(ctx.shape(x))
     pads = _pads(node, ctx.view, rank)
+    assert pads is not None, "the Pad rule froze the node when its pads are computed at run time"
     new = list(pads)
     for axis in range(rank):
         kept = ctx.kept(y, axis)
@@ -732,14 +734,15 @@ def _computed_slice_axes(node, view, rank: int) -> dict[int, None] | None:
     return None if axes is None else {a % rank: None for a in axes}
 
 
-def _slice_ranges(node, view) -> dict[int, tuple[int, int, int]] | None:
-    """Sliced axes -> (start, end, step), normalized to the axis size; full ranges are left out."""
+def _slice_ranges(node, view) -> dict[int, tuple[int, int, int] | None] | None:
+    """Sliced axes -> (start, end, step), normalized to the axis size (None: an axis of unknown size not
+    wholly kept); full ranges are left out."""
     starts, ends, axes, steps = _slice_bounds(node, view)
     shape = view.shape(node.input[0])
     if starts is None or ends is None:
         return None
     axes = [a % len(shape) for a in (axes or range(len(starts)))]
-    ranges = {}
+    ranges: dict[int, tuple[int, int, int] | None] = {}
     for axis, start, end, step in zip(axes, starts, ends, steps or [1] * len(axes)):
         size = shape[axis]
         if not isinstance(size, int):

@@ -29,14 +29,16 @@ def shape_entries(view: ModelView, name: str, depth: int = 8) -> list | None:
     if length is None or producer is None or depth == 0:
         return None if length is None else [None] * length
     op, inputs = producer.op_type, [shape_entries(view, i, depth - 1) for i in producer.input if i]
-    if op == "Concat" and all(e is not None for e in inputs):
-        entries = [e for part in inputs for e in part]
+    known = [e for e in inputs if e is not None]
+    complete = len(known) == len(inputs)  # every input's entries are known
+    if op == "Concat" and complete:
+        entries = [e for part in known for e in part]
     elif op in PASS_THROUGH and inputs and inputs[0] is not None:
         entries = inputs[0]
-    elif op == "Equal" and len(inputs) == 2 and None not in inputs:
-        entries = [None if a is None or b is None else int(a == b) for a, b in _broadcast(*inputs, length)]
-    elif op == "Where" and len(inputs) == 3 and None not in inputs:
-        cond, a, b = (_broadcast_one(e, length) for e in inputs)
+    elif op == "Equal" and len(inputs) == 2 and complete:
+        entries = [None if a is None or b is None else int(a == b) for a, b in _broadcast(known[0], known[1], length)]
+    elif op == "Where" and len(inputs) == 3 and complete:
+        cond, a, b = (_broadcast_one(e, length) for e in known)
         entries = [None if c is None else (x if c else y) for c, x, y in zip(cond, a, b)]
     else:
         entries = [None] * length
