@@ -61,6 +61,14 @@ class RoundingConfig:
         """True for `to='auto'`."""
         return self.to == "auto"
 
+    @property
+    def multiple(self) -> int:
+        """The multiple selection rounds kept counts to: `to`, or 1 for 'auto' (rounding comes after)."""
+        if self.auto:
+            return 1
+        assert not isinstance(self.to, str), "validate() refuses a `to` that is neither an integer nor 'auto'"
+        return self.to
+
     def validate(self, allocation: AllocationRequest) -> None:
         """InputError for a bad `to`/`batch`, 'auto' with a target, or a missing provider."""
         if not self.auto:
@@ -177,7 +185,7 @@ class PruneConfig:
     def select_options(self) -> SelectOptions:
         """What selection needs (an 'auto' rounding selects unrounded; rounding comes after)."""
         s = self.selection
-        return SelectOptions(s.ratio, s.min_channels, 1 if self.rounding.auto else self.rounding.to, s.scope)
+        return SelectOptions(s.ratio, s.min_channels, self.rounding.multiple, s.scope)
 
     def record(self, data: CalibrationData | None) -> dict:
         """The options as the plan file and the report record them (`options`)."""

@@ -41,6 +41,12 @@ class Analysis:
     #: not, the output does not either (it would be larger than the input for nothing).
     input_value_info: bool = True
 
+    def verification_shapes(self) -> VerificationShapes:
+        """The verification shapes `set_verification_shapes` chose (it runs before verification and
+        the report)."""
+        assert self.shapes is not None, "the verification shapes are chosen first"
+        return self.shapes
+
 
 def load_and_analyze(source: ModelLike, exclude: tuple[str, ...] = (), prune_residual: bool = False) -> Analysis:
     """Load, normalize and analyze a model (`prune_residual`: LayerNorm channels are prunable)."""

@@ -4,6 +4,7 @@ file or an image folder (`class/xxx.jpg`), with a small preprocessing spec."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,7 @@ class CalibrationData:
 
 
 def load_calibration(
-    path: str | Path,
+    path: str | os.PathLike,
     model: onnx.ModelProto,
     samples: int | None = None,
     preprocess: str | Preprocess | None = None,

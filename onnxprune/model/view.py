@@ -11,7 +11,7 @@ import onnx
 
 from onnxprune.model.shapes import tensor_shapes
 from onnxprune.model.tensors import initializers
-from onnxprune.model.weight_chains import CHAIN_OPS, evaluate_chain_outputs
+from onnxprune.model.weight_chains import CHAIN_OPS, ChainSet, evaluate_chain_outputs
 
 
 class ModelView:
@@ -28,7 +28,7 @@ class ModelView:
         self.consts = ChainValues(initializers(model), model.graph.node, self.opset)
         #: the input's weight chains (`model/weight_chains.py`) when this view is of a model that
         #: normalization folded them in: `apply_plan` puts them back, their stored tensors sliced
-        self.weight_chains = None
+        self.weight_chains: ChainSet | None = None
 
     @cached_property
     def consumers(self) -> dict[str, list[onnx.NodeProto]]:

@@ -51,14 +51,18 @@ class RewriteContext:
         """Kept indices of an axis, or None when it is not pruned."""
         return self._kept.get(Space(tensor, axis))
 
-    def shape(self, tensor: str) -> tuple:
-        """The tensor's shape before pruning."""
+    def shape(self, tensor: str) -> tuple | None:
+        """The tensor's shape before pruning (None when unknown)."""
         return self.view.shape(tensor)
 
     def new_size(self, tensor: str, axis: int) -> int:
         """The axis's size after pruning."""
         kept = self.kept(tensor, axis)
-        return len(kept) if kept is not None else self.shape(tensor)[axis]
+        if kept is not None:
+            return len(kept)
+        shape = self.shape(tensor)
+        assert shape is not None, f"the shape of {tensor} is known (the rule that rewrites it read it)"
+        return shape[axis]
 
     def const(self, name: str) -> np.ndarray | None:
         """A constant's value before pruning."""
@@ -129,7 +133,7 @@ def _slice_initializers(model: onnx.ModelProto, pruned: onnx.ModelProto, view: M
         if not axes:
             pruned.graph.initializer.append(init)
             continue
-        value = view.value(init.name)
+        value = view.consts[init.name]
         sliced = value[np.ix_(*[axes.get(a, np.arange(n)) for a, n in enumerate(value.shape)])]
         pruned.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(sliced), init.name))
         record[init.name] = {

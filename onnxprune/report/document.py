@@ -43,7 +43,7 @@ def group_rows(
         row["macs"] = group_macs(group, macs)
         row["macs_share"] = row["macs"] / total
         row["params"] = _member_params(group, view)
-        if pruned is not None:
+        if pruned is not None and macs_after is not None:
             row["macs_after"] = group_macs(group, macs_after)
             row["params_after"] = _member_params(group, pruned)
         rows.append(row)
@@ -53,7 +53,8 @@ def group_rows(
 def _member_params(group: ChannelGroup, view: ModelView) -> int:
     """Elements of the weight tensors that hold the group's channels (each tensor once)."""
     names = {m.space.tensor for m in group.members}
-    return int(sum(view.value(n).size for n in names if view.value(n) is not None))
+    values = (view.value(n) for n in names)
+    return int(sum(value.size for value in values if value is not None))
 
 
 def prunable_share(groups: list[ChannelGroup], view: ModelView, shapes: dict | None = None) -> float:
@@ -84,7 +85,8 @@ def prune_report(analysis: Analysis, verified: Verified, criterion: str, options
     verification (when it ran) and the shapes it ran at."""
     pruned = verified.applied.model
     pruned_view = ModelView(pruned)
-    pruned_shapes = macs_shapes(pruned, analysis.shapes.shapes)
+    shapes = analysis.verification_shapes()
+    pruned_shapes = macs_shapes(pruned, shapes.shapes)
     rows = group_rows(analysis.groups, analysis.view, verified.plan, pruned_view, analysis.macs_shapes, pruned_shapes)
     check = verified.check
     report = build_report(
@@ -93,7 +95,7 @@ def prune_report(analysis: Analysis, verified: Verified, criterion: str, options
         rows,
         criterion,
         options,
-        verification_report(check, analysis.shapes, verified.failed) if check else None,
+        verification_report(check, shapes, verified.failed) if check else None,
     )
-    report["shapes"] = analysis.shapes.to_dict()
+    report["shapes"] = shapes.to_dict()
     return report

@@ -56,6 +56,7 @@ def plan_pruning(
         request.layerwise_map(),
         progress,
     )
+    assert request.strategy is not None, "an active request has chosen its strategy"
     result = allocate(ctx, request.strategy)
     layers = kept_per_layer(analysis.view.graph.node, analysis.groups, result.plan.kept)
     achieved = ctx.value(result.plan) if budget is not None else None
@@ -90,6 +91,7 @@ def allocation_report(result: Allocation, request: AllocationRequest, report: di
     }
     if request.kind:
         budget = request.resolved
+        assert budget is not None, "plan_pruning resolved the target to a budget"
         achieved = {"flops": report["after"]["macs"], "params": report["after"]["params"]}.get(
             request.kind, getattr(result, "achieved", None)
         )

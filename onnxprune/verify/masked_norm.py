@@ -41,7 +41,7 @@ def masked_norm_reference(model: onnx.ModelProto, kept: dict[Space, np.ndarray],
         _mask_decomposed(reference.graph, list(norms.values()), view.opset)
     if not targets:
         return reference
-    nodes = []
+    nodes: list[onnx.NodeProto] = []
     for node in reference.graph.node:
         mask = _kept_of(node, kept, view) if node.op_type == "LayerNormalization" else None
         nodes += _masked_layer_norm(node, mask, reference.graph) if mask is not None else [node]
@@ -56,11 +56,11 @@ def _kept_of(
     """0/1 mask of the kept channels of the last axis of `x` (default: the node's input), or None
     when none were pruned."""
     x = x or node.input[0]
-    rank = len(view.shape(x) or ())
-    indices = kept.get(Space(x, rank - 1)) if rank else None
+    shape = view.shape(x) or ()
+    indices = kept.get(Space(x, len(shape) - 1)) if shape else None
     if indices is None:
         return None
-    mask = np.zeros(view.shape(x)[-1], np.float32)
+    mask = np.zeros(shape[-1], np.float32)
     mask[indices] = 1.0
     return mask
 

@@ -14,7 +14,7 @@ from onnxprune.model.inputs import random_inputs
 from onnxprune.model.runtime import run_model
 from onnxprune.passes.apply_plan import pruned_atoms
 from onnxprune.select.plan import PruningPlan
-from onnxprune.verify.bounded_outputs import bounded_outputs
+from onnxprune.verify.bounded_outputs import BoundedOutputs, bounded_outputs
 from onnxprune.verify.compare import OutputCheck, compare_one
 from onnxprune.verify.masked_norm import masked_norm_reference
 from onnxprune.verify.noise import K as NOISE_K, Noise, measure_noise, tolerance as noise_tolerance
@@ -86,7 +86,7 @@ def masked_weights(view: ModelView, plan: PruningPlan) -> dict[str, np.ndarray]:
                 masks.setdefault(member.space.tensor, []).append(
                     (member.space.axis, group.kept_atoms(member.space, dropped), member.fill)
                 )
-    return {name: _masked_copy(view.value(name), tensor_masks) for name, tensor_masks in masks.items()}
+    return {name: _masked_copy(view.consts[name], tensor_masks) for name, tensor_masks in masks.items()}
 
 
 def _masked_copy(value: np.ndarray, masks: list) -> np.ndarray:
@@ -104,8 +104,8 @@ def _masked_copy(value: np.ndarray, masks: list) -> np.ndarray:
     for axis, indices, _ in masks:
         kept[axis][indices] = False
     result = lazy_zeros(value.shape, value.dtype)
-    index = np.ix_(*[np.flatnonzero(k) for k in kept])
-    result[index] = value[index]
+    kept_index = np.ix_(*[np.flatnonzero(k) for k in kept])
+    result[kept_index] = value[kept_index]
     return result
 
 
@@ -163,7 +163,7 @@ class Reference:
     arrays: dict
     feeds: dict
     outputs: dict
-    bounded: object  # analysis.bounded_outputs.BoundedOutputs
+    bounded: BoundedOutputs
     raw: dict
 
     @classmethod

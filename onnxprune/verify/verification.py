@@ -49,7 +49,7 @@ def set_verification_shapes(analysis: Analysis, input_shapes: dict | None, requi
         if required:
             raise
         analysis.shapes = choose_shapes(analysis.model, input_shapes, probe=False)
-    analysis.macs_shapes = macs_shapes(analysis.model, analysis.shapes.shapes)
+    analysis.macs_shapes = macs_shapes(analysis.model, analysis.verification_shapes().shapes)
 
 
 def verify_or_freeze(
@@ -57,7 +57,7 @@ def verify_or_freeze(
 ) -> Verified:
     """Verify the pruned model; when it fails, refuse (`strict`) or freeze the failing groups
     (found by bisection, each step pruned by `apply`) and verify the rest."""
-    check = verify(analysis.model, applied.model, plan, seed, analysis.shapes.verify_shapes(), analysis.view)
+    check = verify(analysis.model, applied.model, plan, seed, analysis.verification_shapes().verify_shapes(), analysis.view)
     if check.ok:
         return Verified(plan, applied, check)
     if strict:
@@ -70,7 +70,7 @@ def freeze_failing_groups(
 ) -> Verified:
     """Bisect for the groups whose pruning fails verification, freeze them with the reason, and
     prune the rest. VerificationError when no pruned group is left or the final model still fails."""
-    shapes = analysis.shapes.verify_shapes()
+    shapes = analysis.verification_shapes().verify_shapes()
     fixed, fixed_view = static_copy(analysis, shapes)
 
     def verify_plan(partial: PruningPlan) -> VerifyResult:
@@ -95,7 +95,7 @@ def static_copy(analysis: Analysis, shapes: dict) -> tuple[onnx.ModelProto, Mode
     """The normalized model with its graph inputs fixed to the verification shapes and shapes
     inferred there (static shapes make each bisection step's apply fast), and its view; the
     analysis' own when no input dim is dynamic."""
-    if not analysis.shapes.is_dynamic:
+    if not analysis.verification_shapes().is_dynamic:
         return analysis.model, analysis.view
     fixed = onnx.ModelProto()
     fixed.CopyFrom(analysis.model)
