@@ -125,7 +125,9 @@ def run_model(
         raise InputError(f"ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:300]}") from None
 
 
-def _weights_as_inputs(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def _weights_as_inputs(
+    model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The model with its initializers over IN_MEMORY_BYTES turned into graph inputs, and their
     values (from `arrays` by name, else the model's own) to feed."""
     skeleton = copy_without_initializers(model)

@@ -57,7 +57,9 @@ def verify_or_freeze(
 ) -> Verified:
     """Verify the pruned model; when it fails, refuse (`strict`) or freeze the failing groups
     (found by bisection, each step pruned by `apply`) and verify the rest."""
-    check = verify(analysis.model, applied.model, plan, seed, analysis.verification_shapes().verify_shapes(), analysis.view)
+    check = verify(
+        analysis.model, applied.model, plan, seed, analysis.verification_shapes().verify_shapes(), analysis.view
+    )
     if check.ok:
         return Verified(plan, applied, check)
     if strict:

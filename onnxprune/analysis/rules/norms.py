@@ -223,7 +223,9 @@ def _closed(view: ModelView, norm: DecomposedNorm) -> bool:
         if name in view.graph_outputs or any(id(u) not in inside for u in _users(view, name)):
             return False
     rank = len(x_shape)
-    norm.full = {t for t in outs | {norm.x} if (shape := view.shape(t)) and len(shape) == rank and shape[-1] == channels}
+    norm.full = {
+        t for t in outs | {norm.x} if (shape := view.shape(t)) and len(shape) == rank and shape[-1] == channels
+    }
     return True
 
 
