@@ -542,8 +542,7 @@ def finetune(
         teacher_module = _teacher_module(teacher, dev)
         run = _Run.begin(module, settings, epochs * inputs.train.num_batches, seed)
         ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        if resume:
-            assert ckpt_dir is not None, "resume without checkpoint_dir was refused above"
+        if resume and ckpt_dir is not None:  # (resume without checkpoint_dir was refused above)
             run.restore(ckpt_dir / CHECKPOINT_NAME, epochs, module)
         log = log if shard.main else None
         started = time.perf_counter()
