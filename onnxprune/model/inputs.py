@@ -28,8 +28,9 @@ def random_inputs(
         if int(np.prod(shape, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
             raise InputError(
                 f"input '{info.name}' of shape {list(shape)} is too large to verify with random "
-                "data; give smaller dimensions with {shape}"
-            , parameter="shape")
+                "data; give smaller dimensions with {shape}",
+                parameter="shape",
+            )
         dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating):
             feeds[info.name] = rng.standard_normal(shape).astype(dtype)
