@@ -47,11 +47,21 @@ class AllocationContext:
     layerwise: dict | None = None
     progress: Callable | None = None
 
+    @property
+    def target(self) -> Budget:
+        """The budget, for the strategies that spend one (all but layerwise: `allocate` refuses
+        them without a target)."""
+        if self.budget is None:
+            raise ValueError("this allocation strategy needs a budget")
+        return self.budget
+
     def value(self, plan: PruningPlan) -> float:
         """The budget's quantity for a plan."""
-        if self.budget.kind == "latency":
+        if self.target.kind == "latency":
+            if self.measure is None:
+                raise ValueError("a latency budget needs a latency meter")
             return self.measure(plan)
-        return self.cost.cost(plan)[self.budget.kind]
+        return self.cost.cost(plan)[self.target.kind]
 
     def ratios_plan(self, ratios: dict[str, float]) -> PruningPlan:
         """Local selection with one ratio per group."""
@@ -111,21 +121,21 @@ def fit(
     budget (value <= target). Returns (t, its plan, the largest t tried that misses the budget)."""
     low, high = 0.0, 0.999
     best = plan_at(high)
-    if ctx.value(best) > ctx.budget.target:
+    if ctx.value(best) > ctx.target.target:
         raise InputError(
-            f"the {ctx.budget.kind} target {ctx.budget.target:.4g} cannot be reached: pruning "
+            f"the {ctx.target.kind} target {ctx.target.target:.4g} cannot be reached: pruning "
             f"every group as far as allowed gives {ctx.value(best):.4g}"
         )
     for _ in range(steps):
         middle = (low + high) / 2
         plan = plan_at(middle)
         value = ctx.value(plan)
-        history.append({"scale": middle, ctx.budget.kind: value})
-        if value <= ctx.budget.target:
+        history.append({"scale": middle, ctx.target.kind: value})
+        if value <= ctx.target.target:
             high, best = middle, plan
         else:
             low = middle
-        if ctx.budget.target * (1 - TOLERANCE) <= value <= ctx.budget.target:
+        if ctx.target.target * (1 - TOLERANCE) <= value <= ctx.target.target:
             break
     return high, best, low
 
@@ -133,9 +143,9 @@ def fit(
 def refill(ctx: AllocationContext, plan: PruningPlan, history: list[dict]) -> PruningPlan:
     """Give back pruned channels, best-scored first, while the budget still holds: closes the gap
     that coarse steps (one channel of a wide coupled group) leave below the target."""
-    if ctx.budget.kind == "latency" or ctx.options.round_to > 1:
+    if ctx.target.kind == "latency" or ctx.options.round_to > 1:
         return plan
-    if ctx.value(plan) >= ctx.budget.target * (1 - TOLERANCE):
+    if ctx.value(plan) >= ctx.target.target * (1 - TOLERANCE):
         return plan
     candidates = sorted(
         (
@@ -151,10 +161,10 @@ def refill(ctx: AllocationContext, plan: PruningPlan, history: list[dict]) -> Pr
         kept[gid].add(int(channel))
         trial = PruningPlan(plan.groups, {g: np.array(sorted(c)) for g, c in kept.items()})
         value = ctx.value(trial)
-        if value <= ctx.budget.target:
+        if value <= ctx.target.target:
             plan = trial
-            history.append({"refill": f"{gid}:{channel}", ctx.budget.kind: value})
-            if value >= ctx.budget.target * (1 - TOLERANCE):
+            history.append({"refill": f"{gid}:{channel}", ctx.target.kind: value})
+            if value >= ctx.target.target * (1 - TOLERANCE):
                 break
         else:
             kept[gid].discard(int(channel))
@@ -209,7 +219,7 @@ class AllocationRequest:
         if kind is None:
             return None
         full = PruningPlan(analysis.groups, {})
-        baseline = self.latency_meter(analysis)(full) if kind == "latency" else cost.cost(full)[kind]
+        baseline = latency_meter(analysis)(full) if kind == "latency" else cost.cost(full)[kind]
         self.resolved = parse_budget(kind, str(getattr(self, kind)), baseline)
         return self.resolved
 

@@ -36,7 +36,7 @@ def random_search(ctx: AllocationContext) -> Allocation:
     top1 = [sums.top1(i)[0] for i in range(len(plans))]
     values = [ctx.value(p) for p in plans]
     # the best score among the candidates that land within the tolerance (all of them, normally)
-    close = [i for i, v in enumerate(values) if v >= ctx.budget.target * (1 - TOLERANCE)] or range(len(plans))
+    close = [i for i, v in enumerate(values) if v >= ctx.target.target * (1 - TOLERANCE)] or range(len(plans))
     best = min(close, key=lambda i: (changes[i], i))
     history = []
     for i, plan in enumerate(plans):
@@ -47,7 +47,7 @@ def random_search(ctx: AllocationContext) -> Allocation:
                 "scale": scales[i],
                 "ratios": {g: round(r, 6) for g, r in achieved_ratios(plan).items()},
                 **ctx.cost.cost(plan),
-                ctx.budget.kind: values[i],
+                ctx.target.kind: values[i],
                 "score": changes[i],
                 "top1": top1[i],
                 "chosen": i == best,
@@ -59,7 +59,7 @@ def random_search(ctx: AllocationContext) -> Allocation:
             "score": changes[best],
             "top1": top1[best],
             "baseline_top1": sums.baseline_top1,
-            ctx.budget.kind: values[best],
+            ctx.target.kind: values[best],
         }
     )
     return Allocation(plans[best], achieved_ratios(plans[best]), history)

@@ -54,7 +54,7 @@ def sensitivity_allocation(ctx: AllocationContext) -> Allocation:
     }
     history: list[dict] = [{"curves": curves, "samples": sums.samples, "baseline_top1": sums.baseline_top1}]
     greedy = Greedy(ctx, groups, {gid: c["output_change"] for gid, c in curves.items()}, history)
-    plan = greedy.run_latency() if ctx.budget.kind == "latency" else greedy.run()
+    plan = greedy.run_latency() if ctx.target.kind == "latency" else greedy.run()
     plan = refill(ctx, plan, history)
     return Allocation(plan, achieved_ratios(plan), history)
 
@@ -63,10 +63,10 @@ def require_reachable(ctx: AllocationContext, kept: dict[str, list[np.ndarray]])
     """InputError when pruning every group to its deepest measured ratio misses the target."""
     deepest = PruningPlan(ctx.analysis.groups, {gid: sets[-1] for gid, sets in kept.items()})
     value = ctx.value(deepest)
-    if value > ctx.budget.target:
-        unit = " ms" if ctx.budget.kind == "latency" else ""
+    if value > ctx.target.target:
+        unit = " ms" if ctx.target.kind == "latency" else ""
         raise InputError(
-            f"the {ctx.budget.kind} target {ctx.budget.target:.4g}{unit} cannot be reached: pruning "
+            f"the {ctx.target.kind} target {ctx.target.target:.4g}{unit} cannot be reached: pruning "
             f"every group by {SENSITIVITY_RATIOS[-1]:.0%} (the deepest ratio the sensitivity "
             f"strategy measures) gives {value:.4g}{unit}"
         )
@@ -94,7 +94,7 @@ class Greedy:
         self.ctx, self.history = ctx, history
         self.groups = {g.id: g for g in groups}
         self.order = {g.id: i for i, g in enumerate(groups)}
-        self.kind = "flops" if ctx.budget.kind == "latency" else ctx.budget.kind
+        self.kind = "flops" if ctx.target.kind == "latency" else ctx.target.kind
         self.curve = {
             gid: (np.array((0.0,) + SENSITIVITY_RATIOS), np.maximum.accumulate(np.square([0.0] + list(c))))
             for gid, c in changes.items()
@@ -147,7 +147,7 @@ class Greedy:
         (price, ratio, value) or None."""
         channels = self.groups[gid].channels
         grid = [r for r in ((n + 0.5) / channels for n in range(1, channels)) if self.ratio[gid] < r < upto] + [upto]
-        target = self.ctx.budget.target
+        target = self.ctx.target.target
         low, high = -1, len(grid)  # grid[high] meets the target, grid[low] does not
         values = {}
         while high - low > 1:
@@ -205,7 +205,7 @@ class Greedy:
         that lands within the tolerance ends the search; if none lands, the cheapest move that
         stays above the target is taken (it may open a landing), and when no such move is left, the
         closest plan below the target seen on the way wins."""
-        target = self.ctx.budget.target
+        target = self.ctx.target.target
         floor = target * (1 - TOLERANCE)
         heap = self.heap()
         below: list[tuple] = []  # plans below the tolerance met on the way: (value, -change, ratios, move)
@@ -295,6 +295,6 @@ def bisect_path(ctx: AllocationContext, plans: list[PruningPlan], history: list[
         middle = (low + high) // 2
         value = ctx.value(plans[middle])
         history.append({"path_step": middle, "latency": value})
-        low, high = (low, middle) if value <= ctx.budget.target else (middle, high)
+        low, high = (low, middle) if value <= ctx.target.target else (middle, high)
     history.append({"path_step": high, "latency": ctx.value(plans[high]), "chosen": True})
     return plans[high]

@@ -19,7 +19,7 @@ def uniform(ctx: AllocationContext) -> Allocation:
     history: list[dict] = []
     groups = [g.id for g in ctx.prunable_groups()]
     high, plan, low = fit(ctx, lambda r: ctx.ratios_plan({g: r for g in groups}), history)
-    if ctx.value(plan) >= ctx.budget.target * (1 - TOLERANCE):
+    if ctx.value(plan) >= ctx.target.target * (1 - TOLERANCE):
         return Allocation(plan, {g: high for g in groups}, history)
     mixed = mix_two_ratios(ctx, groups, low, high, history)
     plan = refill(ctx, mixed.plan, history)  # when one group's step is still wider than the tolerance
@@ -39,6 +39,6 @@ def mix_two_ratios(
     while hi - lo > 1:
         middle = (lo + hi) // 2
         value = ctx.value(ctx.ratios_plan(ratios(middle)))
-        history.append({"groups_at_high_ratio": middle, ctx.budget.kind: value})
-        lo, hi = (lo, middle) if value <= ctx.budget.target else (middle, hi)
+        history.append({"groups_at_high_ratio": middle, ctx.target.kind: value})
+        lo, hi = (lo, middle) if value <= ctx.target.target else (middle, hi)
     return Allocation(ctx.ratios_plan(ratios(hi)), ratios(hi), history)
