@@ -385,21 +385,7 @@ def _train_epoch(
             y = torch.from_numpy(np.asarray(y_np, dtype=np.int64)).to(device)
             if augment:
                 x = _augment(x, run.gen, shard, global_n)
-            logits = _logits(trainer(x))
-            with torch.no_grad():
-                t_logits = _logits(teacher(x)) if teacher is not None else None
-            loss, ce, kd = _loss(logits, y, t_logits, settings)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"fine-tuning diverged in epoch {epoch} (loss {float(loss)}); lower --lr "
-                    f"(now {settings.lr:g}) or --clip-grad (now {settings.clip_grad:g}); nothing was written"
-                )
-            run.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.clip_grad:
-                torch.nn.utils.clip_grad_norm_(trainer.parameters(), settings.clip_grad)
-            run.opt.step()
-            run.sched.step()
+            loss, ce, kd, logits = _train_step(run, trainer, teacher, x, y, epoch, settings)
             n = len(y)
             totals["loss"] += float(loss.detach()) * n
             totals["ce"] += float(ce.detach()) * n
@@ -419,6 +405,29 @@ def _train_epoch(
     if teacher is not None:
         entry["train_kd"] = totals["kd"] / count
     return entry
+
+
+def _train_step(run: _Run, trainer, teacher, x, y, epoch: int, settings: _Settings):
+    """One optimizer step on a batch: (loss, ce, kd, logits); TrainingDivergedError on a
+    non-finite loss."""
+    import torch
+
+    logits = _logits(trainer(x))
+    with torch.no_grad():
+        t_logits = _logits(teacher(x)) if teacher is not None else None
+    loss, ce, kd = _loss(logits, y, t_logits, settings)
+    if not torch.isfinite(loss):
+        raise TrainingDivergedError(
+            f"fine-tuning diverged in epoch {epoch} (loss {float(loss)}); lower --lr "
+            f"(now {settings.lr:g}) or --clip-grad (now {settings.clip_grad:g}); nothing was written"
+        )
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if settings.clip_grad:
+        torch.nn.utils.clip_grad_norm_(trainer.parameters(), settings.clip_grad)
+    run.opt.step()
+    run.sched.step()
+    return loss, ce, kd, logits
 
 
 def _epoch_line(entry: dict, epochs: int) -> str:
@@ -493,6 +502,42 @@ def _epoch(
     return entry
 
 
+def _finish(module, inputs: _Inputs, run: _Run, device: str, seconds: float, shard: Shard, output) -> FinetuneResult:
+    """The result: the fine-tuned module exported back to ONNX (written to `output` by rank 0)."""
+    module = module.cpu().eval()
+    result = FinetuneResult(
+        _export(module, inputs.train), run.history, run.initial, device, seconds, module, shard.rank
+    )
+    if output is not None and shard.main:
+        result.save(output)
+    return result
+
+
+@dataclass
+class _EpochLoop:
+    """The epochs of a fine-tuning run: train, log, checkpoint (rank 0), report each entry."""
+
+    trainer: Any
+    teacher: Any
+    module: Any
+    checkpoint_dir: Path | None
+    log: Callable[[str], None] | None
+    on_epoch_end: Callable[[dict], None] | None
+
+    def run(self, run: _Run, inputs: _Inputs, settings: _Settings, seed: int, shard: Shard, device) -> None:
+        """Every epoch from `run.start_epoch` to `settings.epochs`; entries go to `run.history`."""
+        epochs = settings.epochs
+        for epoch in range(run.start_epoch, epochs + 1):
+            entry = _epoch(run, self.trainer, self.teacher, inputs, epoch, settings, seed, shard, device)
+            run.history.append(entry)
+            if self.log:
+                self.log(_epoch_line(entry, epochs))
+            if self.checkpoint_dir is not None and shard.main:
+                _save_checkpoint(self.checkpoint_dir, run.state(epoch, epochs, seed, self.module))
+            if self.on_epoch_end:
+                self.on_epoch_end(entry)
+
+
 def finetune(
     model_or_path,
     data,
@@ -544,32 +589,12 @@ def finetune(
         ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if resume and ckpt_dir is not None:  # (resume without checkpoint_dir was refused above)
             run.restore(ckpt_dir / CHECKPOINT_NAME, epochs, module)
-        log = log if shard.main else None
-        started = time.perf_counter()
+        log, started = (log if shard.main else None), time.perf_counter()
         if inputs.val is not None and run.start_epoch == 1 and shard.main:
             run.initial = _initial_evaluation(module, inputs.val, dev, epochs, log)
         trainer = wrap(module, shard, dev)
-        for epoch in range(run.start_epoch, epochs + 1):
-            entry = _epoch(run, trainer, teacher_module, inputs, epoch, settings, seed, shard, dev)
-            run.history.append(entry)
-            if log:
-                log(_epoch_line(entry, epochs))
-            if ckpt_dir is not None and shard.main:
-                _save_checkpoint(ckpt_dir, run.state(epoch, epochs, seed, module))
-            if on_epoch_end:
-                on_epoch_end(entry)
-        module = module.cpu().eval()
-        result = FinetuneResult(
-            _export(module, inputs.train),
-            run.history,
-            run.initial,
-            str(dev),
-            time.perf_counter() - started,
-            module,
-            shard.rank,
-        )
-        if output is not None and shard.main:
-            result.save(output)
-        return result
+        loop = _EpochLoop(trainer, teacher_module, module, ckpt_dir, log, on_epoch_end)
+        loop.run(run, inputs, settings, seed, shard, dev)
+        return _finish(module, inputs, run, str(dev), time.perf_counter() - started, shard, output)
     finally:
         stop(shard)
