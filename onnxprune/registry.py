@@ -26,7 +26,10 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         f"onnxprune.select.strategies.{m}"
         for m in ("uniform", "global_threshold", "layerwise", "sensitivity_greedy", "random_search")
     ),
-    "subcommand": (),
+    "subcommand": tuple(  # in the order of `onnxprune --help`
+        f"onnxprune.commands.{m}"
+        for m in ("prune", "analyze", "sensitivity", "finetune", "check", "bench", "profile", "ops")
+    ),
     "torch op": ("onnxprune.torch.convert",),
 }
 

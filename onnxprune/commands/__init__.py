@@ -1,23 +1,5 @@
-"""Subcommands that live in their own modules (bench, profile, check, ...).
-
-Each module listed in `MODULES` defines `NAME` (the subcommand) and `add_parser(commands)`, which
-adds its sub-parser to the `onnxprune` argument parser and sets `func` to the function that runs it.
-Keeping each command in its own module keeps `cli.py` short.
+"""The subcommands of `onnxprune`, one module each (prune, analyze, sensitivity, finetune, check,
+bench, profile, ops), all built the same way: a `base.Command` subclass registered with
+`@SUBCOMMANDS.register(name)`. Options that several commands share are in `options.py`; the
+modules are listed under "subcommand" in `onnxprune/registry.py`.
 """
-
-from __future__ import annotations
-
-import importlib
-
-MODULES: tuple[str, ...] = ("check", "bench", "profile")
-
-
-def command_names() -> tuple[str, ...]:
-    """Names of the subcommands defined in this package."""
-    return tuple(importlib.import_module(f"{__name__}.{module}").NAME for module in MODULES)
-
-
-def add_parsers(commands) -> None:
-    """Add every subcommand of this package to the argparse sub-parsers `commands`."""
-    for module in MODULES:
-        importlib.import_module(f"{__name__}.{module}").add_parser(commands)

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-NAME = "bench"
+from onnxprune.commands import options
+from onnxprune.commands.base import SUBCOMMANDS, Command
 
 EXAMPLES = """examples:
   onnxprune bench model.onnx model.pruned.onnx --batch 1,8,64
@@ -19,61 +20,54 @@ Models are timed side by side, in interleaved blocks of --block runs (A B B A ..
 load on the machine hits all of them alike."""
 
 
-def add_parser(commands) -> None:
-    """The bench sub-parser."""
-    sub = commands.add_parser(NAME, help="time models side by side on ONNX Runtime (CPU, CUDA, TensorRT)",
-                              description="Median, p90 and p99 latency and throughput of each model at each "
-                              "batch size, with the speedup of each model over the first and its MACs reduction.",
-                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub.add_argument("models", nargs="+", metavar="MODEL", help=".onnx files; the first is the reference")
-    add_timing_options(sub)
-    sub.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
-    sub.add_argument("--warmup", type=int, default=10, help="untimed runs per model and batch (default 10)")
-    sub.add_argument("--iters", type=int, default=100, help="timed runs per model and batch (default 100)")
-    sub.add_argument("--block", type=int, default=10, help="consecutive timed runs of one model (default 10)")
-    sub.add_argument("--shape", action="append", default=[], metavar="NAME=DxDx...",
-                     help="dims of an input's dynamic axes, e.g. images=1x3x224x224 (the first dim is "
-                          "replaced by each --batch; repeatable)")
-    sub.add_argument("--io-binding", action=argparse.BooleanOptionalAction, default=None,
-                     help="bind inputs/outputs on the device so transfers are not timed (default: on for "
-                          "cuda/tensorrt, off for cpu)")
-    sub.add_argument("--no-spin", action="store_true",
-                     help="idle ONNX Runtime workers sleep instead of spin-waiting (steadier on a busy machine)")
-    sub.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    sub.add_argument("--json", action="store_true", help="print the results as JSON (onnxprune-bench/1)")
-    sub.set_defaults(func=run)
 
+@SUBCOMMANDS.register("bench")
+class Bench(Command):
+    """`onnxprune bench A.onnx [B.onnx ...]`."""
 
-def add_timing_options(sub) -> None:
-    """--ep and --threads (shared with `profile`)."""
-    from onnxprune.bench.providers import EPS
+    help = "time models side by side on ONNX Runtime (CPU, CUDA, TensorRT)"
+    description = ("Median, p90 and p99 latency and throughput of each model at each batch size, with the "
+                   "speedup of each model over the first and its MACs reduction.")
+    epilog = EXAMPLES
+    verbatim = True
+    flags = {"batches": "--batch", "shapes": "--shape", "spin": "--no-spin"}
 
-    sub.add_argument("--ep", default="cpu", choices=sorted(EPS), metavar="EP",
-                     help=f"execution provider: {', '.join(EPS)} (default cpu)")
-    sub.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default 0: all cores)")
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The models, the provider, batch sizes, runs, shapes, IO binding, output format."""
+        parser.add_argument("models", nargs="+", metavar="MODEL", help=".onnx files; the first is the reference")
+        options.add_timing_options(parser)
+        parser.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
+        parser.add_argument("--warmup", type=int, default=10, help="untimed runs per model and batch (default 10)")
+        parser.add_argument("--iters", type=int, default=100, help="timed runs per model and batch (default 100)")
+        parser.add_argument("--block", type=int, default=10,
+                            help="consecutive timed runs of one model (default 10)")
+        options.add_shape(parser, "dims of an input's dynamic axes, e.g. images=1x3x224x224 (the first dim is "
+                                  "replaced by each --batch; repeatable)")
+        parser.add_argument("--io-binding", action=argparse.BooleanOptionalAction, default=None,
+                            help="bind inputs/outputs on the device so transfers are not timed (default: on for "
+                                 "cuda/tensorrt, off for cpu)")
+        parser.add_argument("--no-spin", action="store_true",
+                            help="idle ONNX Runtime workers sleep instead of spin-waiting (steadier on a busy "
+                                 "machine)")
+        options.add_seed(parser, "seed of the random inputs")
+        parser.add_argument("--json", action="store_true", help="print the results as JSON (onnxprune-bench/1)")
 
+    def run(self, args: argparse.Namespace) -> int:
+        """Time the models; print a table (or JSON)."""
+        from onnxprune.bench.suite import BenchOptions, bench_models, parse_batches
+        from onnxprune.report.console import progress_bar, stdout
 
-def run(args) -> int:
-    """The bench command."""
-    from onnxprune.bench.suite import (
-        BenchOptions,
-        bench_models,
-        parse_batches,
-        parse_shapes,
-    )
-    from onnxprune.report.console import progress_bar, stdout
-
-    options = BenchOptions(args.ep, parse_batches(args.batch), args.threads, args.warmup, args.iters, args.block,
-                           args.io_binding, parse_shapes(args.shape), args.seed, not args.no_spin)
-    options.validate()
-    total = len(args.models) * len(options.batches) * options.blocks()
-    with progress_bar(f"timing on {args.ep}", total=total) as advance:
-        result = bench_models(args.models, options, advance)
-    if args.json:
-        stdout.print_json(json.dumps(result.to_dict()))
-    else:
-        stdout.print(results_table(result))
-    return 0
+        timing = BenchOptions(args.ep, parse_batches(args.batch), args.threads, args.warmup, args.iters, args.block,
+                              args.io_binding, options.input_shapes(args.shape), args.seed, not args.no_spin)
+        timing.validate()
+        total = len(args.models) * len(timing.batches) * timing.blocks()
+        with progress_bar(f"timing on {args.ep}", total=total) as advance:
+            result = bench_models(args.models, timing, advance)
+        if args.json:
+            stdout.print_json(json.dumps(result.to_dict()))
+        else:
+            stdout.print(results_table(result))
+        return 0
 
 
 def results_table(result):
@@ -100,5 +94,3 @@ def results_table(result):
 
 def _times(value) -> str:
     return f"{value:.2f}×" if value else "-"
-
-

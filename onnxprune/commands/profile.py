@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-NAME = "profile"
+from onnxprune.commands import options
+from onnxprune.commands.base import SUBCOMMANDS, Command
+from onnxprune.errors import InputError
 
 EXAMPLES = """examples:
   onnxprune profile model.onnx --ratio 0.5                 time each group's layers on the CPU
@@ -19,51 +21,53 @@ no larger count beats by more than the tolerance (3 %). This is what 'onnxprune 
 $ONNXPRUNE_CACHE (else $XDG_CACHE_HOME/onnxprune, else ~/.cache/onnxprune)."""
 
 
-def add_parser(commands) -> None:
-    """The profile sub-parser."""
-    from onnxprune.commands.bench import add_timing_options
 
-    sub = commands.add_parser(NAME, help="time each group's layers at candidate channel counts (--round-to auto)",
-                              description="Per prunable group: latency of its layers at candidate kept channel "
-                              "counts on an execution provider, and the count --round-to auto picks.",
-                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub.add_argument("model", help="input .onnx file")
-    sub.add_argument("--ratio", type=float, default=0.5, help="the plan's ratio (default 0.5)")
-    sub.add_argument("--min-channels", type=int, default=1, help="keep at least this many per layer (default 1)")
-    add_timing_options(sub)
-    sub.add_argument("--batch", type=int, default=1, help="batch size to time at (default 1)")
-    sub.add_argument("--refresh", action="store_true", help="time again, ignoring (and updating) cached timings")
-    sub.add_argument("--json", action="store_true", help="print the rounding report as JSON")
-    sub.set_defaults(func=run)
+@SUBCOMMANDS.register("profile")
+class Profile(Command):
+    """`onnxprune profile MODEL [--ratio R] [--ep EP]`."""
 
+    help = "time each group's layers at candidate channel counts (--round-to auto)"
+    description = ("Per prunable group: latency of its layers at candidate kept channel counts on an execution "
+                   "provider, and the count --round-to auto picks.")
+    epilog = EXAMPLES
+    verbatim = True
 
-def run(args) -> int:
-    """The profile command."""
-    from onnxprune.analysis.analyze import load_and_analyze, require_prunable
-    from onnxprune.criteria.scoring import score_groups
-    from onnxprune.errors import InputError
-    from onnxprune.report.console import progress_bar, stdout
-    from onnxprune.select.rounding import AutoRoundOptions, auto_round
-    from onnxprune.select.selection import SelectOptions, select
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The model, the plan's ratio, the provider and batch to time on."""
+        options.add_model(parser, "input .onnx file")
+        parser.add_argument("--ratio", type=float, default=0.5, help="the plan's ratio (default 0.5)")
+        options.add_min_channels(parser)
+        options.add_timing_options(parser)
+        parser.add_argument("--batch", type=int, default=1, help="batch size to time at (default 1)")
+        parser.add_argument("--refresh", action="store_true",
+                            help="time again, ignoring (and updating) cached timings")
+        parser.add_argument("--json", action="store_true", help="print the rounding report as JSON")
 
-    if args.batch < 1 or args.threads < 0:
-        raise InputError("--batch must be at least 1 and --threads at least 0")
-    options = SelectOptions(args.ratio, args.min_channels)
-    options.validate()
-    analysis = load_and_analyze(args.model)
-    require_prunable(analysis)
-    scores = score_groups(analysis, "l1")  # the counts do not depend on which channels go
-    plan = select(analysis.groups, scores, options)
-    with progress_bar(f"timing layers on {args.ep}", total=None) as advance:
-        _, report = auto_round(analysis, scores, plan, AutoRoundOptions(args.ep, args.batch, args.threads,
-                                                                      refresh=args.refresh), advance)
-    if args.json:
-        stdout.print_json(json.dumps(report))
-    else:
-        stdout.print(profile_table(report))
-        stdout.print(f"{report['layers_timed']} single-op models timed; timings cached in {report['cache']}")
-    return 0
+    def run(self, args: argparse.Namespace) -> int:
+        """Time each pruned group's layers; print the table (or JSON)."""
+        from onnxprune.analysis.analyze import load_and_analyze, require_prunable
+        from onnxprune.criteria.scoring import score_groups
+        from onnxprune.report.console import progress_bar, stdout
+        from onnxprune.select.rounding import AutoRoundOptions, auto_round
+        from onnxprune.select.selection import SelectOptions, select
 
+        if args.batch < 1 or args.threads < 0:
+            raise InputError("--batch must be at least 1 and --threads at least 0")
+        selection = SelectOptions(args.ratio, args.min_channels)
+        selection.validate()
+        analysis = load_and_analyze(args.model)
+        require_prunable(analysis)
+        scores = score_groups(analysis, "l1")  # the counts do not depend on which channels go
+        plan = select(analysis.groups, scores, selection)
+        timing = AutoRoundOptions(args.ep, args.batch, args.threads, refresh=args.refresh)
+        with progress_bar(f"timing layers on {args.ep}", total=None) as advance:
+            _, report = auto_round(analysis, scores, plan, timing, advance)
+        if args.json:
+            stdout.print_json(json.dumps(report))
+        else:
+            stdout.print(profile_table(report))
+            stdout.print(f"{report['layers_timed']} single-op models timed; timings cached in {report['cache']}")
+        return 0
 
 def profile_table(report: dict):
     """One row per pruned group: requested and chosen count and the time at each candidate."""
