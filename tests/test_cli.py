@@ -130,3 +130,29 @@ def test_console_script_runs_end_to_end(tiny, tmp_path):
     assert (tmp_path / "o.onnx").exists()
     bad = subprocess.run([script, str(tmp_path / "missing.onnx")], capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_help_lists_the_commands_in_registry_order(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    block = out.split("  COMMAND\n", 1)[1].split("\n\n", 1)[0]
+    listed = [line.split()[0] for line in block.splitlines() if line.startswith("    ") and line[4] != " "]
+    assert code == 0 and listed == ["prune", "analyze", "sensitivity", "finetune", "check", "bench", "profile", "ops"]
+
+
+@pytest.mark.parametrize("parameter, message, line", [
+    ("ridge", "ridge must be a finite number >= 0, got -1.0", "--ridge must be a finite number >= 0, got -1.0"),
+    ("round_ep", "execution provider 'x' is not available", "--ep: execution provider 'x' is not available"),
+    ("input_shapes", "--shape x: expected NAME=DxDx...", "--shape x: expected NAME=DxDx..."),
+    (None, "no prunable channel group", "no prunable channel group"),
+])
+def test_a_library_error_names_the_option(tiny, capsys, monkeypatch, parameter, message, line):
+    """The library names the keyword argument (`parameter`); the CLI turns it into the flag."""
+    from onnxprune.commands import prune as prune_command
+    from onnxprune.errors import InputError
+
+    def fail(*args, **kwargs):
+        raise InputError(message, parameter=parameter)
+
+    monkeypatch.setattr(prune_command, "run_prune", fail)
+    code, _, err = run_cli(capsys, tiny)
+    assert code == 2 and err == f"onnxprune: error: {line}\n"

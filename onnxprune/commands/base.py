@@ -8,6 +8,7 @@ the order `onnxprune --help` lists the commands.
 from __future__ import annotations
 
 import argparse
+from typing import ClassVar
 
 from onnxprune.registry import Registry
 
@@ -23,7 +24,7 @@ class Command:
     #: print the description and epilog as written (examples, exit codes), not re-wrapped
     verbatim: bool = False
     #: a library error's `parameter` -> the option that sets it, where the option is not `--<parameter>`
-    flags: dict[str, str] = {}
+    flags: ClassVar[dict[str, str]] = {}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the command's arguments and options to its sub-parser."""

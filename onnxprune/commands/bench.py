@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import ClassVar
 
 from onnxprune.commands import options
 from onnxprune.commands.base import SUBCOMMANDS, Command
@@ -30,7 +31,7 @@ class Bench(Command):
                    "speedup of each model over the first and its MACs reduction.")
     epilog = EXAMPLES
     verbatim = True
-    flags = {"batches": "--batch", "shapes": "--shape", "spin": "--no-spin"}
+    flags: ClassVar[dict[str, str]] = {"batches": "--batch", "shapes": "--shape", "spin": "--no-spin"}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The models, the provider, batch sizes, runs, shapes, IO binding, output format."""

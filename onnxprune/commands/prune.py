@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import ClassVar
 
 from onnxprune.api import run_prune
 from onnxprune.commands import options
@@ -110,7 +111,7 @@ class Prune(Command):
 
     help = "prune a model (the default command)"
     description = "Prune a model; 'onnxprune MODEL ...' means 'onnxprune prune MODEL ...'."
-    flags = {"round_ep": "--ep", "input_shapes": "--shape", "verify": "--no-verify"}
+    flags: ClassVar[dict[str, str]] = {"round_ep": "--ep", "input_shapes": "--shape", "verify": "--no-verify"}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Model and output, selection, calibration, targets, verification, recovery, where to write."""
