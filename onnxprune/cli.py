@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from onnxprune import __version__
@@ -54,18 +55,14 @@ def build_parser() -> Parser:
 
 
 def error_message(exc: OnnxPruneError, command: Command) -> str:
-    """The error's message, naming the option: a library error names its `parameter` (a keyword
-    argument); a message that starts with it gets the flag instead, one without the flag gets it
-    as a prefix."""
-    message = str(exc)
-    if not exc.parameter:
-        return message
-    flag = command.flag(exc.parameter)
-    if flag in message:
-        return message
-    if message.startswith(exc.parameter + " "):
-        return flag + message[len(exc.parameter):]
-    return f"{flag}: {message}"
+    """The error's message with its `{parameter}` placeholders written as the command's flags, and
+    the flag of the parameter it is about in front where the message does not name it."""
+    message = exc.render(command.flag)
+    if exc.parameter:
+        flag = command.flag(exc.parameter)
+        if not re.search(re.escape(flag) + r"(?![\w-])", message):
+            message = f"{flag}: {message}"
+    return message
 
 
 def _interrupt_on_sigterm():

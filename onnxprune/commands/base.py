@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import ClassVar
 
+from onnxprune.errors import FLAGS
 from onnxprune.registry import Registry
 
 
@@ -23,7 +24,7 @@ class Command:
     epilog: str | None = None
     #: print the description and epilog as written (examples, exit codes), not re-wrapped
     verbatim: bool = False
-    #: a library error's `parameter` -> the option that sets it, where the option is not `--<parameter>`
+    #: a library error's parameter -> the option that sets it, where this command's differs from `errors.FLAGS`
     flags: ClassVar[dict[str, str]] = {}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -35,10 +36,11 @@ class Command:
         raise NotImplementedError
 
     def flag(self, parameter: str) -> str:
-        """The option that sets `parameter` (a keyword argument of the library, e.g. `round_ep`)."""
+        """The option that sets `parameter` (a keyword argument of the library, e.g. `round_ep`):
+        this command's own name for it, else the one all commands share (`errors.FLAGS`)."""
         if parameter.startswith("-"):
             return parameter
-        return self.flags.get(parameter, "--" + parameter.replace("_", "-"))
+        return self.flags.get(parameter) or FLAGS.get(parameter) or "--" + parameter.replace("_", "-")
 
     def add_to(self, commands, name: str) -> argparse.ArgumentParser:
         """Add this command's sub-parser, called `name`, to argparse's sub-parsers `commands`."""

@@ -111,9 +111,8 @@ class Prune(Command):
 
     help = "prune a model (the default command)"
     description = "Prune a model; 'onnxprune MODEL ...' means 'onnxprune prune MODEL ...'."
-    flags: ClassVar[dict[str, str]] = {"round_ep": "--ep", "input_shapes": "--shape", "verify": "--no-verify",
-                                       # the fine-tuning of the chain (recover.chain.finetune_pruned)
-                                       "data": "--finetune-data", "epochs": "--finetune-epochs",
+    #: the chain's fine-tuning (recover.chain.finetune_pruned) is set by --finetune-* options
+    flags: ClassVar[dict[str, str]] = {"data": "--finetune-data", "epochs": "--finetune-epochs",
                                        "teacher": "--no-teacher", "augment": "--no-augment"}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
