@@ -43,10 +43,14 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> Parser:
     """The argument parser with every registered subcommand, in registry order."""
-    parser = Parser(prog="onnxprune", description="Structured channel pruning of ONNX models. "
-                    "Finds coupled channels, scores them, writes a smaller model and proves it "
-                    "computes what the input model computes with those channels masked.",
-                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(
+        prog="onnxprune",
+        description="Structured channel pruning of ONNX models. "
+        "Finds coupled channels, scores them, writes a smaller model and proves it "
+        "computes what the input model computes with those channels masked.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"onnxprune {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, command in SUBCOMMANDS.items():
@@ -100,8 +104,10 @@ def run_command(command: Command, args: argparse.Namespace) -> int:
     except Exception as exc:  # a bug: say so in one line; ONNXPRUNE_DEBUG=1 shows the traceback
         if os.environ.get("ONNXPRUNE_DEBUG"):
             raise
-        sys.stderr.write(f"onnxprune: internal error: {type(exc).__name__}: {exc} "
-                         "(nothing was written; rerun with ONNXPRUNE_DEBUG=1 for the traceback)\n")
+        sys.stderr.write(
+            f"onnxprune: internal error: {type(exc).__name__}: {exc} "
+            "(nothing was written; rerun with ONNXPRUNE_DEBUG=1 for the traceback)\n"
+        )
         return 1
     finally:
         _restore_sigterm(previous)

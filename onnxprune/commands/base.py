@@ -45,8 +45,9 @@ class Command:
     def add_to(self, commands, name: str) -> argparse.ArgumentParser:
         """Add this command's sub-parser, called `name`, to argparse's sub-parsers `commands`."""
         formatter = argparse.RawDescriptionHelpFormatter if self.verbatim else argparse.HelpFormatter
-        parser = commands.add_parser(name, help=self.help, description=self.description, epilog=self.epilog,
-                                     formatter_class=formatter)
+        parser = commands.add_parser(
+            name, help=self.help, description=self.description, epilog=self.epilog, formatter_class=formatter
+        )
         self.add_arguments(parser)
         parser.set_defaults(handler=self)
         return parser

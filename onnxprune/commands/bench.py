@@ -21,14 +21,15 @@ Models are timed side by side, in interleaved blocks of --block runs (A B B A ..
 load on the machine hits all of them alike."""
 
 
-
 @SUBCOMMANDS.register("bench")
 class Bench(Command):
     """`onnxprune bench A.onnx [B.onnx ...]`."""
 
     help = "time models side by side on ONNX Runtime (CPU, CUDA, TensorRT)"
-    description = ("Median, p90 and p99 latency and throughput of each model at each batch size, with the "
-                   "speedup of each model over the first and its MACs reduction.")
+    description = (
+        "Median, p90 and p99 latency and throughput of each model at each batch size, with the "
+        "speedup of each model over the first and its MACs reduction."
+    )
     epilog = EXAMPLES
     verbatim = True
     flags: ClassVar[dict[str, str]] = {"batches": "--batch", "shapes": "--shape", "spin": "--no-spin"}
@@ -40,16 +41,24 @@ class Bench(Command):
         parser.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
         parser.add_argument("--warmup", type=int, default=10, help="untimed runs per model and batch (default 10)")
         parser.add_argument("--iters", type=int, default=100, help="timed runs per model and batch (default 100)")
-        parser.add_argument("--block", type=int, default=10,
-                            help="consecutive timed runs of one model (default 10)")
-        options.add_shape(parser, "dims of an input's dynamic axes, e.g. images=1x3x224x224 (the first dim is "
-                                  "replaced by each --batch; repeatable)")
-        parser.add_argument("--io-binding", action=argparse.BooleanOptionalAction, default=None,
-                            help="bind inputs/outputs on the device so transfers are not timed (default: on for "
-                                 "cuda/tensorrt, off for cpu)")
-        parser.add_argument("--no-spin", action="store_true",
-                            help="idle ONNX Runtime workers sleep instead of spin-waiting (steadier on a busy "
-                                 "machine)")
+        parser.add_argument("--block", type=int, default=10, help="consecutive timed runs of one model (default 10)")
+        options.add_shape(
+            parser,
+            "dims of an input's dynamic axes, e.g. images=1x3x224x224 (the first dim is "
+            "replaced by each --batch; repeatable)",
+        )
+        parser.add_argument(
+            "--io-binding",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="bind inputs/outputs on the device so transfers are not timed (default: on for "
+            "cuda/tensorrt, off for cpu)",
+        )
+        parser.add_argument(
+            "--no-spin",
+            action="store_true",
+            help="idle ONNX Runtime workers sleep instead of spin-waiting (steadier on a busy machine)",
+        )
         options.add_seed(parser, "seed of the random inputs")
         parser.add_argument("--json", action="store_true", help="print the results as JSON (onnxprune-bench/1)")
 
@@ -58,8 +67,18 @@ class Bench(Command):
         from onnxprune.bench.suite import BenchOptions, bench_models, parse_batches
         from onnxprune.report.console import progress_bar, stdout
 
-        timing = BenchOptions(args.ep, parse_batches(args.batch), args.threads, args.warmup, args.iters, args.block,
-                              args.io_binding, options.input_shapes(args.shape), args.seed, not args.no_spin)
+        timing = BenchOptions(
+            args.ep,
+            parse_batches(args.batch),
+            args.threads,
+            args.warmup,
+            args.iters,
+            args.block,
+            args.io_binding,
+            options.input_shapes(args.shape),
+            args.seed,
+            not args.no_spin,
+        )
         timing.validate()
         total = len(args.models) * len(timing.batches) * timing.blocks()
         with progress_bar(f"timing on {args.ep}", total=total) as advance:
@@ -78,18 +97,38 @@ def results_table(result):
     from onnxprune.report.console import human
 
     doc = result.to_dict()
-    title = (f"ONNX Runtime {doc['onnxruntime']} {doc['provider']} on {doc['device']}, "
-             f"{doc['iters']} timed runs{', IO binding' if doc['io_binding'] else ''}")
+    title = (
+        f"ONNX Runtime {doc['onnxruntime']} {doc['provider']} on {doc['device']}, "
+        f"{doc['iters']} timed runs{', IO binding' if doc['io_binding'] else ''}"
+    )
     table = Table(title=title, title_justify="left")
-    for column in ("model", "batch", "median ms", "p90 ms", "p99 ms", "samples/s", "speedup", "MACs",
-                   "MACs red.", "speedup/MACs red."):
+    for column in (
+        "model",
+        "batch",
+        "median ms",
+        "p90 ms",
+        "p99 ms",
+        "samples/s",
+        "speedup",
+        "MACs",
+        "MACs red.",
+        "speedup/MACs red.",
+    ):
         table.add_column(column, justify="left" if column == "model" else "right")
     macs = {m["path"]: m["macs"] for m in doc["models"]}
     for row in doc["results"]:
-        table.add_row(Path(row["model"]).name, str(row["batch"]), f"{row['median_ms']:.3f}", f"{row['p90_ms']:.3f}",
-                      f"{row['p99_ms']:.3f}", f"{row['throughput']:.1f}", _times(row["speedup"]),
-                      human(macs[row["model"]]), _times(row["macs_reduction"]),
-                      f"{row['speedup_per_macs_reduction']:.2f}" if row["speedup_per_macs_reduction"] else "-")
+        table.add_row(
+            Path(row["model"]).name,
+            str(row["batch"]),
+            f"{row['median_ms']:.3f}",
+            f"{row['p90_ms']:.3f}",
+            f"{row['p99_ms']:.3f}",
+            f"{row['throughput']:.1f}",
+            _times(row["speedup"]),
+            human(macs[row["model"]]),
+            _times(row["macs_reduction"]),
+            f"{row['speedup_per_macs_reduction']:.2f}" if row["speedup_per_macs_reduction"] else "-",
+        )
     return table
 
 

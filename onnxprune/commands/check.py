@@ -11,10 +11,12 @@ from onnxprune.commands import options
 from onnxprune.commands.base import SUBCOMMANDS, Command
 from onnxprune.errors import InputError
 
-DESCRIPTION = ("Re-run the masked-reference check of a stored pruned model: the original (which must be the "
-               "plan's input, by SHA-256) with the plan's pruned channels masked must compute what the pruned "
-               "model computes, and every weight the plan records as a slice must be exactly that slice. "
-               "Prints one PASS/FAIL line with the largest relative output difference.")
+DESCRIPTION = (
+    "Re-run the masked-reference check of a stored pruned model: the original (which must be the "
+    "plan's input, by SHA-256) with the plan's pruned channels masked must compute what the pruned "
+    "model computes, and every weight the plan records as a slice must be exactly that slice. "
+    "Prints one PASS/FAIL line with the largest relative output difference."
+)
 
 EPILOG = """examples:
   onnxprune check model.pruned.onnx --against model.onnx
@@ -36,8 +38,9 @@ class Check(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The pruned model, its original and plan, the inputs to compare on."""
         parser.add_argument("pruned", help="the pruned .onnx file")
-        parser.add_argument("--against", required=True, metavar="ORIGINAL",
-                            help="the original .onnx file the plan was made from")
+        parser.add_argument(
+            "--against", required=True, metavar="ORIGINAL", help="the original .onnx file the plan was made from"
+        )
         parser.add_argument("--plan", metavar="PLAN", help="plan file (default: <pruned stem>.plan.json beside it)")
         parser.add_argument("--runs", type=int, default=3, help="batches of seeded random inputs (default 3)")
         options.add_seed(parser, "seed of the first random batch (default 0)")
@@ -54,7 +57,15 @@ class Check(Command):
             raise InputError(f"--runs must be at least 1 (or give --calib), got {args.runs}")
         pruned = Path(args.pruned)
         plan = Path(args.plan) if args.plan else default_plan_path(pruned)
-        result = check_pruned(pruned, args.against, plan, seed=args.seed, runs=max(args.runs, 0),
-                              calib=args.calib, calib_samples=args.calib_samples, preprocess=args.preprocess)
+        result = check_pruned(
+            pruned,
+            args.against,
+            plan,
+            seed=args.seed,
+            runs=max(args.runs, 0),
+            calib=args.calib,
+            calib_samples=args.calib_samples,
+            preprocess=args.preprocess,
+        )
         print(summary_line(result, pruned.name))
         return 0 if result.ok else 3

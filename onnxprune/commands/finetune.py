@@ -23,9 +23,14 @@ def add_training_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     sub.add_argument("--weight-decay", type=float, help="default 5e-4 (sgd), 0.01 (adamw)")
     options.add_batch_size(sub, "batch size (default 64); under torchrun the global batch, split across processes")
-    sub.add_argument("--clip-grad", type=float, default=1.0, metavar="NORM",
-                     help="clip the gradients' global L2 norm to NORM (default 1; 0: off). Exported models "
-                          "usually have BatchNormalization folded into the convolutions and diverge without it")
+    sub.add_argument(
+        "--clip-grad",
+        type=float,
+        default=1.0,
+        metavar="NORM",
+        help="clip the gradients' global L2 norm to NORM (default 1; 0: off). Exported models "
+        "usually have BatchNormalization folded into the convolutions and diverge without it",
+    )
 
 
 def add_distillation_options(sub: argparse.ArgumentParser) -> None:
@@ -33,9 +38,13 @@ def add_distillation_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--teacher", metavar="ONNX", help="distil from this model (e.g. the unpruned original)")
     sub.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term (default 0.5)")
     sub.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature (default 4)")
-    sub.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                     help="random crop (padding H/8: 4 pixels on 32x32) and horizontal flip for NCHW images "
-                          "(default on; turn off for data that is not flip-invariant, e.g. digits or text)")
+    sub.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random crop (padding H/8: 4 pixels on 32x32) and horizontal flip for NCHW images "
+        "(default on; turn off for data that is not flip-invariant, e.g. digits or text)",
+    )
     sub.add_argument("--checkpoint-dir", metavar="DIR", help="write DIR/last.pt after every epoch")
     sub.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir/last.pt")
     options.add_preprocess(sub, options.PREPROCESS_SPEC)
@@ -47,8 +56,10 @@ class Finetune(Command):
     """`onnxprune finetune MODEL --data DATA [-o OUT] ...`."""
 
     help = "fine-tune a (pruned) model on labelled data in torch"
-    description = ("Train the model (converted to torch) on labelled data with cross-entropy and optional "
-                   "knowledge distillation from --teacher, then write it as ONNX. Needs the torch extra.")
+    description = (
+        "Train the model (converted to torch) on labelled data with cross-entropy and optional "
+        "knowledge distillation from --teacher, then write it as ONNX. Needs the torch extra."
+    )
     epilog = EXAMPLES
     verbatim = True
 
@@ -56,10 +67,12 @@ class Finetune(Command):
         """Model, output, data, training and distillation options."""
         options.add_model(parser)
         options.add_output(parser, ".finetuned.onnx")
-        parser.add_argument("--data", metavar="PATH", help="training data: .npz (inputs and labels 'y') or an "
-                            "image folder class/xxx.jpg (required)")
-        parser.add_argument("--val", metavar="PATH",
-                            help="validation data (same formats); top-1 and loss per epoch")
+        parser.add_argument(
+            "--data",
+            metavar="PATH",
+            help="training data: .npz (inputs and labels 'y') or an image folder class/xxx.jpg (required)",
+        )
+        parser.add_argument("--val", metavar="PATH", help="validation data (same formats); top-1 and loss per epoch")
         add_training_options(parser)
         add_distillation_options(parser)
 
@@ -68,8 +81,9 @@ class Finetune(Command):
         from onnxprune.report.console import stdout
 
         if not args.data:
-            raise InputError("finetune needs labelled training data: add --data PATH (.npz with 'y' or an image "
-                             "folder)")
+            raise InputError(
+                "finetune needs labelled training data: add --data PATH (.npz with 'y' or an image folder)"
+            )
         output = options.output_path(args.model, args.output, ".finetuned.onnx")
         try:
             import torch  # noqa: F401
@@ -77,12 +91,28 @@ class Finetune(Command):
             from onnxprune.recover.finetune import finetune
         except ImportError:
             raise InputError("finetune needs torch: pip install 'onnxprune[torch]'") from None
-        result = finetune(Path(args.model), args.data, epochs=args.epochs, val=args.val, optimizer=args.optimizer,
-                          lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                          batch_size=args.batch_size, teacher=args.teacher, kd_alpha=args.kd_alpha,
-                          kd_temperature=args.kd_temperature, augment=args.augment,
-                          checkpoint_dir=args.checkpoint_dir, resume=args.resume, preprocess=args.preprocess,
-                          seed=args.seed, output=output, log=stdout.print, clip_grad=args.clip_grad)
+        result = finetune(
+            Path(args.model),
+            args.data,
+            epochs=args.epochs,
+            val=args.val,
+            optimizer=args.optimizer,
+            lr=args.lr,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            batch_size=args.batch_size,
+            teacher=args.teacher,
+            kd_alpha=args.kd_alpha,
+            kd_temperature=args.kd_temperature,
+            augment=args.augment,
+            checkpoint_dir=args.checkpoint_dir,
+            resume=args.resume,
+            preprocess=args.preprocess,
+            seed=args.seed,
+            output=output,
+            log=stdout.print,
+            clip_grad=args.clip_grad,
+        )
         if result.rank != 0:  # torchrun: rank 0 reports and writes
             return 0
         stdout.print(summary_line(result))

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from onnxprune.errors import InputError
 
-PREPROCESS_SPEC = ("for images/uint8 arrays, e.g. 'resize=32,scale=255,mean=0.485/0.456/0.406,"
-                   "std=0.229/0.224/0.225,layout=nchw'")
+PREPROCESS_SPEC = (
+    "for images/uint8 arrays, e.g. 'resize=32,scale=255,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=nchw'"
+)
 
 
 def add_model(parser: argparse.ArgumentParser, help: str = "input .onnx file (never modified)") -> None:
@@ -36,8 +37,13 @@ def add_criterion(parser: argparse.ArgumentParser, meaning: str) -> None:
     """--criterion NAME (default l1); `meaning` starts the help text, the known names follow."""
     from onnxprune.criteria import CRITERIA
 
-    parser.add_argument("--criterion", default="l1", choices=sorted(CRITERIA), metavar="NAME",
-                        help=f"{meaning}: {', '.join(sorted(CRITERIA))} (default l1)")
+    parser.add_argument(
+        "--criterion",
+        default="l1",
+        choices=sorted(CRITERIA),
+        metavar="NAME",
+        help=f"{meaning}: {', '.join(sorted(CRITERIA))} (default l1)",
+    )
 
 
 def add_min_channels(parser: argparse.ArgumentParser) -> None:
@@ -67,21 +73,25 @@ def input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
     return parse_shapes(items)
 
 
-def add_calib(parser: argparse.ArgumentParser,
-              help: str = "calibration data for data-driven criteria: .npz/.npy (arrays named like the model "
-                          "input, or 'x'; labels 'y') or an image folder class/xxx.jpg") -> None:
+def add_calib(
+    parser: argparse.ArgumentParser,
+    help: str = "calibration data for data-driven criteria: .npz/.npy (arrays named like the model "
+    "input, or 'x'; labels 'y') or an image folder class/xxx.jpg",
+) -> None:
     """--calib PATH."""
     parser.add_argument("--calib", metavar="PATH", help=help)
 
 
-def add_calib_samples(parser: argparse.ArgumentParser, default: int = 512,
-                      help: str = "calibration samples to use (default 512)") -> None:
+def add_calib_samples(
+    parser: argparse.ArgumentParser, default: int = 512, help: str = "calibration samples to use (default 512)"
+) -> None:
     """--calib-samples N."""
     parser.add_argument("--calib-samples", type=int, default=default, metavar="N", help=help)
 
 
-def add_preprocess(parser: argparse.ArgumentParser,
-                   help: str = PREPROCESS_SPEC + " (default scale=255, layout from the model)") -> None:
+def add_preprocess(
+    parser: argparse.ArgumentParser, help: str = PREPROCESS_SPEC + " (default scale=255, layout from the model)"
+) -> None:
     """--preprocess SPEC."""
     parser.add_argument("--preprocess", metavar="SPEC", help=help)
 
@@ -103,12 +113,16 @@ def add_ep(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     """--ep EP: an execution provider of `bench.providers.EPS` (default cpu)."""
     from onnxprune.bench.providers import EPS
 
-    parser.add_argument("--ep", default="cpu", choices=sorted(EPS), metavar="EP",
-                        help=help or f"execution provider: {', '.join(EPS)} (default cpu)")
+    parser.add_argument(
+        "--ep",
+        default="cpu",
+        choices=sorted(EPS),
+        metavar="EP",
+        help=help or f"execution provider: {', '.join(EPS)} (default cpu)",
+    )
 
 
 def add_timing_options(parser: argparse.ArgumentParser) -> None:
     """--ep and --threads (bench, profile)."""
     add_ep(parser)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="ONNX Runtime intra-op threads (default 0: all cores)")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default 0: all cores)")

@@ -21,14 +21,15 @@ no larger count beats by more than the tolerance (3 %). This is what 'onnxprune 
 $ONNXPRUNE_CACHE (else $XDG_CACHE_HOME/onnxprune, else ~/.cache/onnxprune)."""
 
 
-
 @SUBCOMMANDS.register("profile")
 class Profile(Command):
     """`onnxprune profile MODEL [--ratio R] [--ep EP]`."""
 
     help = "time each group's layers at candidate channel counts (--round-to auto)"
-    description = ("Per prunable group: latency of its layers at candidate kept channel counts on an execution "
-                   "provider, and the count --round-to auto picks.")
+    description = (
+        "Per prunable group: latency of its layers at candidate kept channel counts on an execution "
+        "provider, and the count --round-to auto picks."
+    )
     epilog = EXAMPLES
     verbatim = True
 
@@ -39,8 +40,7 @@ class Profile(Command):
         options.add_min_channels(parser)
         options.add_timing_options(parser)
         parser.add_argument("--batch", type=int, default=1, help="batch size to time at (default 1)")
-        parser.add_argument("--refresh", action="store_true",
-                            help="time again, ignoring (and updating) cached timings")
+        parser.add_argument("--refresh", action="store_true", help="time again, ignoring (and updating) cached timings")
         parser.add_argument("--json", action="store_true", help="print the rounding report as JSON")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -69,17 +69,22 @@ class Profile(Command):
             stdout.print(f"{report['layers_timed']} single-op models timed; timings cached in {report['cache']}")
         return 0
 
+
 def profile_table(report: dict):
     """One row per pruned group: requested and chosen count and the time at each candidate."""
     from rich.table import Table
 
-    table = Table(title=f"Layer timings on {report['provider']} ({report['device']}), batch {report['batch']}; "
-                  f"chosen: {report['rule']} ({report['tolerance']:.0%})", title_justify="left")
+    table = Table(
+        title=f"Layer timings on {report['provider']} ({report['device']}), batch {report['batch']}; "
+        f"chosen: {report['rule']} ({report['tolerance']:.0%})",
+        title_justify="left",
+    )
     for column in ("group", "first layer", "channels", "requested", "chosen", "layers", "ms at each count"):
         table.add_column(column, justify="left" if column in ("group", "first layer", "ms at each count") else "right")
     for row in report["groups"]:
         times = "  ".join(f"{c}: {ms:.3f}" for c, ms in row["times_ms"].items()) or (row["skipped"] or "aligned")
         chosen = str(row["chosen"]) if row["chosen"] == row["requested"] else f"[bold]{row['chosen']}[/]"
-        table.add_row(row["id"], row["name"], str(row["channels"]), str(row["requested"]), chosen,
-                      str(row["layers"]), times)
+        table.add_row(
+            row["id"], row["name"], str(row["channels"]), str(row["requested"]), chosen, str(row["layers"]), times
+        )
     return table

@@ -14,10 +14,31 @@ from onnxprune.errors import InputError
 from onnxprune.select.plan import default_plan_path
 
 #: prune()'s keyword arguments set by the prune option of the same name
-SAME_NAME = ("criterion", "ratio", "min_channels", "round_to", "round_batch", "scope", "exclude", "seed",
-             "calib", "calib_samples", "preprocess", "batch_size", "target_flops", "target_params",
-             "target_latency", "allocate", "layerwise", "samples", "jobs", "reconstruct", "ridge",
-             "prune_residual", "strict")
+SAME_NAME = (
+    "criterion",
+    "ratio",
+    "min_channels",
+    "round_to",
+    "round_batch",
+    "scope",
+    "exclude",
+    "seed",
+    "calib",
+    "calib_samples",
+    "preprocess",
+    "batch_size",
+    "target_flops",
+    "target_params",
+    "target_latency",
+    "allocate",
+    "layerwise",
+    "samples",
+    "jobs",
+    "reconstruct",
+    "ridge",
+    "prune_residual",
+    "strict",
+)
 
 
 def round_to_arg(text: str):
@@ -33,18 +54,29 @@ def round_to_arg(text: str):
 def add_selection_options(sub: argparse.ArgumentParser) -> None:
     """Which channels go, how counts are rounded, which groups are left alone."""
     options.add_criterion(sub, "channel importance")
-    sub.add_argument("--ratio", type=float, default=0.5,
-                     help="fraction of each group's channels to remove, in [0, 1) (default 0.5)")
+    sub.add_argument(
+        "--ratio", type=float, default=0.5, help="fraction of each group's channels to remove, in [0, 1) (default 0.5)"
+    )
     options.add_min_channels(sub)
-    sub.add_argument("--round-to", type=round_to_arg, default=1, metavar="N|auto",
-                     help="kept channel counts become multiples of N; 'auto': per group, the smallest count >= "
-                          "the requested one that no larger count (up to the next multiple of 32) beats in "
-                          "latency by more than 3%%, timed layer by layer on --ep (timings cached on disk)")
+    sub.add_argument(
+        "--round-to",
+        type=round_to_arg,
+        default=1,
+        metavar="N|auto",
+        help="kept channel counts become multiples of N; 'auto': per group, the smallest count >= "
+        "the requested one that no larger count (up to the next multiple of 32) beats in "
+        "latency by more than 3%%, timed layer by layer on --ep (timings cached on disk)",
+    )
     options.add_ep(sub, "--round-to auto: execution provider to time on: cpu, cuda, tensorrt (default cpu)")
-    sub.add_argument("--round-batch", type=int, default=1, metavar="B",
-                     help="--round-to auto: batch size to time at (default 1)")
-    sub.add_argument("--scope", choices=("local", "global"), default="local",
-                     help="local: ratio per group; global: rank normalized scores across groups")
+    sub.add_argument(
+        "--round-batch", type=int, default=1, metavar="B", help="--round-to auto: batch size to time at (default 1)"
+    )
+    sub.add_argument(
+        "--scope",
+        choices=("local", "global"),
+        default="local",
+        help="local: ratio per group; global: rank normalized scores across groups",
+    )
     options.add_exclude(sub, "freeze groups touching layers/weights matching this glob (repeatable)")
     options.add_seed(sub, "seed for 'random' and the verification inputs")
 
@@ -54,55 +86,90 @@ def add_allocation_options(sub: argparse.ArgumentParser) -> None:
     from onnxprune.select.allocation import STRATEGIES
 
     group = sub.add_argument_group("targets (instead of --ratio, one ratio per group is chosen)")
-    group.add_argument("--target-flops", metavar="F", help="MACs of the pruned model: a fraction (0.5) or absolute (2.1G)")
+    group.add_argument(
+        "--target-flops", metavar="F", help="MACs of the pruned model: a fraction (0.5) or absolute (2.1G)"
+    )
     group.add_argument("--target-params", metavar="P", help="parameters: a fraction (0.5) or absolute (500k)")
     group.add_argument("--target-latency", metavar="MS", help="ONNX Runtime CPU latency at batch 1, milliseconds")
-    group.add_argument("--allocate", choices=sorted(STRATEGIES), metavar="STRATEGY",
-                       help=f"how to spread the budget: {', '.join(sorted(STRATEGIES))} (default uniform)")
+    group.add_argument(
+        "--allocate",
+        choices=sorted(STRATEGIES),
+        metavar="STRATEGY",
+        help=f"how to spread the budget: {', '.join(sorted(STRATEGIES))} (default uniform)",
+    )
     group.add_argument("--layerwise", metavar="FILE", help="JSON/YAML map of group id or layer name to ratio")
     group.add_argument("--samples", type=int, default=64, help="random-search: candidates to evaluate (default 64)")
     group.add_argument("--jobs", type=int, default=1, help="random-search: processes (default 1)")
-    group.add_argument("--plot", metavar="DIR", help="write PNG plots here: kept_per_layer.png (fraction of "
-                       "channels kept per layer) and, for random-search, random_search.png")
+    group.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="write PNG plots here: kept_per_layer.png (fraction of "
+        "channels kept per layer) and, for random-search, random_search.png",
+    )
 
 
 def add_verification_options(sub: argparse.ArgumentParser) -> None:
     """The masked-reference check, and the residual stream (verified against its own reference)."""
     sub.add_argument("--no-verify", action="store_true", help="skip the masked-reference check")
-    sub.add_argument("--prune-residual", action="store_true",
-                     help="also prune the channels LayerNorms normalize over (a transformer's residual stream), "
-                          "in every LayerNorm, projection and embedding; the LayerNorms then normalize over "
-                          "the kept channels")
-    options.add_shape(sub, "input shape for the verification (and the MACs) where dimensions are dynamic, e.g. "
-                           "input=2x3x224x224; repeatable (default: batch 2, other dynamic dimensions from "
-                           "exporter hints or the first probed size ONNX Runtime runs)")
-    sub.add_argument("--strict", action="store_true",
-                     help="refuse (exit 3) when the pruned model fails verification, instead of freezing "
-                          "the groups whose pruning fails (found by bisection) and pruning the rest")
+    sub.add_argument(
+        "--prune-residual",
+        action="store_true",
+        help="also prune the channels LayerNorms normalize over (a transformer's residual stream), "
+        "in every LayerNorm, projection and embedding; the LayerNorms then normalize over "
+        "the kept channels",
+    )
+    options.add_shape(
+        sub,
+        "input shape for the verification (and the MACs) where dimensions are dynamic, e.g. "
+        "input=2x3x224x224; repeatable (default: batch 2, other dynamic dimensions from "
+        "exporter hints or the first probed size ONNX Runtime runs)",
+    )
+    sub.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 3) when the pruned model fails verification, instead of freezing "
+        "the groups whose pruning fails (found by bisection) and pruning the rest",
+    )
 
 
 def add_recovery_options(sub: argparse.ArgumentParser) -> None:
     """The chain (fine-tuning after pruning) and least-squares reconstruction."""
     chain = sub.add_argument_group("one command: prune -> reconstruct -> fine-tune -> check -> bench")
-    chain.add_argument("--finetune-data", metavar="DATA", help="labelled training data (.npz with y, or an "
-                       "image folder): fine-tune the pruned model, distilling from the input model")
+    chain.add_argument(
+        "--finetune-data",
+        metavar="DATA",
+        help="labelled training data (.npz with y, or an "
+        "image folder): fine-tune the pruned model, distilling from the input model",
+    )
     chain.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs (default 10)")
     chain.add_argument("--val", metavar="DATA", help="validation data for the fine-tuning")
     chain.add_argument("--no-teacher", action="store_true", help="fine-tune without distillation")
-    chain.add_argument("--no-augment", action="store_true",
-                       help="no random crop/flip (for data that is not flip-invariant, e.g. digits)")
-    sub.add_argument("--reconstruct", action="store_true",
-                     help="after verification, refit each pruned layer's kept weights and bias by least squares "
-                          "to the unpruned model's layer outputs on --calib data (needs --calib)")
-    sub.add_argument("--ridge", type=float, default=1e-4, metavar="L",
-                     help="--reconstruct: ridge λ, relative to the mean diagonal of XᵀX (default 1e-4)")
+    chain.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="no random crop/flip (for data that is not flip-invariant, e.g. digits)",
+    )
+    sub.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="after verification, refit each pruned layer's kept weights and bias by least squares "
+        "to the unpruned model's layer outputs on --calib data (needs --calib)",
+    )
+    sub.add_argument(
+        "--ridge",
+        type=float,
+        default=1e-4,
+        metavar="L",
+        help="--reconstruct: ridge λ, relative to the mean diagonal of XᵀX (default 1e-4)",
+    )
 
 
 def prune_config(args: argparse.Namespace) -> PruneConfig:
     """The one `PruneConfig` the prune options describe."""
     keywords = {name: getattr(args, name) for name in SAME_NAME}
-    return PruneConfig.from_keywords(**keywords, round_ep=args.ep, verify=not args.no_verify,
-                                     input_shapes=options.input_shapes(args.shape) or None)
+    return PruneConfig.from_keywords(
+        **keywords, round_ep=args.ep, verify=not args.no_verify, input_shapes=options.input_shapes(args.shape) or None
+    )
 
 
 @SUBCOMMANDS.register("prune")
@@ -112,8 +179,12 @@ class Prune(Command):
     help = "prune a model (the default command)"
     description = "Prune a model; 'onnxprune MODEL ...' means 'onnxprune prune MODEL ...'."
     #: the chain's fine-tuning (recover.chain.finetune_pruned) is set by --finetune-* options
-    flags: ClassVar[dict[str, str]] = {"data": "--finetune-data", "epochs": "--finetune-epochs",
-                                       "teacher": "--no-teacher", "augment": "--no-augment"}
+    flags: ClassVar[dict[str, str]] = {
+        "data": "--finetune-data",
+        "epochs": "--finetune-epochs",
+        "teacher": "--no-teacher",
+        "augment": "--no-augment",
+    }
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Model and output, selection, calibration, targets, verification, recovery, where to write."""
@@ -143,10 +214,19 @@ class Prune(Command):
         if args.finetune_data:
             from onnxprune.recover.chain import finetune_pruned
 
-            result = finetune_pruned(result, source, args.finetune_data, epochs=args.finetune_epochs,
-                                     val=args.val, preprocess=args.preprocess, batch_size=args.batch_size,
-                                     seed=args.seed, teacher=not args.no_teacher, augment=not args.no_augment,
-                                     log=stdout.print)
+            result = finetune_pruned(
+                result,
+                source,
+                args.finetune_data,
+                epochs=args.finetune_epochs,
+                val=args.val,
+                preprocess=args.preprocess,
+                batch_size=args.batch_size,
+                seed=args.seed,
+                teacher=not args.no_teacher,
+                augment=not args.no_augment,
+                log=stdout.print,
+            )
         result.save(output, plan_path, args.report)
         print_report(result.report, str(output), str(plan_path))
         if plot_dir is not None:
@@ -162,7 +242,8 @@ def save_plots(result, directory: Path) -> None:
 
     layers = (result.report.get("allocation") or {}).get("layers")
     if layers is None:
-        layers = kept_per_layer(result.model.graph.node, result.groups,
-                                {g["id"]: g["kept"] for g in result.plan["groups"]})
+        layers = kept_per_layer(
+            result.model.graph.node, result.groups, {g["id"]: g["kept"] for g in result.plan["groups"]}
+        )
     paths = save_allocation_plots(result.report, directory, layers)
     stdout.print("wrote " + " and ".join(str(p) for p in paths))
