@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
 from onnxprune import __version__
@@ -59,14 +58,8 @@ def build_parser() -> Parser:
 
 
 def error_message(exc: OnnxPruneError, command: Command) -> str:
-    """The error's message with its `{parameter}` placeholders written as the command's flags, and
-    the flag of the parameter it is about in front where the message does not name it."""
-    message = exc.render(command.flag)
-    if exc.parameter:
-        flag = command.flag(exc.parameter)
-        if not re.search(re.escape(flag) + r"(?![\w-])", message):
-            message = f"{flag}: {message}"
-    return message
+    """The error's message with its `{parameter}` placeholders written as the flags of `command`."""
+    return exc.render(command.flag)
 
 
 def _interrupt_on_sigterm():

@@ -143,16 +143,16 @@ def test_help_lists_the_commands_in_registry_order(capsys):
     "parameter, message, line",
     [
         ("ridge", "{ridge} must be a finite number >= 0, got -1.0", "--ridge must be a finite number >= 0, got -1.0"),
-        ("round_ep", "execution provider 'x' is not available", "--ep: execution provider 'x' is not available"),
+        ("round_ep", "{round_ep} x: not available", "--ep x: not available"),
         ("epochs", "{epochs} must be at least 1, got 0", "--finetune-epochs must be at least 1, got 0"),
         ("batch_size", "--batch-size 3 is the global batch", "--batch-size 3 is the global batch"),
         ("calib", "--calib-samples needs {calib}", "--calib-samples needs --calib"),
-        ("calib", "no samples found", "--calib: no samples found"),
+        ("calib", "--data x.npz: no such file or folder", "--data x.npz: no such file or folder"),
         (None, "no prunable channel group", "no prunable channel group"),
     ],
 )
 def test_a_library_error_names_the_option(tiny, capsys, monkeypatch, parameter, message, line):
-    """The library names the keyword argument (`parameter`); the CLI turns it into the flag."""
+    """The library names keyword arguments as {placeholders}; the CLI writes them as the command's flags."""
     from onnxprune.commands import prune as prune_command
     from onnxprune.errors import InputError
 

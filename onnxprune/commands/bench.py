@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import ClassVar
 
 from onnxprune.commands import options
 from onnxprune.commands.base import SUBCOMMANDS, Command
@@ -32,7 +31,6 @@ class Bench(Command):
     )
     epilog = EXAMPLES
     verbatim = True
-    flags: ClassVar[dict[str, str]] = {"batches": "--batch", "shapes": "--shape", "spin": "--no-spin"}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The models, the provider, batch sizes, runs, shapes, IO binding, output format."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import textwrap
 from pathlib import Path
-from typing import ClassVar
 
 from onnxprune.commands import options
 from onnxprune.commands.base import SUBCOMMANDS, Command
@@ -33,7 +32,6 @@ class Check(Command):
     description = textwrap.fill(DESCRIPTION, 90)
     epilog = EPILOG
     verbatim = True
-    flags: ClassVar[dict[str, str]] = {"original_path": "--against", "plan_path": "--plan"}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The pruned model, its original and plan, the inputs to compare on."""
