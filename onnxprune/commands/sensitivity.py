@@ -40,12 +40,9 @@ class Sensitivity(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         """Run the study, write the table and the plot, print the summary."""
-        from onnxprune.measure.sensitivity import (
-            SensitivityStudy,
-            parse_ratios,
-            summary_table,
-        )
+        from onnxprune.measure.sensitivity import SensitivityStudy, parse_ratios
         from onnxprune.report.console import progress_bar, stdout
+        from onnxprune.report.sensitivity import summary_table
 
         if not args.calib:
             raise InputError("sensitivity needs calibration data: add --calib PATH (.npz/.npy or an image folder)")
