@@ -19,8 +19,10 @@ T = TypeVar("T")
 
 #: The modules whose import registers each registry's built-in entries.
 BUILTINS: dict[str, tuple[str, ...]] = {
-    "op rule": tuple(f"onnxprune.analysis.rules.{m}" for m in
-                     ("ops", "attention", "integer", "quant", "recurrent", "topology", "residual")),
+    "op rule": tuple(
+        f"onnxprune.analysis.rules.{m}"
+        for m in ("ops", "attention", "integer", "quant", "recurrent", "topology", "residual")
+    ),
     "criterion": tuple(f"onnxprune.criteria.{m}" for m in ("magnitude", "activation", "heads")),
     "allocation strategy": tuple(
         f"onnxprune.select.strategies.{m}"

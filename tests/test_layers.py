@@ -17,13 +17,18 @@ from onnxprune.model.view import ModelView
 RNG = np.random.default_rng(3)
 
 
-def _model(node: onnx.NodeProto, inputs: dict[str, list], weights: dict[str, tuple],
-           opset: int = 17) -> onnx.ModelProto:
+def _model(
+    node: onnx.NodeProto, inputs: dict[str, list], weights: dict[str, tuple], opset: int = 17
+) -> onnx.ModelProto:
     """One node; `inputs` are graph inputs (name -> shape), `weights` random float initializers."""
     inits = [numpy_helper.from_array(RNG.standard_normal(s).astype(np.float32), n) for n, s in weights.items()]
-    graph = helper.make_graph([node], "g",
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
-                              [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)], inits)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return onnx.shape_inference.infer_shapes(model)
@@ -100,12 +105,21 @@ def _quantized(model: onnx.ModelProto, op: str, tmp_path) -> onnx.ModelProto:
 
 
 def test_convinteger_macs_equal_the_float_convs(tmp_path):
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["t"], pads=[1, 1, 1, 1]),
-             helper.make_node("Conv", ["t", "w2"], ["y"], group=2, strides=[2, 2])]
-    inits = [numpy_helper.from_array(RNG.standard_normal(s).astype(np.float32), n)
-             for n, s in {"w1": (8, 3, 3, 3), "w2": (8, 4, 3, 3)}.items()]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["t"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["t", "w2"], ["y"], group=2, strides=[2, 2]),
+    ]
+    inits = [
+        numpy_helper.from_array(RNG.standard_normal(s).astype(np.float32), n)
+        for n, s in {"w1": (8, 3, 3, 3), "w2": (8, 4, 3, 3)}.items()
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
     quantized = onnx.shape_inference.infer_shapes(_quantized(model, "Conv", tmp_path))
     integer = [n for n in quantized.graph.node if n.op_type == "ConvInteger"]
@@ -127,15 +141,22 @@ def test_pruned_macs_are_the_unscaled_part_plus_the_rest_times_the_weight_share(
     """What `PlanCost` relies on: a layer's pruned MACs = unscaled + (MACs - unscaled) × the kept
     share of `layer_weight` — for an LSTM whose input columns are pruned, and for the Conv."""
     inits = {"wc": (8, 4, 1, 3), "w": (1, 24, 8), "r": (1, 24, 6)}
-    nodes = [helper.make_node("Conv", ["x", "wc"], ["c"], pads=[0, 1, 0, 1]),
-             helper.make_node("Relu", ["c"], ["cr"]),
-             helper.make_node("Squeeze", ["cr", "axes"], ["s"]),
-             helper.make_node("Transpose", ["s"], ["seq"], perm=[2, 0, 1]),
-             helper.make_node("LSTM", ["seq", "w", "r"], ["y"], hidden_size=6)]
+    nodes = [
+        helper.make_node("Conv", ["x", "wc"], ["c"], pads=[0, 1, 0, 1]),
+        helper.make_node("Relu", ["c"], ["cr"]),
+        helper.make_node("Squeeze", ["cr", "axes"], ["s"]),
+        helper.make_node("Transpose", ["s"], ["seq"], perm=[2, 0, 1]),
+        helper.make_node("LSTM", ["seq", "w", "r"], ["y"], hidden_size=6),
+    ]
     tensors = [numpy_helper.from_array(RNG.standard_normal(s).astype(np.float32), n) for n, s in inits.items()]
     tensors.append(numpy_helper.from_array(np.array([2], np.int64), "axes"))
-    graph = helper.make_graph(nodes, "crnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1, 10])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], tensors)
+    graph = helper.make_graph(
+        nodes,
+        "crnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        tensors,
+    )
     model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]))
     result = onnxprune.prune(model, ratio=0.5)
     assert result.report["verification"]["ok"]
