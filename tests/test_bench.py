@@ -167,7 +167,7 @@ def test_inputs_from_shapes(tmp_path):
     onnx.save(g.model(g.op("GlobalAveragePool", g.conv("x", 4, 6))), path)
     model = onnx.load(path)
     assert input_feeds(model, 5, {"x": (1, 4, 16, 12)})["x"].shape == (5, 4, 16, 12)
-    with pytest.raises(InputError, match="dynamic dimension 2 .*--shape x=1xNxNxN"):
+    with pytest.raises(InputError, match="dynamic dimension 2 .*shape x=1xNxNxN"):
         input_feeds(model, 1, {})
     assert parse_shapes(["x=1x4x16x12"]) == {"x": (1, 4, 16, 12)} and parse_batches("1, 8,64") == (1, 8, 64)
 

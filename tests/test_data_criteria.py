@@ -382,7 +382,7 @@ def test_data_criteria_need_calibration_data():
 
     analysis = load_and_analyze(_tiny())
     for criterion in CRITERIA:
-        with pytest.raises(InputError, match=f"criterion {criterion} needs calibration data: add --calib"):
+        with pytest.raises(InputError, match=f"criterion {criterion} needs calibration data: add calib"):
             score_groups(analysis, criterion)
 
 
