@@ -9,36 +9,12 @@ from typing import ClassVar
 from onnxprune.api import run_prune
 from onnxprune.commands import options
 from onnxprune.commands.base import SUBCOMMANDS, Command
-from onnxprune.config import PruneConfig
+from onnxprune.config import KEYWORDS, PruneConfig
 from onnxprune.errors import InputError
 from onnxprune.select.plan import default_plan_path
 
-#: prune()'s keyword arguments set by the prune option of the same name
-SAME_NAME = (
-    "criterion",
-    "ratio",
-    "min_channels",
-    "round_to",
-    "round_batch",
-    "scope",
-    "exclude",
-    "seed",
-    "calib",
-    "calib_samples",
-    "preprocess",
-    "batch_size",
-    "target_flops",
-    "target_params",
-    "target_latency",
-    "allocate",
-    "layerwise",
-    "samples",
-    "jobs",
-    "reconstruct",
-    "ridge",
-    "prune_residual",
-    "strict",
-)
+#: the options that differ from prune()'s keyword arguments (the rest have the same name, see config.KEYWORDS)
+RENAMED = {"round_ep": "ep", "verify": "no_verify", "input_shapes": "shape"}
 
 
 def round_to_arg(text: str):
@@ -166,9 +142,13 @@ def add_recovery_options(sub: argparse.ArgumentParser) -> None:
 
 def prune_config(args: argparse.Namespace) -> PruneConfig:
     """The one `PruneConfig` the prune options describe."""
-    keywords = {name: getattr(args, name) for name in SAME_NAME}
+    keywords = {name: getattr(args, name) for name in KEYWORDS if name not in RENAMED}
     return PruneConfig.from_keywords(
-        **keywords, round_ep=args.ep, verify=not args.no_verify, input_shapes=options.input_shapes(args.shape) or None
+        **keywords,
+        seed=args.seed,
+        round_ep=args.ep,
+        verify=not args.no_verify,
+        input_shapes=options.input_shapes(args.shape) or None,
     )
 
 
