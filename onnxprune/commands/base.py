@@ -8,13 +8,14 @@ the order `onnxprune --help` lists the commands.
 from __future__ import annotations
 
 import argparse
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from onnxprune.errors import FLAGS
 from onnxprune.registry import Registry
 
 
-class Command:
+class Command(ABC):
     """One subcommand: its help texts, its arguments (`add_arguments`) and what it does (`run`)."""
 
     #: the command's line in `onnxprune --help`
@@ -27,13 +28,13 @@ class Command:
     #: a library error's parameter -> the option that sets it, where this command's differs from `errors.FLAGS`
     flags: ClassVar[dict[str, str]] = {}
 
+    @abstractmethod
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the command's arguments and options to its sub-parser."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run(self, args: argparse.Namespace) -> int:
         """Run the command on the parsed arguments; returns the exit code."""
-        raise NotImplementedError
 
     def flag(self, parameter: str) -> str:
         """The option that sets `parameter` (a keyword argument of the library, e.g. `round_ep`):
