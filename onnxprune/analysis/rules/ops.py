@@ -57,6 +57,9 @@ ELEMENTWISE_UNARY = (
     "Floor",
     "Ceil",
     "Round",
+    "IsNaN",
+    "IsInf",
+    "Not",
 )
 
 
@@ -318,6 +321,30 @@ def comparison(rel, node, view):
         for name, axis in sized:
             rel.freeze(name, axis, f"{rel.label} {what}")
         rel.freeze(y, out_axis, f"{rel.label} {what}")
+
+
+@rule(
+    "Where",
+    mapping="numpy broadcasting over condition, X and Y: equal axes are coupled; "
+    "per-channel constants become group members",
+    freezes_when="never",
+)
+def where(rel, node, view):
+    """Where(c, x, y) picks element-wise, so every non-broadcast axis of its three inputs and its output
+    is one space (SDPA's NaN guard `Where(IsNaN(p), 0, p)`, additive masks `Where(m, -inf, 0)`). A pruned
+    channel picks between finite values, which only zeroed consumers read."""
+    y = node.output[0]
+    out_rank = rel.rank(y)
+    for name in node.input:
+        rank = rel.rank(name)
+        for axis in range(rank):
+            out_axis = out_rank - rank + axis
+            if rel.size(name, axis) == 1:
+                rel.touch(name, axis)
+            elif view.is_const(name):
+                rel.weight(name, axis, "param", None, like=(y, out_axis))
+            else:
+                rel.link(name, axis, y, out_axis)
 
 
 def _is_scalar(view, name: str) -> bool:
