@@ -91,7 +91,7 @@ def quick_real_models() -> list[pathlib.Path]:
 def test_every_normalization_pass_keeps_the_real_models_valid(quick_real_models):
     for path in quick_real_models:
         names = check_after_every_pass(load_model(path).model)
-        assert len(names) == 8
+        assert len(names) == 9
 
 
 # --- class 1: IR 3 -----------------------------------------------------------------------------

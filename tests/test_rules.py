@@ -45,6 +45,15 @@ def test_elementwise_ops_pass_channels_through(op):
     assert (row["channels"], row["kept"]) == (6, 3)
 
 
+def test_sdpa_nan_guard_where_passes_channels_through():
+    def middle(g, t):
+        return g.op("Where", g.op("IsNaN", t), g.const(np.float32(0)), t)
+
+    result = pruned(conv_chain(middle))
+    (row,) = prunable_rows(result)
+    assert (row["channels"], row["kept"]) == (6, 3)
+
+
 def conv_inputs(model):
     return [list(n.input) for n in model.graph.node if n.op_type == "Conv"]
 

@@ -167,6 +167,17 @@ def test_shared_weight_couples_its_users():
     assert [(r["channels"], r["kept"]) for r in prunable_rows(result)] == [(6, 3)]
 
 
+def test_shared_bias_is_split_per_use_and_does_not_couple_its_users():
+    """torch's dynamo exporter stores one zero bias for every layer that has one."""
+    g = GraphBuilder()
+    bias = g.const(np.zeros(6, np.float32))
+    a = g.op("Relu", g.op("Conv", "x", g.weight(6, 4, 3, 3), bias, pads=[1, 1, 1, 1]))
+    b = g.op("Relu", g.op("Conv", "x", g.weight(6, 4, 3, 3), bias, pads=[1, 1, 1, 1]))
+    y = g.op("GlobalAveragePool", g.op("Add", g.conv(a, 6, 2), g.conv(b, 6, 2)))
+    result = pruned(g.model(y))
+    assert [(r["channels"], r["kept"]) for r in prunable_rows(result)] == [(6, 3), (6, 3)]
+
+
 def test_single_channel_concat_input_is_pinned():
     """A 1-channel input has no channel space; its position in the Concat must never be pruned."""
     g = GraphBuilder()

@@ -89,6 +89,7 @@ def normalization_passes(separate: bool = False) -> list[tuple[str, Callable]]:
         ("negative dimensions are dynamic", negative_dims_as_dynamic),
         ("infer shapes for folding", infer_shapes_for_folding),
         *[(name, functools.partial(graph_surgery, steps=steps)) for name, steps in surgery],
+        ("one initializer per use", split_shared_initializers),
         ("infer shapes", infer_final_shapes),
     ]
 
@@ -170,6 +171,38 @@ def graph_surgery(model: onnx.ModelProto, steps: tuple[str, ...]) -> onnx.ModelP
     restore_subgraphs(result, held)
     _copy_model_metadata(model, result)
     return result
+
+
+def split_shared_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A per-channel initializer (one axis longer than 1: a bias, a norm scale, a shape constant) read
+    by several nodes gets one copy per extra use (`<name>__use<k>`). Exporters store identical tensors
+    once (torch's dynamo exporter shares one zero bias among every q/k/v/out projection), which would
+    couple unrelated channel groups through the one tensor; after the split each use is sliced with its
+    own group. Weights with two or more long axes (a conv or linear weight, a tied embedding) stay
+    shared: their users are tied layers, which couple for real."""
+    graph = model.graph
+    shared = {init.name: init for init in graph.initializer if _long_axes(init) == 1}
+    protected = {info.name for info in graph.output}
+    seen: dict[str, int] = {}
+    copies = []
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name not in shared or name in protected:
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] == 1:
+                continue
+            copy = onnx.TensorProto()
+            copy.CopyFrom(shared[name])
+            copy.name = f"{name}__use{seen[name] - 1}"
+            node.input[index] = copy.name
+            copies.append(copy)
+    graph.initializer.extend(copies)
+    return model
+
+
+def _long_axes(init: onnx.TensorProto) -> int:
+    return sum(1 for dim in init.dims if dim > 1)
 
 
 def _copy_model_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> None:

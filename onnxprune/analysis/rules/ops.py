@@ -57,10 +57,10 @@ ELEMENTWISE_UNARY = (
     "Floor",
     "Ceil",
     "Round",
-    "IsNaN",
-    "IsInf",
-    "Not",
 )
+
+#: Element-wise tests that make a bool mask of the same shape (SDPA's NaN guard reads IsNaN).
+ELEMENTWISE_MASKS = ("IsNaN", "IsInf", "Not")
 
 
 def in_norm(rel, node, view) -> bool:
@@ -80,6 +80,9 @@ def elementwise(rel, node, view):
     or a Mul with the same, zeroed, channel)."""
     if not in_norm(rel, node, view):
         rel.identity(node.input[0], node.output[0])
+
+
+rule(*ELEMENTWISE_MASKS, mapping="every axis passes through unchanged", freezes_when="never")(elementwise)
 
 
 @rule(
