@@ -350,6 +350,15 @@ def where(rel, node, view):
                 rel.link(name, axis, y, out_axis)
 
 
+rule(
+    "And",
+    "Or",
+    "Xor",
+    mapping="numpy broadcasting: equal axes are coupled (attention masks combined)",
+    freezes_when="never",
+)(where)
+
+
 def _is_scalar(view, name: str) -> bool:
     """True when a tensor's every axis has size 1 (it broadcasts over every channel)."""
     shape = view.shape(name)
