@@ -1,0 +1,83 @@
+"""Tiny Hugging Face `transformers` models built from configs (random weights, no hub), exported
+the way users export them: both torch exporters, `input_ids` and `attention_mask` as inputs."""
+
+from __future__ import annotations
+
+import pathlib
+import warnings
+
+import torch
+
+HIDDEN, HEADS, KV_HEADS, MLP, VOCAB, LAYERS, TOKENS = 32, 4, 2, 64, 100, 2, 8
+
+#: name -> (config class, model class, config keywords beyond the common ones)
+FAMILIES = {
+    "bert": ("BertConfig", "BertModel", {"intermediate_size": MLP}),
+    "distilbert": ("DistilBertConfig", "DistilBertModel", {"dim": HIDDEN, "n_layers": LAYERS, "n_heads": HEADS}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_embd": HIDDEN, "n_layer": LAYERS, "n_head": HEADS}),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {"num_key_value_heads": KV_HEADS, "intermediate_size": MLP}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"num_key_value_heads": KV_HEADS, "intermediate_size": MLP}),
+}
+CAUSAL = ("gpt2", "llama", "qwen2")
+
+
+def config(name: str):
+    """The tiny config of a family: hidden 32, 4 heads (2 KV heads under GQA), MLP 64, 2 layers."""
+    import transformers
+
+    config_class, _, extra = FAMILIES[name]
+    common = {
+        "vocab_size": VOCAB,
+        "hidden_size": HIDDEN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "max_position_embeddings": 64,
+        "hidden_dim": MLP,  # DistilBERT's MLP width (other configs ignore unknown keys)
+        "use_cache": False,
+    }
+    return getattr(transformers, config_class)(**{**common, **extra})
+
+
+class Exported(torch.nn.Module):
+    """forward(input_ids, attention_mask) -> the first output (hidden states or logits)."""
+
+    def __init__(self, model: torch.nn.Module, causal: bool):
+        super().__init__()
+        self.model, self.causal = model, causal
+
+    def forward(self, input_ids, attention_mask):
+        extra = {"use_cache": False} if self.causal else {}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False, **extra)[0]
+
+
+def build(name: str, seed: int = 0) -> torch.nn.Module:
+    """The family's model with random weights (seeded), in eval mode, wrapped for export."""
+    import transformers
+
+    torch.manual_seed(seed)
+    model = getattr(transformers, FAMILIES[name][1])(config(name)).eval()
+    return Exported(model, causal=name in CAUSAL).eval()
+
+
+def example_inputs(batch: int = 1, tokens: int = TOKENS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random token ids and an all-ones attention mask."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (batch, tokens), generator=generator)
+    return ids, torch.ones(batch, tokens, dtype=torch.long)
+
+
+def export(name: str, path: pathlib.Path, dynamo: bool) -> pathlib.Path:
+    """Export the family's model to `path` (dynamo: opset 18 with external data; TorchScript: 17)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = {} if dynamo else {"opset_version": 17}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            build(name),
+            example_inputs(),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            dynamo=dynamo,
+            **options,
+        )
+    return path
