@@ -15,7 +15,6 @@ pytest.importorskip("transformers")
 
 import hf_zoo  # noqa: E402
 from hf_zoo import HEADS, HIDDEN, KV_HEADS, MLP  # noqa: E402
-
 from test_transformers import masked_export  # noqa: E402
 
 import onnxprune  # noqa: E402
