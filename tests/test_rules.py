@@ -308,6 +308,11 @@ def test_fpgm_prunes_the_filter_nearest_the_median():
         (("N", 8, 2, 2), ("N", 32), [([0], [0]), ([1, 2, 3], [1])]),
         ((2, 6, 4), (2, 4, 6), [([0], [0]), ([1, 2], [1, 2])]),
         (("N", 8), ("M", 8), None),
+        # GPT-2's Conv1D: [batch, seq, C] viewed as [batch*seq, C] around its Gemm, and back
+        (("batch", "seq", 32), ("batch*seq", 32), [([0, 1], [0]), ([2], [1])]),
+        (("batch*seq", 96), ("batch", "seq", 96), [([0], [0, 1]), ([1], [2])]),
+        (("b*s", 4, 8), ("b", "s", 32), [([0], [0, 1]), ([1, 2], [2])]),
+        (("b*s", 8), ("b", "t", 8), None),
     ],
 )
 def test_align_axes(in_shape, out_shape, expected):

@@ -7,6 +7,8 @@ unmentioned is frozen by the analysis with a generic reason.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from onnxprune.analysis.rules.attention import (
@@ -536,11 +538,16 @@ def align_axes(in_shape: tuple, out_shape: tuple) -> list[tuple[list[int], list[
     while i < len(in_shape) or j < len(out_shape):
         if i < len(in_shape) and not isinstance(in_shape[i], int):
             if in_shape[i] is None or j >= len(out_shape) or in_shape[i] != out_shape[j]:
-                return None if in_shape[i] is None else _dynamic_tail(pairs, in_shape, out_shape, i, j)
+                run = None if in_shape[i] is None else symbolic_run(in_shape, out_shape, i, j)
+                if run is None:
+                    return None if in_shape[i] is None else _dynamic_tail(pairs, in_shape, out_shape, i, j)
+                pairs.append((list(range(i, run[0])), list(range(j, run[1]))))
+                i, j = run
+                continue
             pairs.append(([i], [j]))
             i, j = i + 1, j + 1
             continue
-        run = _match_run(in_shape, out_shape, i, j)
+        run = _match_run(in_shape, out_shape, i, j) or symbolic_run(in_shape, out_shape, i, j)
         if run is None:
             return _dynamic_tail(pairs, in_shape, out_shape, i, j)
         pairs.append((list(range(i, run[0])), list(range(j, run[1]))))
@@ -563,6 +570,52 @@ def _dynamic_tail(pairs: list, in_shape: tuple, out_shape: tuple, i: int, j: int
     ):
         return None
     return pairs + [(list(range(i, len(in_shape))), list(range(j, len(out_shape))))]
+
+
+def symbolic_run(a: tuple, b: tuple, i: int, j: int) -> tuple[int, int] | None:
+    """Smallest run a[i:i2], b[j:j2] with equal products counting symbols as factors: shape
+    inference writes a flattened dynamic axis as the product ``batch*seq`` (GPT-2's Conv1D views
+    [batch, seq, C] as [batch*seq, C] around its Gemm). None when a dim is unknown or no run fits."""
+    left, right = (1, Counter()), (1, Counter())
+    i2, j2 = i, j
+    while not (i2 > i and j2 > j and left == right):
+        if i2 == i or (j2 > j and _divides(left, right)):
+            factor = _factors(a[i2]) if i2 < len(a) else None
+            if factor is None:
+                return None
+            left, i2 = _times(left, factor), i2 + 1
+        elif j2 == j or _divides(right, left):
+            factor = _factors(b[j2]) if j2 < len(b) else None
+            if factor is None:
+                return None
+            right, j2 = _times(right, factor), j2 + 1
+        else:
+            return None
+    return i2, j2
+
+
+def _factors(dim) -> tuple[int, Counter] | None:
+    """A dim as (constant factor, symbol counts): 6 -> (6, {}), 'batch*seq' -> (1, {batch, seq})."""
+    if isinstance(dim, int):
+        return dim, Counter()
+    if not isinstance(dim, str) or not dim:
+        return None
+    coef, symbols = 1, Counter()
+    for piece in dim.replace(" ", "").split("*"):
+        if piece.isdigit():
+            coef *= int(piece)
+        else:
+            symbols[piece] += 1
+    return coef, symbols
+
+
+def _times(x: tuple[int, Counter], y: tuple[int, Counter]) -> tuple[int, Counter]:
+    return x[0] * y[0], x[1] + y[1]
+
+
+def _divides(x: tuple[int, Counter], y: tuple[int, Counter]) -> bool:
+    """x divides y, and is not equal to it."""
+    return x != y and y[0] % x[0] == 0 and all(y[1][s] >= n for s, n in x[1].items())
 
 
 def _match_run(a: tuple, b: tuple, i: int, j: int) -> tuple[int, int] | None:
