@@ -182,3 +182,25 @@ def test_bisection_freezes_the_failing_group_and_prunes_the_rest(monkeypatch, tm
     assert not (tmp_path / "out.onnx").exists()
     assert main([str(path), "-o", str(tmp_path / "out.onnx")]) == 0
     assert main(["check", str(tmp_path / "out.onnx"), "--against", str(path)]) == 0
+
+
+def _unrunnable_second_group(model, plan, view=None):
+    """apply_plan, then drop an input channel of the third conv's weight whenever it was sliced: a
+    rewrite ONNX Runtime refuses to run (the input model runs)."""
+    applied = apply_plan(model, plan, view)
+    conv = [n for n in applied.model.graph.node if n.op_type == "Conv"][2]
+    for init in applied.model.graph.initializer:
+        if init.name == conv.input[1] and init.dims[1] < 8:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[:, 1:].copy(), init.name))
+    return applied
+
+
+def test_a_rewrite_onnx_runtime_cannot_run_is_our_fault_and_its_group_is_frozen(monkeypatch):
+    monkeypatch.setattr(onnxprune.api, "apply_plan", _unrunnable_second_group)
+    with pytest.raises(onnxprune.VerificationError, match="cannot run the pruned model .*onnxprune's fault"):
+        onnxprune.prune(two_group_net(), ratio=0.5, strict=True)
+    result = onnxprune.prune(two_group_net(), ratio=0.5)
+    frozen = [r["frozen"] for r in result.report["groups"] if r["frozen"]]
+    assert any(f.startswith("pruning it made a model ONNX Runtime cannot run") for f in frozen)
+    assert result.report["verification"]["ok"]
+    assert sorted((r["channels"], r["kept"]) for r in result.report["groups"] if r["channels"] == 8) == [(8, 4), (8, 8)]

@@ -29,7 +29,10 @@ class FailedGroup:
 
     @property
     def reason(self) -> str:
-        """The frozen reason: 'pruning it failed verification (max relative difference …)'."""
+        """The frozen reason: 'pruning it failed verification (max relative difference …)', or
+        'pruning it made a model ONNX Runtime cannot run (…)'."""
+        if self.check.error is not None:
+            return f"pruning it made a model ONNX Runtime cannot run ({self.check.error[:200]})"
         worst = self.check.worst()
         return (
             f"pruning it failed verification (max relative difference {worst.relative:.2g}, "

@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.analysis import ModelView
+from onnxprune.errors import InputError
 from onnxprune.model.inputs import random_inputs
 from onnxprune.model.runtime import run_model
 from onnxprune.passes.apply_plan import pruned_atoms
@@ -27,11 +28,12 @@ class VerifyResult:
 
     outputs: list[OutputCheck]
     noise: Noise | None = None
+    error: str | None = None  # why ONNX Runtime could not run the pruned model (our rewrite's fault)
 
     @property
     def ok(self) -> bool:
-        """True when every output matches."""
-        return all(o.ok for o in self.outputs)
+        """True when the pruned model ran and every output matches."""
+        return self.error is None and all(o.ok for o in self.outputs)
 
     def worst(self) -> OutputCheck:
         """The output that differs most, relative to its tolerance."""
@@ -47,6 +49,7 @@ class VerifyResult:
         worst = self.worst() if self.outputs else OutputCheck("", 0.0, 0.0)
         return {
             "ok": self.ok,
+            **({"error": self.error} if self.error else {}),
             "max_relative": self.max_relative,
             "noise": worst.noise,
             "tolerance": worst.tolerance,
@@ -182,7 +185,11 @@ class Reference:
 
     def compare(self, pruned: onnx.ModelProto, noise: Noise | None = None) -> VerifyResult:
         """The pruned model run on the same feeds, judged and compared with the reference."""
-        got = run_model(self.bounded.expose(pruned), self.feeds)
+        try:
+            got = run_model(self.bounded.expose(pruned), self.feeds)
+        except InputError as exc:  # the input model ran: the rewrite broke it
+            failed = [OutputCheck(name, float("inf"), 1.0) for name in self.outputs]
+            return VerifyResult(failed, noise, error=str(exc).removeprefix("ONNX Runtime cannot run the model: "))
         return compare(self.bounded.judge(got), self.outputs, noise)
 
 

@@ -121,6 +121,11 @@ def verification_report(check: VerifyResult, shapes: VerificationShapes, failed:
 
 def failure_message(check: VerifyResult, detail: str = "") -> str:
     """The VerificationError's message: the worst output, its difference, noise and tolerance."""
+    if check.error is not None:
+        return (
+            f"verification failed: ONNX Runtime cannot run the pruned model ({check.error}){detail}; "
+            "the model was not written (the input model runs: this is onnxprune's fault, please report it)"
+        )
     worst = check.worst()
     return (
         f"verification failed: output '{worst.name}' differs from the masked reference by "

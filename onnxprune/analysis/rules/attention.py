@@ -99,7 +99,7 @@ def rewrite_computed_target(node, ctx) -> None:
     """Rewrite the constant pieces of a Reshape/Expand target built by `Concat` (dynamic shapes):
     each positive constant entry becomes the output axis's new size."""
     producers = {out: n for n in ctx.model.graph.node for out in n.output}
-    concat = target_concat(producers, node.input[1])
+    concat = target_concat(producers, node.input[1], through_where=node.op_type == "Expand")
     length = (ctx.shape(node.input[1]) or (None,))[0]
     if concat is None or not isinstance(length, int):
         return
@@ -120,12 +120,22 @@ def rewrite_computed_target(node, ctx) -> None:
         position += size
 
 
-def target_concat(producers: dict, name: str):
+def target_concat(producers: dict, name: str, through_where: bool = False):
     """The `Concat` that builds a computed Reshape target `name`, seen through `Cast`s (tf2onnx
-    builds int32 shapes and casts them to int64); None when something else computes it."""
+    builds int32 shapes and casts them to int64), 1-D `Reshape`/`Identity` and, `through_where`
+    (for rewriting Expand targets), TorchScript's ``Where(Equal(t, -1), ones, t)`` of `expand(-1, ...)`:
+    only `t` is computed, and the constant branch is taken where t is -1, which a rewrite to
+    positive sizes never touches. None when something else computes it."""
     node = producers.get(name)
-    while node is not None and node.op_type == "Cast":
-        node = producers.get(node.input[0])
+    passes = ("Cast", "Reshape", "Identity", "Where") if through_where else ("Cast", "Reshape", "Identity")
+    while node is not None and node.op_type in passes:
+        if node.op_type == "Where":
+            computed = [i for i in node.input[1:] if i in producers and producers[i].op_type != "Constant"]
+            if len(computed) != 1:
+                return None
+            node = producers.get(computed[0])
+        else:
+            node = producers.get(node.input[0])
     return node if node is not None and node.op_type == "Concat" else None
 
 

@@ -576,7 +576,8 @@ def symbolic_run(a: tuple, b: tuple, i: int, j: int) -> tuple[int, int] | None:
     """Smallest run a[i:i2], b[j:j2] with equal products counting symbols as factors: shape
     inference writes a flattened dynamic axis as the product ``batch*seq`` (GPT-2's Conv1D views
     [batch, seq, C] as [batch*seq, C] around its Gemm). None when a dim is unknown or no run fits."""
-    left, right = (1, Counter()), (1, Counter())
+    left: tuple[int, Counter] = (1, Counter())
+    right: tuple[int, Counter] = (1, Counter())
     i2, j2 = i, j
     while not (i2 > i and j2 > j and left == right):
         if i2 == i or (j2 > j and _divides(left, right)):
@@ -600,7 +601,7 @@ def _factors(dim) -> tuple[int, Counter] | None:
         return dim, Counter()
     if not isinstance(dim, str) or not dim:
         return None
-    coef, symbols = 1, Counter()
+    coef, symbols = 1, Counter[str]()
     for piece in dim.replace(" ", "").split("*"):
         if piece.isdigit():
             coef *= int(piece)
