@@ -66,10 +66,16 @@ def example_inputs(batch: int = 1, tokens: int = TOKENS, seed: int = 0) -> tuple
     return ids, torch.ones(batch, tokens, dtype=torch.long)
 
 
-def export(name: str, path: pathlib.Path, dynamo: bool) -> pathlib.Path:
-    """Export the family's model to `path` (dynamo: opset 18 with external data; TorchScript: 17)."""
+def export(name: str, path: pathlib.Path, dynamo: bool, dynamic: bool = False) -> pathlib.Path:
+    """Export the family's model to `path` (dynamo: opset 18 with external data; TorchScript: 17);
+    `dynamic`: batch and sequence length are dynamic axes, as users export for serving."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    options = {} if dynamo else {"opset_version": 17}
+    options: dict = {} if dynamo else {"opset_version": 17}
+    if dynamic and dynamo:
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", min=2, max=64)
+        options["dynamic_shapes"] = ({0: batch, 1: seq}, {0: batch, 1: seq})
+    elif dynamic:
+        options["dynamic_axes"] = {name: {0: "batch", 1: "seq"} for name in ("input_ids", "attention_mask")}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(

@@ -29,9 +29,11 @@ def hf_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
 
     def get(name: str, exporter: str):
+        """`exporter`: torchscript or dynamo, with `-dynamic` for dynamic batch and sequence axes."""
         if (name, exporter) not in cache:
             path = root / exporter / f"{name}.onnx"
-            cache[name, exporter] = hf_zoo.export(name, path, dynamo=exporter == "dynamo")
+            dynamo, dynamic = exporter.startswith("dynamo"), exporter.endswith("-dynamic")
+            cache[name, exporter] = hf_zoo.export(name, path, dynamo=dynamo, dynamic=dynamic)
         return cache[name, exporter]
 
     return get
@@ -75,6 +77,19 @@ def assert_matches_masked(path, result) -> None:
         got, want = run(result.model, seed), run(masked, seed)
         assert got.shape == want.shape
         assert float(np.abs(got - want).max()) <= 1e-4 * float(np.abs(want).max())
+
+
+@pytest.mark.parametrize("exporter", ["torchscript-dynamic", "dynamo-dynamic"])
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_dynamic_axes_exports_prune_and_verify(hf_model, name, exporter):
+    """GPT-2's Conv1D views [batch, seq, C] as [batch*seq, C]; TorchScript's repeat_kv expands to
+    a target computed from Shape nodes: both must prune with symbolic batch and sequence."""
+    result = onnxprune.prune(hf_model(name, exporter), ratio=0.5, prune_residual=True)
+    assert result.report["verification"]["ok"]
+    kept = sorted((g["channels"], g["kept"]) for g in result.report["groups"] if g["frozen"] is None)
+    mlp = 4 * HIDDEN if name == "gpt2" else MLP
+    heads = head_channels(name)
+    assert kept == sorted([(heads, heads // 2)] * 2 + [(mlp, mlp // 2)] * 2 + [(HIDDEN, HIDDEN // 2)])
 
 
 def projection_widths(model: onnx.ModelProto) -> list[int]:
