@@ -87,3 +87,55 @@ def export(name: str, path: pathlib.Path, dynamo: bool, dynamic: bool = False) -
             **options,
         )
     return path
+
+
+class CachedDecoder(torch.nn.Module):
+    """A causal LM with its KV cache as plain tensors, the way optimum exports decoders:
+    forward(input_ids, attention_mask, *past) -> (logits, *presents), past/presents ordered
+    layer by layer, key then value, each [batch, kv_heads, seq, head_dim]."""
+
+    def __init__(self, model: torch.nn.Module, layers: int):
+        super().__init__()
+        self.model, self.layers = model, layers
+
+    def forward(self, input_ids, attention_mask, *past):
+        import transformers
+
+        cache = transformers.DynamicCache([(past[2 * i], past[2 * i + 1]) for i in range(self.layers)])
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=True)
+        return (out.logits, *[t for layer in out.cache.layers for t in (layer.keys, layer.values)])
+
+
+def cache_names(layers: int) -> tuple[list[str], list[str]]:
+    """(past input names, present output names) as optimum writes them."""
+    kinds = [(i, kind) for i in range(layers) for kind in ("key", "value")]
+    return [f"past_key_values.{i}.{k}" for i, k in kinds], [f"present.{i}.{k}" for i, k in kinds]
+
+
+def export_with_cache(model: torch.nn.Module, config, path: pathlib.Path, past: int = 2, new: int = 3) -> pathlib.Path:
+    """Export a causal LM with its KV cache (TorchScript, opset 17) and optimum's dynamic axes:
+    batch_size, sequence_length, past_sequence_length (+ sequence_length for the mask and presents)."""
+    layers, kv_heads = config.num_hidden_layers, config.num_key_value_heads
+    head_dim = config.hidden_size // config.num_attention_heads
+    past_names, present_names = cache_names(layers)
+    ids = torch.randint(0, config.vocab_size, (1, new))
+    mask = torch.ones(1, past + new, dtype=torch.long)
+    cache = tuple(torch.randn(1, kv_heads, past, head_dim) for _ in past_names)
+    axes = {"input_ids": {0: "batch_size", 1: "sequence_length"}, "logits": {0: "batch_size", 1: "sequence_length"}}
+    axes["attention_mask"] = {0: "batch_size", 1: "past_sequence_length + sequence_length"}
+    axes.update({n: {0: "batch_size", 2: "past_sequence_length"} for n in past_names})
+    axes.update({n: {0: "batch_size", 2: "past_sequence_length + sequence_length"} for n in present_names})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            CachedDecoder(model, layers).eval(),
+            (ids, mask, *cache),
+            str(path),
+            input_names=["input_ids", "attention_mask", *past_names],
+            output_names=["logits", *present_names],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
+    return path
