@@ -9,6 +9,7 @@ import onnx
 
 from onnxprune.analysis.relations import Link, Relations, Space, WeightUse, tensors_of
 from onnxprune.analysis.rules.attention import contrib_attention_reason
+from onnxprune.analysis.rules.kv_cache import kv_cache_spaces, not_a_cache_hint
 from onnxprune.analysis.rules.registry import rule_for
 from onnxprune.model.nodes import node_label
 from onnxprune.model.subgraphs import has_subgraph, subgraph_outer_reads
@@ -127,8 +128,15 @@ def _freeze_subgraph_reads(channels: ChannelGraph, readers: dict[str, onnx.NodeP
 
 
 def _freeze_boundary(channels: ChannelGraph, view: ModelView) -> None:
+    """Graph inputs and outputs keep every channel, except the head axis of a KV cache's past
+    input and present output (see rules/kv_cache.py): it is pruned with the heads."""
+    caches = kv_cache_spaces(view)
     for space in list(channels.graph.nodes):
+        if space in caches:
+            continue
         if space.tensor in view.graph_inputs:
-            channels.frozen.setdefault(space, f"reaches graph input '{space.tensor}'")
+            hint = not_a_cache_hint(space.tensor)
+            channels.frozen.setdefault(space, f"reaches graph input '{space.tensor}'{hint}")
         elif space.tensor in view.graph_outputs:
-            channels.frozen.setdefault(space, f"reaches graph output '{space.tensor}'")
+            hint = not_a_cache_hint(space.tensor)
+            channels.frozen.setdefault(space, f"reaches graph output '{space.tensor}'{hint}")
