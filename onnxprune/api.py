@@ -228,6 +228,8 @@ def assemble(
     if rounding is not None:
         report["rounding"] = rounding
     plan_file = plan_document(analysis, verified.plan, verified.applied.weights, criterion, options)
+    if verified.applied.io_shapes:  # a KV cache's heads: the pruned model's cache I/O shapes changed
+        plan_file["io_shapes"] = verified.applied.io_shapes
     if recovered is not None:
         report["reconstruction"] = recovered.to_dict(config.recovery.ridge)
         record_recovery(plan_file, recovered, config.recovery.ridge)

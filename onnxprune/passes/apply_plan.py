@@ -13,6 +13,7 @@ from onnxprune.analysis.rules.registry import rule_for
 from onnxprune.model.edit import copy_without_initializers
 from onnxprune.model.nodes import node_label
 from onnxprune.model.shapes import infer_shapes
+from onnxprune.passes.cache_io import CacheSlices, io_shapes_entry, resize_io
 from onnxprune.passes.slice_chains import ChainRestore, restore_chains
 from onnxprune.select.plan import PruningPlan
 
@@ -25,6 +26,8 @@ class AppliedPlan:
     weights: dict[str, dict]
     #: weight chains put back with their stored tensors sliced, and why others stayed folded
     chains: ChainRestore = field(default_factory=ChainRestore)
+    #: graph inputs/outputs whose declared shape changed (a KV cache's heads; `io_shapes_entry`)
+    io_shapes: dict[str, dict] = field(default_factory=dict)
 
 
 def pruned_atoms(plan: PruningPlan) -> dict[Space, np.ndarray]:
@@ -36,6 +39,11 @@ def pruned_atoms(plan: PruningPlan) -> dict[Space, np.ndarray]:
         for space in group.spaces:
             kept[space] = group.kept_atoms(space, plan.kept[group.id])
     return kept
+
+
+def cache_slices(model: onnx.ModelProto, plan: PruningPlan) -> CacheSlices:
+    """The kept heads of `model`'s KV cache inputs/outputs under `plan` (see passes/cache_io.py)."""
+    return CacheSlices.of(model, pruned_atoms(plan))
 
 
 class RewriteContext:
@@ -117,7 +125,8 @@ def apply_plan(model: onnx.ModelProto, plan: PruningPlan, view: ModelView | None
         if rule is not None and rule.rewrite is not None and touched:
             rule.rewrite(node, ctx)
     chains = restore_chains(pruned, record, view.weight_chains) if view.weight_chains else ChainRestore()
-    return AppliedPlan(infer_shapes(pruned), record, chains)
+    io_shapes = io_shapes_entry(resize_io(pruned, kept))  # a KV cache's heads (analysis/rules/kv_cache.py)
+    return AppliedPlan(infer_shapes(pruned), record, chains, io_shapes)
 
 
 def _slice_initializers(model: onnx.ModelProto, pruned: onnx.ModelProto, view: ModelView, kept) -> dict[str, dict]:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from onnxprune.analysis import ChannelGroup, ModelView
 from onnxprune.analysis.cost import group_macs, model_macs
+from onnxprune.passes.apply_plan import cache_slices
 from onnxprune.select.plan import PruningPlan
 from onnxprune.verify.shapes import macs_shapes
 from onnxprune.verify.verification import Verified, verification_report
@@ -86,7 +87,7 @@ def prune_report(analysis: Analysis, verified: Verified, criterion: str, options
     pruned = verified.applied.model
     pruned_view = ModelView(pruned)
     shapes = analysis.verification_shapes()
-    pruned_shapes = macs_shapes(pruned, shapes.shapes)
+    pruned_shapes = macs_shapes(pruned, cache_slices(analysis.model, verified.plan).shapes(shapes.shapes))
     rows = group_rows(analysis.groups, analysis.view, verified.plan, pruned_view, analysis.macs_shapes, pruned_shapes)
     check = verified.check
     report = build_report(
@@ -98,4 +99,6 @@ def prune_report(analysis: Analysis, verified: Verified, criterion: str, options
         verification_report(check, shapes, verified.failed) if check else None,
     )
     report["shapes"] = shapes.to_dict()
+    if verified.applied.io_shapes:  # a KV cache's heads: its inputs/outputs declare the new count
+        report["io_shapes"] = verified.applied.io_shapes
     return report

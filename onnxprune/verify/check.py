@@ -24,7 +24,7 @@ from onnxprune.model.inputs import random_inputs
 from onnxprune.model.io import load_model
 from onnxprune.model.runtime import run_model
 from onnxprune.model.tensors import tensor_value
-from onnxprune.passes.apply_plan import pruned_atoms
+from onnxprune.passes.apply_plan import cache_slices, pruned_atoms
 from onnxprune.select.plan import plan_shapes, read_plan, rebuild_plan
 from onnxprune.verify.bounded_outputs import bounded_outputs
 from onnxprune.verify.compare import OutputCheck
@@ -159,13 +159,15 @@ def check_pruned(
     result.shapes, noise = shapes.describe(), None
     bounded = bounded_outputs(model)  # sigmoid outputs: judged on their range and by their logits
     reference_model = bounded.expose(reference_model)
+    cache = cache_slices(model, plan)  # a KV cache's kept heads: the pruned model's cache I/O
     for feeds in _feeds(model, seed, runs, calib, calib_samples, preprocess, shapes.verify_shapes()):
         raw = run_model(reference_model, feeds, arrays=arrays)
-        reference = bounded.judge(raw)
+        reference = cache.arrays(bounded.judge(raw))
         if noise is None:  # the tolerance is calibrated once, on the first batch (as `prune` does)
             noise = measure_noise(reference_model, arrays, feeds, raw, bounded.judge)
             result.noise_method = noise.method
-        result.add(compare(bounded.judge(run_model(bounded.expose(pruned), feeds)), reference, noise))
+        got = run_model(bounded.expose(pruned), cache.arrays(feeds))
+        result.add(compare(bounded.judge(got), reference, noise))
     return result
 
 

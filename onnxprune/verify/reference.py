@@ -13,7 +13,8 @@ from onnxprune.analysis import ModelView
 from onnxprune.errors import InputError
 from onnxprune.model.inputs import random_inputs
 from onnxprune.model.runtime import run_model
-from onnxprune.passes.apply_plan import pruned_atoms
+from onnxprune.passes.apply_plan import cache_slices, pruned_atoms
+from onnxprune.passes.cache_io import CacheSlices
 from onnxprune.select.plan import PruningPlan
 from onnxprune.verify.bounded_outputs import BoundedOutputs, bounded_outputs
 from onnxprune.verify.compare import OutputCheck, compare_one
@@ -160,7 +161,9 @@ def compare(pruned: dict, reference: dict, noise: Noise | None = None) -> Verify
 class Reference:
     """The masked reference of a plan on one set of seeded random feeds: the model ONNX Runtime
     runs (bounded outputs' logits exposed), the masked weights it reads (by name, over the
-    model's own), the feeds, its outputs as verification judges them (see `bounded_outputs`)."""
+    model's own), the feeds, its outputs as verification judges them (see `bounded_outputs`;
+    a KV cache's present outputs at the kept heads, see passes/cache_io.py), its raw outputs, and the
+    kept heads of the cache inputs/outputs (the pruned model is fed the kept heads of the past)."""
 
     model: onnx.ModelProto
     arrays: dict
@@ -168,6 +171,7 @@ class Reference:
     outputs: dict
     bounded: BoundedOutputs
     raw: dict
+    cache: CacheSlices
 
     @classmethod
     def run(cls, original: onnx.ModelProto, plan: PruningPlan, view: ModelView, feeds: dict) -> Reference:
@@ -177,7 +181,8 @@ class Reference:
         masked = bounded.expose(masked_norm_reference(original, pruned_atoms(plan), view))  # --prune-residual
         arrays = masked_weights(view, plan)  # other weights: the model's own
         raw = run_model(masked, feeds, arrays=arrays)
-        return cls(masked, arrays, feeds, bounded.judge(raw), bounded, raw)
+        cache = cache_slices(original, plan)  # a KV cache's kept heads
+        return cls(masked, arrays, feeds, cache.arrays(bounded.judge(raw)), bounded, raw, cache)
 
     def noise(self) -> Noise:
         """The reference's own float noise on its feeds (see noise.py)."""
@@ -186,7 +191,7 @@ class Reference:
     def compare(self, pruned: onnx.ModelProto, noise: Noise | None = None) -> VerifyResult:
         """The pruned model run on the same feeds, judged and compared with the reference."""
         try:
-            got = run_model(self.bounded.expose(pruned), self.feeds)
+            got = run_model(self.bounded.expose(pruned), self.cache.arrays(self.feeds))
         except InputError as exc:  # the input model ran: the rewrite broke it
             failed = [OutputCheck(name, float("inf"), 1.0) for name in self.outputs]
             return VerifyResult(failed, noise, error=str(exc).removeprefix("ONNX Runtime cannot run the model: "))
