@@ -11,7 +11,8 @@ Every other dynamic dimension gets a size that ONNX Runtime can run the model at
 
 Dimensions that share a symbolic name share a size (e.g. `input_ids` and `attention_mask`); a
 symbol that is some input's first dimension is the batch wherever it appears (a recurrent state
-[layers, batch, hidden] follows its input's batch).
+[layers, batch, hidden] follows its input's batch); a symbol that names a sum of others
+('past_sequence_length + sequence_length', a decoder's mask over cached and new tokens) is their sum.
 """
 
 from __future__ import annotations
@@ -218,16 +219,37 @@ def _fill_open_dims(
 
 
 def _assign(result: VerificationShapes, open_dims: dict, known: dict[str, int], size) -> None:
-    """Set each open dim to `size(kind, index among the input's open dims)`; one size per symbol."""
+    """Set each open dim to `size(kind, index among the input's open dims)`; one size per symbol.
+    A symbol that is a sum of others ('past_sequence_length + sequence_length': a decoder's
+    attention mask over the cached and the new tokens) is their sum, once they are chosen."""
     chosen = dict(known)
-    for name, dims in open_dims.items():
-        shape = list(result.shapes[name])
-        for index, (axis, symbol, kind) in enumerate(dims):
-            value = chosen.get(symbol) if symbol else None
-            shape[axis] = value if value is not None else size(kind, index)
-            if symbol:
-                chosen[symbol] = shape[axis]
-        result.shapes[name] = tuple(shape)
+    for sums in (False, True):
+        for name, dims in open_dims.items():
+            shape = list(result.shapes[name])
+            for index, (axis, symbol, kind) in enumerate(dims):
+                if (_sum_terms(symbol) is not None) != sums:
+                    continue
+                value = chosen.get(symbol) if symbol else None
+                value = _symbol_sum(symbol, chosen) if value is None else value
+                shape[axis] = value if value is not None else size(kind, index)
+                if symbol:
+                    chosen[symbol] = shape[axis]
+            result.shapes[name] = tuple(shape)
+
+
+def _sum_terms(symbol: str) -> list[str] | None:
+    """The terms of a symbol 'a + b + 1' (None when it is not a sum)."""
+    terms = [t.strip() for t in (symbol or "").split("+")]
+    return terms if len(terms) > 1 and all(terms) else None
+
+
+def _symbol_sum(symbol: str, chosen: dict[str, int]) -> int | None:
+    """The value of a sum symbol from the chosen sizes (None when a term is unknown)."""
+    terms = _sum_terms(symbol)
+    if terms is None:
+        return None
+    values = [int(t) if t.isdigit() else chosen.get(t) for t in terms]
+    return sum(v for v in values if v is not None) if all(v is not None for v in values) else None
 
 
 def _mark(result: VerificationShapes, open_dims: dict, source: str) -> None:
