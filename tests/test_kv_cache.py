@@ -74,14 +74,23 @@ def _export(path, dynamo: bool):
         if dynamo:
             dim = torch.export.Dim
             batch, seq, cached = dim("batch", max=64), dim("seq", max=64), dim("past", max=64)
-            shapes = ({0: batch, 1: seq}, {0: batch, 1: dim("total", max=128)}, tuple({0: batch, 2: cached} for _ in past))
+            shapes = (
+                {0: batch, 1: seq},
+                {0: batch, 1: dim("total", max=128)},
+                tuple({0: batch, 2: cached} for _ in past),
+            )
             torch.onnx.export(module, (ids, mask, *past), str(path), dynamo=True, dynamic_shapes=shapes, **names)
         else:  # the symbols optimum gives: the mask spans the cached and the new tokens
-            axes = {"input_ids": {0: "batch_size", 1: "sequence_length"}, "logits": {0: "batch_size", 1: "sequence_length"}}
+            axes = {
+                "input_ids": {0: "batch_size", 1: "sequence_length"},
+                "logits": {0: "batch_size", 1: "sequence_length"},
+            }
             axes["attention_mask"] = {0: "batch_size", 1: "past_sequence_length + sequence_length"}
             axes.update({n: {0: "batch_size", 2: "past_sequence_length"} for n in PAST_NAMES})
             axes.update({n: {0: "batch_size", 2: "past_sequence_length + sequence_length"} for n in PRESENT_NAMES})
-            torch.onnx.export(module, (ids, mask, *past), str(path), dynamo=False, opset_version=17, dynamic_axes=axes, **names)
+            torch.onnx.export(
+                module, (ids, mask, *past), str(path), dynamo=False, opset_version=17, dynamic_axes=axes, **names
+            )
     return path
 
 
@@ -100,7 +109,11 @@ def cached_llama(tmp_path_factory):
 
 
 #: the dynamo export names every dim apart (the mask is not seen as past + new): shapes are given
-SHAPES = {"input_ids": (1, NEW), "attention_mask": (1, PAST + NEW), **{n: (1, KV_HEADS, PAST, HEAD_DIM) for n in PAST_NAMES}}
+SHAPES = {
+    "input_ids": (1, NEW),
+    "attention_mask": (1, PAST + NEW),
+    **{n: (1, KV_HEADS, PAST, HEAD_DIM) for n in PAST_NAMES},
+}
 
 
 def _cache_group(groups, name: str):
