@@ -80,7 +80,21 @@ def _totals_lines(report: dict) -> list[str]:
         f"MACs    {human(before['macs'])} → {human(after['macs'])}  ({report['macs_ratio']:.1%} kept)"
         + (f" at {at}" if at else ""),
         f"params  {human(before['params'])} → {human(after['params'])}  ({report['params_ratio']:.1%} kept)",
+        *_io_shape_lines(report),
     ]
+
+
+def _io_shape_lines(report: dict) -> list[str]:
+    """The graph inputs/outputs whose declared shape changed (a KV cache's heads)."""
+    changed = report.get("io_shapes") or {}
+    if not changed:
+        return []
+    names = list(changed)
+    shown = ", ".join(
+        f"{name}[{axis}] {sizes['from']} → {sizes['to']}" for name in names[:4] for axis, sizes in changed[name].items()
+    )
+    more = f" and {len(names) - 4} more" if len(names) > 4 else ""
+    return [f"[yellow]KV cache[/] inputs/outputs declare the kept heads: {shown}{more}"]
 
 
 def _plan_lines(report: dict) -> list[str]:

@@ -88,12 +88,21 @@ def _cache_of(view: ModelView, past: str) -> KvCache | None:
         tensor = step.output[0]
     if concat is None or attr(concat, "axis", 0) % 4 != SEQUENCE_AXIS or list(concat.input).index(tensor) != 0:
         return None
-    present = concat.output[0]
-    if present not in view.graph_outputs or not _heads_axis(view, present):
+    present = _graph_output_of(view, concat.output[0])
+    if present is None or not _heads_axis(view, present):
         return None
-    if not _after_head_split(view, concat.input[1]) or not _feeds_matmul(view, present):
+    if not _after_head_split(view, concat.input[1]) or not _feeds_matmul(view, concat.output[0]):
         return None
     return KvCache(past, present, node_label(concat))
+
+
+def _graph_output_of(view: ModelView, name: str) -> str | None:
+    """`name` when it is a graph output, else the graph output an Identity/Cast of it is (an fp16
+    cache cast back), else None."""
+    if name in view.graph_outputs:
+        return name
+    copies = [u.output[0] for u in view.consumers.get(name, []) if u.op_type in _PASS]
+    return next((c for c in copies if c in view.graph_outputs), None)
 
 
 def _heads_axis(view: ModelView, name: str) -> bool:
