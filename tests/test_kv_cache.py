@@ -20,6 +20,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import hf_zoo  # noqa: E402
+
 import onnxprune  # noqa: E402
 from onnxprune.analysis.relations import Space  # noqa: E402
 from onnxprune.api import load_and_analyze  # noqa: E402
@@ -27,70 +29,42 @@ from onnxprune.select.plan import rebuild_plan  # noqa: E402
 from onnxprune.verify.check import check_pruned  # noqa: E402
 from onnxprune.verify.reference import masked_reference  # noqa: E402
 
-LAYERS, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 2, 4, 2, 8, 100
+LAYERS, KV_HEADS, HEAD_DIM, VOCAB = hf_zoo.LAYERS, hf_zoo.KV_HEADS, hf_zoo.HIDDEN // hf_zoo.HEADS, hf_zoo.VOCAB
 PAST, NEW = 2, 3  # cached tokens before step 1, tokens of step 1 (step 2 adds one)
-PAST_NAMES = [f"past_key_values.{i}.{kind}" for i in range(LAYERS) for kind in ("key", "value")]
-PRESENT_NAMES = [f"present.{i}.{kind}" for i in range(LAYERS) for kind in ("key", "value")]
+PAST_NAMES, PRESENT_NAMES = hf_zoo.cache_names(LAYERS)
 EXPORTERS = ("torchscript", "dynamo")
 
 
-class CachedLlama(torch.nn.Module):
-    """input_ids, attention_mask and the past keys/values as plain tensors -> logits and presents
-    (a `transformers.DynamicCache` is built from the past inside, as optimum's wrapper does)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, *past):
-        cache = transformers.DynamicCache([(past[2 * i], past[2 * i + 1]) for i in range(LAYERS)])
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=True)
-        presents = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
-        return (out.logits, *presents)
-
-
-def _build() -> CachedLlama:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=HEADS * HEAD_DIM,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    return CachedLlama(transformers.LlamaForCausalLM(config).eval()).eval()
-
-
 def _export(path, dynamo: bool):
-    module = _build()
+    """The tiny Llama (hidden 32, 2 layers, 4 heads, 2 KV heads, MLP 64, vocab 100) exported with
+    its cache: TorchScript with optimum's dynamic axes (hf_zoo), or dynamo with batch, new tokens,
+    mask length and past length dynamic."""
+    config = hf_zoo.config("llama")
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    if not dynamo:
+        return hf_zoo.export_with_cache(model, config, path, past=PAST, new=NEW)
     ids = torch.randint(0, VOCAB, (1, NEW))
     mask = torch.ones(1, PAST + NEW, dtype=torch.long)
     past = tuple(torch.randn(1, KV_HEADS, PAST, HEAD_DIM) for _ in PAST_NAMES)
-    names = {"input_names": ["input_ids", "attention_mask", *PAST_NAMES], "output_names": ["logits", *PRESENT_NAMES]}
+    dim = torch.export.Dim
+    batch, cached = dim("batch", max=64), dim("past", max=64)
+    shapes = (
+        {0: batch, 1: dim("seq", max=64)},
+        {0: batch, 1: dim("total", max=128)},
+        tuple({0: batch, 2: cached} for _ in past),
+    )
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if dynamo:
-            dim = torch.export.Dim
-            batch, seq, cached = dim("batch", max=64), dim("seq", max=64), dim("past", max=64)
-            shapes = (
-                {0: batch, 1: seq},
-                {0: batch, 1: dim("total", max=128)},
-                tuple({0: batch, 2: cached} for _ in past),
-            )
-            torch.onnx.export(module, (ids, mask, *past), str(path), dynamo=True, dynamic_shapes=shapes, **names)
-        else:  # the symbols optimum gives: the mask spans the cached and the new tokens
-            axes = {
-                "input_ids": {0: "batch_size", 1: "sequence_length"},
-                "logits": {0: "batch_size", 1: "sequence_length"},
-            }
-            axes["attention_mask"] = {0: "batch_size", 1: "past_sequence_length + sequence_length"}
-            axes.update({n: {0: "batch_size", 2: "past_sequence_length"} for n in PAST_NAMES})
-            axes.update({n: {0: "batch_size", 2: "past_sequence_length + sequence_length"} for n in PRESENT_NAMES})
-            torch.onnx.export(
-                module, (ids, mask, *past), str(path), dynamo=False, opset_version=17, dynamic_axes=axes, **names
-            )
+        torch.onnx.export(
+            hf_zoo.CachedDecoder(model, LAYERS).eval(),
+            (ids, mask, *past),
+            str(path),
+            dynamo=True,
+            dynamic_shapes=shapes,
+            input_names=["input_ids", "attention_mask", *PAST_NAMES],
+            output_names=["logits", *PRESENT_NAMES],
+        )
     return path
 
 
