@@ -1,5 +1,12 @@
 """Calibration data: batches of model inputs (and optional labels) streamed from a `.npz`/`.npy`
-file or an image folder (`class/xxx.jpg`), with a small preprocessing spec."""
+file or an image folder (`class/xxx.jpg`), with a small preprocessing spec.
+
+A model with several inputs (a transformer's `input_ids` and `attention_mask`) is fed from a
+`.npz` holding one array per graph input, named like it; a single array (`.npy`, or a `.npz`
+array named like the input, `x`, or the first one) feeds a single-input model. Every array is
+sliced alike (the same samples of each, batch by batch). Integer inputs (token ids, masks) are
+passed as integers: only float inputs see the image preprocessing. A model whose inputs have a
+fixed batch size (a TorchScript export traced at batch 1) is fed batches of exactly that size."""
 
 from __future__ import annotations
 
@@ -74,7 +81,7 @@ class Preprocess:
 
 @dataclass
 class ModelInput:
-    """Name, shape and dtype of the model's first graph input."""
+    """Name, shape and dtype of one graph input of the model."""
 
     name: str
     shape: tuple
@@ -83,12 +90,31 @@ class ModelInput:
     @classmethod
     def of(cls, model: onnx.ModelProto) -> ModelInput:
         """The first graph input that is not an initializer."""
+        return cls.every(model)[0]
+
+    @classmethod
+    def every(cls, model: onnx.ModelProto) -> list[ModelInput]:
+        """Every graph input that is not an initializer (one with a default value), in graph order."""
         inits = {i.name for i in model.graph.initializer}
-        info = next(i for i in model.graph.input if i.name not in inits)
-        dims = info.type.tensor_type.shape.dim
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
-        return cls(info.name, shape, np.dtype(dtype))
+        found = []
+        for info in model.graph.input:
+            if info.name in inits:
+                continue
+            dims = info.type.tensor_type.shape.dim
+            shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
+            found.append(cls(info.name, shape, np.dtype(dtype)))
+        return found
+
+    @property
+    def integer(self) -> bool:
+        """True for integer and boolean inputs (token ids, attention masks): never preprocessed."""
+        return self.dtype.kind in "iub"
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the input requires (a fixed first dimension), or None when it is dynamic."""
+        return self.shape[0] if self.shape and isinstance(self.shape[0], int) and self.shape[0] > 0 else None
 
     @property
     def channels_first(self) -> bool:
@@ -107,15 +133,26 @@ class CalibrationData:
     batch_size: int = 64
     seed: int = 0
     labels_available: bool = False
+    #: every graph input of the model (`target` is the first); the others are read from `_extra`
+    inputs: list[ModelInput] = field(default_factory=list)
     _files: list[tuple[Path, int]] = field(default_factory=list, repr=False)
+    #: the first input's array and the labels (or None)
     _arrays: tuple[np.ndarray, np.ndarray | None] | None = field(default=None, repr=False)
+    #: the arrays of the other inputs, by input name (same sample count as the first)
+    _extra: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """Stream the set in batches; only one batch of inputs is in memory at a time."""
         for start in range(0, self.samples, self.batch_size):
-            stop = min(start + self.batch_size, self.samples)
-            x, y = self._files_batch(start, stop) if self._files else self._array_batch(start, stop)
-            yield {self.target.name: x}, y
+            yield self.feeds(start, min(start + self.batch_size, self.samples))
+
+    def feeds(self, start: int, stop: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """Samples `start:stop` of every model input (by name), and their labels or None."""
+        x, y = self._files_batch(start, stop) if self._files else self._array_batch(start, stop)
+        feeds = {self.target.name: x}
+        for model_input in self.inputs[1:]:
+            feeds[model_input.name] = self._prepare(model_input, self._extra[model_input.name][start:stop])
+        return feeds, y
 
     @property
     def num_batches(self) -> int:
@@ -125,12 +162,25 @@ class CalibrationData:
     def _array_batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
         assert self._arrays is not None, "a calibration set reads either image files or arrays"
         x, y = self._arrays
-        batch = np.asarray(x[start:stop])
+        return self._prepare(self.target, x[start:stop]), (None if y is None else np.asarray(y[start:stop]))
+
+    def _prepare(self, model_input: ModelInput, array) -> np.ndarray:
+        """A batch of one input's array as the model reads it: integers stay integers (token ids are
+        never scaled), uint8 images for a float input are preprocessed, the rest is cast."""
+        batch = np.asarray(array)
+        if model_input.integer:
+            if batch.dtype.kind not in "iub" and not np.array_equal(batch, np.round(batch)):
+                raise InputError(
+                    f"{{calib}} {self.source}: model input '{model_input.name}' takes integers "
+                    f"({model_input.dtype}), but its array holds {batch.dtype} values that are not whole numbers",
+                    parameter="calib",
+                )
+            return batch.astype(model_input.dtype, copy=False)
         if batch.dtype == np.uint8:
             batch = self.preprocess.apply(
-                batch if batch.shape[-1] in (1, 3, 4) else batch.transpose(0, 2, 3, 1), self.target.channels_first
+                batch if batch.shape[-1] in (1, 3, 4) else batch.transpose(0, 2, 3, 1), model_input.channels_first
             )
-        return batch.astype(self.target.dtype, copy=False), (None if y is None else np.asarray(y[start:stop]))
+        return batch.astype(model_input.dtype, copy=False)
 
     def _files_batch(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         chosen = self._files[start:stop]
@@ -152,59 +202,113 @@ def load_calibration(
     batch_size: int = 64,
     seed: int = 0,
 ) -> CalibrationData:
-    """Open a calibration set for `model`: a .npz/.npy file or an image folder."""
+    """Open a calibration set for `model`: a .npz/.npy file or an image folder (see the module
+    docstring for how several inputs and a fixed batch size are fed)."""
     if batch_size < 1:
         raise InputError(f"{{batch_size}} must be at least 1, got {batch_size}", parameter="batch_size")
     if samples is not None and samples < 1:
         raise InputError(f"{{calib_samples}} must be at least 1, got {samples}", parameter="calib_samples")
     path = Path(path)
     spec = preprocess if isinstance(preprocess, Preprocess) else Preprocess.parse(preprocess)
-    target = ModelInput.of(model)
+    inputs = ModelInput.every(model)
     if not path.exists():
         raise InputError(f"{{calib}} {path}: no such file or folder", parameter="calib")
+    data = CalibrationData(path, inputs[0], spec, 0, fed_batch_size(inputs, batch_size), seed, inputs=inputs)
     if path.is_dir():
-        data = CalibrationData(path, target, spec, 0, batch_size, seed, True)
+        if len(inputs) > 1:
+            raise InputError(
+                f"{{calib}} {path}: an image folder feeds one input, but the model has {len(inputs)} "
+                f"({', '.join(i.name for i in inputs)}); use a .npz with one array per input, named like it",
+                parameter="calib",
+            )
+        data.labels_available = True
         data._files = _image_files(path, seed)
         total = len(data._files)
     else:
-        data = CalibrationData(path, target, spec, 0, batch_size, seed)
-        data._arrays = _load_arrays(path, target.name)
-        data.labels_available = data._arrays[1] is not None
-        total = len(data._arrays[0])
+        first, labels, data._extra = _load_arrays(path, inputs)
+        data._arrays = (first, labels)
+        data.labels_available = labels is not None
+        total = len(first)
     data.samples = min(total, samples) if samples else total
+    data.samples -= data.samples % data.batch_size if fed_batch_size(inputs, 1) > 1 else 0
     if data.samples < 1:
-        raise InputError(f"{{calib}} {path}: no samples found", parameter="calib")
+        raise InputError(
+            f"{{calib}} {path}: no samples found"
+            + (f" (the model takes batches of exactly {data.batch_size})" if total else ""),
+            parameter="calib",
+        )
     _check_sample_shape(data)
     return data
 
 
+def fed_batch_size(inputs: list[ModelInput], requested: int) -> int:
+    """The batch size the model is fed at: the fixed batch size of its inputs (the first input that
+    has one), else `requested`."""
+    return next((i.fixed_batch for i in inputs if i.fixed_batch is not None), requested)
+
+
 def _check_sample_shape(data: CalibrationData) -> None:
-    """Raise InputError when a (preprocessed) sample does not fit the model input's fixed sizes."""
-    x, _ = data._files_batch(0, 1) if data._files else data._array_batch(0, 1)
-    expected = data.target.shape
-    fixed = [e is None or e == got for e, got in zip(expected[1:], x.shape[1:])]
-    if len(x.shape) != len(expected) or not all(fixed):
-        want = "x".join("?" if e is None else str(e) for e in expected[1:])
-        raise InputError(
-            f"{{calib}} {data.source}: samples of shape {'x'.join(map(str, x.shape[1:]))} do not fit "
-            f"model input '{data.target.name}' ({want})",
-            parameter="calib",
-        )
+    """Raise InputError when a (preprocessed) sample does not fit a model input's fixed sizes."""
+    feeds, _ = data.feeds(0, 1)
+    for model_input in data.inputs:
+        x, expected = feeds[model_input.name], model_input.shape
+        fixed = [e is None or e == got for e, got in zip(expected[1:], x.shape[1:])]
+        if len(x.shape) != len(expected) or not all(fixed):
+            want = "x".join("?" if e is None else str(e) for e in expected[1:])
+            raise InputError(
+                f"{{calib}} {data.source}: samples of shape {'x'.join(map(str, x.shape[1:]))} do not fit "
+                f"model input '{model_input.name}' ({want})",
+                parameter="calib",
+            )
 
 
-def _load_arrays(path: Path, input_name: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _load_arrays(
+    path: Path, inputs: list[ModelInput]
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    """The first input's array, the labels (or None) and the other inputs' arrays by name."""
+    names = [i.name for i in inputs]
     try:
         if path.suffix == ".npy":
-            return np.load(path, mmap_mode="r"), None
+            array = np.load(path, mmap_mode="r")
+            if len(inputs) > 1:
+                raise InputError(
+                    f"{{calib}} {path}: a .npy file holds one array, but the model has {len(inputs)} inputs "
+                    f"({', '.join(names)}); use a .npz with one array per input, named like it",
+                    parameter="calib",
+                )
+            return array, None, {}
         archive = np.load(path)
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"{{calib}} {path}: not a readable .npz/.npy file ({exc})", parameter="calib") from None
-    names = list(archive.files)
-    if not names:
+    found = list(archive.files)
+    if not found:
         raise InputError(f"{{calib}} {path}: the .npz file holds no arrays", parameter="calib")
-    key = input_name if input_name in names else ("x" if "x" in names else names[0])
-    labels = archive["y"] if "y" in names and key != "y" else None
-    return archive[key], labels
+    if len(inputs) == 1:
+        key = names[0] if names[0] in found else ("x" if "x" in found else found[0])
+        keys = [key]
+    else:
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise InputError(
+                f"{{calib}} {path}: no array for model input {', '.join(repr(n) for n in missing)} "
+                f"(the file holds {', '.join(repr(f) for f in found)}); a model with several inputs needs "
+                "one array per input, named like it",
+                parameter="calib",
+            )
+        keys = names
+    arrays = {name: archive[key] for name, key in zip(names, keys)}
+    labels = archive["y"] if "y" in found and "y" not in keys else None
+    lengths = {name: len(a) if a.ndim else 0 for name, a in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise InputError(
+            f"{{calib}} {path}: the inputs' arrays hold different numbers of samples "
+            f"({', '.join(f'{n}: {c}' for n, c in lengths.items())})",
+            parameter="calib",
+        )
+    first = arrays.pop(names[0])
+    return first, labels, arrays
 
 
 def _image_files(folder: Path, seed: int) -> list[tuple[Path, int]]:
