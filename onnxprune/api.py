@@ -131,6 +131,7 @@ def prune(
     round_batch: int = 1,
     prune_residual: bool = False,
     strict: bool = False,
+    eval_tokens: str | os.PathLike | None = None,
 ) -> PruneResult:
     """Prune `ratio` of the channels of every prunable group, chosen by `criterion`: the pruned
     model, its plan file and its report (`PruneResult`).
@@ -142,8 +143,10 @@ def prune(
     '2.1G'; `target_latency`: ms on ONNX Runtime CPU; `allocate`: uniform, global, sensitivity,
     random-search with `samples`/`jobs`, or layerwise with `layerwise`), rounding (`round_to`: a
     multiple or 'auto', timed on `round_ep` at `round_batch`), recovery (`reconstruct` by least
-    squares with `ridge`) and verification (`verify`, `input_shapes`, `strict`: refuse instead of
-    freezing the groups whose pruning fails). `progress()` is called as the work advances.
+    squares with `ridge`), verification (`verify`, `input_shapes`, `strict`: refuse instead of
+    freezing the groups whose pruning fails) and evaluation (`eval_tokens`: a .npz of held-out token
+    ids; a causal LM's perplexity before and after, in the report's `perplexity`). `progress()` is
+    called as the work advances.
 
     Raises InputError for unusable input and VerificationError when the pruned model does not
     match the masked reference (nothing is returned then).
@@ -156,6 +159,7 @@ def run_prune(model_or_path: ModelLike, config: PruneConfig, progress: Progress 
     """The prune pipeline for `config`, stage by stage (see `prune`)."""
     config.validate()
     analysis = prepare(model_or_path, config)
+    evaluation = config.evaluation.open(analysis.model, config.calibration.batch_size)
     data = config.calibration.load(analysis.model, config.seed)
     scores = score_groups(analysis, config.selection.criterion, config.seed, data, progress)
     plan, allocation = plan_pruning(
@@ -164,7 +168,8 @@ def run_prune(model_or_path: ModelLike, config: PruneConfig, progress: Progress 
     plan, rounding = round_plan(analysis, scores, plan, config, progress)
     verified = apply_and_verify(analysis, plan, config)
     recovered = reconstruct_layers(analysis, verified, data, config, progress)
-    return assemble(analysis, verified, config, data, allocation, rounding, recovered)
+    perplexity = evaluation.compare(analysis.model, verified.applied.model) if evaluation else None
+    return assemble(analysis, verified, config, data, allocation, rounding, recovered, perplexity)
 
 
 def prepare(model_or_path: ModelLike, config: PruneConfig) -> Analysis:
@@ -219,10 +224,12 @@ def assemble(
     allocation: PlannedAllocation | None,
     rounding: dict | None,
     recovered: Reconstruction | None,
+    perplexity: dict | None = None,
 ) -> PruneResult:
-    """The PruneResult: the pruned model, the plan file and the report."""
+    """The PruneResult: the pruned model, the plan file and the report (`perplexity`: the
+    before/after entry of `PerplexityEval.compare`, with `eval_tokens`)."""
     criterion, options = config.selection.criterion, config.record(data)
-    report = prune_report(analysis, verified, criterion, options)
+    report = prune_report(analysis, verified, criterion, options, perplexity)
     if allocation is not None:
         report["allocation"] = allocation_report(allocation, config.allocation, report)
     if rounding is not None:

@@ -1,5 +1,5 @@
 """The spine of a prune run: a `PruneConfig` of small sections (selection, calibration, allocation,
-rounding, recovery, verification), built once, by the CLI or from `prune()`'s keyword arguments,
+rounding, recovery, verification, evaluation), built once, by the CLI or from `prune()`'s keyword arguments,
 validated before any work, and read by every stage."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from onnxprune.bench.providers import resolve_ep
 from onnxprune.criteria.base import get_criterion
 from onnxprune.errors import InputError
 from onnxprune.measure.calibration import CalibrationData, load_calibration
+from onnxprune.measure.perplexity import PerplexityEval
 from onnxprune.select.allocation import AllocationRequest
 from onnxprune.select.rounding import AutoRoundOptions
 from onnxprune.select.selection import SelectOptions
@@ -120,6 +121,23 @@ class VerificationConfig:
     strict: bool = False
 
 
+@dataclass
+class EvaluationConfig:
+    """Held-out token ids (`eval_tokens`, a .npz) on which a causal LM's perplexity is measured,
+    before and after pruning (see measure/perplexity.py)."""
+
+    tokens: str | os.PathLike | None = None
+
+    def validate(self) -> None:
+        """InputError for a token file that does not exist (the model is checked by `open`)."""
+        if self.tokens and not os.path.isfile(self.tokens):
+            raise InputError(f"{{eval_tokens}} {self.tokens}: no such file", parameter="eval_tokens")
+
+    def open(self, model: onnx.ModelProto, batch_size: int) -> PerplexityEval | None:
+        """The held-out set for `model` (refused unless it is a causal LM), or None without a file."""
+        return PerplexityEval.open(self.tokens, model, batch_size) if self.tokens else None
+
+
 #: prune()'s keyword arguments -> (section, field) of PruneConfig
 KEYWORDS: dict[str, tuple[str, str]] = {
     "criterion": ("selection", "criterion"),
@@ -147,6 +165,7 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "verify": ("verification", "enabled"),
     "input_shapes": ("verification", "input_shapes"),
     "strict": ("verification", "strict"),
+    "eval_tokens": ("evaluation", "tokens"),
 }
 
 
@@ -160,6 +179,7 @@ class PruneConfig:
     rounding: RoundingConfig = field(default_factory=RoundingConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     verification: VerificationConfig = field(default_factory=VerificationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     seed: int = 0
 
     @classmethod
@@ -179,6 +199,7 @@ class PruneConfig:
         self.rounding.validate(self.allocation)
         self.select_options().validate()
         self.recovery.validate(self.calibration)
+        self.evaluation.validate()
 
         get_criterion(self.selection.criterion)
 

@@ -59,6 +59,7 @@ FLAGS: dict[str, str] = {
         "kd_temperature",
         "clip_grad",
         "data",
+        "eval_tokens",
     )
 }
 FLAGS.update({"round_ep": "--ep", "input_shapes": "--shape", "verify": "--no-verify"})

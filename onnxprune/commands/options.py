@@ -37,12 +37,15 @@ def add_criterion(parser: argparse.ArgumentParser, meaning: str) -> None:
     """--criterion NAME (default l1); `meaning` starts the help text, the known names follow."""
     from onnxprune.criteria import CRITERIA
 
+    def described(data: bool) -> str:
+        return "; ".join(f"{n}: {c.description}" for n, c in sorted(CRITERIA.items()) if c.needs_data == data)
+
     parser.add_argument(
         "--criterion",
         default="l1",
         choices=sorted(CRITERIA),
         metavar="NAME",
-        help=f"{meaning}: {', '.join(sorted(CRITERIA))} (default l1)",
+        help=f"{meaning} (default l1). From the weights: {described(False)}. From --calib data: {described(True)}",
     )
 
 

@@ -132,6 +132,13 @@ def add_recovery_options(sub: argparse.ArgumentParser) -> None:
         "to the unpruned model's layer outputs on --calib data (needs --calib)",
     )
     sub.add_argument(
+        "--eval-tokens",
+        metavar="FILE",
+        help="held-out token ids (.npz: input_ids, and attention_mask if the model takes it) of a causal "
+        "LM whose first output is logits [batch, sequence, vocab]: report its perplexity (exp of the "
+        "mean next-token cross-entropy, ONNX Runtime) before and after pruning",
+    )
+    sub.add_argument(
         "--ridge",
         type=float,
         default=1e-4,

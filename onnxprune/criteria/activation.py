@@ -1,7 +1,9 @@
 """Criteria computed from calibration data with ONNX Runtime.
 
-Statistics criteria (apoz, mean_act, std_act, hrank, es) look at the activations that consumer
-layers read (one streaming pass, see `activations.collect_stats`). Effect criteria (kl, taylor)
+Statistics criteria (apoz, mean_act, std_act, hrank, es, wanda) look at the activations that
+consumer layers read (one streaming pass, see `measure.gated.collect_stats`); on a transformer the
+calibration set is token ids (several inputs are fed by name, see `measure.calibration`), the
+statistics run over every token, and a head's score is the mean over its channels' atoms. Effect criteria (kl, taylor)
 gate each channel and measure what happens at the output (one or two passes per channel).
 """
 
@@ -13,6 +15,7 @@ from onnxprune.criteria.base import (
     Criterion,
     ScoringContext,
     atoms_to_channels,
+    member_matrix,
     register,
 )
 
@@ -52,10 +55,12 @@ class APoZ(StatisticCriterion):
 
 @register
 class MeanActivation(StatisticCriterion):
-    """Mean absolute activation of the channel (Molchanov et al.)."""
+    """Mean absolute activation of the channel (Molchanov et al.; Minitron's activation importance),
+    over every sample and position (every calibration token of a transformer); an attention head
+    scores the mean over its channels of the attention output entering the out projection."""
 
     name = "mean_act"
-    description = "mean |activation|"
+    description = "mean |activation| (a head: over its channels)"
 
     def statistic(self, stats):
         return stats.total_abs / np.maximum(stats.elements, 1)
@@ -102,6 +107,33 @@ class EmpiricalSensitivity(StatisticCriterion):
             for running in stats.sensitivity.values()
         ]
         return np.max(per_consumer, axis=0)
+
+
+@register
+class Wanda(Criterion):
+    """Wanda for structured pruning (Sun et al., "A Simple and Effective Pruning Approach for LLMs";
+    the channel form of FLAP / Wanda-sp): a channel that layer A writes and layer B reads scores
+    Σ_i |W_B[i, j]| · ‖x_j‖₂ — the L1 norm of B's weight column j times the L2 norm, over every
+    calibration token (samples × positions), of the activation x_j entering B. A channel read by
+    several consumers (q/k/v reading one input) sums their products; a channel of several atoms
+    (an attention head) averages its atoms' scores; each probed space is divided by its mean, as
+    every criterion's scores are (see `atoms_to_channels`)."""
+
+    name = "wanda"
+    description = "Σ_i |W[i, j]| · ‖x_j‖₂ of the layer reading the channel, over the calibration tokens (Wanda)"
+    needs_data = True
+
+    def score(self, group, ctx):
+        from onnxprune.measure.gated import find_probes
+
+        stats = activation_stats(ctx)
+        _, view, _ = ctx.data_inputs()
+        per_space: dict = {}
+        for probe in find_probes([group], view):
+            columns = np.abs(member_matrix(view.consts[probe.weight.space.tensor], probe.weight.space.axis)).sum(axis=1)
+            norms = np.sqrt(stats[probe.space].total_sq)
+            per_space[probe.space] = per_space.get(probe.space, 0.0) + columns * norms
+        return atoms_to_channels(group, per_space)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

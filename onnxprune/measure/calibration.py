@@ -262,9 +262,7 @@ def _check_sample_shape(data: CalibrationData) -> None:
             )
 
 
-def _load_arrays(
-    path: Path, inputs: list[ModelInput]
-) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+def _load_arrays(path: Path, inputs: list[ModelInput]) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
     """The first input's array, the labels (or None) and the other inputs' arrays by name."""
     names = [i.name for i in inputs]
     try:

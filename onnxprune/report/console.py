@@ -81,6 +81,19 @@ def _totals_lines(report: dict) -> list[str]:
         + (f" at {at}" if at else ""),
         f"params  {human(before['params'])} → {human(after['params'])}  ({report['params_ratio']:.1%} kept)",
         *_io_shape_lines(report),
+        *_perplexity_lines(report),
+    ]
+
+
+def _perplexity_lines(report: dict) -> list[str]:
+    """A language model's perplexity before → after on the held-out tokens (`--eval-tokens`)."""
+    ppl = report.get("perplexity")
+    if not ppl:
+        return []
+    return [
+        f"perplexity {ppl['before']:.2f} → {ppl['after']:.2f}  (×{ppl['ratio']:.4f}) on {ppl['tokens']} "
+        f"held-out tokens of {ppl['source']}"
+        + (" (after reconstruction)" if (report.get("reconstruction") or {}).get("applied") else "")
     ]
 
 

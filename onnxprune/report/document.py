@@ -1,4 +1,5 @@
-"""The pruning report: FLOPs (MACs) and parameters before → after, per group and in total."""
+"""The pruning report: FLOPs (MACs) and parameters before → after, per group and in total, and a
+language model's perplexity before → after on held-out tokens (`--eval-tokens`)."""
 
 from __future__ import annotations
 
@@ -81,9 +82,12 @@ def build_report(
     }
 
 
-def prune_report(analysis: Analysis, verified: Verified, criterion: str, options: dict) -> dict:
+def prune_report(
+    analysis: Analysis, verified: Verified, criterion: str, options: dict, perplexity: dict | None = None
+) -> dict:
     """The report of a prune run: MACs and parameters before → after, the groups, the options, the
-    verification (when it ran) and the shapes it ran at."""
+    verification (when it ran) and the shapes it ran at, and the perplexity before → after when it
+    was measured (`measure.perplexity.PerplexityEval.compare`: before, after, ratio, tokens, source)."""
     pruned = verified.applied.model
     pruned_view = ModelView(pruned)
     shapes = analysis.verification_shapes()
@@ -101,4 +105,6 @@ def prune_report(analysis: Analysis, verified: Verified, criterion: str, options
     report["shapes"] = shapes.to_dict()
     if verified.applied.io_shapes:  # a KV cache's heads: its inputs/outputs declare the new count
         report["io_shapes"] = verified.applied.io_shapes
+    if perplexity is not None:
+        report["perplexity"] = perplexity
     return report
