@@ -20,52 +20,25 @@ from onnxprune.criteria.scoring import score_groups
 from onnxprune.measure.calibration import load_calibration
 from onnxprune.model.runtime import run_model
 
-VOCAB, HIDDEN, SEQ = 100, 32, 8
-
-
-def export_hf(name: str, path) -> str:
-    """A tiny random-weight HF model (BERT encoder or Llama causal LM) exported by TorchScript at
-    batch 1 and sequence SEQ, with inputs input_ids and attention_mask."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    common = {"vocab_size": VOCAB, "hidden_size": HIDDEN, "num_hidden_layers": 2, "num_attention_heads": 4}
-    common.update(intermediate_size=64, max_position_embeddings=64)
-    if name == "bert":
-        inner = transformers.BertModel(transformers.BertConfig(**common))
-    else:
-        config = transformers.LlamaConfig(**common, num_key_value_heads=2)
-        config.use_cache = False
-        inner = transformers.LlamaForCausalLM(config)
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):
-            kwargs = {} if name == "bert" else {"use_cache": False}
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=False, **kwargs)[0]
-
-    module = Wrapped(inner.eval()).eval()
-    ids, mask = torch.randint(0, VOCAB, (1, SEQ)), torch.ones(1, SEQ, dtype=torch.long)
-    with torch.no_grad():
-        torch.onnx.export(
-            module, (ids, mask), str(path), input_names=["input_ids", "attention_mask"], opset_version=17, dynamo=False
-        )
-    return str(path)
+VOCAB, HIDDEN, SEQ = 100, 32, 8  # as in hf_zoo
 
 
 @pytest.fixture(scope="session")
 def hf_model(tmp_path_factory):
-    """`hf_model(name)`: path of the exported tiny `bert` or `llama` (built once per session)."""
-    cache: dict[str, str] = {}
+    """`hf_model(name, exporter)`: path of the tiny `bert` or `llama` of `hf_zoo` (inputs input_ids and
+    attention_mask), exported by TorchScript at batch 1 and sequence 8 (`torchscript`) or with
+    dynamic batch and sequence (`torchscript-dynamic`), once per session."""
+    pytest.importorskip("transformers")
+    import hf_zoo
+
+    cache: dict[tuple[str, str], str] = {}
     root = tmp_path_factory.mktemp("hf")
 
-    def get(name: str) -> str:
-        if name not in cache:
-            cache[name] = export_hf(name, root / f"{name}.onnx")
-        return cache[name]
+    def get(name: str, exporter: str = "torchscript") -> str:
+        if (name, exporter) not in cache:
+            path = root / exporter / f"{name}.onnx"
+            cache[name, exporter] = str(hf_zoo.export(name, path, dynamo=False, dynamic=exporter.endswith("-dynamic")))
+        return cache[name, exporter]
 
     return get
 
@@ -193,7 +166,7 @@ def test_mean_act_of_a_head_is_the_mean_over_its_channels(hf_model, tmp_path):
 def test_wanda_on_llama_and_reconstruction_with_tokens(hf_model, tmp_path):
     """Wanda and least-squares reconstruction on a Llama export with token calibration; the
     perplexity before → after is reported (the weights are random: it stays near the vocab size)."""
-    path = hf_model("llama")
+    path = hf_model("llama", "torchscript-dynamic")  # batches of 16 and 8 sequences
     calib, held_out = token_file(tmp_path / "c.npz", count=16), token_file(tmp_path / "e.npz", count=8, seed=1)
     plain = onnxprune.prune(path, criterion="wanda", calib=str(calib), eval_tokens=str(held_out))
     rebuilt = onnxprune.prune(path, criterion="wanda", calib=str(calib), eval_tokens=str(held_out), reconstruct=True)
