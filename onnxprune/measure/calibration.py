@@ -230,11 +230,11 @@ def load_calibration(
         data.labels_available = labels is not None
         total = len(first)
     data.samples = min(total, samples) if samples else total
-    data.samples -= data.samples % data.batch_size if fed_batch_size(inputs, 1) > 1 else 0
+    fixed = fed_batch_size(inputs, 1)  # a fixed batch size: whole batches only
+    data.samples -= data.samples % fixed
     if data.samples < 1:
         raise InputError(
-            f"{{calib}} {path}: no samples found"
-            + (f" (the model takes batches of exactly {data.batch_size})" if total else ""),
+            f"{{calib}} {path}: no samples found" + (f" (the model takes batches of exactly {fixed})" if total else ""),
             parameter="calib",
         )
     _check_sample_shape(data)
