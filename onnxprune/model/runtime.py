@@ -91,7 +91,7 @@ def make_session(
     skeleton, external = _skeleton(model, arrays or {})
     inits = {init.name: init for init in model.graph.initializer}
     values = [
-        np.ascontiguousarray(arrays[n] if arrays and n in arrays else numpy_helper.to_array(inits[n])) for n in external
+        np.ascontiguousarray(arrays[n] if arrays and n in arrays else tensor_value(inits[n])) for n in external
     ]
     ort_values = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]
     if external:
