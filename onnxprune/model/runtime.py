@@ -3,6 +3,7 @@ session factory every stage uses, and running a model on CPU."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Mapping
 
@@ -12,6 +13,7 @@ from onnx import numpy_helper
 
 from onnxprune.errors import InputError, OnnxPruneError
 from onnxprune.model.edit import copy_without_initializers
+from onnxprune.model.segments import SEGMENTED_BYTES, plan_segments, segment_model, weight_bytes
 from onnxprune.model.tensors import tensor_nbytes, tensor_value
 
 
@@ -112,6 +114,9 @@ def run_model(
     inputs in place, so a big model's weights are not held twice."""
     try:
         weights: dict[str, np.ndarray] = {}
+        segments = None if optimize or weight_bytes(model) <= SEGMENTED_BYTES else plan_segments(model)
+        if segments is not None:
+            return _run_segments(model, segments, feeds, arrays or {})
         if optimize:
             session = make_session(model, arrays, optimize)
         else:
@@ -123,6 +128,40 @@ def run_model(
         raise
     except Exception as exc:
         raise InputError(f"ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _run_segments(model: onnx.ModelProto, segments: list, feeds: dict, arrays: Mapping) -> dict:
+    """Run a big model segment by segment (see segments.py): one segment's weights are read at a
+    time (memory maps, masked copies), and dropped before the next."""
+    values = dict(feeds)
+    for segment in segments:
+        skeleton, weights = _weights_as_inputs(segment_model(model, segment, values), arrays)
+        session = make_session(skeleton)
+        names = [o.name for o in session.get_outputs()]
+        fed = {name: values[name] for name in segment.inputs}
+        values.update(zip(names, session.run(names, {**fed, **weights})))
+        del session, weights
+        for name in segment.last_use:
+            values.pop(name, None)
+        release_freed_memory()
+    return {o.name: values[o.name] for o in model.graph.output}
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's freed memory back to the system (glibc's malloc_trim): the weights of
+    a segment, freed, would otherwise stay in the process's resident memory."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):  # not glibc
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 def _weights_as_inputs(

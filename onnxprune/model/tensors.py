@@ -26,23 +26,31 @@ LAZY_BYTES = 64 << 20
 
 class WeightArrays(Mapping):
     """Read-only mapping name -> numpy value of a model's initializers. Small tensors are converted
-    once; tensors over `LAZY_BYTES` are converted on every access (callers keep what they need,
+    when first read and kept; tensors over `LAZY_BYTES` are converted on every access (callers keep what they need,
     and a large tensor whose data do not fit its shape raises InputError when first read).
     Tensors in an external data file (`is_mapped`) are read-only memory maps of it, made on every
     access and never kept: their pages leave memory when the caller drops them."""
 
     def __init__(self, model: onnx.ModelProto):
         self._tensors = {init.name: init for init in model.graph.initializer}
-        self._small = {
-            name: tensor_value(init)
-            for name, init in self._tensors.items()
-            if tensor_nbytes(init) <= LAZY_BYTES and not is_mapped(init)
-        }
+        self._small: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self._small:
             return self._small[name]
-        return tensor_value(self._tensors[name])
+        tensor = self._tensors[name]
+        value = tensor_value(tensor)
+        if tensor_nbytes(tensor) <= LAZY_BYTES and not is_mapped(tensor):
+            self._small[name] = value
+        return value
+
+    def dtype(self, name: str) -> np.dtype:
+        """The numpy type of a tensor's values, without reading them."""
+        tensor = self._tensors[name]
+        try:
+            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        except Exception:  # an undefined or unusual type: read it
+            return np.asarray(self[name]).dtype
 
     def __contains__(self, name) -> bool:
         return name in self._tensors

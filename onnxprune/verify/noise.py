@@ -37,7 +37,7 @@ CAP = 1e-2
 AGREEMENT = 10.0
 #: Models with more weight elements than this are not converted to torch (float64 doubles them)
 #: nor run by an optimizing ONNX Runtime session (it copies the weights).
-TORCH_MAX_ELEMENTS = 1 << 28
+TORCH_MAX_ELEMENTS = 1 << 25
 
 FLOAT64 = "float64 via torch"
 REORDERED = "stored precision, reordered (ONNX Runtime optimized, inputs moved by 1 ulp)"
