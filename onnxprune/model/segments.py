@@ -16,7 +16,7 @@ from onnxprune.model.tensors import tensor_nbytes
 #: Models whose weights exceed this are run segment by segment (runtime.run_model).
 SEGMENTED_BYTES = 256 << 20
 #: The weights of one segment (a single node may hold more).
-SEGMENT_BYTES = 128 << 20
+SEGMENT_BYTES = 64 << 20
 
 
 @dataclass
