@@ -34,6 +34,9 @@ class LlamaSpec:
     kv_heads: int = 4
     vocab: int = 8192
     seq: int = 8
+    #: the sequence is a dynamic dimension 'sequence' (up to `seq`: the causal mask is sliced
+    #: from a [seq, seq] constant), else fixed to `seq`
+    dynamic: bool = False
 
     @property
     def ffn(self) -> int:
@@ -139,33 +142,43 @@ def _mlp(b: _Builder, w: _Writer, x: str, p: str, spec: LlamaSpec) -> str:
     return b.op("MatMul", [inner, w.random(f"{p}.down_proj.weight", (f, h), 1 / np.sqrt(f))], f"{p}.down_proj")
 
 
-def _constants(w: _Writer, spec: LlamaSpec) -> None:
-    """Shapes, scalars and the causal mask shared by the layers."""
+def _constants(b: _Builder, w: _Writer, spec: LlamaSpec) -> None:
+    """Shapes, scalars and the causal mask shared by the layers (Reshape's 0 copies a dim)."""
     d, s, rep = spec.hidden // spec.heads, spec.seq, spec.heads // spec.kv_heads
     for name, value in (
         ("two", np.array(2.0, np.float32)),
         ("eps", np.array(1e-5, np.float32)),
         ("scale", np.array(1 / np.sqrt(d), np.float32)),
-        ("causal", np.triu(np.full((s, s), -1e9, np.float32), 1)),
-        ("q_shape", np.array([1, s, spec.heads, d], np.int64)),
-        ("kv_shape", np.array([1, s, spec.kv_heads, d], np.int64)),
+        ("q_shape", np.array([1, 0, spec.heads, d], np.int64)),
+        ("kv_shape", np.array([1, 0, spec.kv_heads, d], np.int64)),
         ("axis2", np.array([2], np.int64)),
-        ("gqa_expand", np.array([1, spec.kv_heads, rep, s, d], np.int64)),
-        ("gqa_shape", np.array([1, spec.heads, s, d], np.int64)),
-        ("hidden_shape", np.array([1, s, spec.heads * d], np.int64)),
+        ("gqa_expand", np.array([1, 1, rep, 1, 1], np.int64)),
+        ("gqa_shape", np.array([1, spec.heads, -1, d], np.int64)),
+        ("hidden_shape", np.array([1, 0, spec.heads * d], np.int64)),
     ):
         w.const(name, value)
+    mask = np.triu(np.full((s, s), -1e9, np.float32), 1)
+    if not spec.dynamic:
+        w.const("causal", mask)
+        return
+    w.const("full_causal", mask)
+    w.const("index1", np.array([1], np.int64))
+    w.const("zeros2", np.array([0, 0], np.int64))
+    length = b.op("Gather", [b.op("Shape", ["input_ids"], "ids_shape"), "index1"], "seq_len", axis=0)
+    ends = b.op("Concat", [length, length], "mask_ends", axis=0)
+    b.op("Slice", ["full_causal", "zeros2", ends], "causal")
 
 
 def write_llama(path: Path, spec: LlamaSpec, seed: int = 0) -> int:
     """Write the decoder to `path` with its weights in `path.name + '.data'`; returns the data
-    file's size in bytes. Input `input_ids` [1, seq] int64, output `logits` [1, seq, vocab]."""
+    file's size in bytes. Input `input_ids` [1, seq] int64, output `logits` [1, seq, vocab] (seq:
+    the dynamic 'sequence' when `spec.dynamic`)."""
     path = Path(path)
     location = path.name + ".data"
     b = _Builder()
     with open(path.parent / location, "wb") as handle:
         w = _Writer(handle, location, seed)
-        _constants(w, spec)
+        _constants(b, w, spec)
         embed = w.random("embed_tokens.weight", (spec.vocab, spec.hidden), 0.02)
         x = b.op("Gather", [embed, "input_ids"], "embed", axis=0)
         for i in range(spec.layers):
@@ -178,11 +191,12 @@ def write_llama(path: Path, spec: LlamaSpec, seed: int = 0) -> int:
         head = w.random("lm_head.weight", (spec.hidden, spec.vocab), 1 / np.sqrt(spec.hidden))
         b.op("MatMul", [x, head], "logits")
         size = handle.tell()
+    seq = "sequence" if spec.dynamic else spec.seq
     graph = helper.make_graph(
         b.nodes,
         "llama",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, spec.seq])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, spec.seq, spec.vocab])],
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, seq])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, seq, spec.vocab])],
         w.initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

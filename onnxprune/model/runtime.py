@@ -13,7 +13,8 @@ from onnx import numpy_helper
 
 from onnxprune.errors import InputError, OnnxPruneError
 from onnxprune.model.edit import copy_without_initializers
-from onnxprune.model.segments import SEGMENTED_BYTES, plan_segments, segment_model, weight_bytes
+from onnxprune.model import segments as segmenting
+from onnxprune.model.segments import plan_segments, segment_model, weight_bytes
 from onnxprune.model.tensors import tensor_nbytes, tensor_value
 
 
@@ -114,7 +115,7 @@ def run_model(
     inputs in place, so a big model's weights are not held twice."""
     try:
         weights: dict[str, np.ndarray] = {}
-        segments = None if optimize or weight_bytes(model) <= SEGMENTED_BYTES else plan_segments(model)
+        segments = None if optimize or weight_bytes(model) <= segmenting.SEGMENTED_BYTES else plan_segments(model)
         if segments is not None:
             return _run_segments(model, segments, feeds, arrays or {})
         if optimize:

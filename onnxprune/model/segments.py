@@ -36,10 +36,11 @@ def weight_bytes(model: onnx.ModelProto) -> int:
     return sum(tensor_nbytes(init) for init in model.graph.initializer)
 
 
-def plan_segments(model: onnx.ModelProto, limit: int = SEGMENT_BYTES) -> list[Segment] | None:
+def plan_segments(model: onnx.ModelProto, limit: int | None = None) -> list[Segment] | None:
     """The graph's nodes (in their topological order) cut whenever a segment's weights would pass
-    `limit`; None when the graph cannot be cut so (a node with a subgraph, which may read any
+    `limit` (default SEGMENT_BYTES); None when the graph cannot be cut so (a node with a subgraph, which may read any
     outer tensor, or a graph output that no node computes)."""
+    limit = SEGMENT_BYTES if limit is None else limit
     graph = model.graph
     sizes = {init.name: tensor_nbytes(init) for init in graph.initializer}
     produced = {out for node in graph.node for out in node.output}
