@@ -94,7 +94,9 @@ def verdict(rows: list[dict]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--big", action="store_true", help="the larger size is the ~3 GB model (hidden 2048, 16 layers)")
+    parser.add_argument(
+        "--big", action="store_true", help="the larger size is the ~3 GB model (hidden 2048, 16 layers)"
+    )
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--keep", metavar="DIR", help="generate into DIR (files are removed after each size)")
     args = parser.parse_args()
@@ -105,9 +107,14 @@ def main() -> int:
         folder.mkdir(parents=True, exist_ok=True)
         for name in names:
             spec = SIZES[name]
-            print(f"{name}: hidden {spec.hidden}, {spec.layers} layers, ffn {spec.ffn}, vocab {spec.vocab}, seq {spec.seq}")
-            rows.append(run_size(folder, name, spec, args.ratio))
-            print(f"  generated {rows[-1]['in']:.2f} GB in {rows[-1]['generated']:.0f}s, pruned in {rows[-1]['seconds']:.0f}s")
+            sizes = f"hidden {spec.hidden}, {spec.layers} layers, ffn {spec.ffn}, vocab {spec.vocab}, seq {spec.seq}"
+            print(f"{name}: {sizes}", flush=True)
+            row = run_size(folder, name, spec, args.ratio)
+            print(
+                f"  generated {row['in']:.2f} GB in {row['generated']:.0f}s, pruned in {row['seconds']:.0f}s",
+                flush=True,
+            )
+            rows.append(row)
     print_table(rows)
     missed = verdict(rows)
     for line in missed:

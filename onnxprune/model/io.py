@@ -262,10 +262,11 @@ def _write_external(handle, init: onnx.TensorProto, entry: onnx.TensorProto, dig
     if padding:
         handle.write(b"\0" * padding)
         digest.update(b"\0" * padding)
+    data: bytes | memoryview
     if init.HasField("raw_data"):
         data = init.raw_data
     else:  # a memory map is written as it is (no bytes copy of the whole tensor)
-        data = memoryview(np.ascontiguousarray(tensor_value(init)).reshape(-1).view(np.uint8))
+        data = np.ascontiguousarray(tensor_value(init)).reshape(-1).view(np.uint8).data
     offset = handle.tell()
     handle.write(data)
     digest.update(data)

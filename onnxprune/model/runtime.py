@@ -4,6 +4,7 @@ session factory every stage uses, and running a model on CPU."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from collections.abc import Mapping
 
@@ -12,8 +13,8 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import InputError, OnnxPruneError
-from onnxprune.model.edit import copy_without_initializers
 from onnxprune.model import segments as segmenting
+from onnxprune.model.edit import copy_without_initializers
 from onnxprune.model.segments import plan_segments, segment_model, weight_bytes
 from onnxprune.model.tensors import tensor_nbytes, tensor_value
 
@@ -93,9 +94,7 @@ def make_session(
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     skeleton, external = _skeleton(model, arrays or {})
     inits = {init.name: init for init in model.graph.initializer}
-    values = [
-        np.ascontiguousarray(arrays[n] if arrays and n in arrays else tensor_value(inits[n])) for n in external
-    ]
+    values = [np.ascontiguousarray(arrays[n] if arrays and n in arrays else tensor_value(inits[n])) for n in external]
     ort_values = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]
     if external:
         options.add_external_initializers(external, ort_values)
@@ -151,18 +150,20 @@ def _run_segments(model: onnx.ModelProto, segments: list, feeds: dict, arrays: M
 def release_freed_memory() -> None:
     """Hand the C heap's freed memory back to the system (glibc's malloc_trim): the weights of
     a segment, freed, would otherwise stay in the process's resident memory."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):  # not glibc
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
-_LIBC = None
+@functools.lru_cache(maxsize=1)
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (it has malloc_trim), else None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return libc
 
 
 def _weights_as_inputs(

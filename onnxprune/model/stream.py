@@ -45,7 +45,9 @@ class _Tensor:
             header.ClearField("data_location")
             self.header = header.SerializeToString()
             self.data_length = tensor_value(tensor).nbytes
-            self.size = len(self.header) + len(_key(TENSOR_RAW_DATA)) + len(_varint(self.data_length)) + self.data_length
+            self.size = (
+                len(self.header) + len(_key(TENSOR_RAW_DATA)) + len(_varint(self.data_length)) + self.data_length
+            )
         else:
             self.size = tensor.ByteSize()
 
@@ -57,7 +59,7 @@ class _Tensor:
         yield self.header + _key(TENSOR_RAW_DATA) + _varint(self.data_length)
         flat = np.ascontiguousarray(tensor_value(self.tensor)).reshape(-1).view(np.uint8)
         for start in range(0, flat.size, CHUNK):
-            yield memoryview(flat[start : start + CHUNK])
+            yield flat[start : start + CHUNK].data
 
 
 def write_model(model: onnx.ModelProto, handle) -> None:

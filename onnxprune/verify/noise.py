@@ -20,6 +20,7 @@ float32 model whose noise is 1e-6 still fails.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,7 +82,7 @@ def _is_float(dtype) -> bool:
         return False
 
 
-def measure_noise(model, arrays: dict, feeds: dict, outputs: dict, judge=None) -> Noise:
+def measure_noise(model, arrays: Mapping, feeds: dict, outputs: dict, judge=None) -> Noise:
     """The float noise of the masked reference `model` (weights `arrays` by name over its own),
     whose ONNX Runtime outputs on `feeds` are `outputs`; see the module docstring. `judge` maps
     a model's outputs to what verification compares (bounded_outputs.BoundedOutputs.judge: a
@@ -102,7 +103,7 @@ def relative_deviation(got: dict, reference: dict) -> dict[str, float]:
     }
 
 
-def _float64_noise(model, arrays: dict, feeds: dict, outputs: dict, judge) -> dict[str, float] | None:
+def _float64_noise(model, arrays: Mapping, feeds: dict, outputs: dict, judge) -> dict[str, float] | None:
     """ONNX Runtime's deviation from float64 (None when torch is missing, cannot translate the
     model, or disagrees with ONNX Runtime beyond float noise)."""
     try:
@@ -152,7 +153,7 @@ def _weight_elements(model) -> int:
     return sum(int(np.prod(init.dims, dtype=np.int64)) for init in model.graph.initializer)
 
 
-def _reordered_noise(model, arrays: dict, feeds: dict, outputs: dict, judge) -> dict[str, float]:
+def _reordered_noise(model, arrays: Mapping, feeds: dict, outputs: dict, judge) -> dict[str, float]:
     """The larger deviation of ONNX Runtime with graph optimizations on and of inputs moved by
     one ulp (random direction per element, seeded)."""
 

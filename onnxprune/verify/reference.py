@@ -188,7 +188,7 @@ class Reference:
     kept heads of the cache inputs/outputs (the pruned model is fed the kept heads of the past)."""
 
     model: onnx.ModelProto
-    arrays: dict
+    arrays: Mapping
     feeds: dict
     outputs: dict
     bounded: BoundedOutputs

@@ -26,9 +26,9 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import InputError
+from onnxprune.model import segments as segmenting
 from onnxprune.model.edit import large_weights_as_inputs
 from onnxprune.model.inputs import random_inputs
-from onnxprune.model import segments as segmenting
 from onnxprune.model.runtime import run_model
 from onnxprune.model.segments import weight_bytes
 from onnxprune.model.shapes import infer_shapes, tensor_shapes
@@ -229,7 +229,8 @@ def _fill_open_dims(
         if error is None:
             kinds = {kind for dims in open_dims.values() for _, _, kind in dims}
             tried = _tried(kinds, attempt, sequence_sizes)
-            _mark(result, open_dims, f"probe: first size ONNX Runtime runs, of {tried}{note if 'sequence' in kinds else ''}")
+            shortened = note if "sequence" in kinds else ""
+            _mark(result, open_dims, f"probe: first size ONNX Runtime runs, of {tried}{shortened}")
             return
         errors.append(error)
     tried = ", ".join(f"{n}={'x'.join(map(str, s))}" for n, s in result.shapes.items())
