@@ -14,7 +14,7 @@ import pytest
 import onnxprune
 from onnxprune.model import io, segments
 from onnxprune.model.inputs import random_inputs
-from onnxprune.model.runtime import run_model
+from onnxprune.model.runtime import make_session, run_model
 from onnxprune.model.tensors import initializers, is_mapped
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -53,6 +53,9 @@ def test_external_weights_are_memory_mapped_not_read_in(tiny_llama, monkeypatch,
     in_memory = onnx.load(tiny_llama)  # onnx reads the external data into the model
     for init in in_memory.graph.initializer:
         np.testing.assert_array_equal(arrays[init.name], onnx.numpy_helper.to_array(init))
+    feeds = random_inputs(in_memory, 0)
+    whole = make_session(loaded, in_memory=False)  # serialized whole: the maps are read in
+    np.testing.assert_array_equal(whole.run(None, feeds)[0], run_model(in_memory, feeds)["logits"])
     out = tmp_path / "copy.onnx"
     io.save_model(loaded, out)  # written tensor by tensor from the maps, as one file
     assert not list(tmp_path.glob("copy.onnx.*"))

@@ -14,9 +14,9 @@ from onnx import numpy_helper
 
 from onnxprune.errors import InputError, OnnxPruneError
 from onnxprune.model import segments as segmenting
-from onnxprune.model.edit import copy_without_initializers
+from onnxprune.model.edit import copy_without_initializers, with_mapped_inline
 from onnxprune.model.segments import plan_segments, segment_model, weight_bytes
-from onnxprune.model.tensors import tensor_nbytes, tensor_value
+from onnxprune.model.tensors import is_mapped, tensor_nbytes, tensor_value
 
 
 def onnxruntime():
@@ -43,7 +43,7 @@ def _skeleton(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> tuple
     for init in model.graph.initializer:
         entry = graph.initializer.add()
         if tensor_nbytes(init) <= IN_MEMORY_BYTES:
-            entry.CopyFrom(numpy_helper.from_array(arrays[init.name], init.name) if init.name in arrays else init)
+            entry.CopyFrom(_embedded(init, arrays))
             continue
         entry.name, entry.data_type = init.name, init.data_type
         entry.dims.extend(init.dims)
@@ -53,6 +53,16 @@ def _skeleton(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> tuple
             item.key, item.value = key, value
         external.append(init.name)
     return skeleton, external
+
+
+def _embedded(init: onnx.TensorProto, arrays: Mapping[str, np.ndarray]) -> onnx.TensorProto:
+    """A small initializer as the session gets it: from `arrays` when given there, read from its
+    file when memory-mapped (ONNX Runtime refuses absolute external paths), else as it is."""
+    if init.name in arrays:
+        return numpy_helper.from_array(np.asarray(arrays[init.name]), init.name)
+    if is_mapped(init):
+        return numpy_helper.from_array(np.array(tensor_value(init)), init.name)
+    return init
 
 
 def session_options(optimize: bool = False, threads: int = 0, spin: bool = True, log_level: int = 4):
@@ -91,7 +101,7 @@ def make_session(
     if not isinstance(model, onnx.ModelProto):
         return ort.InferenceSession(str(model), options, providers=providers)
     if not in_memory:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        return ort.InferenceSession(with_mapped_inline(model).SerializeToString(), options, providers=providers)
     skeleton, external = _skeleton(model, arrays or {})
     inits = {init.name: init for init in model.graph.initializer}
     values = [np.ascontiguousarray(arrays[n] if arrays and n in arrays else tensor_value(inits[n])) for n in external]
@@ -176,8 +186,7 @@ def _weights_as_inputs(
     weights = {}
     for init in model.graph.initializer:
         if tensor_nbytes(init) <= IN_MEMORY_BYTES:
-            small = numpy_helper.from_array(arrays[init.name], init.name) if init.name in arrays else init
-            skeleton.graph.initializer.add().CopyFrom(small)
+            skeleton.graph.initializer.add().CopyFrom(_embedded(init, arrays))
             continue
         weights[init.name] = np.ascontiguousarray(arrays[init.name] if init.name in arrays else tensor_value(init))
         if init.name not in declared:
