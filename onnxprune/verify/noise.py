@@ -106,13 +106,13 @@ def relative_deviation(got: dict, reference: dict) -> dict[str, float]:
 def _float64_noise(model, arrays: Mapping, feeds: dict, outputs: dict, judge) -> dict[str, float] | None:
     """ONNX Runtime's deviation from float64 (None when torch is missing, cannot translate the
     model, or disagrees with ONNX Runtime beyond float noise)."""
+    if _weight_elements(model) > TORCH_MAX_ELEMENTS:  # checked first: importing torch costs memory too
+        return None
     try:
         import torch
 
         from onnxprune.torch.convert import OnnxModule
     except ImportError:
-        return None
-    if _weight_elements(model) > TORCH_MAX_ELEMENTS:
         return None
     try:
         module = OnnxModule(model)
