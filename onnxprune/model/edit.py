@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from onnxprune.model.tensors import tensor_nbytes
+from onnxprune.model.tensors import is_mapped, tensor_nbytes, tensor_value
 
 
 def copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -13,6 +15,19 @@ def copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     copy_fields(model, shell, skip="graph")
     copy_fields(model.graph, shell.graph, skip="initializer")
     return shell
+
+
+def with_mapped_inline(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its memory-mapped weights (tensors.is_mapped) read into it, for what must
+    serialize it whole (ONNX Runtime refuses the absolute paths they point at); the model itself
+    when it has none."""
+    if not any(is_mapped(init) for init in model.graph.initializer):
+        return model
+    copy = copy_without_initializers(model)
+    for init in model.graph.initializer:
+        entry = copy.graph.initializer.add()
+        entry.CopyFrom(numpy_helper.from_array(np.array(tensor_value(init)), init.name) if is_mapped(init) else init)
+    return copy
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -65,6 +80,9 @@ def detach_large_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[
     light, detached = copy_without_initializers(model), {}
     for init in graph.initializer:
         entry = light.graph.initializer.add()
+        if init.name in folded_inputs and is_mapped(init):  # folding reads it: its values, not its file
+            entry.CopyFrom(numpy_helper.from_array(np.array(tensor_value(init)), init.name))
+            continue
         if (
             init.name in folded_inputs
             or tensor_nbytes(init) <= DETACH_BYTES

@@ -9,11 +9,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from onnxprune.errors import InputError, short_message
 from onnxprune.model.edit import copy_without_initializers
-from onnxprune.model.tensors import tensor_nbytes, tensor_value
+from onnxprune.model.stream import write_model
+from onnxprune.model.tensors import is_mapped, tensor_nbytes, tensor_value
 
 #: Initializers larger than this in total are saved as external data next to the model.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -55,10 +57,40 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     external = check_external_locations(model, path.parent)
     check_weight_shapes(model, size + sum(p.stat().st_size for p in external), f"{path}: ")
     try:
-        onnx.load_external_data_for_model(model, str(path.parent))
+        map_external_data(model, path.parent)
     except Exception as exc:
         raise InputError(f"{path}: cannot read the model's external data ({short_message(exc)})") from None
     return LoadedModel(model, digest, path)
+
+
+#: External tensors larger than this stay in their file and are read through memory maps (see
+#: tensors.is_mapped); smaller ones are read into the model.
+MAP_BYTES = 1 << 20
+
+
+def map_external_data(model: onnx.ModelProto, folder: Path) -> None:
+    """Resolve the main graph's external tensors: those over MAP_BYTES keep their data in the file
+    (their location becomes the file's absolute path, so `tensor_value` maps them, and a big model
+    is never read into memory whole); the others, and external tensors of subgraphs and
+    attributes, are read in. ValueError when a tensor's range lies past the end of its file."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, load_external_data_for_tensor
+
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL or tensor_nbytes(tensor) <= MAP_BYTES:
+            continue
+        info = ExternalDataInfo(tensor)
+        target = (folder / info.location).resolve()
+        length = info.length if info.length is not None else tensor_nbytes(tensor)
+        if (info.offset or 0) + length > target.stat().st_size:
+            raise ValueError(f"weight '{tensor.name}' lies past the end of {info.location!r}")
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = str(target)
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and not is_mapped(tensor):
+            load_external_data_for_tensor(tensor, str(folder))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
 
 
 def check_structure(model: onnx.ModelProto, where: str = "") -> None:
@@ -181,7 +213,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     big = sum(tensor_nbytes(init) for init in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD
     if big:
         return _save_with_external_data(model, path)
-    atomic_write_bytes(path, model.SerializeToString())
+    if any(is_mapped(init) for init in model.graph.initializer):
+        atomic_write(path, lambda handle: write_model(model, handle))
+    else:
+        atomic_write_bytes(path, model.SerializeToString())
     _remove_old_data_files(path, keep=None)
     return path
 
@@ -227,7 +262,11 @@ def _write_external(handle, init: onnx.TensorProto, entry: onnx.TensorProto, dig
     if padding:
         handle.write(b"\0" * padding)
         digest.update(b"\0" * padding)
-    data = init.raw_data if init.HasField("raw_data") else tensor_value(init).tobytes()
+    data: bytes | memoryview
+    if init.HasField("raw_data"):
+        data = init.raw_data
+    else:  # a memory map is written as it is (no bytes copy of the whole tensor)
+        data = np.ascontiguousarray(tensor_value(init)).reshape(-1).view(np.uint8).data
     offset = handle.tell()
     handle.write(data)
     digest.update(data)
@@ -274,12 +313,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write bytes to a temporary file beside `path`, fsync, then rename over `path`: readers see
     the old file or the new one, never a partial one. Temporaries of earlier writes to `path`
     whose process is gone (SIGKILL) are removed first."""
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write(path: Path, write) -> None:
+    """`atomic_write_bytes` with the content written by `write(handle)` (a binary file)."""
     remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a written model should not be private
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -3,6 +3,8 @@ session factory every stage uses, and running a model on CPU."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 from collections.abc import Mapping
 
@@ -11,8 +13,10 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import InputError, OnnxPruneError
-from onnxprune.model.edit import copy_without_initializers
-from onnxprune.model.tensors import tensor_nbytes, tensor_value
+from onnxprune.model import segments as segmenting
+from onnxprune.model.edit import copy_without_initializers, with_mapped_inline
+from onnxprune.model.segments import plan_segments, segment_model, weight_bytes
+from onnxprune.model.tensors import is_mapped, tensor_nbytes, tensor_value
 
 
 def onnxruntime():
@@ -39,7 +43,7 @@ def _skeleton(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> tuple
     for init in model.graph.initializer:
         entry = graph.initializer.add()
         if tensor_nbytes(init) <= IN_MEMORY_BYTES:
-            entry.CopyFrom(numpy_helper.from_array(arrays[init.name], init.name) if init.name in arrays else init)
+            entry.CopyFrom(_embedded(init, arrays))
             continue
         entry.name, entry.data_type = init.name, init.data_type
         entry.dims.extend(init.dims)
@@ -49,6 +53,16 @@ def _skeleton(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> tuple
             item.key, item.value = key, value
         external.append(init.name)
     return skeleton, external
+
+
+def _embedded(init: onnx.TensorProto, arrays: Mapping[str, np.ndarray]) -> onnx.TensorProto:
+    """A small initializer as the session gets it: from `arrays` when given there, read from its
+    file when memory-mapped (ONNX Runtime refuses absolute external paths), else as it is."""
+    if init.name in arrays:
+        return numpy_helper.from_array(np.asarray(arrays[init.name]), init.name)
+    if is_mapped(init):
+        return numpy_helper.from_array(np.array(tensor_value(init)), init.name)
+    return init
 
 
 def session_options(optimize: bool = False, threads: int = 0, spin: bool = True, log_level: int = 4):
@@ -87,12 +101,10 @@ def make_session(
     if not isinstance(model, onnx.ModelProto):
         return ort.InferenceSession(str(model), options, providers=providers)
     if not in_memory:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        return ort.InferenceSession(with_mapped_inline(model).SerializeToString(), options, providers=providers)
     skeleton, external = _skeleton(model, arrays or {})
     inits = {init.name: init for init in model.graph.initializer}
-    values = [
-        np.ascontiguousarray(arrays[n] if arrays and n in arrays else numpy_helper.to_array(inits[n])) for n in external
-    ]
+    values = [np.ascontiguousarray(arrays[n] if arrays and n in arrays else tensor_value(inits[n])) for n in external]
     ort_values = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]
     if external:
         options.add_external_initializers(external, ort_values)
@@ -112,6 +124,9 @@ def run_model(
     inputs in place, so a big model's weights are not held twice."""
     try:
         weights: dict[str, np.ndarray] = {}
+        segments = None if optimize or weight_bytes(model) <= segmenting.SEGMENTED_BYTES else plan_segments(model)
+        if segments is not None:
+            return _run_segments(model, segments, feeds, arrays or {})
         if optimize:
             session = make_session(model, arrays, optimize)
         else:
@@ -125,6 +140,42 @@ def run_model(
         raise InputError(f"ONNX Runtime cannot run the model: {str(exc).splitlines()[0][:300]}") from None
 
 
+def _run_segments(model: onnx.ModelProto, segments: list, feeds: dict, arrays: Mapping) -> dict:
+    """Run a big model segment by segment (see segments.py): one segment's weights are read at a
+    time (memory maps, masked copies), and dropped before the next."""
+    values = dict(feeds)
+    for segment in segments:
+        skeleton, weights = _weights_as_inputs(segment_model(model, segment, values), arrays)
+        session = make_session(skeleton)
+        names = [o.name for o in session.get_outputs()]
+        fed = {name: values[name] for name in segment.inputs}
+        values.update(zip(names, session.run(names, {**fed, **weights})))
+        del session, weights
+        for name in segment.last_use:
+            values.pop(name, None)
+        release_freed_memory()
+    return {o.name: values[o.name] for o in model.graph.output}
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's freed memory back to the system (glibc's malloc_trim): the weights of
+    a segment, freed, would otherwise stay in the process's resident memory."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (it has malloc_trim), else None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return libc
+
+
 def _weights_as_inputs(
     model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -135,8 +186,7 @@ def _weights_as_inputs(
     weights = {}
     for init in model.graph.initializer:
         if tensor_nbytes(init) <= IN_MEMORY_BYTES:
-            small = numpy_helper.from_array(arrays[init.name], init.name) if init.name in arrays else init
-            skeleton.graph.initializer.add().CopyFrom(small)
+            skeleton.graph.initializer.add().CopyFrom(_embedded(init, arrays))
             continue
         weights[init.name] = np.ascontiguousarray(arrays[init.name] if init.name in arrays else tensor_value(init))
         if init.name not in declared:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from onnxprune.model.shapes import tensor_shapes
-from onnxprune.model.tensors import initializers
+from onnxprune.model.tensors import WeightArrays, initializers
 from onnxprune.model.weight_chains import CHAIN_OPS, ChainSet, evaluate_chain_outputs
 
 
@@ -118,8 +118,9 @@ class ChainValues(Mapping[str, np.ndarray]):
         return [n for n in self._nodes if n not in read]
 
     def is_float(self, name: str) -> bool:
-        """True for an initializer of a floating-point type."""
-        return np.issubdtype(np.asarray(self[name]).dtype, np.floating)
+        """True for an initializer of a floating-point type (its values are not read)."""
+        dtype = self._inits.dtype(name) if isinstance(self._inits, WeightArrays) else np.asarray(self[name]).dtype
+        return np.issubdtype(dtype, np.floating)
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self._inits:

@@ -11,6 +11,7 @@ from onnx import numpy_helper
 
 from onnxprune.model.edit import with_outputs
 from onnxprune.model.runtime import make_session
+from onnxprune.model.tensors import tensor_value
 
 
 def batchnorm_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -46,7 +47,7 @@ def recalibrate_batchnorm(model: onnx.ModelProto, data, batches: int) -> list[st
     for node in batchnorm_nodes(model):
         mean, var = input_statistics(model, node.input[0], data, batches)
         for name, value in ((node.input[3], mean), (node.input[4], var)):
-            dtype = numpy_helper.to_array(inits[name]).dtype
+            dtype = tensor_value(inits[name]).dtype
             inits[name].CopyFrom(numpy_helper.from_array(value.astype(dtype), name))
             changed.append(name)
     return changed

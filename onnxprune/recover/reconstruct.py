@@ -36,6 +36,7 @@ from onnxprune.analysis.rules.registry import WeightLayout
 from onnxprune.model.edit import with_outputs
 from onnxprune.model.nodes import attr, node_label
 from onnxprune.model.runtime import make_session
+from onnxprune.model.tensors import tensor_value
 from onnxprune.model.view import ModelView
 from onnxprune.recover.batchnorm import recalibrate_batchnorm
 
@@ -353,7 +354,7 @@ def write_fit(model: onnx.ModelProto, layer: Layer, ridge: float) -> dict:
     `model`; returns the plan's record of the layer."""
     inits = {init.name: init for init in model.graph.initializer}
     node = next(n for n in model.graph.node if node_label(n) == layer.name)
-    old = numpy_helper.to_array(inits[layer.weight])
+    old = tensor_value(inits[layer.weight])
     stats = layer.stats
     assert stats is not None, "accumulate() filled the layer's normal equations"
     w, b = stats.solve(ridge)  # w [D, O]
@@ -387,7 +388,7 @@ def write_fit(model: onnx.ModelProto, layer: Layer, ridge: float) -> dict:
             _set_attr(node, spec.gain[1], 1.0)
         entry.update(bias=name, bias_added=True)
     else:
-        shape = numpy_helper.to_array(inits[layer.bias]).shape
+        shape = tensor_value(inits[layer.bias]).shape
         inits[layer.bias].CopyFrom(numpy_helper.from_array(bias.reshape(shape), layer.bias))
     return entry
 

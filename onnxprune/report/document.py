@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from onnxprune.analysis import ChannelGroup, ModelView
 from onnxprune.analysis.cost import group_macs, model_macs
 from onnxprune.passes.apply_plan import cache_slices
@@ -55,8 +57,15 @@ def group_rows(
 def _member_params(group: ChannelGroup, view: ModelView) -> int:
     """Elements of the weight tensors that hold the group's channels (each tensor once)."""
     names = {m.space.tensor for m in group.members}
-    values = (view.value(n) for n in names)
-    return int(sum(value.size for value in values if value is not None))
+    return int(sum(_const_size(view, n) for n in names if view.is_const(n)))
+
+
+def _const_size(view: ModelView, name: str) -> int:
+    """Elements of a constant, from its static shape when known (a big weight is not read)."""
+    shape = view.shape(name)
+    if shape is not None and all(isinstance(d, (int, np.integer)) for d in shape):
+        return int(np.prod(shape, dtype=np.int64))
+    return int(np.asarray(view.value(name)).size)
 
 
 def prunable_share(groups: list[ChannelGroup], view: ModelView, shapes: dict | None = None) -> float:

@@ -31,6 +31,7 @@ from torch import nn
 from onnxprune.analysis.analyze import load_and_analyze
 from onnxprune.errors import InputError
 from onnxprune.model.nodes import graph_sources, topological_order
+from onnxprune.model.tensors import tensor_value
 from onnxprune.registry import Registry
 
 Tensor = torch.Tensor
@@ -527,7 +528,7 @@ class OnnxModule(nn.Module):
             return key
 
         for name, tensor in inits.items():
-            value = torch.from_numpy(np.array(numpy_helper.to_array(tensor)))
+            value = torch.from_numpy(np.array(tensor_value(tensor)))
             key = key_for(name)
             if value.is_floating_point() and value.numel() > 1 and name not in buffer_only:
                 self.params[key] = nn.Parameter(value)

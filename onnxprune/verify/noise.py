@@ -20,6 +20,7 @@ float32 model whose noise is 1e-6 still fails.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +38,7 @@ CAP = 1e-2
 AGREEMENT = 10.0
 #: Models with more weight elements than this are not converted to torch (float64 doubles them)
 #: nor run by an optimizing ONNX Runtime session (it copies the weights).
-TORCH_MAX_ELEMENTS = 1 << 28
+TORCH_MAX_ELEMENTS = 1 << 25
 
 FLOAT64 = "float64 via torch"
 REORDERED = "stored precision, reordered (ONNX Runtime optimized, inputs moved by 1 ulp)"
@@ -81,7 +82,7 @@ def _is_float(dtype) -> bool:
         return False
 
 
-def measure_noise(model, arrays: dict, feeds: dict, outputs: dict, judge=None) -> Noise:
+def measure_noise(model, arrays: Mapping, feeds: dict, outputs: dict, judge=None) -> Noise:
     """The float noise of the masked reference `model` (weights `arrays` by name over its own),
     whose ONNX Runtime outputs on `feeds` are `outputs`; see the module docstring. `judge` maps
     a model's outputs to what verification compares (bounded_outputs.BoundedOutputs.judge: a
@@ -102,16 +103,16 @@ def relative_deviation(got: dict, reference: dict) -> dict[str, float]:
     }
 
 
-def _float64_noise(model, arrays: dict, feeds: dict, outputs: dict, judge) -> dict[str, float] | None:
+def _float64_noise(model, arrays: Mapping, feeds: dict, outputs: dict, judge) -> dict[str, float] | None:
     """ONNX Runtime's deviation from float64 (None when torch is missing, cannot translate the
     model, or disagrees with ONNX Runtime beyond float noise)."""
+    if _weight_elements(model) > TORCH_MAX_ELEMENTS:  # checked first: importing torch costs memory too
+        return None
     try:
         import torch
 
         from onnxprune.torch.convert import OnnxModule
     except ImportError:
-        return None
-    if _weight_elements(model) > TORCH_MAX_ELEMENTS:
         return None
     try:
         module = OnnxModule(model)
@@ -152,7 +153,7 @@ def _weight_elements(model) -> int:
     return sum(int(np.prod(init.dims, dtype=np.int64)) for init in model.graph.initializer)
 
 
-def _reordered_noise(model, arrays: dict, feeds: dict, outputs: dict, judge) -> dict[str, float]:
+def _reordered_noise(model, arrays: Mapping, feeds: dict, outputs: dict, judge) -> dict[str, float]:
     """The larger deviation of ONNX Runtime with graph optimizations on and of inputs moved by
     one ulp (random direction per element, seeded)."""
 

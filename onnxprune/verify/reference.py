@@ -3,6 +3,7 @@ the pruned channels masked, within a tolerance set by the float noise of the ref
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,8 +79,9 @@ class VerifyResult:
         )
 
 
-def masked_weights(view: ModelView, plan: PruningPlan) -> dict[str, np.ndarray]:
-    """Copies of the weights that hold pruned slices, with those slices set to their fill value."""
+def masked_weights(view: ModelView, plan: PruningPlan) -> Mapping[str, np.ndarray]:
+    """Copies of the weights that hold pruned slices, with those slices set to their fill value
+    (each made when read: `MaskedWeights`)."""
     masks: dict[str, list] = {}
     for group in plan.groups:
         if not plan.is_pruned(group):
@@ -90,7 +92,27 @@ def masked_weights(view: ModelView, plan: PruningPlan) -> dict[str, np.ndarray]:
                 masks.setdefault(member.space.tensor, []).append(
                     (member.space.axis, group.kept_atoms(member.space, dropped), member.fill)
                 )
-    return {name: _masked_copy(view.consts[name], tensor_masks) for name, tensor_masks in masks.items()}
+    return MaskedWeights(view, masks)
+
+
+class MaskedWeights(Mapping):
+    """Read-only mapping name -> masked copy of a weight, made when read and not kept: a big
+    model run segment by segment (model/segments.py) holds one segment's masked copies at a time."""
+
+    def __init__(self, view: ModelView, masks: dict[str, list]):
+        self._view, self._masks = view, masks
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return _masked_copy(self._view.consts[name], self._masks[name])
+
+    def __contains__(self, name) -> bool:
+        return name in self._masks
+
+    def __iter__(self):
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
 
 
 def _masked_copy(value: np.ndarray, masks: list) -> np.ndarray:
@@ -166,7 +188,7 @@ class Reference:
     kept heads of the cache inputs/outputs (the pruned model is fed the kept heads of the past)."""
 
     model: onnx.ModelProto
-    arrays: dict
+    arrays: Mapping
     feeds: dict
     outputs: dict
     bounded: BoundedOutputs

@@ -6,7 +6,8 @@ Every other dynamic dimension gets a size that ONNX Runtime can run the model at
 1. `--shape` (the user's word wins);
 2. a hint the exporter left: ultralytics' `imgsz` metadata for an image input's H and W;
 3. a probe: candidate sizes by the kind of dimension (the H/W of a 4-D or 5-D input: 64, 224,
-   320, 640; a sequence: 16, 128, 1024; dims named like height/width or seq/length/time pick
+   320, 640; a sequence: 16, 128, 1024, or from 8 for a model of more than 256 MB of weights,
+   marked "shortened for a model of N GB"; dims named like height/width or seq/length/time pick
    their kind by name), tried in order at batch 1 on the model until ONNX Runtime runs it.
 
 Dimensions that share a symbolic name share a size (e.g. `input_ids` and `attention_mask`); a
@@ -25,13 +26,18 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import InputError
+from onnxprune.model import segments as segmenting
 from onnxprune.model.edit import large_weights_as_inputs
 from onnxprune.model.inputs import random_inputs
 from onnxprune.model.runtime import run_model
+from onnxprune.model.segments import weight_bytes
 from onnxprune.model.shapes import infer_shapes, tensor_shapes
 
 IMAGE_SIZES = (64, 224, 320, 640)
 SEQUENCE_SIZES = (16, 128, 1024)
+#: The sequence candidates of a model whose weights exceed segments.SEGMENTED_BYTES (an LLM of
+#: several GB: a short sequence is verified as well, at a fraction of the time and memory).
+SHORT_SEQUENCE_SIZES = (8, 16, 128, 1024)
 VERIFY_BATCH = 2
 _IMAGE_NAMES = re.compile(r"height|width|^h$|^w$|img|image|spatial", re.I)
 _SEQUENCE_NAMES = re.compile(r"seq|len|token|time|frame|step|sample|text|word|char", re.I)
@@ -165,8 +171,16 @@ def choose_shapes(
         if rest:
             open_dims[info.name] = rest
     if open_dims:
-        _fill_open_dims(model, result, open_dims, _symbols_from_user(model, user), probe)
+        _fill_open_dims(model, result, open_dims, _symbols_from_user(model, user), probe, _sequence_sizes(model))
     return result
+
+
+def _sequence_sizes(model: onnx.ModelProto) -> tuple[tuple[int, ...], str]:
+    """The sequence candidates for the model's size, and the note a shortened choice carries."""
+    size = weight_bytes(model)
+    if size <= segmenting.SEGMENTED_BYTES:
+        return SEQUENCE_SIZES, ""
+    return SHORT_SEQUENCE_SIZES, f" (shortened for a model of {size / 1e9:.1f} GB)"
 
 
 def _symbols_from_user(model: onnx.ModelProto, user: dict[str, tuple]) -> dict[str, int]:
@@ -181,10 +195,16 @@ def _symbols_from_user(model: onnx.ModelProto, user: dict[str, tuple]) -> dict[s
 
 
 def _fill_open_dims(
-    model, result: VerificationShapes, open_dims: dict, known: dict[str, int], probe: bool = True
+    model,
+    result: VerificationShapes,
+    open_dims: dict,
+    known: dict[str, int],
+    probe: bool = True,
+    sequences: tuple[tuple[int, ...], str] = (SEQUENCE_SIZES, ""),
 ) -> None:
     """Give every open dim a size: a hint when there is one (and it runs), else the first probe
-    that runs."""
+    that runs (`sequences`: the sequence candidates and the note that says they were shortened)."""
+    sequence_sizes, note = sequences
     hint = metadata_image_size(model)
     if hint is not None and all(kind == "image" for dims in open_dims.values() for _, _, kind in dims):
         image_size = hint
@@ -193,21 +213,24 @@ def _fill_open_dims(
             _mark(result, open_dims, f"hint: metadata imgsz {list(hint)}")
             return
     if not probe:
-        _assign(result, open_dims, known, lambda kind, index: IMAGE_SIZES[0] if kind == "image" else SEQUENCE_SIZES[0])
+        _assign(result, open_dims, known, lambda kind, index: IMAGE_SIZES[0] if kind == "image" else sequence_sizes[0])
         _mark(result, open_dims, "first candidate, not run (no verification)")
         return
     errors = []
-    attempts = max(len(IMAGE_SIZES), len(SEQUENCE_SIZES))
+    attempts = max(len(IMAGE_SIZES), len(sequence_sizes))
     for attempt in range(attempts):
 
         def size(kind, index, attempt=attempt):
-            sizes = IMAGE_SIZES if kind == "image" else SEQUENCE_SIZES
+            sizes = IMAGE_SIZES if kind == "image" else sequence_sizes
             return sizes[min(attempt, len(sizes) - 1)]
 
         _assign(result, open_dims, known, size)
         error = _runs(model, result.shapes)
         if error is None:
-            _mark(result, open_dims, f"probe: first size ONNX Runtime runs, of {_tried(open_dims, attempt)}")
+            kinds = {kind for dims in open_dims.values() for _, _, kind in dims}
+            tried = _tried(kinds, attempt, sequence_sizes)
+            shortened = note if "sequence" in kinds else ""
+            _mark(result, open_dims, f"probe: first size ONNX Runtime runs, of {tried}{shortened}")
             return
         errors.append(error)
     tried = ", ".join(f"{n}={'x'.join(map(str, s))}" for n, s in result.shapes.items())
@@ -257,11 +280,10 @@ def _mark(result: VerificationShapes, open_dims: dict, source: str) -> None:
         result.sources[name] = source
 
 
-def _tried(open_dims: dict, attempt: int) -> str:
-    kinds = {kind for dims in open_dims.values() for _, _, kind in dims}
+def _tried(kinds: set[str], attempt: int, sequence_sizes: tuple[int, ...]) -> str:
     lists = [
         ("H/W " if kind == "image" else "sequence ") + "/".join(map(str, sizes[: attempt + 1]))
-        for kind, sizes in (("image", IMAGE_SIZES), ("sequence", SEQUENCE_SIZES))
+        for kind, sizes in (("image", IMAGE_SIZES), ("sequence", sequence_sizes))
         if kind in kinds
     ]
     return ", ".join(lists)
