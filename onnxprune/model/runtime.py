@@ -33,6 +33,37 @@ def onnxruntime():
 #: Initializers larger than this are handed to ONNX Runtime from memory, not serialized.
 IN_MEMORY_BYTES = 1024
 
+#: ONNX types of less than a byte a value: ml_dtypes holds them one a byte, ONNX Runtime packed, so
+#: their initializers are always serialized with the graph
+SUB_BYTE_TYPES = frozenset(
+    getattr(onnx.TensorProto, name)
+    for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    if hasattr(onnx.TensorProto, name)
+)
+
+
+def ort_feed(value: np.ndarray):
+    """A value ONNX Runtime takes as a feed or an in-memory initializer: the array itself, or for an
+    ml_dtypes array (bfloat16, float8), which numpy hands over as an opaque type, an OrtValue of
+    its bytes with its ONNX type."""
+    if value.dtype.kind != "V":
+        return value
+    raw = np.ascontiguousarray(value).view(np.dtype(f"u{value.dtype.itemsize}"))
+    return onnxruntime().OrtValue.ortvalue_from_numpy_with_onnx_type(
+        raw, onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+    )
+
+
+def _ort_value(ort, value: np.ndarray):
+    """An OrtValue over a numpy array's memory (ml_dtypes arrays by their bytes, see `ort_feed`)."""
+    feed = ort_feed(value)
+    return feed if isinstance(feed, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(feed)
+
+
+def _serialized(init: onnx.TensorProto) -> bool:
+    """An initializer serialized with the graph: small, or of a type under a byte a value."""
+    return tensor_nbytes(init) <= IN_MEMORY_BYTES or init.data_type in SUB_BYTE_TYPES
+
 
 def _skeleton(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str]]:
     """The model with its large initializers marked external (their values come from memory);
@@ -42,7 +73,7 @@ def _skeleton(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> tuple
     external = []
     for init in model.graph.initializer:
         entry = graph.initializer.add()
-        if tensor_nbytes(init) <= IN_MEMORY_BYTES:
+        if _serialized(init):
             entry.CopyFrom(_embedded(init, arrays))
             continue
         entry.name, entry.data_type = init.name, init.data_type
@@ -105,7 +136,7 @@ def make_session(
     skeleton, external = _skeleton(model, arrays or {})
     inits = {init.name: init for init in model.graph.initializer}
     values = [np.ascontiguousarray(arrays[n] if arrays and n in arrays else tensor_value(inits[n])) for n in external]
-    ort_values = [ort.OrtValue.ortvalue_from_numpy(v) for v in values]
+    ort_values = [_ort_value(ort, v) for v in values]
     if external:
         options.add_external_initializers(external, ort_values)
     session = ort.InferenceSession(skeleton.SerializeToString(), options, providers=providers)
@@ -123,7 +154,7 @@ def run_model(
     large weights are fed as inputs: ONNX Runtime copies the initializers of a session, but reads
     inputs in place, so a big model's weights are not held twice."""
     try:
-        weights: dict[str, np.ndarray] = {}
+        weights: dict = {}
         segments = None if optimize or weight_bytes(model) <= segmenting.SEGMENTED_BYTES else plan_segments(model)
         if segments is not None:
             return _run_segments(model, segments, feeds, arrays or {})
@@ -180,15 +211,17 @@ def _weights_as_inputs(
     model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The model with its initializers over IN_MEMORY_BYTES turned into graph inputs, and their
-    values (from `arrays` by name, else the model's own) to feed."""
+    values (from `arrays` by name, else the model's own) to feed (bfloat16 ones as OrtValues)."""
     skeleton = copy_without_initializers(model)
     declared = {i.name for i in skeleton.graph.input}
     weights = {}
     for init in model.graph.initializer:
-        if tensor_nbytes(init) <= IN_MEMORY_BYTES:
+        if _serialized(init):
             skeleton.graph.initializer.add().CopyFrom(_embedded(init, arrays))
             continue
-        weights[init.name] = np.ascontiguousarray(arrays[init.name] if init.name in arrays else tensor_value(init))
+        weights[init.name] = ort_feed(
+            np.ascontiguousarray(arrays[init.name] if init.name in arrays else tensor_value(init))
+        )
         if init.name not in declared:
             skeleton.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     return skeleton, weights

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnxprune.model.nodes import attr, node_label, topological_order
 from onnxprune.model.normalize import normalize
-from onnxprune.model.runtime import make_session
+from onnxprune.model.runtime import SUB_BYTE_TYPES, make_session, ort_feed
 from onnxprune.model.tensors import initializers
 
 #: ops a chain may hold: they move, cast, scale or dequantize values, never mix channels
@@ -167,7 +167,6 @@ def fold_remaining_chains(model: onnx.ModelProto, opset: int) -> list[str]:
         values = evaluate_chain_outputs(writers, inits, sinks, opset)
     except KeyError:
         return []
-    from onnx import numpy_helper
 
     read = [n for node in writers.values() for n in node.input if n in inits]
     needed = _ancestors([writers[n] for n in outputs if n in writers], writers)  # chains that end in an output stay
@@ -426,6 +425,8 @@ def evaluate_chain_outputs(writers: dict[str, onnx.NodeProto], inits, names: lis
             nodes.append(writers[name])
             todo.extend(n for n in writers[name].input if n)
     leaves = sorted({n for node in nodes for n in node.input if n and n not in writers})
+    embedded = [n for n in leaves if helper.np_dtype_to_tensor_dtype(np.asarray(inits[n]).dtype) in SUB_BYTE_TYPES]
+    leaves = [n for n in leaves if n not in embedded]  # int4 and the like: ONNX Runtime reads them serialized
     graph = helper.make_graph(
         ordered_nodes(nodes),
         "chains",
@@ -436,6 +437,7 @@ def evaluate_chain_outputs(writers: dict[str, onnx.NodeProto], inits, names: lis
             for n in leaves
         ],
         [],
+        [numpy_helper.from_array(np.asarray(inits[n]), n) for n in embedded],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))  # what ONNX Runtime reads
@@ -444,7 +446,7 @@ def evaluate_chain_outputs(writers: dict[str, onnx.NodeProto], inits, names: lis
         types = {v.name: v.type.tensor_type.elem_type for v in typed.graph.value_info}
         model.graph.output.extend(helper.make_tensor_value_info(n, types[n], None) for n in names)
         session = make_session(model, in_memory=False)
-        values = session.run(names, {n: np.asarray(inits[n]) for n in leaves})
+        values = session.run(names, {n: ort_feed(np.asarray(inits[n])) for n in leaves})
     except Exception as exc:  # an op or type ONNX Runtime refuses
         raise KeyError(f"cannot evaluate {names[0]}: {str(exc).splitlines()[0][:120]}") from None
     return dict(zip(names, values))
