@@ -21,7 +21,7 @@ T = TypeVar("T")
 BUILTINS: dict[str, tuple[str, ...]] = {
     "op rule": tuple(
         f"onnxprune.analysis.rules.{m}"
-        for m in ("ops", "attention", "integer", "quant", "recurrent", "topology", "residual")
+        for m in ("ops", "attention", "integer", "quant", "nbits", "recurrent", "topology", "residual")
     ),
     "criterion": tuple(f"onnxprune.criteria.{m}" for m in ("magnitude", "activation", "heads")),
     "allocation strategy": tuple(

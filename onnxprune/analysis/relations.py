@@ -114,15 +114,23 @@ class Relations:
         self.links.append(Link(src, dst, offset or 0, block))
 
     def weight(
-        self, tensor: str, axis: int, role: str, fill: float | None, like: tuple[str, int], offset: int | None = None
+        self,
+        tensor: str,
+        axis: int,
+        role: str,
+        fill: float | None,
+        like: tuple[str, int],
+        offset: int | None = None,
+        block: int = 1,
     ) -> None:
         """Declare a weight axis as a member with `role`, the same channels as `like` (tensor, axis)
-        starting at `offset`."""
+        starting at `offset`; with `block`, index i of the weight axis is `block` channels of `like`
+        (a block-quantized weight's blocks of input channels)."""
         space = self._space(tensor, axis)
         partner = self._space(*like) if like[0] in self.view.shapes else None
         if space is not None:
             self.weights.append(WeightUse(space, role, fill, node_label(self.node), partner))
-        self.link(tensor, axis, *like, offset=offset)
+        self.link(tensor, axis, *like, offset=offset if offset is not None or block == 1 else 0, block=block)
 
     def touch(self, tensor: str, axis: int) -> None:
         """Mark an axis as handled by the rule without relating it (its size is irrelevant)."""

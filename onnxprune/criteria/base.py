@@ -93,8 +93,15 @@ def group_scores(
     """
     members = _unique(group.members_with(*roles)) or _unique(group.members_with("in"))
     return atoms_to_channels(
-        group, {m.space: row_score(member_matrix(ctx.weights[m.space.tensor], m.space.axis)) for m in members}
+        group, {m.space: row_score(member_matrix(_weight_values(ctx, m.space.tensor), m.space.axis)) for m in members}
     )
+
+
+def _weight_values(ctx: ScoringContext, name: str) -> np.ndarray:
+    """A member's float values: a packed quantized weight dequantized (`ModelView.weight_values`)."""
+    if ctx.view is not None and name in ctx.view.decoded:
+        return ctx.view.weight_values(name)
+    return ctx.weights[name]
 
 
 def member_matrix(weight: np.ndarray, axis: int) -> np.ndarray:

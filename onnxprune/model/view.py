@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 
 import numpy as np
@@ -29,6 +29,9 @@ class ModelView:
         #: the input's weight chains (`model/weight_chains.py`) when this view is of a model that
         #: normalization folded them in: `apply_plan` puts them back, their stored tensors sliced
         self.weight_chains: ChainSet | None = None
+        #: stored tensors whose values are not the weights they stand for (a packed block-quantized
+        #: weight), with how to compute those float weights: criteria score them (see `weight_values`)
+        self.decoded: dict[str, Callable[[], np.ndarray]] = {}
 
     @cached_property
     def consumers(self) -> dict[str, list[onnx.NodeProto]]:
@@ -75,6 +78,12 @@ class ModelView:
         """True when the tensor is an initializer (a weight or a folded constant) or the output of
         a weight chain over initializers (int8 → Cast → Mul, DequantizeLinear, fp16 → Cast)."""
         return name in self.consts
+
+    def weight_values(self, name: str) -> np.ndarray:
+        """The float weight a constant stands for: its value, or the dequantized weight of a packed
+        one (`decoded`, with the stored axes first: MatMulNBits' [N, n_blocks, block_size])."""
+        decode = self.decoded.get(name)
+        return decode() if decode is not None else self.consts[name]
 
     def value(self, name: str) -> np.ndarray | None:
         """The constant's value (a weight chain's computed value), or None for activations."""

@@ -54,6 +54,8 @@ class RewriteContext:
         self.model = model
         self._kept = kept
         self._inits = {init.name: init for init in model.graph.initializer}
+        #: plan-record fields of tensors a rule rewrote otherwise than by slicing (see `restate`)
+        self.restated: dict[str, dict] = {}
 
     def kept(self, tensor: str, axis: int) -> np.ndarray | None:
         """Kept indices of an axis, or None when it is not pruned."""
@@ -96,6 +98,11 @@ class RewriteContext:
             self._inits[name] = self.model.graph.initializer.add()
         self._inits[name].CopyFrom(numpy_helper.from_array(value, name))
 
+    def restate(self, name: str, fields: dict) -> None:
+        """Say in the plan's record of input tensor `name` how it was rewritten otherwise than by
+        slicing (`exact: False` and how packed values were sliced)."""
+        self.restated.setdefault(name, {}).update(fields)
+
     def remove_attr(self, node: onnx.NodeProto, name: str) -> None:
         """Drop a node attribute if present."""
         for attribute in node.attribute:
@@ -124,6 +131,8 @@ def apply_plan(model: onnx.ModelProto, plan: PruningPlan, view: ModelView | None
         touched = any(name in pruned_tensors for name in list(node.input) + list(node.output))
         if rule is not None and rule.rewrite is not None and touched:
             rule.rewrite(node, ctx)
+    for name, fields in ctx.restated.items():
+        record.setdefault(name, {"shape": list(view.consts[name].shape), "kept": {}}).update(fields)
     chains = restore_chains(pruned, record, view.weight_chains) if view.weight_chains else ChainRestore()
     io_shapes = io_shapes_entry(resize_io(pruned, kept))  # a KV cache's heads (analysis/rules/kv_cache.py)
     return AppliedPlan(infer_shapes(pruned), record, chains, io_shapes)

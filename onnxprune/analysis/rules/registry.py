@@ -71,6 +71,8 @@ class OpRule:
     opsets: str = "11-21"
     layout: WeightLayout | None = None
     macs: MacsFn | None = None
+    #: the op's domain ("": the default ONNX domain; "com.microsoft": an ONNX Runtime contrib op)
+    domain: str = ""
 
 
 #: op type -> its rule (the built-in rule modules are listed in `onnxprune/registry.py`)
@@ -85,12 +87,13 @@ def rule(
     opsets: str = "11-21",
     layout: WeightLayout | None = None,
     macs: MacsFn | None = None,
+    domain: str = "",
 ) -> Callable[[RelateFn], RelateFn]:
-    """Register `relate` as the rule for `ops`; `mapping`/`freezes_when` document it for `ops`;
-    `layout` and `macs` make the ops layers (see `WeightLayout`)."""
+    """Register `relate` as the rule for `ops` of `domain`; `mapping`/`freezes_when` document it
+    for `ops`; `layout` and `macs` make the ops layers (see `WeightLayout`)."""
 
     def register(relate: RelateFn) -> RelateFn:
-        entry = OpRule(ops, relate, mapping, freezes_when, rewrite, opsets, layout, macs)
+        entry = OpRule(ops, relate, mapping, freezes_when, rewrite, opsets, layout, macs, domain)
         for op in ops:
             RULES.add(op, entry)
         return relate
@@ -99,7 +102,7 @@ def rule(
 
 
 def rule_for(node: onnx.NodeProto) -> OpRule | None:
-    """The rule for a node of the default ONNX domain, or None."""
-    if node.domain not in ("", "ai.onnx"):
-        return None
-    return RULES.get(node.op_type)
+    """The rule for a node (of the default ONNX domain, or of the domain its rule names), or None."""
+    entry = RULES.get(node.op_type)
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    return entry if entry is not None and entry.domain == domain else None
