@@ -22,6 +22,7 @@ from onnxprune.analysis.rules.registry import WeightLayout, rule
 from onnxprune.model import nbits
 from onnxprune.model.nodes import attr
 
+
 def _inputs(node) -> dict[str, str]:
     """The node's named inputs: a, b, scales, zero_points, g_idx, bias (absent ones empty)."""
     names = ("a", "b", "scales", "zero_points", "g_idx", "bias")
