@@ -11,6 +11,7 @@ from onnx import TensorProto as T, helper as h, numpy_helper as nh
 from plan_checks import independent_plan_check
 
 from onnxprune import prune
+from onnxprune.analysis.cost import model_macs, model_params
 from onnxprune.api import load_and_analyze
 from onnxprune.errors import InputError
 from onnxprune.model import nbits
@@ -170,6 +171,8 @@ def dense_forward(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
             zero = values[node.input[3]] if len(node.input) > 3 and node.input[3] else None
             w = nbits.dequantize(values[node.input[1]], values[node.input[2]], zero, att["bits"])
             y = y @ w.reshape(att["N"], -1)[:, : att["K"]].T
+            if len(node.input) > 5 and node.input[5]:
+                y = y + values[node.input[5]]
         elif node.op_type == "Add":
             y = y + values[node.input[1]]
         elif node.op_type == "Relu":
@@ -235,9 +238,84 @@ def test_matmulnbits_input_channels_not_in_whole_blocks_are_frozen_with_a_reason
         prune(model, ratio=0.5)
 
 
-def test_matmulnbits_macs_count_the_full_product():
-    analysis = load_and_analyze(quantized_mlp((64, 128, 64)))
-    from onnxprune.analysis.cost import model_macs
-
-    macs = model_macs(analysis.view)
+def test_matmulnbits_macs_and_params_count_the_full_product():
+    model = quantized_mlp((64, 128, 64))
+    macs = model_macs(load_and_analyze(model).view)
     assert sorted(v for v in macs.values() if v) == [2 * 8 * 64 * 128, 2 * 8 * 128 * 64]
+    scales_and_biases = 128 * 2 + 64 * 4 + 128 + 64
+    assert model_params(model) == 2 * 64 * 128 + scales_and_biases  # K x N values, not packed bytes
+    result = prune(model, target_params=0.6, verify=False)
+    before, after = result.report["before"], result.report["after"]
+    assert before["params"] == 2 * 64 * 128 + scales_and_biases
+    assert after["params"] == 2 * 64 * 64 + 64 * 2 + 64 * 2 + 64 + 64  # half the hidden blocks kept
+
+
+def nbits_layer(prefix: str, x: str, y: str, k: int, n: int, block: int, zero: str, bias: bool, inits: list):
+    """A MatMulNBits node over random stored values (4 bits): `zero` 'packed' (uint8), 'float'
+    (of the scales' type) or 'none' (the default 8); with a bias input."""
+    n_blocks = k // block
+    q = RNG.integers(0, 16, size=(n, n_blocks, block)).astype(np.uint8)
+    inits += [
+        nh.from_array(nbits.pack(q, 4), f"{prefix}_q"),
+        nh.from_array((RNG.random((n, n_blocks)) * 0.05 + 0.01).astype(np.float32), f"{prefix}_scales"),
+    ]
+    inputs = [x, f"{prefix}_q", f"{prefix}_scales"]
+    if zero != "none":
+        points = RNG.integers(0, 16, size=(n, n_blocks)).astype(np.uint8)
+        value = nbits.pack(points, 4) if zero == "packed" else points.astype(np.float32)
+        inits.append(nh.from_array(value, f"{prefix}_zero"))
+        inputs.append(f"{prefix}_zero")
+    if bias:
+        inits.append(nh.from_array(RNG.standard_normal(n).astype(np.float32), f"{prefix}_bias"))
+        inputs += [""] * (5 - len(inputs)) + [f"{prefix}_bias"]
+    return h.make_node("MatMulNBits", inputs, [y], domain="com.microsoft", K=k, N=n, bits=4, block_size=block)
+
+
+@pytest.mark.parametrize("zero", ["packed", "float", "none"])
+def test_hand_built_matmulnbits_with_bias_and_odd_block_counts(zero):
+    inits: list = []
+    nodes = [
+        nbits_layer("l0", "x", "h0", 48, 80, 16, zero, True, inits),  # 80 = 5 blocks of 16: odd
+        h.make_node("Relu", ["h0"], ["r0"]),
+        nbits_layer("l1", "r0", "out", 80, 48, 16, zero, False, inits),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "nbits",
+        [h.make_tensor_value_info("x", T.FLOAT, [3, 48])],
+        [h.make_tensor_value_info("out", T.FLOAT, [3, 48])],
+        inits,
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
+    result = prune(model, ratio=0.4)
+    assert result.report["verification"]["ok"], result.report["verification"]
+    layers = [n for n in result.model.graph.node if n.op_type == "MatMulNBits"]
+    kept = _attrs(layers[0])["N"]
+    assert kept % 16 == 0 and kept < 80 and _attrs(layers[1])["K"] == kept
+    values = _tensors(result.model)
+    assert values["l0_bias"].shape == (kept,)
+    x = RNG.standard_normal((3, 48)).astype(np.float32)
+    got = run_model(result.model, {"x": x})["out"]
+    np.testing.assert_allclose(got, dense_forward(result.model, x), rtol=1e-4, atol=1e-4)
+
+
+def test_matmulnbits_with_g_idx_freezes_its_input_channels():
+    inits: list = []
+    second = nbits_layer("l1", "r0", "out", 64, 32, 16, "packed", False, inits)
+    inits.append(nh.from_array(RNG.permutation(np.arange(64) // 16).astype(np.int32), "l1_g_idx"))
+    second.input.append("l1_g_idx")
+    nodes = [
+        nbits_layer("l0", "x", "h0", 32, 64, 16, "packed", False, inits),
+        h.make_node("Relu", ["h0"], ["r0"]),
+        second,
+    ]
+    graph = h.make_graph(
+        nodes,
+        "nbits",
+        [h.make_tensor_value_info("x", T.FLOAT, [3, 32])],
+        [h.make_tensor_value_info("out", T.FLOAT, [3, 32])],
+        inits,
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
+    hidden = next(g for g in load_and_analyze(model).groups if "h0" in {s.tensor for s in g.spaces})
+    assert hidden.frozen is not None and "g_idx (act-order)" in hidden.frozen

@@ -11,6 +11,7 @@ from onnxprune.analysis import ChannelGroup, ModelView
 from onnxprune.analysis.layers import layer_layout
 from onnxprune.analysis.rules.macs import numel
 from onnxprune.analysis.rules.registry import ShapeFn, rule_for
+from onnxprune.model.nbits import packed_weights
 from onnxprune.model.nodes import node_label
 
 
@@ -43,9 +44,11 @@ def model_macs(view: ModelView, shapes: dict[str, tuple] | None = None) -> dict[
 
 
 def model_params(model: onnx.ModelProto) -> int:
-    """Number of elements in all floating-point initializers."""
+    """Number of elements in all floating-point initializers, and the K x N values of each packed
+    MatMulNBits weight."""
     float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-    return sum(numel(init.dims) for init in model.graph.initializer if init.data_type in float_types)
+    floats = sum(numel(init.dims) for init in model.graph.initializer if init.data_type in float_types)
+    return floats + sum(packed_weights(model.graph).values())
 
 
 def group_macs(group: ChannelGroup, macs: dict[str, int]) -> int:

@@ -15,6 +15,7 @@ are sliced as they are stored; packed zero points are unpacked, sliced and packe
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 #: bit widths whose values never straddle a byte
 PACKABLE_BITS = (1, 2, 4, 8)
@@ -63,3 +64,14 @@ def slice_zero_points(zero_points: np.ndarray, bits: int, n_blocks: int, rows: n
     [N', ceil(n_blocks' * bits / 8)]."""
     values = unpack(np.asarray(zero_points), bits, n_blocks)
     return pack(values[np.ix_(rows, blocks)], bits)
+
+
+def packed_weights(graph: onnx.GraphProto) -> dict[str, int]:
+    """The packed weights (B) of a graph's MatMulNBits nodes, each with the K x N elements it
+    stands for (the parameters it counts as)."""
+    found = {}
+    for node in graph.node:
+        if node.op_type == "MatMulNBits" and node.domain == "com.microsoft" and len(node.input) > 1:
+            sizes = {a.name: a.i for a in node.attribute if a.name in ("K", "N")}
+            found[node.input[1]] = sizes.get("K", 0) * sizes.get("N", 0)
+    return found

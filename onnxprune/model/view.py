@@ -9,6 +9,7 @@ from functools import cached_property
 import numpy as np
 import onnx
 
+from onnxprune.model.nbits import packed_weights
 from onnxprune.model.shapes import tensor_shapes
 from onnxprune.model.tensors import WeightArrays, initializers
 from onnxprune.model.weight_chains import CHAIN_OPS, ChainSet, evaluate_chain_outputs
@@ -60,7 +61,8 @@ class ModelView:
 
     def param_count(self) -> int:
         """Elements of the weights: floating-point initializers, a weight chain (int8 → Cast →
-        Mul by a scale, DequantizeLinear, fp16 → Cast) counted once, by the weight it yields."""
+        Mul by a scale, DequantizeLinear, fp16 → Cast) counted once, by the weight it yields, a
+        packed MatMulNBits weight by its K x N values."""
         chains = self.consts
         read = chains.chain_inputs
         floats = sum(
@@ -68,7 +70,8 @@ class ModelView:
             for n in chains.initializer_names
             if n not in read and chains.is_float(n)
         )
-        return floats + sum(int(np.asarray(chains[n]).size) for n in chains.chain_sinks)
+        packed = sum(packed_weights(self.graph).values())
+        return floats + packed + sum(int(np.asarray(chains[n]).size) for n in chains.chain_sinks)
 
     def shape(self, name: str) -> tuple | None:
         """Static shape (None for dynamic dims), or None when unknown."""

@@ -17,6 +17,7 @@ from onnxprune.analysis import ChannelGroup, Space
 from onnxprune.analysis.analyze import Analysis
 from onnxprune.analysis.cost import model_macs, model_params, unscaled_macs
 from onnxprune.analysis.layers import layer_weight
+from onnxprune.model.nbits import packed_weights
 from onnxprune.bench.latency import measure_latency
 from onnxprune.errors import InputError
 from onnxprune.model.inputs import random_inputs
@@ -81,6 +82,7 @@ class PlanCost:
         self.macs = model_macs(analysis.view, shapes)  # shapes: at the verification shape (analysis/cost.py)
         self.base_params = model_params(analysis.model)
         self.sizes = {name: int(v.size) for name, v in analysis.view.consts.items()}
+        self.sizes.update(packed_weights(analysis.view.graph))  # parameters, not packed bytes
         nodes = analysis.view.graph.node
         self.node_weight = {node_label(n): w for n in nodes if (w := layer_weight(n, analysis.view))}
         #: the part of each layer's MACs that no pruning shrinks (an LSTM's recurrent product)
