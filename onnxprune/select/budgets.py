@@ -17,10 +17,10 @@ from onnxprune.analysis import ChannelGroup, Space
 from onnxprune.analysis.analyze import Analysis
 from onnxprune.analysis.cost import model_macs, model_params, unscaled_macs
 from onnxprune.analysis.layers import layer_weight
-from onnxprune.model.nbits import packed_weights
 from onnxprune.bench.latency import measure_latency
 from onnxprune.errors import InputError
 from onnxprune.model.inputs import random_inputs
+from onnxprune.model.nbits import packed_weights
 from onnxprune.model.nodes import node_label
 from onnxprune.passes.apply_plan import apply_plan, cache_slices
 from onnxprune.select.plan import PruningPlan
