@@ -319,3 +319,13 @@ def test_matmulnbits_with_g_idx_freezes_its_input_channels():
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
     hidden = next(g for g in load_and_analyze(model).groups if "h0" in {s.tensor for s in g.spaces})
     assert hidden.frozen is not None and "g_idx (act-order)" in hidden.frozen
+
+
+@pytest.mark.parametrize("criterion", ["mean_act", "taylor"])
+def test_matmulnbits_data_criteria_read_the_dequantized_columns(criterion, tmp_path):
+    model = quantized_mlp((64, 128, 64))
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=RNG.standard_normal((8, 8, 64)).astype(np.float32))
+    result = prune(model, criterion=criterion, ratio=0.5, calib=str(calib), batch_size=2)
+    assert result.report["verification"]["ok"], result.report["verification"]
+    assert len(result.plan["weights"]["w1_Q4"]["kept"]["1"]) == 2

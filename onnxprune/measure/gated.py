@@ -17,6 +17,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune.analysis import ChannelGroup, Space, WeightUse
 from onnxprune.criteria.base import member_matrix
+from onnxprune.model.nbits import input_norms
 from onnxprune.model.nodes import graph_sources, node_label, topological_order
 from onnxprune.model.runtime import make_session
 from onnxprune.model.view import ModelView
@@ -193,6 +194,15 @@ def feature_map_ranks(activation: np.ndarray) -> np.ndarray:
     return np.linalg.matrix_rank(maps.astype(precision, copy=False)).astype(np.float64)
 
 
+def _column_norms(view: ModelView, weight: WeightUse) -> np.ndarray:
+    """|W[:, c]|_1 of each input channel c a consumer weight reads (a packed MatMulNBits weight:
+    of its dequantized values, per input channel of its blocks)."""
+    name, axis = weight.space.tensor, weight.space.axis
+    if name in view.decoded:
+        return input_norms(view.weight_values(name))
+    return np.abs(member_matrix(view.consts[name], axis)).sum(axis=1)
+
+
 def collect_stats(
     model: onnx.ModelProto, groups: list[ChannelGroup], view: ModelView, data, progress=None
 ) -> dict[Space, SpaceStats]:
@@ -200,10 +210,7 @@ def collect_stats(
     the empirical sensitivity max_x (|W[:, c]|_1 mean|a_c(x)|) / sum_k (|W[:, k]|_1 mean|a_k(x)|)."""
     gated = GatedModel(model, groups, view, observe=True)
     stats = {s: SpaceStats(view.shapes[s.tensor][s.axis]) for s in gated.spaces}
-    column_norms = {
-        p: np.abs(member_matrix(view.consts[p.weight.space.tensor], p.weight.space.axis)).sum(axis=1)
-        for p in gated.probes
-    }
+    column_norms = {p: _column_norms(view, p.weight) for p in gated.probes}
     for feeds, _ in data.batches():
         outputs = gated.run(feeds)
         per_sample = {s: stats[s].update(np.moveaxis(outputs[s.tensor], s.axis, 1)) for s in gated.spaces}

@@ -66,6 +66,12 @@ def slice_zero_points(zero_points: np.ndarray, bits: int, n_blocks: int, rows: n
     return pack(values[np.ix_(rows, blocks)], bits)
 
 
+def input_norms(weight: np.ndarray) -> np.ndarray:
+    """L1 norm over the output channels of each input channel of a dequantized weight
+    [N, n_blocks, block_size] (`dequantize`): [n_blocks * block_size]."""
+    return np.abs(np.asarray(weight, dtype=np.float64)).sum(axis=0).reshape(-1)
+
+
 def packed_weights(graph: onnx.GraphProto) -> dict[str, int]:
     """The packed weights (B) of a graph's MatMulNBits nodes, each with the K x N elements it
     stands for (the parameters it counts as)."""
