@@ -329,3 +329,12 @@ def test_matmulnbits_data_criteria_read_the_dequantized_columns(criterion, tmp_p
     result = prune(model, criterion=criterion, ratio=0.5, calib=str(calib), batch_size=2)
     assert result.report["verification"]["ok"], result.report["verification"]
     assert len(result.plan["weights"]["w1_Q4"]["kept"]["1"]) == 2
+
+
+def test_fp16_matmulnbits_mlp_keeps_fp16_scales():
+    model = to_float16(quantized_mlp((64, 128, 64)))
+    result = prune(model, ratio=0.5)
+    assert result.report["verification"]["ok"], result.report["verification"]
+    values = _tensors(result.model)
+    assert values["w0_scales"].dtype == np.float16 and values["w0_scales"].shape == (64, 2)
+    assert values["w1_Q4"].shape == (64, 2, 16)
