@@ -338,3 +338,43 @@ def test_fp16_matmulnbits_mlp_keeps_fp16_scales():
     values = _tensors(result.model)
     assert values["w0_scales"].dtype == np.float16 and values["w0_scales"].shape == (64, 2)
     assert values["w1_Q4"].shape == (64, 2, 16)
+
+
+# ---- a Hugging Face Llama (GQA, RMSNorm, SwiGLU), in fp16 and with 4-bit MatMulNBits ---------
+
+
+@pytest.fixture(scope="module")
+def hf_llama(tmp_path_factory):
+    pytest.importorskip("transformers")
+    import hf_zoo
+
+    path = hf_zoo.export("llama", tmp_path_factory.mktemp("quant_llama") / "llama.onnx", dynamo=False)
+    return onnx.load(str(path))
+
+
+def test_fp16_llama_prunes_heads_and_mlp_and_verifies(hf_llama):
+    model = to_float16(onnx.ModelProto.FromString(hf_llama.SerializeToString()))
+    result = prune(model, ratio=0.5)
+    assert result.report["verification"]["ok"], result.report["verification"]
+    assert len(_pruned_groups(result)) >= 2
+    assert result.report["after"]["params"] < result.report["before"]["params"]
+
+
+def test_matmulnbits_llama_prunes_whole_blocks_and_verifies(hf_llama):
+    quantizer = pytest.importorskip("onnxruntime.quantization.matmul_nbits_quantizer")
+    q = quantizer.MatMulNBitsQuantizer(onnx.ModelProto.FromString(hf_llama.SerializeToString()), block_size=16)
+    q.process()
+    model = q.model.model
+    layers = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(layers) >= 7  # q, k, v, o, gate, up, down of each block (and the head)
+    result = prune(model, ratio=0.5)
+    verification = result.report["verification"]
+    assert verification["ok"] and verification["max_relative"] < 1e-5, verification
+    assert len(_pruned_groups(result)) >= 2
+    pruned = {n.name: _attrs(n) for n in result.model.graph.node if n.op_type == "MatMulNBits"}
+    before = {n.name: _attrs(n) for n in layers}
+    changed = [
+        name for name in pruned if (pruned[name]["K"], pruned[name]["N"]) != (before[name]["K"], before[name]["N"])
+    ]
+    assert changed and all(pruned[n]["K"] % 16 == 0 for n in changed)  # input channels: whole blocks
+    assert pruned["/model/model/layers.0/self_attn/k_proj/MatMul_Q4"]["N"] == 8  # output rows: one KV head of 8
