@@ -378,3 +378,12 @@ def test_matmulnbits_llama_prunes_whole_blocks_and_verifies(hf_llama):
     ]
     assert changed and all(pruned[n]["K"] % 16 == 0 for n in changed)  # input channels: whole blocks
     assert pruned["/model/model/layers.0/self_attn/k_proj/MatMul_Q4"]["N"] == 8  # output rows: one KV head of 8
+
+
+def test_reconstruction_leaves_packed_weights_with_a_note(tmp_path):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=RNG.standard_normal((8, 8, 64)).astype(np.float32))
+    result = prune(quantized_mlp((64, 128, 64)), ratio=0.5, calib=str(calib), batch_size=2, reconstruct=True)
+    assert result.report["verification"]["ok"]
+    skipped = result.report["reconstruction"]["skipped"]
+    assert len(skipped) == 1 and "stored packed (MatMulNBits)" in skipped[0]

@@ -34,6 +34,7 @@ from onnx import helper, numpy_helper
 from onnxprune.analysis.layers import layer_layout, weight_axes
 from onnxprune.analysis.rules.registry import WeightLayout
 from onnxprune.model.edit import with_outputs
+from onnxprune.model.nbits import packed_weights
 from onnxprune.model.nodes import attr, node_label
 from onnxprune.model.runtime import make_session
 from onnxprune.model.tensors import tensor_value
@@ -151,8 +152,16 @@ def find_layers(pruned: onnx.ModelProto, weights: dict[str, dict]) -> tuple[list
     and a note for each such layer that cannot be refitted."""
     view = ModelView(pruned)
     layers, skipped = [], []
+    packed = packed_weights(pruned.graph)
     for node in pruned.graph.node:
         spec = layer_layout(node)
+        if (
+            spec is not None
+            and node.input[spec.weight] in packed
+            and weights.get(node.input[spec.weight], {}).get("kept", {}).get(str(spec.in_axis))
+        ):
+            skipped.append(f"{node_label(node)}: its weight is stored packed ({node.op_type}); refitting is not done")
+            continue
         if spec is None or not spec.refit or len(node.input) <= spec.weight:
             continue
         weight = node.input[spec.weight]
