@@ -387,3 +387,20 @@ def test_reconstruction_leaves_packed_weights_with_a_note(tmp_path):
     assert result.report["verification"]["ok"]
     skipped = result.report["reconstruction"]["skipped"]
     assert len(skipped) == 1 and "stored packed (MatMulNBits)" in skipped[0]
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_large_bf16_weights_are_fed_from_memory(optimize):
+    w = (RNG.standard_normal((64, 64)) * 0.1).astype(np.float32)
+    weight = h.make_tensor("w", T.BFLOAT16, w.shape, w.reshape(-1).tolist())
+    graph = h.make_graph(
+        [h.make_node("Cast", ["w"], ["wf"], to=T.FLOAT), h.make_node("MatMul", ["x", "wf"], ["y"])],
+        "bf16",
+        [h.make_tensor_value_info("x", T.FLOAT, [2, 64])],
+        [h.make_tensor_value_info("y", T.FLOAT, [2, 64])],
+        [weight],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    x = RNG.standard_normal((2, 64)).astype(np.float32)
+    stored = nh.to_array(weight).astype(np.float32)
+    np.testing.assert_allclose(run_model(model, {"x": x}, optimize=optimize)["y"], x @ stored, rtol=1e-5, atol=1e-5)
