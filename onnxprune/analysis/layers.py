@@ -17,7 +17,7 @@ def layer_layout(node: onnx.NodeProto) -> WeightLayout | None:
 
 def is_layer(node: onnx.NodeProto) -> bool:
     """True for a layer op (Conv, ConvTranspose, Gemm, MatMul, ConvInteger, MatMulInteger, LSTM,
-    GRU, RNN: every op whose rule has a weight layout), whatever its inputs."""
+    GRU, RNN, com.microsoft MatMulNBits: every op whose rule has a weight layout), whatever its inputs."""
     return layer_layout(node) is not None
 
 
