@@ -404,3 +404,21 @@ def test_large_bf16_weights_are_fed_from_memory(optimize):
     x = RNG.standard_normal((2, 64)).astype(np.float32)
     stored = nh.to_array(weight).astype(np.float32)
     np.testing.assert_allclose(run_model(model, {"x": x}, optimize=optimize)["y"], x @ stored, rtol=1e-5, atol=1e-5)
+
+
+def test_qdq_int4_blocked_weights_keep_uint4_and_whole_blocks():
+    quantizer = pytest.importorskip("onnxruntime.quantization.matmul_nbits_quantizer")
+    from onnxruntime.quantization import QuantFormat
+
+    q = quantizer.MatMulNBitsQuantizer(float_mlp((64, 128, 96, 64)), block_size=32, quant_format=QuantFormat.QDQ)
+    q.process()
+    model = q.model.model
+    source = onnx.ModelProto.FromString(model.SerializeToString())
+    result = prune(model, ratio=0.5)
+    assert result.report["verification"]["ok"], result.report["verification"]
+    stored = {i.name: i.data_type for i in result.model.graph.initializer}
+    assert all(stored[f"w{k}_DQ_Q4"] in (T.UINT4, T.INT4) for k in range(3))  # not folded to float
+    kept = result.plan["weights"]["w1_DQ_Q4"]["kept"]["0"]  # the blocked (input) axis: whole blocks of 32
+    assert len(kept) % 32 == 0 and kept == sorted(b * 32 + j for b in {i // 32 for i in kept} for j in range(32))
+    assert independent_plan_check(source, result.model, result.plan) == len(result.plan["weights"])
+    assert len(result.model.SerializeToString()) < len(source.SerializeToString())

@@ -11,7 +11,7 @@ from onnxprune.analysis.relations import Link, Relations, Space, WeightUse, tens
 from onnxprune.analysis.rules.attention import contrib_attention_reason
 from onnxprune.analysis.rules.kv_cache import kv_cache_spaces, not_a_cache_hint
 from onnxprune.analysis.rules.registry import rule_for
-from onnxprune.model.nodes import node_label
+from onnxprune.model.nodes import attr, node_label
 from onnxprune.model.subgraphs import has_subgraph, subgraph_outer_reads
 from onnxprune.model.view import ModelView
 
@@ -61,7 +61,37 @@ def build_channel_graph(view: ModelView) -> ChannelGraph:
             channels.rewrites.append(node)
     _freeze_subgraph_reads(channels, readers)
     _freeze_boundary(channels, view)
+    _whole_quantization_blocks(channels, view)
     return channels
+
+
+def _whole_quantization_blocks(channels: ChannelGraph, view: ModelView) -> None:
+    """A weight folded from a blocked DequantizeLinear (int4 weights of a QDQ model) keeps whole
+    blocks along the blocked axis, so that its stored values and scales are sliced, not the
+    folded float weight: a virtual space of one index per block is linked to the axis."""
+    chains = view.weight_chains
+    for sink, chain in (chains.chains if chains else {}).items():
+        dequantize = next((n for n in chain.nodes if n.op_type == "DequantizeLinear"), None)
+        shape = view.shape(sink)
+        if chains is None or dequantize is None or not shape or chains.shapes.get(dequantize.output[0]) != shape:
+            continue
+        block, axis = attr(dequantize, "block_size", 0), attr(dequantize, "axis", 1) % len(shape)
+        if not block:
+            continue
+        space = Space(sink, axis)
+        if space not in channels.graph or shape[axis] <= block:
+            continue
+        if shape[axis] % block:
+            channels.frozen.setdefault(
+                space,
+                f"'{sink}' is quantized in blocks of {block} along axis {axis} of size {shape[axis]}: the last "
+                "block is padded, so its channels cannot be kept in whole blocks",
+            )
+            continue
+        blocks = Space(f"{sink}::blocks", 0)
+        view.shapes[blocks.tensor] = (shape[axis] // block,)
+        channels.graph.add_node(blocks, size=shape[axis] // block)
+        channels.graph.add_edge(blocks, space, links=[Link(blocks, space, 0, block)])
 
 
 def relate_node(rel: Relations, node: onnx.NodeProto, view: ModelView, readers: dict | None = None) -> None:

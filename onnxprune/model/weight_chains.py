@@ -384,6 +384,8 @@ def _dequantize_kept(node: onnx.NodeProto, out_kept: dict, shapes: dict) -> dict
     scale_shape = shapes[node.input[1]]
     if len(scale_shape) == 0 or int(np.prod(scale_shape)) == 1:
         return result  # per-tensor
+    if attr(node, "block_size", 0) and len(scale_shape) == rank:
+        return {**result, **{name: _blocked_kept(node, out_kept, shapes[x]) for name in params}}
     if attr(node, "block_size", 0) or len(scale_shape) != 1:
         if out_kept:
             raise ChainUnsupported("blocked DequantizeLinear in a weight chain")
@@ -392,6 +394,20 @@ def _dequantize_kept(node: onnx.NodeProto, out_kept: dict, shapes: dict) -> dict
     for name in params:
         result[name] = {0: out_kept[axis]} if axis in out_kept else {}
     return result
+
+
+def _blocked_kept(node: onnx.NodeProto, out_kept: dict, shape: tuple) -> dict:
+    """A blocked DequantizeLinear's scale (and zero point): one index per block of `block_size`
+    values along `axis`, the other axes as x. Kept values on `axis` must be whole blocks."""
+    axis, block = attr(node, "axis", 1) % len(shape), attr(node, "block_size", 0)
+    kept = {a: idx for a, idx in out_kept.items() if a != axis}
+    if axis in out_kept:
+        blocks = np.unique(out_kept[axis] // block)
+        whole = np.concatenate([np.arange(b * block, min((b + 1) * block, shape[axis])) for b in blocks])
+        if not np.array_equal(whole, out_kept[axis]):
+            raise ChainUnsupported(f"the kept channels are not whole blocks of {block} of a blocked DequantizeLinear")
+        kept[axis] = blocks
+    return kept
 
 
 def _reshape_kept(out_kept: dict, in_shape: tuple, out_shape: tuple) -> dict:
