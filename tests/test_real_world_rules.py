@@ -333,3 +333,28 @@ def test_layer_norm_without_affine_under_prune_residual():
     assert result.report["verification"]["ok"]
     assert max(o["relative"] for o in result.report["verification"]["outputs"].values()) < 1e-5
     assert sorted(g["kept"] for g in result.report["groups"] if g["frozen"] is None) == [C // 2, HIDDEN // 2]
+
+
+def norm_op_block(op: str, opset: int) -> onnx.ModelProto:
+    """`mlp_block` with the norm as one op (ONNX RMSNormalization, opset 23)."""
+    g = GraphBuilder(shape=("N", 5, 4), opset=opset)
+    stream = _linear(g, "x", 4, C)
+    normed = g.op(op, stream, g.const(g.rng.uniform(0.5, 1.5, C).astype(np.float32)), axis=-1, epsilon=1e-5)
+    hidden = g.op("Relu", _linear(g, normed, C, HIDDEN))
+    out = g.op("Add", stream, _linear(g, hidden, HIDDEN, C))
+    return g.model(_linear(g, out, C, 3))
+
+
+@pytest.mark.parametrize("op,opset", [("RMSNormalization", 23)])
+def test_rms_norm_ops_freeze_the_stream_unless_prune_residual(op, opset):
+    model = norm_op_block(op, opset)
+    groups = _groups_by_size(onnxprune.analyze(model))
+    assert groups[C].frozen.startswith("normalized together by") and "--prune-residual" in groups[C].frozen
+    result = onnxprune.prune(model, ratio=0.5, prune_residual=True, input_shapes={"x": (2, 5, 4)})
+    check = result.report["verification"]
+    assert check["ok"] and max(o["relative"] for o in check["outputs"].values()) < 1e-5
+    rows = {g["channels"]: g for g in result.report["groups"]}
+    assert (rows[C]["kept"], rows[HIDDEN]["kept"]) == (C // 2, HIDDEN // 2)
+    (norm,) = [n for n in result.model.graph.node if n.op_type == op]
+    scale = next(i for i in result.model.graph.initializer if i.name == norm.input[1])
+    assert list(scale.dims) == [C // 2]

@@ -24,10 +24,15 @@ from onnxprune.analysis.rules.norms import DecomposedNorm, find_norms
 from onnxprune.model.nodes import attr, node_label
 
 
+#: Normalization ops over the last axis written out by `_masked_layer_norm` (RMS: no mean, no bias).
+NORM_OPS = ("LayerNormalization", "RMSNormalization")
+RMS_NORM_OPS = ("RMSNormalization",)
+
+
 def masked_norm_reference(model: onnx.ModelProto, kept: dict[Space, np.ndarray], view: ModelView) -> onnx.ModelProto:
     """A copy of `model` with every LayerNorm whose normalized (last) axis lost channels written
     out over the kept channels; `model` itself when there is none."""
-    targets = [n for n in model.graph.node if n.op_type == "LayerNormalization" and _kept_of(n, kept, view) is not None]
+    targets = [n for n in model.graph.node if n.op_type in NORM_OPS and _kept_of(n, kept, view) is not None]
     norms = {}
     for norm in find_norms(view) if view.prune_normalized else ():
         mask = _kept_of(norm.var_reduce, kept, view, norm.x)
@@ -43,7 +48,7 @@ def masked_norm_reference(model: onnx.ModelProto, kept: dict[Space, np.ndarray],
         return reference
     nodes: list[onnx.NodeProto] = []
     for node in reference.graph.node:
-        mask = _kept_of(node, kept, view) if node.op_type == "LayerNormalization" else None
+        mask = _kept_of(node, kept, view) if node.op_type in NORM_OPS else None
         nodes += _masked_layer_norm(node, mask, reference.graph) if mask is not None else [node]
     del reference.graph.node[:]
     reference.graph.node.extend(nodes)
@@ -66,7 +71,7 @@ def _kept_of(
 
 
 def _masked_layer_norm(node: onnx.NodeProto, mask: np.ndarray, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Nodes computing the LayerNorm over the channels where `mask` is 1."""
+    """Nodes computing the LayerNorm (or RMSNorm: no mean subtracted) over the channels where `mask` is 1."""
     p = f"{node_label(node)}::masked"
     x, scale = node.input[0], node.input[1]
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
@@ -79,12 +84,15 @@ def _masked_layer_norm(node: onnx.NodeProto, mask: np.ndarray, graph: onnx.Graph
     }
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
     make = helper.make_node
-    nodes = [
+    centred = [
         make("Mul", [x, f"{p}::m"], [f"{p}::xm"]),
         make("ReduceSum", [f"{p}::xm", f"{p}::axes"], [f"{p}::sum"], keepdims=1),
         make("Mul", [f"{p}::sum", f"{p}::inv_n"], [f"{p}::mean"]),
         make("Sub", [x, f"{p}::mean"], [f"{p}::c"]),
         make("Mul", [f"{p}::c", f"{p}::m"], [f"{p}::d"]),
+    ]
+    nodes = [make("Mul", [x, f"{p}::m"], [f"{p}::d"])] if node.op_type in RMS_NORM_OPS else centred
+    nodes += [
         make("Mul", [f"{p}::d", f"{p}::d"], [f"{p}::d2"]),
         make("ReduceSum", [f"{p}::d2", f"{p}::axes"], [f"{p}::ssq"], keepdims=1),
         make("Mul", [f"{p}::ssq", f"{p}::inv_n"], [f"{p}::var"]),

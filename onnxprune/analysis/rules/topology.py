@@ -114,6 +114,15 @@ def layer_norm(rel, node, view):
             rel.freeze(y, axis, reason)
 
 
+rule(
+    "RMSNormalization",
+    opsets="23-24",
+    mapping="as LayerNormalization: axes before `axis` pass through; the normalized axes are frozen, "
+    "or (--prune-residual) a last normalized axis passes through with its scale",
+    freezes_when="the normalized axes (their root mean square mixes the channels), unless --prune-residual",
+)(layer_norm)
+
+
 @rule(
     "LRN",
     mapping="batch and spatial axes pass through",
