@@ -23,7 +23,6 @@ from onnxprune.analysis import ModelView, Space
 from onnxprune.analysis.rules.norms import DecomposedNorm, find_norms
 from onnxprune.model.nodes import attr, node_label
 
-
 #: Normalization ops over the last axis written out by `_masked_layer_norm` (RMS: no mean, no bias).
 NORM_OPS = ("LayerNormalization", "RMSNormalization")
 RMS_NORM_OPS = ("RMSNormalization",)
