@@ -17,7 +17,9 @@ MAX_INPUT_ELEMENTS = 1 << 30
 def random_inputs(
     model: onnx.ModelProto, seed: int = 0, batch: int = DEFAULT_BATCH, shapes: dict[str, tuple] | None = None
 ) -> dict[str, np.ndarray]:
-    """Seeded random feeds for every graph input; dynamic dims become `batch` (first) or 1."""
+    """Seeded random feeds for every graph input; dynamic dims become `batch` (first) or 1. Floats
+    are standard normal, integers 0..9 (token ids of any vocabulary), integer inputs named like a
+    mask all ones (OPT's positions are the mask's running sum: other values overrun its table)."""
     rng = np.random.default_rng(seed)
     consts = {init.name for init in model.graph.initializer}
     feeds = {}
@@ -36,6 +38,8 @@ def random_inputs(
             feeds[info.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
             feeds[info.name] = np.asarray(rng.random(shape) < 0.5)
+        elif "mask" in info.name.lower():  # an attention mask is 0/1: all tokens attended (no padding)
+            feeds[info.name] = np.ones(shape, dtype)
         else:
             feeds[info.name] = rng.integers(0, 10, size=shape).astype(dtype)
     return feeds
