@@ -268,7 +268,6 @@ def broadcast_binary(rel, node, view):
     if in_norm(rel, node, view):
         return
     y = node.output[0]
-    out_rank = rel.rank(y)
     for index, name in enumerate(node.input):
         if (
             node.op_type == "Div"
@@ -279,16 +278,22 @@ def broadcast_binary(rel, node, view):
         ):  # a scalar divides every channel alike
             rel.freeze_node("division by an activation that may be 0")
             return
-        rank = rel.rank(name)
-        for axis in range(rank):
-            out_axis = out_rank - rank + axis
-            if rel.size(name, axis) == 1:
-                rel.touch(name, axis)
-            elif view.is_const(name):
-                fill = 1.0 if (node.op_type == "Div" and index == 1) else 0.0
-                rel.weight(name, axis, "param", fill, like=(y, out_axis))
-            else:
-                rel.link(name, axis, y, out_axis)
+        broadcast_operand(rel, view, name, y, fill=1.0 if (node.op_type == "Div" and index == 1) else 0.0)
+
+
+def broadcast_operand(rel, view, name: str, y: str, fill: float | None) -> None:
+    """Couple the axes of one operand of a broadcasting op with `y`'s (aligned right): size-1 axes
+    broadcast, a constant's axes are members (`fill`: what a pruned slice holds in the masked
+    reference, None: untouched), an activation's axes are linked."""
+    rank, out_rank = rel.rank(name), rel.rank(y)
+    for axis in range(rank):
+        out_axis = out_rank - rank + axis
+        if rel.size(name, axis) == 1:
+            rel.touch(name, axis)
+        elif view.is_const(name):
+            rel.weight(name, axis, "param", fill, like=(y, out_axis))
+        else:
+            rel.link(name, axis, y, out_axis)
 
 
 COMPARISONS = ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual")
@@ -338,18 +343,8 @@ def where(rel, node, view):
     """Where(c, x, y) picks element-wise, so every non-broadcast axis of its three inputs and its output
     is one space (SDPA's NaN guard `Where(IsNaN(p), 0, p)`, additive masks `Where(m, -inf, 0)`). A pruned
     channel picks between finite values, which only zeroed consumers read."""
-    y = node.output[0]
-    out_rank = rel.rank(y)
     for name in node.input:
-        rank = rel.rank(name)
-        for axis in range(rank):
-            out_axis = out_rank - rank + axis
-            if rel.size(name, axis) == 1:
-                rel.touch(name, axis)
-            elif view.is_const(name):
-                rel.weight(name, axis, "param", None, like=(y, out_axis))
-            else:
-                rel.link(name, axis, y, out_axis)
+        broadcast_operand(rel, view, name, node.output[0], fill=None)
 
 
 rule(
