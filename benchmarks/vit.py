@@ -62,18 +62,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def export_vit_s(path: Path, depth: int = VIT_S["depth"]) -> Path:
+    """Export the seeded ViT-S/16 (TorchScript, dynamic batch, 224x224) to `path`."""
+    torch.manual_seed(0)
+    module = TinyViT(**{**VIT_S, "depth": depth}).eval()
+    return export_transformer(
+        "vit", path, dynamo=False, module=module, x=torch.randn(1, 3, 224, 224), dynamic_sequence=False
+    )
+
+
 def build_and_prune(folder: Path, args) -> tuple[onnx.ModelProto, onnxprune.api.PruneResult]:
     """Export the ViT-S/16 and prune it; returns the original model and the result."""
-    torch.manual_seed(0)
-    module = TinyViT(**{**VIT_S, "depth": args.depth}).eval()
-    path = export_transformer(
-        "vit",
-        folder / "vit_s16.onnx",
-        dynamo=False,
-        module=module,
-        x=torch.randn(1, 3, 224, 224),
-        dynamic_sequence=False,
-    )
+    path = export_vit_s(folder / "vit_s16.onnx", args.depth)
     result = onnxprune.prune(
         path,
         criterion=args.criterion,

@@ -60,6 +60,8 @@ FLAGS: dict[str, str] = {
         "clip_grad",
         "data",
         "eval_tokens",
+        "steps",
+        "schedule",
     )
 }
 FLAGS.update({"round_ep": "--ep", "input_shapes": "--shape", "verify": "--no-verify"})

@@ -118,6 +118,22 @@ def add_recovery_options(sub: argparse.ArgumentParser) -> None:
         "image folder): fine-tune the pruned model, distilling from the input model",
     )
     chain.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs (default 10)")
+    chain.add_argument(
+        "--steps",
+        type=int,
+        default=1,
+        metavar="K",
+        help="iterative pruning: K rounds of prune -> (reconstruct) -> fine-tune, each pruning the "
+        "last round's output, --finetune-epochs shared by the rounds; the plan is relative to the "
+        "input (default 1: one shot)",
+    )
+    chain.add_argument(
+        "--schedule",
+        choices=("geometric", "cubic"),
+        default="geometric",
+        help="--steps: geometric cuts the same share of what remains each round; cubic cuts most "
+        "in the first rounds (default geometric)",
+    )
     chain.add_argument("--val", metavar="DATA", help="validation data for the fine-tuning")
     chain.add_argument("--no-teacher", action="store_true", help="fine-tune without distillation")
     chain.add_argument(
@@ -187,7 +203,7 @@ class Prune(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         """Prune (and fine-tune with --finetune-data), write model, plan and report, print the report."""
-        from onnxprune.report.console import print_report, progress_bar, stdout
+        from onnxprune.report.console import print_report, progress_bar
 
         source = Path(args.model)
         output = options.output_path(args.model, args.output, ".pruned.onnx")
@@ -196,29 +212,56 @@ class Prune(Command):
         if plot_dir is not None and plot_dir.exists() and not plot_dir.is_dir():
             raise InputError(f"--plot {plot_dir}: not a folder")
         config = prune_config(args)
-        with progress_bar(f"scoring channels ({args.criterion})") as advance:
-            result = run_prune(source, config, advance)
-        if args.finetune_data:
-            from onnxprune.recover.chain import finetune_pruned
-
-            result = finetune_pruned(
-                result,
-                source,
-                args.finetune_data,
-                epochs=args.finetune_epochs,
-                val=args.val,
-                preprocess=args.preprocess,
-                batch_size=args.batch_size,
-                seed=args.seed,
-                teacher=not args.no_teacher,
-                augment=not args.no_augment,
-                log=stdout.print,
-            )
+        if args.steps != 1:
+            result = prune_in_rounds(source, config, args)
+        else:
+            with progress_bar(f"scoring channels ({args.criterion})") as advance:
+                result = run_prune(source, config, advance)
+            if args.finetune_data:
+                result = finetune_chain(result, source, args, args.finetune_epochs)
         result.save(output, plan_path, args.report)
         print_report(result.report, str(output), str(plan_path))
         if plot_dir is not None:
             save_plots(result, plot_dir)
         return 0
+
+
+def finetune_chain(result, source: Path, args: argparse.Namespace, epochs: int):
+    """The chain's fine-tuning of `result` for `epochs` (distilling from `source` unless --no-teacher)."""
+    from onnxprune.recover.chain import finetune_pruned
+    from onnxprune.report.console import stdout
+
+    return finetune_pruned(
+        result,
+        source,
+        args.finetune_data,
+        epochs=epochs,
+        val=args.val,
+        preprocess=args.preprocess,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        teacher=not args.no_teacher,
+        augment=not args.no_augment,
+        log=stdout.print,
+    )
+
+
+def prune_in_rounds(source: Path, config: PruneConfig, args: argparse.Namespace):
+    """--steps K: iterative pruning, the fine-tuning epochs shared by the rounds."""
+    from onnxprune.recover.iterative import IterativeOptions, epochs_per_round, prune_iteratively
+    from onnxprune.report.console import progress_bar, stdout
+
+    finetune = None
+    if args.finetune_data and args.steps >= 1:
+        epochs = epochs_per_round(args.finetune_epochs, args.steps)
+
+        def finetune(result, index: int):
+            return finetune_chain(result, source, args, epochs[index]) if epochs[index] else result
+
+    with progress_bar(f"{args.steps} rounds of pruning ({args.criterion})") as advance:
+        return prune_iteratively(
+            source, config, IterativeOptions(args.steps, args.schedule, finetune), advance, stdout.print
+        )
 
 
 def save_plots(result, directory: Path) -> None:

@@ -50,7 +50,8 @@ def finetune_pruned(
         teacher=original if teacher else None,
         log=log,
     )
-    check_runs(tuned.model, _report_shapes(result.report, "shape"))
+    model = trained_model(result.model, tuned)
+    check_runs(model, _report_shapes(result.report, "shape"))
     applied = not _worse(tuned)
     result.report["finetune"] = {
         "epochs": epochs,
@@ -62,12 +63,24 @@ def finetune_pruned(
         "history": tuned.history,
     }
     if applied:
-        result.model = tuned.model
+        result.model = model
         result.plan["recovered_finetune"] = {"method": "fine-tuning", "epochs": epochs, "data": str(data)}
         for entry in result.plan["weights"].values():
             entry["exact"] = False
     result.report["latency"] = latency_report(original, result.model, _report_shapes(result.report, "macs_shape"))
     return result
+
+
+def trained_model(pruned: onnx.ModelProto, tuned) -> onnx.ModelProto:
+    """The pruned graph holding the trained weights under their own names (the names the plan file
+    uses), or the torch export when the trained module was not built from this graph."""
+    if hasattr(tuned.module, "onnx_parameters") and hasattr(tuned.module, "onnx_tensors"):
+        from onnxprune.torch.writeback import written_back
+
+        model = written_back(pruned, tuned.module)
+        if model is not None:
+            return model
+    return tuned.model
 
 
 def _report_shapes(report: dict, key: str) -> dict[str, tuple]:
