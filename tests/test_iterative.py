@@ -46,7 +46,10 @@ def test_compose_indices_and_plans():
     }
     second = {
         "input_sha256": "b",
-        "weights": {"w": {"shape": [4, 4], "kept": {"0": [1, 3], "1": [0, 1]}}, "v": {"shape": [3], "kept": {"0": [2]}}},
+        "weights": {
+            "w": {"shape": [4, 4], "kept": {"0": [1, 3], "1": [0, 1]}},
+            "v": {"shape": [3], "kept": {"0": [2]}},
+        },
         "groups": [{"id": "g0", "channels": 4, "kept": [1, 3], "members": ["w:0"], "frozen": None}],
     }
     plan = compose_plans(first, second)
