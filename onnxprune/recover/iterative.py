@@ -93,16 +93,16 @@ def prune_iteratively(source, config: PruneConfig, options: IterativeOptions, pr
     options.validate(config)
     config.validate()
     original = load_and_analyze(source).model
-    current, result, plan, rounds, kept_before = source, None, None, [], 1.0
-    start_macs = macs = None
-    for index, goal in enumerate(kept_fractions(final_share(config), options.steps, options.schedule)):
-        share = goal if macs is None else _round_share(config, goal, start_macs, macs, kept_before)
+    current, result, plan, rounds = source, None, None, []
+    start_macs = macs = 0
+    goals = kept_fractions(final_share(config), options.steps, options.schedule)
+    for index, goal in enumerate(goals):
+        share = _round_share(config, goal, start_macs, macs, goals[index - 1]) if index else goal
         started = time.perf_counter()
         result = run_prune(current, round_config(config, share), progress)
         if options.finetune is not None:
             result = options.finetune(result, index)
-        start_macs = start_macs or result.report["before"]["macs"]
-        macs, kept_before = result.report["after"]["macs"], goal
+        start_macs, macs = start_macs or result.report["before"]["macs"], result.report["after"]["macs"]
         plan = result.plan if plan is None else compose_plans(plan, result.plan)
         rounds.append(_round_entry(index, goal, result, start_macs, time.perf_counter() - started))
         if log:
