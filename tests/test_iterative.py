@@ -99,3 +99,33 @@ def test_rounds_with_finetuning_keep_the_graph_names(tmp_path):
         index = np.ix_(*[np.asarray(entry["kept"].get(str(a), range(n))) for a, n in enumerate(entry["shape"])])
         changed += not np.allclose(stored[name], source[name][index])
     assert changed > 0  # trained values written back under the same names
+
+
+def test_written_back_keeps_names_shapes_and_scalar_constants():
+    pytest.importorskip("torch")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.torch import to_torch
+    from onnxprune.torch.writeback import written_back
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array(0.5, dtype=np.float32), "s"),  # a 0-d constant stays 0-d
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Mul", ["c", "s"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 4, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    module = to_torch(model)
+    with __import__("torch").no_grad():
+        module.onnx_parameters["w"].mul_(2)
+    result = written_back(model, module)
+    onnx.checker.check_model(result, full_check=True)
+    stored = {t.name: numpy_helper.to_array(t) for t in result.graph.initializer}
+    np.testing.assert_allclose(stored["w"], 2 * numpy_helper.to_array(inits[0]))
+    assert stored["s"].shape == () and [n.op_type for n in result.graph.node] == ["Conv", "Mul"]

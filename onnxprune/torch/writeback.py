@@ -17,7 +17,8 @@ from onnxprune.model.tensors import tensor_value
 
 def written_back(model: onnx.ModelProto, module) -> onnx.ModelProto | None:
     """A copy of `model` whose initializers hold the trained values of an ``OnnxModule`` (its
-    parameters, and its buffers that are initializers, e.g. BatchNormalization statistics), cast to
+    parameters, and its floating-point buffers that are initializers, e.g. BatchNormalization
+    statistics), cast to
     each initializer's stored type; None when a parameter has no initializer of its name and shape
     in `model` (the module was not built from this graph)."""
     stored = {t.name: t for t in model.graph.initializer}
@@ -28,7 +29,7 @@ def written_back(model: onnx.ModelProto, module) -> onnx.ModelProto | None:
     values = {
         name: value
         for name, value in module.onnx_tensors.items()
-        if name in stored and tuple(stored[name].dims) == tuple(value.shape)
+        if name in stored and value.is_floating_point() and value.numel() == int(np.prod(stored[name].dims))
     }
     result = onnx.ModelProto()
     result.CopyFrom(model)
@@ -36,5 +37,5 @@ def written_back(model: onnx.ModelProto, module) -> onnx.ModelProto | None:
         if tensor.name in values:
             dtype = tensor_value(tensor).dtype
             array = values[tensor.name].detach().cpu().numpy().astype(dtype)
-            result.graph.initializer[index].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), tensor.name))
+            result.graph.initializer[index].CopyFrom(numpy_helper.from_array(np.array(array, order="C"), tensor.name))
     return result
