@@ -102,7 +102,7 @@ def test_rounds_with_finetuning_keep_the_graph_names(tmp_path):
 
 
 def test_written_back_keeps_names_shapes_and_scalar_constants():
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     from onnx import TensorProto, helper, numpy_helper
 
     from onnxprune.torch import to_torch
@@ -122,7 +122,7 @@ def test_written_back_keeps_names_shapes_and_scalar_constants():
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     module = to_torch(model)
-    with __import__("torch").no_grad():
+    with torch.no_grad():
         module.onnx_parameters["w"].mul_(2)
     result = written_back(model, module)
     onnx.checker.check_model(result, full_check=True)
