@@ -43,7 +43,7 @@ def merge(folder: Path) -> dict:
         name, status, seconds = line.split("\t")
         steps.append({"step": name, "exit_status": int(status), "seconds": float(seconds)})
     results = {}
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(p for p in folder.glob("*.json") if not p.name.endswith(".plan.json")):
         try:
             results[path.stem] = json.loads(path.read_text())
         except json.JSONDecodeError as error:

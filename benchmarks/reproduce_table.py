@@ -165,6 +165,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--name", default="reproduce_table", help="output file stem in benchmarks/out/")
+    parser.add_argument("--no-fail", action="store_true", help="report only; exit 0 even when a goal is missed")
     args = parser.parse_args(argv)
     models, criteria = args.models.split(","), args.criteria.split(",")
     full_train = extract_train(SHARED / "cifar10-jpg.tar.gz", args.cache)
@@ -207,7 +208,7 @@ def main(argv=None) -> int:
     print(text)
     _write_json(args, base, results)
     (OUT / f"{args.name}.md").write_text(f"{text}\n\n{environment()}\n")
-    return 0 if all(r["goal_met"] for r in results) else 1
+    return 0 if args.no_fail or all(r["goal_met"] for r in results) else 1
 
 
 if __name__ == "__main__":
