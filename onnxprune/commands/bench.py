@@ -110,8 +110,8 @@ def add_gate_options(parser: argparse.ArgumentParser) -> None:
     add("--max-regression", metavar="PCT", help="with --baseline: at most PCT slower than stored (default 5%%)")
     add("--save-baseline", metavar="FILE", help="write this measurement, every timed run kept, as a baseline")
     add("--force", action="store_true", help="compare with a baseline measured on another machine or runtime")
-    add("--confidence", type=float, default=0.95, help="confidence of the bootstrap interval (default 0.95)")
-    add("--max-rounds", type=int, default=3, help="most measurements of an inconclusive batch size (default 3)")
+    add("--confidence", type=float, default=0.95, metavar="P", help="confidence of the gates' intervals (default 0.95)")
+    add("--max-rounds", type=int, default=3, metavar="N", help="most timings of an inconclusive batch (default 3)")
     add(
         "--inconclusive",
         choices=("point", "pass", "fail"),
@@ -158,14 +158,26 @@ def write_outputs(run, args: argparse.Namespace) -> None:
         if run.decisions:
             stdout.print(summary_line(run.decisions), markup=False)
     if args.save_baseline:
-        save_baseline(run.result, args.save_baseline)
+        writing("--save-baseline", args.save_baseline, lambda: save_baseline(run.result, args.save_baseline))
     if args.junit:
         properties = {key: doc[key] for key in ("ep", "provider", "device", "onnxruntime", "threads")}
-        atomic_write_text(Path(args.junit), junit_xml(run.decisions, confidence, properties))
+        text = junit_xml(run.decisions, confidence, properties)
+        writing("--junit", args.junit, lambda: atomic_write_text(Path(args.junit), text))
     if args.markdown:
-        atomic_write_text(Path(args.markdown), markdown(doc, run.decisions, confidence, run.notes))
+        text = markdown(doc, run.decisions, confidence, run.notes)
+        writing("--markdown", args.markdown, lambda: atomic_write_text(Path(args.markdown), text))
     for decision in run.failed:
         sys.stderr.write(f"onnxprune: gate failed: {gate_line(decision, confidence)}\n")
+
+
+def writing(option: str, path: str, write) -> None:
+    """`write()`, a file that cannot be written being one InputError line."""
+    from onnxprune.errors import InputError
+
+    try:
+        write()
+    except OSError as exc:
+        raise InputError(f"{option} {path}: cannot write it ({exc.strerror or exc})") from None
 
 
 def results_table(result):
