@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import io
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -58,7 +59,8 @@ def models(folder: Path, ratio: float) -> tuple[Path, Path]:
 
 
 def start_load(count: int) -> list[subprocess.Popen]:
-    """`count` processes that each keep one core busy."""
+    """`count` processes that each keep one core busy (a SIGTERM to this script still ends them)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
 
 
