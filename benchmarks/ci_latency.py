@@ -13,7 +13,7 @@ Models (``--models``, default all three):
 
 Each is pruned with ``onnxprune.prune(path, ratio=--ratio, round_to=--round-to)`` (L1, verified);
 with ``--round-to auto`` the counts are timed on the same execution provider. Then
-``onnxprune.bench.bench_models`` times original and pruned side by side (interleaved blocks, ABBA)
+``onnxprune.bench.Bench`` times original and pruned side by side (interleaved blocks, ABBA)
 at every ``--batch``: median, p90, p99, throughput, speedup = median before / median after,
 MACs reduction = MACs before / MACs after (batch 1), efficiency = speedup / MACs reduction.
 
