@@ -8,11 +8,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import onnx
-
-from onnxprune.analysis import ModelView
-from onnxprune.analysis.cost import model_macs, model_params
+from onnxprune.bench.inputs import (  # input_feeds, parse_batches, parse_shapes: re-exported
+    check_shapes,
+    count_macs_params,
+    graph_inputs,
+    input_feeds,
+    input_shape,
+    parse_batches,
+    parse_shapes,
+)
 from onnxprune.bench.latency import (
     LatencyStats,
     interleaved_calls,
@@ -27,12 +31,23 @@ from onnxprune.bench.providers import (
     resolve_ep,
 )
 from onnxprune.errors import InputError
-from onnxprune.model.inputs import random_inputs
-from onnxprune.model.io import load_model
-from onnxprune.model.normalize import normalize
+from onnxprune.model.io import LoadedModel, load_model
 from onnxprune.model.runtime import onnxruntime
 
 FORMAT = "onnxprune-bench/1"
+__all__ = [
+    "FORMAT",
+    "Bench",
+    "BenchModel",
+    "BenchOptions",
+    "BenchResult",
+    "bench_models",
+    "graph_inputs",
+    "input_feeds",
+    "input_shape",
+    "parse_batches",
+    "parse_shapes",
+]
 
 
 @dataclass
@@ -75,11 +90,12 @@ class BenchOptions:
 
 @dataclass
 class BenchModel:
-    """One benchmarked model: its path, MACs and parameters (batch 1)."""
+    """One benchmarked model: its path, MACs and parameters (batch 1), SHA-256 of its file."""
 
     path: str
     macs: int
     params: int
+    sha256: str = ""
 
 
 @dataclass
@@ -91,6 +107,10 @@ class BenchResult:
     options: BenchOptions
     ep: ExecutionProvider
     device: str
+    #: batch -> one list per model of every timed run (seconds), in blocks of `options.block` runs
+    samples: dict[int, list[list[float]]] = field(default_factory=dict)
+    #: batch -> how many times it was measured (gates re-measure inconclusive batch sizes)
+    rounds: dict[int, int] = field(default_factory=dict)
 
     def rows(self) -> list[dict]:
         """One row per (batch, model): the statistics, the speedup over the first model at that batch
@@ -113,10 +133,11 @@ class BenchResult:
                 )
         return rows
 
-    def to_dict(self) -> dict:
-        """The `--json` document (format onnxprune-bench/1)."""
+    def to_dict(self, samples: bool = False) -> dict:
+        """The `--json` document (format onnxprune-bench/1); with `samples`, every row also has its
+        timed runs in milliseconds (`samples_ms`, blocks of `block` runs), as a baseline keeps them."""
         options = self.options
-        return {
+        doc = {
             "format": FORMAT,
             "ep": self.ep.name,
             "provider": self.ep.provider,
@@ -135,11 +156,19 @@ class BenchResult:
                     "macs": m.macs,
                     "params": m.params,
                     "macs_ratio": m.macs / self.models[0].macs if self.models[0].macs else None,
+                    "sha256": m.sha256,
                 }
                 for m in self.models
             ],
+            "cpu_count": os.cpu_count(),
+            "rounds": {str(b): n for b, n in self.rounds.items()},
             "results": self.rows(),
         }
+        if samples:
+            runs = [s for batch in self.stats for s in self.samples.get(batch, [[] for _ in self.models])]
+            for row, taken in zip(doc["results"], runs):
+                row["samples_ms"] = [round(t * 1000.0, 6) for t in taken]
+        return doc
 
     def _io_binding(self) -> bool:
         return self.ep.device_type != "cpu" if self.options.io_binding is None else self.options.io_binding
@@ -150,28 +179,63 @@ def bench_models(
 ) -> BenchResult:
     """Time every model at every batch size, side by side (see `interleaved_calls`). `progress()`
     is called after every timed block (models × batches × blocks in all)."""
-    options.validate()
-    ep = resolve_ep(options.ep)
-    if not paths:
-        raise InputError("bench needs at least one model")
-    loaded = [_load(Path(p)) for p in paths]
-    for model, path in zip(loaded, paths):
-        _check_shapes(model, options.shapes, path)
-    sessions = [_session(Path(p), options, ep) for p in paths]
-    io_binding = ep.device_type != "cpu" if options.io_binding is None else options.io_binding
-    stats: dict[int, list[LatencyStats]] = {}
-    for batch in options.batches:
-        feeds = [input_feeds(m, batch, options.shapes, options.seed) for m in loaded]
-        calls = [
-            io_binding_runner(s, f, ep.device_type) if io_binding else plain_runner(s, f)
-            for s, f in zip(sessions, feeds)
+    return Bench(paths, options).measure(progress=progress)
+
+
+class Bench:
+    """Models loaded once on one provider, timed side by side as often as asked: each `measure`
+    appends its timed blocks to those taken before (a gate re-measures an inconclusive batch size
+    and pools the rounds). `rounds[batch]` counts the measurements of each batch size."""
+
+    def __init__(self, paths: list[str | os.PathLike], options: BenchOptions):
+        options.validate()
+        self.options, self.ep = options, resolve_ep(options.ep)
+        if not paths:
+            raise InputError("bench needs at least one model")
+        self.paths = [Path(p) for p in paths]
+        loaded = [_load(p) for p in self.paths]
+        for model, path in zip(loaded, self.paths):
+            check_shapes(model.model, options.shapes, path)
+        self.loaded = [m.model for m in loaded]
+        self.models = [
+            BenchModel(str(p), *count_macs_params(m.model, options.shapes), sha256=m.sha256)
+            for p, m in zip(paths, loaded)
         ]
-        for call, path in zip(calls, paths):
-            _runtime_guard(call, f"{path} fails in ONNX Runtime at batch {batch}")
-        samples = interleaved_calls(calls, options.warmup, options.iters, options.block, progress)
-        stats[batch] = [LatencyStats.from_samples(s, batch) for s in samples]
-    models = [BenchModel(str(p), *count_macs_params(m, options.shapes)) for p, m in zip(paths, loaded)]
-    return BenchResult(models, stats, options, ep, device_name(ep.device_type))
+        self.sessions = [_session(p, options, self.ep) for p in self.paths]
+        self.samples: dict[int, list[list[float]]] = {}
+        self.rounds: dict[int, int] = {}
+
+    def measure(
+        self, batches: tuple[int, ...] | list[int] | None = None, progress: Callable[[], object] | None = None
+    ) -> BenchResult:
+        """Time every model at each of `batches` (default: every --batch) once more; the result of
+        all the measurements so far."""
+        options, ep = self.options, self.ep
+        io_binding = ep.device_type != "cpu" if options.io_binding is None else options.io_binding
+        for batch in batches or options.batches:
+            feeds = [input_feeds(m, batch, options.shapes, options.seed) for m in self.loaded]
+            calls = [
+                io_binding_runner(s, f, ep.device_type) if io_binding else plain_runner(s, f)
+                for s, f in zip(self.sessions, feeds)
+            ]
+            for call, path in zip(calls, self.paths):
+                _runtime_guard(call, f"{path} fails in ONNX Runtime at batch {batch}")
+            samples = interleaved_calls(calls, options.warmup, options.iters, options.block, progress)
+            taken = self.samples.setdefault(batch, [[] for _ in calls])
+            for pool, new in zip(taken, samples):
+                pool.extend(new)
+            self.rounds[batch] = self.rounds.get(batch, 0) + 1
+        return self.result()
+
+    def result(self) -> BenchResult:
+        """The statistics of every run taken so far, batch sizes in --batch order."""
+        order = [b for b in self.options.batches if b in self.samples]
+        order += [b for b in self.samples if b not in order]
+        stats = {b: [LatencyStats.from_samples(s, b) for s in self.samples[b]] for b in order}
+        samples = {b: [list(s) for s in self.samples[b]] for b in order}
+        return BenchResult(
+            self.models, stats, self.options, self.ep, device_name(self.ep.device_type), samples, dict(self.rounds)
+        )
 
 
 def _session(path: Path, options: BenchOptions, ep: ExecutionProvider):
@@ -194,115 +258,7 @@ def _runtime_guard(call: Callable[[], object], context: str):
         raise InputError(f"{context}: {first}") from None
 
 
-def _load(path: Path) -> onnx.ModelProto:
-
+def _load(path: Path) -> LoadedModel:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    return load_model(path).model
-
-
-def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The graph inputs that are not initializers."""
-    consts = {init.name for init in model.graph.initializer}
-    return [info for info in model.graph.input if info.name not in consts]
-
-
-def input_shape(info: onnx.ValueInfoProto, batch: int | None, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
-    """The concrete shape of one input at `batch`: static dims as in the model, the first dim (when
-    dynamic) = the batch, other dynamic dims from `shapes` (whose first value is replaced by the
-    batch). A fixed first dim other than `batch` is an error; `batch=None` accepts it (dynamic -> 1)."""
-    dims = info.type.tensor_type.shape.dim
-    given = shapes.get(info.name)
-    shape = []
-    for axis, dim in enumerate(dims):
-        if dim.HasField("dim_value") and dim.dim_value > 0:
-            if axis == 0 and batch is not None and dim.dim_value != batch:
-                raise InputError(
-                    f"input '{info.name}' has a fixed batch size of {dim.dim_value}; "
-                    f"cannot time batch {batch} (use {{batch}} {dim.dim_value})",
-                    parameter="batch",
-                )
-            shape.append(dim.dim_value)
-        elif axis == 0:
-            shape.append(batch or 1)
-        elif given is not None:
-            shape.append(given[axis])
-        else:
-            raise InputError(
-                f"input '{info.name}' has a dynamic dimension {axis} ('{dim.dim_param or '?'}'); "
-                f"give its shape with {{shape}} {info.name}=" + "x".join(["1"] + ["N"] * (len(dims) - 1)),
-                parameter="shape",
-            )
-    return tuple(shape)
-
-
-def _check_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], path) -> None:
-    """Every --shape names an input of the model, with its rank and its static dims."""
-    inputs = {info.name: info for info in graph_inputs(model)}
-    for name, shape in shapes.items():
-        if name not in inputs:
-            raise InputError(
-                f"{{shape}} {name}: {path} has no input '{name}' (inputs: {', '.join(inputs)})", parameter="shape"
-            )
-        dims = inputs[name].type.tensor_type.shape.dim
-        if len(shape) != len(dims):
-            raise InputError(f"{{shape}} {name}: {len(shape)} dims given, the input has {len(dims)}", parameter="shape")
-        for axis, (dim, size) in enumerate(zip(dims, shape)):
-            if axis and dim.HasField("dim_value") and dim.dim_value > 0 and dim.dim_value != size:
-                raise InputError(
-                    f"{{shape}} {name}: dim {axis} is {size}, the model fixes it to {dim.dim_value}", parameter="shape"
-                )
-
-
-def input_feeds(
-    model: onnx.ModelProto, batch: int, shapes: dict[str, tuple[int, ...]], seed: int = 0
-) -> dict[str, np.ndarray]:
-    """Seeded random inputs for every graph input at `batch` (see `input_shape`)."""
-    concrete = {info.name: input_shape(info, batch, shapes) for info in graph_inputs(model)}
-    return random_inputs(model, seed, batch, concrete)
-
-
-def count_macs_params(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int]:
-    """MACs at batch 1 (dynamic input dims from `shapes`) and parameters of a model."""
-
-    static = onnx.ModelProto()
-    static.CopyFrom(model)
-    for info in graph_inputs(static):
-        for dim, size in zip(info.type.tensor_type.shape.dim, input_shape(info, None, shapes)):
-            dim.dim_value = size
-    try:
-        normalized = normalize(static)
-    except InputError:
-        normalized = static
-    return int(sum(model_macs(ModelView(normalized)).values())), int(model_params(model))
-
-
-def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
-    """--shape name=1x3x224x224 (repeatable; a name may contain '=' before the last one)."""
-    shapes = {}
-    for item in items or ():
-        name, _, dims = item.rpartition("=")
-        try:
-            shape = tuple(int(d) for d in dims.lower().split("x"))
-        except ValueError:
-            shape = ()
-        if not name or not shape or any(d < 1 for d in shape):
-            raise InputError(
-                f"{{shape}} {item}: expected NAME=DxDx... with positive sizes, e.g. input=1x3x224x224",
-                parameter="shape",
-            )
-        shapes[name] = shape
-    return shapes
-
-
-def parse_batches(text: str) -> tuple[int, ...]:
-    """'1,8,64' -> (1, 8, 64)."""
-    try:
-        batches = tuple(int(b) for b in str(text).split(",") if b.strip())
-    except ValueError:
-        batches = ()
-    if not batches or any(b < 1 for b in batches):
-        raise InputError(
-            f"{{batch}} {text}: expected comma-separated positive integers, e.g. 1,8,64", parameter="batch"
-        )
-    return batches
+    return load_model(path)
