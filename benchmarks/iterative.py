@@ -1,8 +1,9 @@
 """One-shot against iterative pruning at the same total fine-tuning epochs (issue 17, item 2).
 
 The shared CIFAR-10 ResNet-20 is pruned with L1 to ``--target`` of its MACs either in one shot
+(least-squares reconstruction on ``--calib-samples`` images, unless ``--no-reconstruct``)
 followed by ``--epochs`` epochs of fine-tuning, or in ``--steps`` rounds (``prune_iteratively``:
-each round prunes the last round's output, then fine-tunes for its share of the same ``--epochs``),
+each round prunes the last round's output, reconstructs, then fine-tunes for its share of the same ``--epochs``),
 both distilling from the unpruned model, on the first ``--train-images`` JPEG training images (crop +
 flip), same seed, batch and learning rate. Printed: MACs kept, top-1 error on the lossless
 ``test1000.npz`` after each run, and the time. There is no goal to fail on: the literature finds the
@@ -50,9 +51,12 @@ def finetuner(train: Path, epochs: list[int], args):
     return finetune
 
 
-def run(steps: int, train: Path, args, images, labels) -> dict:
+def run(steps: int, train: Path, calib: Path, args, images, labels) -> dict:
     """Prune to the target in `steps` rounds with the epochs shared; one table row."""
-    config = PruneConfig.from_keywords(criterion="l1", target_flops=args.target, seed=args.seed)
+    recovery = dict(calib=calib, calib_samples=args.calib_samples, preprocess=PREPROCESS, reconstruct=True)
+    config = PruneConfig.from_keywords(
+        criterion="l1", target_flops=args.target, seed=args.seed, **(recovery if args.reconstruct else {})
+    )
     options = IterativeOptions(steps, args.schedule, finetuner(train, epochs_per_round(args.epochs, steps), args))
     started = time.perf_counter()
     if steps == 1:
@@ -80,11 +84,16 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--calib-samples", type=int, default=500, help="reconstruction images per round")
+    parser.add_argument(
+        "--reconstruct", action=argparse.BooleanOptionalAction, default=True, help="least squares every round"
+    )
     args = parser.parse_args(argv)
-    train = train_subset(extract_train(SHARED / "cifar10-jpg.tar.gz", args.cache), args.train_images)
+    full = extract_train(SHARED / "cifar10-jpg.tar.gz", args.cache)
+    train = train_subset(full, args.train_images)
     images, labels = test_set()
     base = 100 * (1 - top1(onnx.load(str(SOURCE)), images, labels))
-    rows = [run(steps, train, args, images, labels) for steps in (1, args.steps)]
+    rows = [run(steps, train, full, args, images, labels) for steps in (1, args.steps)]
     print(
         table(
             ["run", "MACs kept", "top-1 error %", "seconds"],
