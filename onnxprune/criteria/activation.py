@@ -9,6 +9,8 @@ gate each channel and measure what happens at the output (one or two passes per 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from onnxprune.criteria.base import (
@@ -18,6 +20,8 @@ from onnxprune.criteria.base import (
     member_matrix,
     register,
 )
+
+LOG = logging.getLogger(__name__)
 
 
 def activation_stats(ctx: ScoringContext):
@@ -149,7 +153,12 @@ def _per_sample(values: np.ndarray) -> np.ndarray:
 
 
 class EffectCriterion(Criterion):
-    """Gates one channel at a time and accumulates a per-sample effect on the first output."""
+    """Gates one channel at a time and accumulates a per-sample effect on the first output.
+
+    Scored stacked (`criteria.stacked`: several channels per ONNX Runtime call, only the nodes the
+    group's gates reach re-run) where the graph allows it, else one call per channel; `modes` in
+    the context's cache (key `effect_modes:<name>`) says which, per group (and a debug line of the
+    `onnxprune.criteria.activation` logger says why a group is not stacked)."""
 
     needs_data = True
     gate_values: tuple[float, ...] = (0.0,)
@@ -159,13 +168,45 @@ class EffectCriterion(Criterion):
         return np.zeros(reference.shape[0])
 
     def score(self, group, ctx):
-        return ctx.cached(f"effect:{self.name}", lambda: self._all_scores(ctx))[group.id]
+        return ctx.cached(f"effect:{self.name}", lambda: self.all_scores(ctx))[group.id]
 
-    def _all_scores(self, ctx) -> dict[str, np.ndarray]:
+    def all_scores(self, ctx: ScoringContext) -> dict[str, np.ndarray]:
+        """Scores of every prunable group: stacked where possible, else one call per channel."""
+        return self.stacked_scores(ctx)
+
+    def stacked_scores(self, ctx: ScoringContext) -> dict[str, np.ndarray]:
+        """Scores with several gated variants per call (groups that cannot be stacked: one call
+        per channel); per group the mode lands in `ctx.cache["effect_modes:<name>"]`."""
+        from onnxprune.criteria.stacked import StackedGroup
+
+        model, view, data = ctx.data_inputs()
+        modes = ctx.cache.setdefault(f"effect_modes:{self.name}", {})
+        scores, unstacked = {}, []
+        for group in (g for g in ctx.groups if g.prunable):
+            scorer = StackedGroup.build(model, view, group)
+            if isinstance(scorer, str):
+                LOG.debug("%s: group %s scored one channel per call: %s", self.name, group.id, scorer)
+                modes[group.id] = f"per channel ({scorer})"
+                unstacked.append(group)
+                continue
+            total = np.zeros(group.channels)
+            for feeds, labels in data.batches():
+                total += scorer.batch_sums(feeds, labels, self.effect, self.gate_values)
+                if ctx.progress:
+                    ctx.progress()
+            scores[group.id] = total / data.samples
+            modes[group.id] = f"stacked ({scorer.variants_per_call} variants per call)"
+        if unstacked:
+            scores.update(self.per_channel_scores(ctx, unstacked))
+        return scores
+
+    def per_channel_scores(self, ctx: ScoringContext, groups=None) -> dict[str, np.ndarray]:
+        """Scores of `groups` (default: every prunable group), one ONNX Runtime call per channel
+        and gate value on the whole gated model."""
         from onnxprune.measure.gated import GatedModel
 
         model = GatedModel(ctx.model, ctx.groups, ctx.view)
-        groups = [g for g in ctx.groups if g.prunable]
+        groups = [g for g in ctx.groups if g.prunable] if groups is None else groups
         sums = {g.id: np.zeros(g.channels) for g in groups}
         for feeds, labels in ctx.data.batches():
             reference = next(iter(model.run(feeds).values()))
@@ -220,8 +261,23 @@ class Taylor(EffectCriterion):
     loss is the cross-entropy with the labels, or with the unpruned model's predictions."""
 
     name = "taylor"
-    description = "|activation x gradient| of the loss (central finite difference on a gate)"
+    description = "|activation x gradient| of the loss (autograd with torch, else central finite difference on a gate)"
     gate_values = (1.0 + TAYLOR_STEP, 1.0 - TAYLOR_STEP)
+
+    def all_scores(self, ctx):
+        """By autograd when torch is installed and the graph allows (`criteria.autograd`: one
+        forward and one backward pass per batch), else by finite differences."""
+        from onnxprune.criteria.autograd import taylor_scores
+
+        scores = taylor_scores(ctx)
+        if scores is not None:
+            ctx.cache.setdefault(f"effect_modes:{self.name}", {}).update(dict.fromkeys(scores, "autograd"))
+            return scores
+        return self.finite_difference_scores(ctx)
+
+    def finite_difference_scores(self, ctx):
+        """The central finite difference on every channel's gate (stacked where possible)."""
+        return self.stacked_scores(ctx)
 
     def effect(self, reference, gated, labels):
         axis = -1 if reference.ndim == 2 else 1
