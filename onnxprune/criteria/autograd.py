@@ -18,7 +18,7 @@ import logging
 import numpy as np
 
 from onnxprune.criteria.base import ScoringContext
-from onnxprune.criteria.sample_gates import SampleGatedModel, batch_dim, channel_rows, sample_gated_model
+from onnxprune.criteria.sample_gates import SampleGatedModel, batch_axis_ready, batch_dim, channel_rows, sample_gated_model
 from onnxprune.errors import InputError
 from onnxprune.measure.gated import GatedModel
 
@@ -37,6 +37,9 @@ def taylor_scores(ctx: ScoringContext) -> dict[str, np.ndarray] | None:
         return None
     model, view, data = ctx.data_inputs()
     gated = sample_gated_model(model, ctx.groups, view, batch_dim(view))
+    if batch_axis_ready(view, [model.graph.output[0].name], symbolic=False) is not None:
+        LOG.debug("taylor: the output does not carry the batch on axis 0; finite differences")
+        return None
     if gated is None:
         LOG.debug("taylor: a probe does not carry the batch on axis 0; finite differences")
         return None

@@ -73,11 +73,12 @@ class SampleGatedModel:
 
 
 def sample_gated_model(
-    model: onnx.ModelProto, groups: list[ChannelGroup], view: ModelView, batch
+    model: onnx.ModelProto, groups: list[ChannelGroup], view: ModelView, batch, only: set | None = None
 ) -> SampleGatedModel | None:
-    """A copy of `model` with a per-sample gate before every probe of the prunable `groups`
-    (`batch`: the gate inputs' dim 0); None when a probed space does not carry the batch on axis 0."""
-    probes = find_probes(groups, view)
+    """A copy of `model` with a per-sample gate before every probe of the prunable `groups` (those
+    of the spaces `only` when given; `batch`: the gate inputs' dim 0); None when a probed space
+    does not carry the batch on axis 0."""
+    probes = [p for p in find_probes(groups, view) if only is None or p.space in only]
     spaces = list(dict.fromkeys(p.space for p in probes))
     if not spaces or batch_axis_ready(view, [s.tensor for s in spaces], symbolic=False) is not None:
         return None

@@ -129,16 +129,39 @@ def suffix_model(gated: onnx.ModelProto, suffix: Suffix, output: str) -> onnx.Mo
     return sub
 
 
-class StackedGroup:
-    """One group's prefix session (unpruned model returning its first output and the cut tensors)
-    and suffix session (the nodes its gates reach, per-sample gates): `batch_sums` scores its
-    channels on one batch, `variants_per_call` channel variants per ONNX Runtime call."""
+def channel_classes(group: ChannelGroup, spaces: list) -> list[tuple[frozenset, list[int]]]:
+    """The group's channels by the set of probed spaces holding them (a residual stream whose later
+    channels only exist in later stages gets a shorter suffix for those)."""
+    classes: dict[frozenset, list[int]] = {}
+    holders = [(space, set(group.channel_of[space].tolist())) for space in spaces]
+    for channel in range(group.channels):
+        key = frozenset(space for space, held in holders if channel in held)
+        classes.setdefault(key, []).append(channel)
+    return list(classes.items())
 
-    def __init__(self, gated: SampleGatedModel, suffix: Suffix, model: onnx.ModelProto, view: ModelView, group):
-        self.group, self.gated, self.suffix = group, gated, suffix
+
+@dataclass
+class Part:
+    """The channels of a group that share their gated spaces, with their suffix and its session."""
+
+    channels: list[int]
+    gated: SampleGatedModel
+    suffix: Suffix
+    session: object = None
+
+
+class StackedGroup:
+    """One group's prefix session (the unpruned model returning its first output and the cut
+    tensors) and, per class of channels, a suffix session (the nodes their gates reach, per-sample
+    gates): `batch_sums` scores its channels on one batch, `variants_per_call` variants a call."""
+
+    def __init__(self, group: ChannelGroup, parts: list[Part], model: onnx.ModelProto, view: ModelView):
+        self.group, self.parts = group, parts
         self.output = model.graph.output[0].name
-        self.prefix = make_session(prefix_model(model, [self.output, *suffix.cuts]), view.consts, optimize=True)
-        self.session = make_session(suffix_model(gated.model, suffix, self.output), view.consts, optimize=True)
+        self.cuts = list(dict.fromkeys(name for part in parts for name in part.suffix.cuts))
+        self.prefix = make_session(prefix_model(model, [self.output, *self.cuts]), view.consts, optimize=True)
+        for part in parts:
+            part.session = make_session(suffix_model(part.gated.model, part.suffix, self.output), view.consts, True)
         self.variants_per_call = 1
 
     @classmethod
@@ -150,14 +173,19 @@ class StackedGroup:
         why = batch_axis_ready(view, [output])
         if why is not None:
             return why
-        gated = sample_gated_model(model, [group], view, batch_dim(view))
-        if gated is None:
+        everything = sample_gated_model(model, [group], view, batch_dim(view))
+        if everything is None:
             return "a probe of the group does not carry a symbolic batch on axis 0"
-        gates = {GatedModel.gate_name(s) for s in gated.spaces}
-        suffix = suffix_of(gated.model.graph, gates, output, lambda name: batch_axis_ready(view, [name]) is None)
-        if isinstance(suffix, str):
-            return suffix
-        return cls(gated, suffix, model, view, group)
+        parts = []
+        for spaces, channels in channel_classes(group, everything.spaces):
+            gated = sample_gated_model(model, [group], view, batch_dim(view), set(spaces))
+            assert gated is not None, "a subset of the spaces of a gated model"
+            gates = {GatedModel.gate_name(s) for s in gated.spaces}
+            suffix = suffix_of(gated.model.graph, gates, output, lambda name: batch_axis_ready(view, [name]) is None)
+            if isinstance(suffix, str):
+                return suffix
+            parts.append(Part(channels, gated, suffix))
+        return cls(group, parts, model, view)
 
     def plan_calls(self, rows: int, cuts: list[np.ndarray], values: int) -> int:
         """Channels per call for a batch of `rows` samples whose cut tensors are `cuts` (every
@@ -168,32 +196,32 @@ class StackedGroup:
 
     def batch_sums(self, feeds: dict, labels, effect: Effect, gate_values: tuple[float, ...]) -> np.ndarray:
         """Sum over the batch of the effect of gating each channel of the group."""
-        group = self.group
         reference, *cut_values = self.prefix.run(None, feeds)
         rows = reference.shape[0]
         per_call = self.plan_calls(rows, cut_values, len(gate_values))
         self.variants_per_call = per_call * len(gate_values)
-        cuts = dict(zip(self.suffix.cuts, cut_values))
-        cuts.update((name, feeds[name]) for name in self.suffix.fed)
-        sums = np.zeros(group.channels)
-        for start in range(0, group.channels, per_call):
-            channels = list(range(start, min(start + per_call, group.channels)))
-            variants = [(c, v) for c in channels for v in gate_values]
-            outputs = self.run_variants(cuts, rows, variants)
-            for index, channel in enumerate(channels):
-                gated = outputs[index * len(gate_values) : (index + 1) * len(gate_values)]
-                sums[channel] += effect(reference, gated, labels).sum()
+        available = {**dict(zip(self.cuts, cut_values)), **feeds}
+        sums = np.zeros(self.group.channels)
+        for part in self.parts:
+            cuts = {name: available[name] for name in part.suffix.cuts + part.suffix.fed}
+            for start in range(0, len(part.channels), per_call):
+                channels = part.channels[start : start + per_call]
+                variants = [(c, v) for c in channels for v in gate_values]
+                outputs = self.run_variants(part, cuts, rows, variants)
+                for index, channel in enumerate(channels):
+                    gated = outputs[index * len(gate_values) : (index + 1) * len(gate_values)]
+                    sums[channel] += effect(reference, gated, labels).sum()
         return sums
 
-    def run_variants(self, cuts: dict, rows: int, variants: list[tuple[int, float]]) -> list[np.ndarray]:
+    def run_variants(self, part: Part, cuts: dict, rows: int, variants: list[tuple[int, float]]) -> list[np.ndarray]:
         """The first output of each variant (channel, gate value), evaluated in one call."""
         k = len(variants)
         gates = np.ones((k * rows, self.group.channels), np.float32)
         for j, (channel, value) in enumerate(variants):
             gates[j * rows : (j + 1) * rows, channel] = value
         feeds = {name: np.concatenate([value] * k, axis=0) if k > 1 else value for name, value in cuts.items()}
-        feeds.update(self.gated.gate_feeds({self.group.id: self.group}, {self.group.id: gates}))
-        (stacked,) = self.session.run([self.output], feeds)
+        feeds.update(part.gated.gate_feeds({self.group.id: self.group}, {self.group.id: gates}))
+        (stacked,) = part.session.run([self.output], feeds)
         if stacked.shape[0] != k * rows:
             raise ValueError(f"the suffix returned {stacked.shape[0]} rows for {k} variants x {rows} samples")
         return [stacked[j * rows : (j + 1) * rows] for j in range(k)]
