@@ -82,6 +82,7 @@ def compare(name: str, analysis, data) -> dict:
     slow_s, slow, _ = timed_scores(analysis, data, criterion.per_channel_scores)
     print(f"  {name}: one call per channel {common.fmt_s(slow_s)}", flush=True)
     fast_s, fast, modes = timed_scores(analysis, data, fast_path)
+    modes = modes or dict.fromkeys(fast, "autograd")
     print(f"  {name}: fast path {common.fmt_s(fast_s)}", flush=True)
     worst = min(spearman(fast[g], slow[g]) for g in slow)
     relative = max(float(np.abs(fast[g] - slow[g]).max() / max(np.abs(slow[g]).max(), 1e-30)) for g in slow)
@@ -125,7 +126,9 @@ def main(argv=None) -> int:
     train = extract_train(ARCHIVE, args.cache)
     data = load_calibration(train, analysis.model, args.calib_samples, PREPROCESS, args.batch_size, seed=0)
     channels = sum(g.channels for g in analysis.groups if g.prunable)
-    print(f"model {MODEL.name}: {channels} prunable channels; calibration {data.samples} images, batch {data.batch_size}")
+    print(
+        f"model {MODEL.name}: {channels} prunable channels; calibration {data.samples} images, batch {data.batch_size}"
+    )
     rows = [compare(name, analysis, data) for name in ["taylor", "kl"] + (["head_mask"] if args.head_mask else [])]
     load = common.busy_cores()
     headers = ["criterion", "per channel", "fast", "speed-up", "min Spearman", "max rel. diff", "goal met"]

@@ -4,7 +4,8 @@ Statistics criteria (apoz, mean_act, std_act, hrank, es, wanda) look at the acti
 consumer layers read (one streaming pass, see `measure.gated.collect_stats`); on a transformer the
 calibration set is token ids (several inputs are fed by name, see `measure.calibration`), the
 statistics run over every token, and a head's score is the mean over its channels' atoms. Effect criteria (kl, taylor)
-gate each channel and measure what happens at the output (one or two passes per channel).
+gate each channel and measure what happens at the output (one or two variants per channel, several
+variants per ONNX Runtime call, see `criteria.stacked`; taylor by autograd with torch).
 """
 
 from __future__ import annotations
@@ -205,10 +206,11 @@ class EffectCriterion(Criterion):
         and gate value on the whole gated model."""
         from onnxprune.measure.gated import GatedModel
 
-        model = GatedModel(ctx.model, ctx.groups, ctx.view)
+        onnx_model, view, data = ctx.data_inputs()
+        model = GatedModel(onnx_model, ctx.groups, view)
         groups = [g for g in ctx.groups if g.prunable] if groups is None else groups
         sums = {g.id: np.zeros(g.channels) for g in groups}
-        for feeds, labels in ctx.data.batches():
+        for feeds, labels in data.batches():
             reference = next(iter(model.run(feeds).values()))
             for group in groups:
                 for channel in range(group.channels):
@@ -219,7 +221,7 @@ class EffectCriterion(Criterion):
                     sums[group.id][channel] += self.effect(reference, outputs, labels).sum()
             if ctx.progress:
                 ctx.progress()
-        return {gid: total / ctx.data.samples for gid, total in sums.items()}
+        return {gid: total / data.samples for gid, total in sums.items()}
 
 
 def _gate(channels: int, channel: int, value: float) -> np.ndarray:
@@ -257,8 +259,10 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 class Taylor(EffectCriterion):
     """First-order Taylor (Molchanov et al.): |sum over positions of activation x gradient| of the
     loss, per sample, averaged. The gradient-activation product is the derivative of the loss
-    along the channel's own gate, taken by a central finite difference (gates 1 +- 1e-2); the
-    loss is the cross-entropy with the labels, or with the unpruned model's predictions."""
+    along the channel's own gate: by autograd when torch is installed (`criteria.autograd`, one
+    forward and one backward pass per batch), else by a central finite difference (gates
+    1 +- 1e-2); the loss is the cross-entropy with the labels, or with the unpruned model's
+    predictions."""
 
     name = "taylor"
     description = "|activation x gradient| of the loss (autograd with torch, else central finite difference on a gate)"

@@ -18,7 +18,13 @@ import logging
 import numpy as np
 
 from onnxprune.criteria.base import ScoringContext
-from onnxprune.criteria.sample_gates import SampleGatedModel, batch_axis_ready, batch_dim, channel_rows, sample_gated_model
+from onnxprune.criteria.sample_gates import (
+    SampleGatedModel,
+    batch_axis_ready,
+    batch_dim,
+    channel_rows,
+    sample_gated_model,
+)
 from onnxprune.errors import InputError
 from onnxprune.measure.gated import GatedModel
 

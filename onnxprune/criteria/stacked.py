@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -52,7 +53,9 @@ class Suffix:
 
 def has_subgraphs(graph: onnx.GraphProto) -> bool:
     """Whether a node holds a subgraph (If, Loop, Scan): their outer-scope reads are not tracked."""
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute)
+    return any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute
+    )
 
 
 def suffix_of(graph: onnx.GraphProto, gates: set[str], output: str, batched: Callable[[str], bool]) -> Suffix | str:
@@ -104,7 +107,9 @@ def prefix_model(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     kept = {o.name: o for o in copy.graph.output}
-    infos = [kept.get(n) or helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None) for n in outputs]
+    infos = [
+        kept.get(n) or helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None) for n in outputs
+    ]
     del copy.graph.output[:]
     copy.graph.output.extend(infos)
     return copy
@@ -147,7 +152,7 @@ class Part:
     channels: list[int]
     gated: SampleGatedModel
     suffix: Suffix
-    session: object = None
+    session: Any = None
 
 
 class StackedGroup:
