@@ -10,7 +10,7 @@ side by side in one run (ratios matter on a loaded machine; both sides of a row 
   (``Taylor.per_channel_scores``, what ``--criterion taylor`` did before the torch path) against
   autograd (``criteria.autograd.taylor_scores``: one forward and one backward pass per batch
   through ``onnxprune.torch``). Goals: >= 20x faster, Spearman >= 0.99 per group.
-* ``kl`` (and ``head_mask`` with ``--head-mask``): one call per channel
+* ``kl`` (and ``head_mask`` with ``--criteria taylor,kl,head_mask``): one call per channel
   (``EffectCriterion.per_channel_scores``) against stacked (``stacked_scores``: several channel
   variants per call along the batch axis, only the nodes after the group's gates re-run). Goals:
   >= 4x faster, the same scores (largest difference <= 1e-5 of the group's largest score).
@@ -20,7 +20,7 @@ difference, goal met), the mode each group was scored in, and the machine's load
 ``--out`` (default ``benchmarks/out/``) as ``criteria_speed.json``. The exit status is 1 when a
 goal is missed.
 
-Usage: ``.venv/bin/python benchmarks/criteria_speed.py [--calib-samples 500] [--head-mask]``.
+Usage: ``.venv/bin/python benchmarks/criteria_speed.py [--calib-samples 500] [--criteria taylor,kl,head_mask]``.
 """
 
 from __future__ import annotations
@@ -107,10 +107,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calib-samples", type=int, default=500, help="calibration images (default 500)")
     parser.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default 64)")
-    parser.add_argument("--head-mask", action="store_true", help="also compare head_mask (same path as kl)")
+    parser.add_argument(
+        "--criteria", default="taylor,kl", help="comma-separated subset of taylor,kl,head_mask (default taylor,kl)"
+    )
     parser.add_argument("--out", type=Path, default=common.REPO / "benchmarks" / "out", help="output folder")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the JPEG archive is extracted once")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
+    unknown = [c for c in args.criteria if c not in GOALS]
+    if unknown:
+        parser.error(f"unknown criteria {', '.join(unknown)} (known: {', '.join(GOALS)})")
+    return args
 
 
 def main(argv=None) -> int:
@@ -129,7 +136,7 @@ def main(argv=None) -> int:
     print(
         f"model {MODEL.name}: {channels} prunable channels; calibration {data.samples} images, batch {data.batch_size}"
     )
-    rows = [compare(name, analysis, data) for name in ["taylor", "kl"] + (["head_mask"] if args.head_mask else [])]
+    rows = [compare(name, analysis, data) for name in args.criteria]
     load = common.busy_cores()
     headers = ["criterion", "per channel", "fast", "speed-up", "min Spearman", "max rel. diff", "goal met"]
     cells = [
