@@ -16,8 +16,7 @@ the network each criterion keeps intact, not the accuracy after recovery.
 * data criteria: apoz, mean_act, std_act, hrank, es (one streaming pass over the calibration set
   each), kl (one variant per channel, several per ONNX Runtime call), taylor (autograd with
   torch, else two variants per channel; ``benchmarks/criteria_speed.py`` times both paths), on
-  ``--calib-samples``
-  images drawn (seed 0) from the JPEG ``train/`` folder of ``cifar10-jpg.tar.gz``, preprocessed
+  ``--calib-samples`` images drawn (seed 0) from the JPEG ``train/`` folder of ``cifar10-jpg.tar.gz``, preprocessed
   ``scale=255, mean=0.485/0.456/0.406, std=0.229/0.224/0.225`` (32x32, layout auto);
 * ``random`` with ``--seeds`` seeds: mean +- sample std of the top-1 (scoring time per seed).
 
