@@ -126,7 +126,7 @@ def prune(
     samples: int = 64,
     jobs: int = 1,
     reconstruct: bool = False,
-    ridge: float = 1e-4,
+    ridge: float | None = None,
     round_ep: str = "cpu",
     round_batch: int = 1,
     prune_residual: bool = False,
@@ -143,7 +143,7 @@ def prune(
     '2.1G'; `target_latency`: ms on ONNX Runtime CPU; `allocate`: uniform, global, sensitivity,
     random-search with `samples`/`jobs`, or layerwise with `layerwise`), rounding (`round_to`: a
     multiple or 'auto', timed on `round_ep` at `round_batch`), recovery (`reconstruct` by least
-    squares with `ridge`), verification (`verify`, `input_shapes`, `strict`: refuse instead of
+    squares with `ridge`: one λ, or None to choose it per layer from held-out error), verification (`verify`, `input_shapes`, `strict`: refuse instead of
     freezing the groups whose pruning fails) and evaluation (`eval_tokens`: a .npz of held-out token
     ids; a causal LM's perplexity before and after, in the report's `perplexity`). `progress()` is
     called as the work advances.
@@ -238,6 +238,6 @@ def assemble(
     if verified.applied.io_shapes:  # a KV cache's heads: the pruned model's cache I/O shapes changed
         plan_file["io_shapes"] = verified.applied.io_shapes
     if recovered is not None:
-        report["reconstruction"] = recovered.to_dict(config.recovery.ridge)
-        record_recovery(plan_file, recovered, config.recovery.ridge)
+        report["reconstruction"] = recovered.to_dict()
+        record_recovery(plan_file, recovered, recovered.ridge)
     return PruneResult(verified.applied.model, plan_file, report, analysis.groups, value_info=analysis.input_value_info)

@@ -99,7 +99,7 @@ class RecoveryConfig:
     """Least-squares reconstruction of the pruned consumer layers (needs calibration data)."""
 
     reconstruct: bool = False
-    ridge: float = 1e-4
+    ridge: float | None = None  # None ('auto'): λ chosen per layer from held-out error
 
     def validate(self, calibration: CalibrationConfig) -> None:
         """InputError for reconstruction without data or a bad ridge."""
@@ -108,7 +108,7 @@ class RecoveryConfig:
                 "{reconstruct} needs calibration data: add {calib} PATH (.npz/.npy or an image folder)",
                 parameter="reconstruct",
             )
-        if not (self.ridge >= 0 and np.isfinite(self.ridge)):
+        if self.ridge is not None and not (self.ridge >= 0 and np.isfinite(self.ridge)):
             raise InputError(f"{{ridge}} must be a finite number >= 0, got {self.ridge}", parameter="ridge")
 
 

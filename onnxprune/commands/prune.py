@@ -156,11 +156,22 @@ def add_recovery_options(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument(
         "--ridge",
-        type=float,
-        default=1e-4,
-        metavar="L",
-        help="--reconstruct: ridge λ, relative to the mean diagonal of XᵀX (default 1e-4)",
+        type=ridge_value,
+        default=None,
+        metavar="auto|L",
+        help="--reconstruct: ridge λ, relative to the mean diagonal of XᵀX, for every layer; 'auto' "
+        "(default): chosen per layer from the error on held-out calibration samples",
     )
+
+
+def ridge_value(text: str) -> float | None:
+    """`--ridge`: 'auto' (None) or a number."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
 
 
 def prune_config(args: argparse.Namespace) -> PruneConfig:
