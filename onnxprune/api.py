@@ -143,7 +143,7 @@ def prune(
     '2.1G'; `target_latency`: ms on ONNX Runtime CPU; `allocate`: uniform, global, sensitivity,
     random-search with `samples`/`jobs`, or layerwise with `layerwise`), rounding (`round_to`: a
     multiple or 'auto', timed on `round_ep` at `round_batch`), recovery (`reconstruct` by least
-    squares with `ridge`: one λ, or None to choose it per layer from held-out error), verification (`verify`, `input_shapes`, `strict`: refuse instead of
+    squares with `ridge`), verification (`verify`, `input_shapes`, `strict`: refuse instead of
     freezing the groups whose pruning fails) and evaluation (`eval_tokens`: a .npz of held-out token
     ids; a causal LM's perplexity before and after, in the report's `perplexity`). `progress()` is
     called as the work advances.

@@ -143,9 +143,9 @@ def choose_ridge(
     grid: tuple[float, ...] = RIDGE_GRID,
 ) -> RidgeChoice:
     """The λ of `grid` whose fit-rows solution has the lowest error on the held-out rows, and the
-    refit on all rows with it, accepted when that error is below the current weights' (or within
-float32 noise, `NOISE`; `current`:
-    (W, b) in `solve`'s layout). Without held-out rows the first λ of `grid` is taken, unchecked."""
+        refit on all rows with it, accepted when that error is below the current weights' (or within
+    float32 noise, `NOISE`; `current`:
+        (W, b) in `solve`'s layout). Without held-out rows the first λ of `grid` is taken, unchecked."""
     everything = fit.merged(held)
     if not held.rows or not fit.rows:
         ridge = grid[0] if len(grid) == 1 else DEFAULT_RIDGE

@@ -135,6 +135,24 @@ def _plan_lines(report: dict) -> list[str]:
     return lines
 
 
+def ridge_lines(recon: dict) -> list[str]:
+    """The λ reconstruction chose per layer and the layers it kept as pruned (one line)."""
+    layers = recon.get("per_layer") or []
+    if not layers:
+        return []
+    ridges = sorted(c["ridge"] for c in layers)
+    kept = [c["node"] for c in layers if not c["accepted"]]
+    how = "chosen per layer by held-out error" if recon.get("ridge_selection") == "held-out" else "fixed"
+    chosen = f"λ {ridges[0]:g}" if ridges[0] == ridges[-1] else f"λ {ridges[0]:g}…{ridges[-1]:g}"
+    chosen += f" (median {ridges[len(ridges) // 2]:g})" if ridges[0] != ridges[-1] else ""
+    residual = sum(c.get("target") == "residual sum" for c in layers)
+    text = f"  ridge {how}: {chosen}; {residual} of {len(layers)} layers fitted to their residual sum"
+    if kept:
+        text += f"; {len(kept)} kept as pruned (refit did not lower their held-out error): {', '.join(kept[:4])}"
+        text += " …" if len(kept) > 4 else ""
+    return [text]
+
+
 def _recovery_lines(report: dict) -> list[str]:
     """Reconstruction, fine-tuning and the latency measured after fine-tuning."""
     lines = []
@@ -145,6 +163,7 @@ def _recovery_lines(report: dict) -> list[str]:
             f"reconstruction: {recon.get('layers', 0)} layers refitted by least squares, {state}; "
             f"held-out output error {recon['output_error_before']:.3g} → {recon['output_error_after']:.3g}"
         )
+        lines += ridge_lines(recon)
     tuned = report.get("finetune")
     if tuned and tuned["history"]:
         last, first = tuned["history"][-1], tuned.get("before") or {}
