@@ -77,6 +77,7 @@ from onnxprune.recover.distributed import (
     sum_over_ranks,
     wrap,
 )
+from onnxprune.recover.practices import Practices
 
 OPTIMIZERS = ("sgd", "adamw")
 CHECKPOINT_NAME = "last.pt"
@@ -265,6 +266,7 @@ class _Run:
     history: list = field(default_factory=list)
     initial: dict | None = None
     start_epoch: int = 1
+    practices: Practices = field(default_factory=Practices)
 
     @classmethod
     def begin(cls, module, settings: _Settings, steps: int, seed: int) -> _Run:
@@ -292,6 +294,7 @@ class _Run:
             "augment_rng": self.gen.get_state(),
             "history": self.history,
             "initial": self.initial,
+            "practices": self.practices.describe(),
         }
 
     def restore(self, path: Path, epochs: int, module) -> None:
@@ -310,6 +313,7 @@ class _Run:
             raise InputError(
                 f"{{resume}}: {path} was made for {{epochs}} {state.get('epochs')}, not {epochs}", parameter="resume"
             )
+        self.practices.check_checkpoint(state, path)
         try:
             module.load_state_dict(state["module"])
         except RuntimeError as exc:
@@ -426,6 +430,7 @@ def _train_step(run: _Run, trainer, teacher, x, y, epoch: int, settings: _Settin
     if settings.clip_grad:
         torch.nn.utils.clip_grad_norm_(trainer.parameters(), settings.clip_grad)
     run.opt.step()
+    run.practices.after_step(run.sched.get_last_lr()[0])
     run.sched.step()
     return loss, ce, kd, logits
 
@@ -434,6 +439,8 @@ def _epoch_line(entry: dict, epochs: int) -> str:
     line = f"epoch {entry['epoch']}/{epochs}  loss {entry['train_loss']:.4f}  train top-1 {entry['train_top1']:.2%}"
     if "train_kd" in entry:
         line += f"  kd {entry['train_kd']:.4f}"
+    if "lasso_collapsed" in entry:
+        line += f"  collapsed {entry['lasso_collapsed']:.1%}"
     if "val_top1" in entry:
         line += f"  val loss {entry['val_loss']:.4f}  val top-1 {entry['val_top1']:.2%}"
     return line + f"  lr {entry['lr']:.3g}  {entry['seconds']:.1f}s"
@@ -496,6 +503,7 @@ def _epoch(
     """One training epoch, then (rank 0) its validation metrics: the epoch's history entry."""
     t0 = time.perf_counter()
     entry = _train_epoch(run, trainer, teacher, inputs.train, epoch, settings, inputs.augment, seed, shard, device)
+    entry.update(run.practices.metrics())
     if inputs.val is not None and shard.main:
         entry.update(evaluate(run.module, inputs.val, device))
     entry["seconds"] = time.perf_counter() - t0
@@ -505,6 +513,7 @@ def _epoch(
 def _finish(module, inputs: _Inputs, run: _Run, device: str, seconds: float, shard: Shard, output) -> FinetuneResult:
     """The result: the fine-tuned module exported back to ONNX (written to `output` by rank 0)."""
     module = module.cpu().eval()
+    run.practices.finish(module)
     result = FinetuneResult(
         _export(module, inputs.train), run.history, run.initial, device, seconds, module, shard.rank
     )
@@ -562,6 +571,7 @@ def finetune(
     log: Callable[[str], None] | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
     clip_grad: float = 1.0,
+    practices: Practices | None = None,
 ) -> FinetuneResult:
     """Fine-tune an ONNX model on labelled `data`; see the module docstring.
 
@@ -570,6 +580,7 @@ def finetune(
     writes the ONNX model atomically; `log` receives one line per epoch; `on_epoch_end` gets each
     history entry after its checkpoint is written. Under ``torchrun`` the run is data-parallel
     (module docstring); only rank 0 logs and writes, and the result's ``rank`` says which this is.
+    `practices`: ``--unfold-bn``, ``--reinit``, ``--group-lasso`` (:mod:`.practices`).
     """
     import torch
 
@@ -583,9 +594,14 @@ def finetune(
     shard = start(dev, batch_size)
     try:
         torch.manual_seed(seed)
-        module = to_torch(inputs.model).to(dev).train()
+        module = to_torch(inputs.model)
+        practices = practices or Practices()
+        practices.log = log if shard.main else None
+        practices.prepare(module, inputs.model, inputs.train)
+        module = module.to(dev).train()
         teacher_module = _teacher_module(teacher, dev)
         run = _Run.begin(module, settings, epochs * inputs.train.num_batches, seed)
+        run.practices = practices
         ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if resume and ckpt_dir is not None:  # (resume without checkpoint_dir was refused above)
             run.restore(ckpt_dir / CHECKPOINT_NAME, epochs, module)
