@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -240,3 +244,30 @@ def test_group_lasso_collapses_some_channels_in_training(setup):
     dead = norms <= 1e-3 * np.median(norms)
     assert dead.mean() == pytest.approx(entry["lasso_collapsed"])
     assert np.all(norms[dead] == 0.0)  # collapsed channels are exactly zero in every member
+
+
+def _cli_finetune(setup, out, nproc: int | None, *extra: str):
+    args = ["finetune", str(setup["pruned"]), "--data", str(setup["train"]), "--epochs", "2", "--batch-size", "16"]
+    prefix = [sys.executable, "-m", "onnxprune"]
+    if nproc is not None:
+        prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        prefix += ["-m", "onnxprune"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        prefix + args + list(extra) + ["-o", str(out)], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_practices_under_two_gloo_processes_equal_one(setup, tmp_path):
+    """Unfolded BNs normalize with the statistics of the global batch (summed over the ranks) and
+    the group-lasso step is the same on every rank, so two processes train like one."""
+    flags = ("--unfold-bn", "--group-lasso", "0.05")
+    single = _cli_finetune(setup, tmp_path / "single.onnx", None, *flags)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = _cli_finetune(setup, tmp_path / "ddp.onnx", 2, *flags)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one, two = (onnx.load(str(tmp_path / f"{n}.onnx")) for n in ("single", "ddp"))
+    assert not any(n.op_type == "BatchNormalization" for n in two.graph.node)
+    x = setup["x"][:16]
+    np.testing.assert_allclose(_ort(two, x), _ort(one, x), rtol=1e-3, atol=1e-4)
+    assert "collapsed" in single.stdout

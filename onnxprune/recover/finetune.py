@@ -547,6 +547,16 @@ class _EpochLoop:
                 self.on_epoch_end(entry)
 
 
+def _prepared_module(inputs: _Inputs, practices: Practices, log, device):
+    """The model as a torch module (training mode, on `device`) with the practices applied."""
+    from onnxprune.torch import to_torch
+
+    module = to_torch(inputs.model)
+    practices.log = log
+    practices.prepare(module, inputs.model, inputs.train)
+    return module.to(device).train()
+
+
 def finetune(
     model_or_path,
     data,
@@ -584,8 +594,6 @@ def finetune(
     """
     import torch
 
-    from onnxprune.torch import to_torch
-
     settings = _Settings.check(epochs, optimizer, lr, momentum, weight_decay, kd_alpha, kd_temperature, clip_grad)
     if resume and checkpoint_dir is None:
         raise InputError("{resume} needs {checkpoint_dir}", parameter="resume")
@@ -594,11 +602,8 @@ def finetune(
     shard = start(dev, batch_size)
     try:
         torch.manual_seed(seed)
-        module = to_torch(inputs.model)
         practices = practices or Practices()
-        practices.log = log if shard.main else None
-        practices.prepare(module, inputs.model, inputs.train)
-        module = module.to(dev).train()
+        module = _prepared_module(inputs, practices, log if shard.main else None, dev)
         teacher_module = _teacher_module(teacher, dev)
         run = _Run.begin(module, settings, epochs * inputs.train.num_batches, seed)
         run.practices = practices
