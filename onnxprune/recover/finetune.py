@@ -23,6 +23,9 @@ per epoch.
   are not augmented.
 * BatchNormalization keeps its running statistics (``to_torch`` evaluates BN with its stored
   statistics; its scale and bias are trained), so the exported model needs no BN re-estimation.
+* Practices (:mod:`.practices`): ``--unfold-bn`` puts folded BNs back for training (batch
+  statistics) and folds them on export; ``--reinit`` trains the architecture from scratch;
+  ``--group-lasso λ`` pushes whole channel groups to zero. Checkpoints record them.
 * Evaluation on ``val`` (top-1, mean cross-entropy) before training and after every epoch.
 * Checkpoints: ``<checkpoint_dir>/last.pt`` after every epoch (module ``state_dict``, optimizer,
   scheduler, epoch, total epochs, torch / CUDA / augmentation RNG states, history), written
@@ -586,12 +589,10 @@ def finetune(
     """Fine-tune an ONNX model on labelled `data`; see the module docstring.
 
     Defaults: lr 0.01 (sgd) / 0.001 (adamw); weight decay 5e-4 (sgd) / 0.01 (adamw); gradients
-    clipped to a global L2 norm of `clip_grad` (0: off). `output`
-    writes the ONNX model atomically; `log` receives one line per epoch; `on_epoch_end` gets each
-    history entry after its checkpoint is written. Under ``torchrun`` the run is data-parallel
-    (module docstring); only rank 0 logs and writes, and the result's ``rank`` says which this is.
-    `practices`: ``--unfold-bn``, ``--reinit``, ``--group-lasso`` (:mod:`.practices`).
-    """
+    clipped to a global L2 norm of `clip_grad` (0: off). `output` writes the ONNX model atomically;
+    `log` receives one line per epoch; `on_epoch_end` gets each history entry after its checkpoint
+    is written; `practices`: ``--unfold-bn``, ``--reinit``, ``--group-lasso`` (:mod:`.practices`).
+    Under ``torchrun`` only rank 0 logs and writes; the result's ``rank`` says which this is."""
     import torch
 
     settings = _Settings.check(epochs, optimizer, lr, momentum, weight_decay, kd_alpha, kd_temperature, clip_grad)
