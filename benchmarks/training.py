@@ -87,7 +87,10 @@ def lasso_measurement(data: Path, epochs: int, strength: float, seed: int) -> di
     dead = lasso.collapsed_channels()
     by_id = {g.id: g for g in analysis.groups}
     kept = {gid: np.setdiff1d(np.arange(by_id[gid].channels), ch) for gid, ch in dead.items() if ch.size}
-    kept = {gid: k for gid, k in kept.items() if k.size}  # a group keeps one channel at least
+    norms = lasso.norms().numpy()
+    for gid, first, n in lasso.groups:  # a group keeps one channel at least: its largest
+        if gid in kept and not kept[gid].size:
+            kept[gid] = np.array([int(np.argmax(norms[first : first + n]))])
     cut = apply_plan(analysis.model, PruningPlan(analysis.groups, kept), analysis.view).model
     feeds, labels = load_test(analysis.model)
     return {
