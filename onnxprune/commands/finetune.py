@@ -12,7 +12,13 @@ from onnxprune.errors import InputError
 EXAMPLES = """examples:
   onnxprune finetune pruned.onnx --data train/ --val val.npz --epochs 30 --teacher model.onnx
   torchrun --nproc_per_node=4 -m onnxprune finetune pruned.onnx --data train/ --epochs 30
-      data-parallel on 4 GPUs (NCCL; gloo on CPUs); --batch-size is the global batch"""
+      data-parallel on 4 GPUs (NCCL; gloo on CPUs); --batch-size is the global batch
+  onnxprune finetune pruned.onnx --data train/ --epochs 30 --unfold-bn
+      BatchNormalization back after the folded convolutions for training, folded again on export
+  onnxprune finetune pruned.onnx --data train/ --epochs 160 --reinit --scratch-budget flops --original model.onnx
+      the pruned architecture from scratch, epochs scaled by the FLOPs saved (Scratch-B, at most 2x)
+  onnxprune finetune model.onnx --data train/ --epochs 3 --group-lasso 1e-3 -o sparse.onnx
+      push whole channel groups to zero, then prune sparse.onnx with --criterion l2"""
 
 
 def add_training_options(sub: argparse.ArgumentParser) -> None:
@@ -51,6 +57,37 @@ def add_distillation_options(sub: argparse.ArgumentParser) -> None:
     options.add_seed(sub, "seed for the data order, augmentation and init")
 
 
+def add_practice_options(sub: argparse.ArgumentParser) -> None:
+    """--unfold-bn, --reinit with its epoch budget, --group-lasso."""
+    sub.add_argument(
+        "--unfold-bn",
+        action="store_true",
+        help="put BatchNormalization back after every Conv/Gemm whose BN the exporter folded (statistics from "
+        "--data, so the model is unchanged at the start), train with batch statistics, fold back on export",
+    )
+    sub.add_argument(
+        "--reinit",
+        action="store_true",
+        help="train the architecture from scratch: fresh weights (Kaiming), BatchNormalization put back",
+    )
+    sub.add_argument(
+        "--scratch-budget",
+        choices=("epochs", "flops"),
+        default="epochs",
+        help="with --reinit: train --epochs (Scratch-E, default) or --epochs x original FLOPs / pruned FLOPs, "
+        "at most doubled (Scratch-B; needs --original or --teacher)",
+    )
+    sub.add_argument("--original", metavar="ONNX", help="the unpruned model, for --scratch-budget flops")
+    sub.add_argument(
+        "--group-lasso",
+        type=float,
+        default=0.0,
+        metavar="LAMBDA",
+        help="sparsity training: penalty LAMBDA x sum of the L2 norms of every prunable channel (all its "
+        "members' slices), applied as a proximal step; reports the share of collapsed channels",
+    )
+
+
 @SUBCOMMANDS.register("finetune")
 class Finetune(Command):
     """`onnxprune finetune MODEL --data DATA [-o OUT] ...`."""
@@ -75,6 +112,7 @@ class Finetune(Command):
         parser.add_argument("--val", metavar="PATH", help="validation data (same formats); top-1 and loss per epoch")
         add_training_options(parser)
         add_distillation_options(parser)
+        add_practice_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         """Fine-tune, write the model (rank 0 under torchrun), print a summary."""
@@ -89,12 +127,16 @@ class Finetune(Command):
             import torch  # noqa: F401
 
             from onnxprune.recover.finetune import finetune
+            from onnxprune.recover.practices import Practices
         except ImportError:
             raise InputError("finetune needs torch: pip install 'onnxprune[torch]'") from None
+        epochs = training_epochs(args)
+        if epochs != args.epochs:
+            stdout.print(f"Scratch-B budget: {epochs} epochs ({args.epochs} x the FLOPs saved, at most 2x)")
         result = finetune(
             Path(args.model),
             args.data,
-            epochs=args.epochs,
+            epochs=epochs,
             val=args.val,
             optimizer=args.optimizer,
             lr=args.lr,
@@ -112,6 +154,7 @@ class Finetune(Command):
             output=output,
             log=stdout.print,
             clip_grad=args.clip_grad,
+            practices=Practices(unfold_bn=args.unfold_bn, reinit=args.reinit, group_lasso=args.group_lasso),
         )
         if result.rank != 0:  # torchrun: rank 0 reports and writes
             return 0
@@ -128,3 +171,25 @@ def summary_line(result) -> str:
         before = f"{result.initial['val_top1']:.2%} -> " if result.initial else ""
         summary += f"; val top-1 {before}{last['val_top1']:.2%}"
     return summary
+
+
+def training_epochs(args: argparse.Namespace) -> int:
+    """--epochs, or with --reinit --scratch-budget flops the Scratch-B budget (needs the original)."""
+    from onnxprune.recover.reinit import scratch_epochs
+
+    if args.scratch_budget == "epochs":
+        return args.epochs
+    if not args.reinit:
+        raise InputError("--scratch-budget flops is the budget of --reinit: add --reinit")
+    original = args.original or args.teacher
+    if original is None:
+        raise InputError("--scratch-budget flops needs the unpruned model: add --original ONNX")
+    return scratch_epochs(args.epochs, "flops", model_macs_total(original), model_macs_total(args.model))
+
+
+def model_macs_total(path) -> int:
+    """A model's MACs at batch 1 (dynamic dims as 1), as the prune report counts them."""
+    from onnxprune.analysis.analyze import load_and_analyze
+    from onnxprune.analysis.cost import model_macs
+
+    return sum(model_macs(load_and_analyze(path).view).values())

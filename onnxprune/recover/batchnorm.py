@@ -24,20 +24,33 @@ def batchnorm_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 def input_statistics(model: onnx.ModelProto, tensor: str, data, batches: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (axis 1) mean and population variance of `tensor` over the first `batches`."""
-    session = make_session(with_outputs(model, [tensor]), optimize=True)
-    count = 0
-    total: np.ndarray | float = 0.0
-    total_sq: np.ndarray | float = 0.0
+    return channel_statistics(model, [tensor], data, batches)[tensor]
+
+
+def channel_statistics(
+    model: onnx.ModelProto, tensors: list[str], data, batches: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel (axis 1) mean and population variance of each of `tensors` over the first
+    `batches` of `data`, in one pass (float64 sums)."""
+    names = list(dict.fromkeys(tensors))
+    session = make_session(with_outputs(model, names), optimize=True)
+    count = dict.fromkeys(names, 0)
+    total: dict[str, np.ndarray | float] = dict.fromkeys(names, 0.0)
+    total_sq: dict[str, np.ndarray | float] = dict.fromkeys(names, 0.0)
     for index, (feeds, _) in enumerate(data.batches()):
         if index >= batches:
             break
-        x = session.run([tensor], feeds)[0].astype(np.float64)
-        x = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
-        count += x.shape[1]
-        total = total + x.sum(axis=1)
-        total_sq = total_sq + (x * x).sum(axis=1)
-    mean = np.asarray(total) / max(count, 1)
-    return mean, np.maximum(np.asarray(total_sq) / max(count, 1) - mean * mean, 0.0)
+        for name, value in zip(names, session.run(names, feeds)):
+            x = value.astype(np.float64)
+            x = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
+            count[name] += x.shape[1]
+            total[name] = total[name] + x.sum(axis=1)
+            total_sq[name] = total_sq[name] + (x * x).sum(axis=1)
+    stats = {}
+    for name in names:
+        mean = np.asarray(total[name]) / max(count[name], 1)
+        stats[name] = (mean, np.maximum(np.asarray(total_sq[name]) / max(count[name], 1) - mean * mean, 0.0))
+    return stats
 
 
 def recalibrate_batchnorm(model: onnx.ModelProto, data, batches: int) -> list[str]:

@@ -23,6 +23,9 @@ per epoch.
   are not augmented.
 * BatchNormalization keeps its running statistics (``to_torch`` evaluates BN with its stored
   statistics; its scale and bias are trained), so the exported model needs no BN re-estimation.
+* Practices (:mod:`.practices`): ``--unfold-bn`` puts folded BNs back for training (batch
+  statistics) and folds them on export; ``--reinit`` trains the architecture from scratch;
+  ``--group-lasso λ`` pushes whole channel groups to zero. Checkpoints record them.
 * Evaluation on ``val`` (top-1, mean cross-entropy) before training and after every epoch.
 * Checkpoints: ``<checkpoint_dir>/last.pt`` after every epoch (module ``state_dict``, optimizer,
   scheduler, epoch, total epochs, torch / CUDA / augmentation RNG states, history), written
@@ -77,6 +80,7 @@ from onnxprune.recover.distributed import (
     sum_over_ranks,
     wrap,
 )
+from onnxprune.recover.practices import Practices
 
 OPTIMIZERS = ("sgd", "adamw")
 CHECKPOINT_NAME = "last.pt"
@@ -265,6 +269,7 @@ class _Run:
     history: list = field(default_factory=list)
     initial: dict | None = None
     start_epoch: int = 1
+    practices: Practices = field(default_factory=Practices)
 
     @classmethod
     def begin(cls, module, settings: _Settings, steps: int, seed: int) -> _Run:
@@ -292,6 +297,7 @@ class _Run:
             "augment_rng": self.gen.get_state(),
             "history": self.history,
             "initial": self.initial,
+            "practices": self.practices.describe(),
         }
 
     def restore(self, path: Path, epochs: int, module) -> None:
@@ -310,6 +316,7 @@ class _Run:
             raise InputError(
                 f"{{resume}}: {path} was made for {{epochs}} {state.get('epochs')}, not {epochs}", parameter="resume"
             )
+        self.practices.check_checkpoint(state, path)
         try:
             module.load_state_dict(state["module"])
         except RuntimeError as exc:
@@ -426,6 +433,7 @@ def _train_step(run: _Run, trainer, teacher, x, y, epoch: int, settings: _Settin
     if settings.clip_grad:
         torch.nn.utils.clip_grad_norm_(trainer.parameters(), settings.clip_grad)
     run.opt.step()
+    run.practices.after_step(run.sched.get_last_lr()[0])
     run.sched.step()
     return loss, ce, kd, logits
 
@@ -434,6 +442,8 @@ def _epoch_line(entry: dict, epochs: int) -> str:
     line = f"epoch {entry['epoch']}/{epochs}  loss {entry['train_loss']:.4f}  train top-1 {entry['train_top1']:.2%}"
     if "train_kd" in entry:
         line += f"  kd {entry['train_kd']:.4f}"
+    if "lasso_collapsed" in entry:
+        line += f"  collapsed {entry['lasso_collapsed']:.1%}"
     if "val_top1" in entry:
         line += f"  val loss {entry['val_loss']:.4f}  val top-1 {entry['val_top1']:.2%}"
     return line + f"  lr {entry['lr']:.3g}  {entry['seconds']:.1f}s"
@@ -496,6 +506,7 @@ def _epoch(
     """One training epoch, then (rank 0) its validation metrics: the epoch's history entry."""
     t0 = time.perf_counter()
     entry = _train_epoch(run, trainer, teacher, inputs.train, epoch, settings, inputs.augment, seed, shard, device)
+    entry.update(run.practices.metrics())
     if inputs.val is not None and shard.main:
         entry.update(evaluate(run.module, inputs.val, device))
     entry["seconds"] = time.perf_counter() - t0
@@ -505,6 +516,7 @@ def _epoch(
 def _finish(module, inputs: _Inputs, run: _Run, device: str, seconds: float, shard: Shard, output) -> FinetuneResult:
     """The result: the fine-tuned module exported back to ONNX (written to `output` by rank 0)."""
     module = module.cpu().eval()
+    run.practices.finish(module)
     result = FinetuneResult(
         _export(module, inputs.train), run.history, run.initial, device, seconds, module, shard.rank
     )
@@ -538,6 +550,16 @@ class _EpochLoop:
                 self.on_epoch_end(entry)
 
 
+def _prepared_module(inputs: _Inputs, practices: Practices, log, device):
+    """The model as a torch module (training mode, on `device`) with the practices applied."""
+    from onnxprune.torch import to_torch
+
+    module = to_torch(inputs.model)
+    practices.log = log
+    practices.prepare(module, inputs.model, inputs.train)
+    return module.to(device).train()
+
+
 def finetune(
     model_or_path,
     data,
@@ -562,18 +584,16 @@ def finetune(
     log: Callable[[str], None] | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
     clip_grad: float = 1.0,
+    practices: Practices | None = None,
 ) -> FinetuneResult:
     """Fine-tune an ONNX model on labelled `data`; see the module docstring.
 
     Defaults: lr 0.01 (sgd) / 0.001 (adamw); weight decay 5e-4 (sgd) / 0.01 (adamw); gradients
-    clipped to a global L2 norm of `clip_grad` (0: off). `output`
-    writes the ONNX model atomically; `log` receives one line per epoch; `on_epoch_end` gets each
-    history entry after its checkpoint is written. Under ``torchrun`` the run is data-parallel
-    (module docstring); only rank 0 logs and writes, and the result's ``rank`` says which this is.
-    """
+    clipped to a global L2 norm of `clip_grad` (0: off). `output` writes the ONNX model atomically;
+    `log` receives one line per epoch; `on_epoch_end` gets each history entry after its checkpoint
+    is written; `practices`: ``--unfold-bn``, ``--reinit``, ``--group-lasso`` (:mod:`.practices`).
+    Under ``torchrun`` only rank 0 logs and writes; the result's ``rank`` says which this is."""
     import torch
-
-    from onnxprune.torch import to_torch
 
     settings = _Settings.check(epochs, optimizer, lr, momentum, weight_decay, kd_alpha, kd_temperature, clip_grad)
     if resume and checkpoint_dir is None:
@@ -583,9 +603,11 @@ def finetune(
     shard = start(dev, batch_size)
     try:
         torch.manual_seed(seed)
-        module = to_torch(inputs.model).to(dev).train()
+        practices = practices or Practices()
+        module = _prepared_module(inputs, practices, log if shard.main else None, dev)
         teacher_module = _teacher_module(teacher, dev)
         run = _Run.begin(module, settings, epochs * inputs.train.num_batches, seed)
+        run.practices = practices
         ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if resume and ckpt_dir is not None:  # (resume without checkpoint_dir was refused above)
             run.restore(ckpt_dir / CHECKPOINT_NAME, epochs, module)

@@ -184,6 +184,33 @@ def _bn(a, x, scale, bias, mean, var):
     return F.batch_norm(x, mean, var, scale, bias, False, 0.0, a.get("epsilon", 1e-5))
 
 
+def batch_norm_training(a, x, scale, bias, mean, var):
+    """BatchNormalization in training mode: normalize with the batch's statistics (over every axis
+    but 1; summed over the ranks of a ``torch.distributed`` process group, so data-parallel runs
+    normalize like one process) and update the running statistics in place with the node's
+    ``momentum`` (ONNX convention: running = momentum * running + (1 - momentum) * batch)."""
+    dims = [d for d in range(x.dim()) if d != 1]
+    count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device, dtype=x.dtype)
+    moments = torch.cat([x.sum(dims), (x * x).sum(dims), count.reshape(1)])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            import torch.distributed.nn.functional as dist_nn
+
+            moments = dist_nn.all_reduce(moments)
+    channels = x.shape[1]
+    total = moments[-1]
+    batch_mean = moments[:channels] / total
+    batch_var = (moments[channels : 2 * channels] / total - batch_mean * batch_mean).clamp_min(0.0)
+    momentum = float(a.get("momentum", 0.9))
+    with torch.no_grad():
+        mean.mul_(momentum).add_((1 - momentum) * batch_mean.detach())
+        unbiased = batch_var.detach() * total / (total - 1).clamp_min(1.0)
+        var.mul_(momentum).add_((1 - momentum) * unbiased)
+    shape = [1, channels] + [1] * (x.dim() - 2)
+    inv = torch.rsqrt(batch_var + a.get("epsilon", 1e-5)).reshape(shape)
+    return (x - batch_mean.reshape(shape)) * inv * scale.reshape(shape) + bias.reshape(shape)
+
+
 @op("LayerNormalization")
 def _layernorm(a, x, scale, bias=None):
     axis = a.get("axis", -1) % x.dim()
@@ -508,6 +535,9 @@ class OnnxModule(nn.Module):
         self.output_names = [o.name for o in graph.output]
         self.params = nn.ParameterDict()
         self._keys: dict[str, tuple[str, str]] = {}  # onnx name -> ("param"|"buffer", key)
+        #: outputs of BatchNormalization nodes that normalize with batch statistics in training
+        #: mode (`batch_norm_training`); the others always use their running statistics
+        self.batch_statistics: set[str] = set()
         used: set[str] = set()
 
         buffer_only = set()
@@ -516,26 +546,10 @@ class OnnxModule(nn.Module):
                 if (node.op_type, i) in _BUFFER_SLOTS:
                     buffer_only.add(name)
 
-        def key_for(name: str) -> str:
-            key = re.sub(r"\W", "_", name) or "t"
-            if key[0].isdigit():
-                key = "t_" + key
-            base, k = key, 1
-            while key in used:
-                k += 1
-                key = f"{base}_{k}"
-            used.add(key)
-            return key
-
+        self._used = used
         for name, tensor in inits.items():
             value = torch.from_numpy(np.array(tensor_value(tensor)))
-            key = key_for(name)
-            if value.is_floating_point() and value.numel() > 1 and name not in buffer_only:
-                self.params[key] = nn.Parameter(value)
-                self._keys[name] = ("param", key)
-            else:
-                self.register_buffer("c_" + key, value)
-                self._keys[name] = ("buffer", "c_" + key)
+            self.add_tensor(name, value, value.is_floating_point() and value.numel() > 1 and name not in buffer_only)
 
         self._nodes: list[tuple[str, list[str], list[str], dict[str, Any]]] = []
         for node in _topo_order(graph):
@@ -545,11 +559,50 @@ class OnnxModule(nn.Module):
             attrs["_num_outputs"] = len(node.output)
             if node.op_type == "Constant":  # fold into a buffer now
                 value = OPS["Constant"](attrs)
-                key = key_for(node.output[0])
+                key = self._key_for(node.output[0])
                 self.register_buffer("c_" + key, value)
                 self._keys[node.output[0]] = ("buffer", "c_" + key)
                 continue
             self._nodes.append((node.op_type, list(node.input), list(node.output), attrs))
+
+    def _key_for(self, name: str) -> str:
+        key = re.sub(r"\W", "_", name) or "t"
+        if key[0].isdigit():
+            key = "t_" + key
+        base, k = key, 1
+        while key in self._used:
+            k += 1
+            key = f"{base}_{k}"
+        self._used.add(key)
+        return key
+
+    @property
+    def graph_nodes(self) -> list[tuple[str, list[str], list[str], dict[str, Any]]]:
+        """The nodes ``forward`` evaluates, in order, as (op_type, inputs, outputs, attributes);
+        the list itself, so that passes (e.g. unfolding BatchNormalization) can edit the graph."""
+        return self._nodes
+
+    def add_tensor(self, name: str, value: Tensor, trainable: bool) -> Tensor:
+        """Add the ONNX tensor `name` (a parameter when `trainable`, else a buffer); returns it."""
+        if name in self._keys:
+            raise ValueError(f"tensor {name!r} already exists")
+        key = self._key_for(name)
+        if trainable:
+            self.params[key] = nn.Parameter(value)
+            self._keys[name] = ("param", key)
+            return self.params[key]
+        self.register_buffer("c_" + key, value)
+        self._keys[name] = ("buffer", "c_" + key)
+        return getattr(self, "c_" + key)
+
+    def remove_tensor(self, name: str) -> None:
+        """Drop the ONNX tensor `name` (no node may read it any more)."""
+        kind, key = self._keys.pop(name)
+        if kind == "param":
+            del self.params[key]
+        else:
+            delattr(self, key)
+        self._used.discard(key.removeprefix("c_") if kind == "buffer" else key)
 
     @property
     def onnx_parameters(self) -> dict[str, nn.Parameter]:
@@ -568,7 +621,10 @@ class OnnxModule(nn.Module):
         env.update(zip(self.input_names, inputs))
         for op_type, ins, outs, attrs in self._nodes:
             args = [env[name] if name else None for name in ins]
-            result = OPS[op_type](attrs, *args)
+            if self.training and outs[0] in self.batch_statistics:
+                result = batch_norm_training(attrs, *args)
+            else:
+                result = OPS[op_type](attrs, *args)
             if isinstance(result, (tuple, list)):
                 for name, value in zip(outs, result):
                     if name:
