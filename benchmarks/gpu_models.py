@@ -2,12 +2,14 @@
 
     python benchmarks/gpu_models.py export DIR [--models resnet50,mobilenetv2,vit_s]
     python benchmarks/gpu_models.py merge DIR OUT.json
+    python benchmarks/gpu_models.py train-folder IMAGES
 
 ``export`` writes ``DIR/<name>.onnx`` for the ImageNet-size models timed on the GPU: the bottleneck
 ResNet-50 and MobileNetV2 of ``benchmarks/common.py`` and the ViT-S/16 of ``benchmarks/vit.py``
 (seeded weights, TorchScript exporter, dynamic batch, 224x224). ``merge`` collects every step's
 JSON (``DIR/*.json``) and the step log ``DIR/steps.tsv`` (name, exit status, seconds) into one
-document, ``onnxprune-gpu-suite/1``.
+document, ``onnxprune-gpu-suite/1``. ``train-folder`` prints the CIFAR-10 JPEG ``train/`` folder
+(extracted once from ``../shared``) or a folder of links to its first IMAGES images.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
+from criteria import DEFAULT_CACHE, extract_train  # noqa: E402
+from reproduce_table import SHARED, train_subset  # noqa: E402
 from vit import export_vit_s  # noqa: E402
 
 MODELS = ("resnet50", "mobilenetv2", "vit_s")
@@ -68,7 +72,12 @@ def main(argv=None) -> int:
     joined = commands.add_parser("merge", help="merge the steps' results into one JSON")
     joined.add_argument("folder", type=Path)
     joined.add_argument("output", type=Path)
+    folder = commands.add_parser("train-folder", help="print the CIFAR-10 training folder (or a subset)")
+    folder.add_argument("images", type=int)
     args = parser.parse_args(argv)
+    if args.command == "train-folder":
+        print(train_subset(extract_train(SHARED / "cifar10-jpg.tar.gz", DEFAULT_CACHE), args.images))
+        return 0
     if args.command == "export":
         args.folder.mkdir(parents=True, exist_ok=True)
         for name in args.models.split(","):
