@@ -18,7 +18,7 @@ with the input model better than before.
   by the deadline whatever the machine's speed.
 * Checkpoints: the held-out agreement with the teacher (top-1 agreement, then KL at T = 1 to break
   ties) is measured before training and ``evaluations`` times over the budget; the best checkpoint
-  is kept. If no checkpoint beats the start, the input of the stage is returned unchanged
+  that is no worse than the start in both agreement and KL is kept. If no checkpoint beats the start, the input of the stage is returned unchanged
   (``applied: false``): the stage never returns a model that agrees less with the teacher.
 * The result is the pruned ONNX graph with its trained initializers written back (same nodes,
   names and shapes: the architecture does not change).
@@ -160,8 +160,12 @@ def _logsumexp(x: np.ndarray) -> np.ndarray:
     return top + np.log(np.exp(x - top).sum(axis=1, keepdims=True))
 
 
-def better(a: dict, b: dict) -> bool:
-    """Whether held-out metrics `a` beat `b`: higher agreement, or equal agreement and lower KL."""
+def better(a: dict, b: dict, start: dict) -> bool:
+    """Whether held-out metrics `a` beat `b`: higher agreement, or equal agreement and lower KL; and
+    `a` is no worse than the `start` in either (a wrecked model that predicts one class can agree
+    more often than a poor one, but not with a lower KL)."""
+    if a["agreement"] < start["agreement"] or a["kl"] > start["kl"]:
+        return False
     return (a["agreement"], -a["kl"]) > (b["agreement"], -b["kl"])
 
 
@@ -246,7 +250,7 @@ class _Loop:
         self.curve.append(entry)
         if self.step == 0:
             self.best = (metrics, 0, None)
-        elif better(metrics, self.best[0]):
+        elif better(metrics, self.best[0], self.curve[0]):
             self.best = (metrics, self.step, copy.deepcopy(self.module.state_dict()))
         if self.log:
             self.log(_line(entry))
@@ -377,7 +381,7 @@ def _result(loop: _Loop, student: onnx.ModelProto, reason: str, seconds: float, 
     else:
         model = student
         reason += "; no checkpoint agreed better with the input model than the start: the input of this stage is kept"
-    first = loop.curve[0]
+    first = {key: loop.curve[0][key] for key in ("agreement", "kl")}
     return Distillation(
         model, applied, loop.step, seconds, first, metrics, step, train, held, loop.options, loop.curve, reason
     )
