@@ -150,7 +150,8 @@ def prune(
     multiple or 'auto', timed on `round_ep` at `round_batch`), recovery (`reconstruct` by least
     squares with `ridge`; `recover='kd'`: then label-free distillation from the input model on the
     calibration images for `recover_time` seconds (default 300) and/or `recover_steps` steps, at
-    `recover_lr`, kept only if it agrees better with the input model on held-out images), verification (`verify`, `input_shapes`, `strict`: refuse instead of
+    `recover_lr`, kept only if it agrees better with the input model on held-out images),
+    verification (`verify`, `input_shapes`, `strict`: refuse instead of
     freezing the groups whose pruning fails) and evaluation (`eval_tokens`: a .npz of held-out token
     ids; a causal LM's perplexity before and after, in the report's `perplexity`). `progress()` is
     called as the work advances.

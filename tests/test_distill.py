@@ -106,7 +106,17 @@ def test_cli_recover_needs_calib_and_prints_the_summary(setup, tmp_path, capsys)
     assert main([str(setup["teacher"]), "-o", str(out), "--recover", "kd", "--recover-steps", "2"]) == 2
     assert "--calib" in capsys.readouterr().err
     code = main(
-        [str(setup["teacher"]), "-o", str(out), "--calib", str(setup["calib"]), "--recover", "kd", "--recover-steps", "3"]
+        [
+            str(setup["teacher"]),
+            "-o",
+            str(out),
+            "--calib",
+            str(setup["calib"]),
+            "--recover",
+            "kd",
+            "--recover-steps",
+            "3",
+        ]
     )
     assert code == 0
     text = capsys.readouterr().out

@@ -18,8 +18,9 @@ with the input model better than before.
   by the deadline whatever the machine's speed.
 * Checkpoints: the held-out agreement with the teacher (top-1 agreement, then KL at T = 1 to break
   ties) is measured before training and ``evaluations`` times over the budget; the best checkpoint
-  that is no worse than the start in both agreement and KL is kept. If no checkpoint beats the start, the input of the stage is returned unchanged
-  (``applied: false``): the stage never returns a model that agrees less with the teacher.
+  that is no worse than the start in both agreement and KL is kept. If no checkpoint beats the
+  start, the input of the stage is returned unchanged (``applied: false``): the stage never returns
+  a model that agrees less with the teacher.
 * The result is the pruned ONNX graph with its trained initializers written back (same nodes,
   names and shapes: the architecture does not change).
 """
@@ -31,6 +32,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -215,8 +217,8 @@ def write_weights(model: onnx.ModelProto, module) -> onnx.ModelProto:
 class _Loop:
     """The state of one run: the student, its optimizer, the data, the best checkpoint so far."""
 
-    module: object
-    opt: object
+    module: Any  # torch objects (torch is imported lazily)
+    opt: Any
     teacher: _Teacher
     train: np.ndarray
     held: tuple[np.ndarray, np.ndarray]  # held-out inputs and the teacher's outputs on them
