@@ -30,6 +30,7 @@ from onnxprune.criteria.scoring import score_groups
 from onnxprune.measure.calibration import CalibrationData
 from onnxprune.model.io import atomic_write_text, save_model
 from onnxprune.passes.apply_plan import apply_plan
+from onnxprune.recover.distill import Distillation, distill
 from onnxprune.recover.reconstruct import Reconstruction, reconstruct
 from onnxprune.report.document import prune_report
 from onnxprune.select.plan import (
@@ -132,6 +133,10 @@ def prune(
     prune_residual: bool = False,
     strict: bool = False,
     eval_tokens: str | os.PathLike | None = None,
+    recover: str | None = None,
+    recover_time: float | None = None,
+    recover_steps: int | None = None,
+    recover_lr: float | None = None,
 ) -> PruneResult:
     """Prune `ratio` of the channels of every prunable group, chosen by `criterion`: the pruned
     model, its plan file and its report (`PruneResult`).
@@ -143,7 +148,10 @@ def prune(
     '2.1G'; `target_latency`: ms on ONNX Runtime CPU; `allocate`: uniform, global, sensitivity,
     random-search with `samples`/`jobs`, or layerwise with `layerwise`), rounding (`round_to`: a
     multiple or 'auto', timed on `round_ep` at `round_batch`), recovery (`reconstruct` by least
-    squares with `ridge`), verification (`verify`, `input_shapes`, `strict`: refuse instead of
+    squares with `ridge`; `recover='kd'`: then label-free distillation from the input model on the
+    calibration images for `recover_time` seconds (default 300) and/or `recover_steps` steps, at
+    `recover_lr`, kept only if it agrees better with the input model on held-out images),
+    verification (`verify`, `input_shapes`, `strict`: refuse instead of
     freezing the groups whose pruning fails) and evaluation (`eval_tokens`: a .npz of held-out token
     ids; a causal LM's perplexity before and after, in the report's `perplexity`). `progress()` is
     called as the work advances.
@@ -155,8 +163,11 @@ def prune(
     return run_prune(model_or_path, PruneConfig.from_keywords(**keywords), progress)
 
 
-def run_prune(model_or_path: ModelLike, config: PruneConfig, progress: Progress = None) -> PruneResult:
-    """The prune pipeline for `config`, stage by stage (see `prune`)."""
+def run_prune(
+    model_or_path: ModelLike, config: PruneConfig, progress: Progress = None, log: Callable[[str], None] | None = None
+) -> PruneResult:
+    """The prune pipeline for `config`, stage by stage (see `prune`); `log` gets the distillation's
+    progress lines (`recover='kd'`)."""
     config.validate()
     analysis = prepare(model_or_path, config)
     evaluation = config.evaluation.open(analysis.model, config.calibration.batch_size)
@@ -168,8 +179,12 @@ def run_prune(model_or_path: ModelLike, config: PruneConfig, progress: Progress 
     plan, rounding = round_plan(analysis, scores, plan, config, progress)
     verified = apply_and_verify(analysis, plan, config)
     recovered = reconstruct_layers(analysis, verified, data, config, progress)
+    distilled = distill_layers(analysis, verified, data, config, progress, log)
     perplexity = evaluation.compare(analysis.model, verified.applied.model) if evaluation else None
-    return assemble(analysis, verified, config, data, allocation, rounding, recovered, perplexity)
+    result = assemble(analysis, verified, config, data, allocation, rounding, recovered, perplexity)
+    if distilled is not None:
+        record_distillation(result, distilled)
+    return result
 
 
 def prepare(model_or_path: ModelLike, config: PruneConfig) -> Analysis:
@@ -214,6 +229,36 @@ def reconstruct_layers(
         require_valid_model(recovered.model, analysis.model)
         applied.model = recovered.model
     return recovered
+
+
+def distill_layers(
+    analysis: Analysis,
+    verified: Verified,
+    data: CalibrationData | None,
+    config: PruneConfig,
+    progress: Progress = None,
+    log: Callable[[str], None] | None = None,
+) -> Distillation | None:
+    """`recover='kd'`: distill the (reconstructed) pruned model from the input model on the
+    calibration images (see recover/distill.py); the model changes only when it agrees better."""
+    if config.recovery.method is None or data is None:
+        return None
+    applied = verified.applied
+    options = config.recovery.distill_options(config.seed)
+    distilled = distill(analysis.model, applied.model, data, options, log=log, progress=progress)
+    if distilled.applied:
+        require_valid_model(distilled.model, analysis.model)
+        applied.model = distilled.model
+    return distilled
+
+
+def record_distillation(result: PruneResult, distilled: Distillation) -> None:
+    """The report's `distillation` entry; the plan file says the weights are no longer exact slices."""
+    result.report["distillation"] = distilled.to_dict()
+    if distilled.applied:
+        result.plan["recovered_distillation"] = {"method": "kd", "steps": distilled.steps}
+        for entry in result.plan.get("weights", {}).values():
+            entry["exact"] = False
 
 
 def assemble(

@@ -15,6 +15,7 @@ from onnxprune.criteria.base import get_criterion
 from onnxprune.errors import InputError
 from onnxprune.measure.calibration import CalibrationData, load_calibration
 from onnxprune.measure.perplexity import PerplexityEval
+from onnxprune.recover.distill import DEFAULT_SECONDS, RECOVERIES, DistillOptions
 from onnxprune.select.allocation import AllocationRequest
 from onnxprune.select.rounding import AutoRoundOptions
 from onnxprune.select.selection import SelectOptions
@@ -100,9 +101,34 @@ class RecoveryConfig:
 
     reconstruct: bool = False
     ridge: float | None = None  # None ('auto'): λ chosen per layer from held-out error
+    #: label-free recovery after reconstruction: None or 'kd' (recover/distill.py)
+    method: str | None = None
+    seconds: float | None = None
+    steps: int | None = None
+    lr: float | None = None
+
+    def distill_options(self, seed: int) -> DistillOptions:
+        """The `--recover kd` recipe: the time budget (default 300 s unless only steps are given)."""
+        seconds = self.seconds if self.seconds is not None or self.steps is not None else DEFAULT_SECONDS
+        options = DistillOptions(seconds=seconds, steps=self.steps, seed=seed)
+        if self.lr is not None:
+            options.lr = self.lr
+        return options
 
     def validate(self, calibration: CalibrationConfig) -> None:
-        """InputError for reconstruction without data or a bad ridge."""
+        """InputError for reconstruction or distillation without data, or a bad ridge or budget."""
+        if self.method is not None:
+            if self.method not in RECOVERIES:
+                raise InputError(
+                    f"{{recover}} must be one of {', '.join(RECOVERIES)}, got {self.method}", parameter="recover"
+                )
+            if not calibration.source:
+                raise InputError(
+                    "{recover} kd distills on calibration images: add {calib} PATH (an image folder or .npz/.npy; "
+                    "labels are not needed)",
+                    parameter="recover",
+                )
+            self.distill_options(0).validate()
         if self.reconstruct and not calibration.source:
             raise InputError(
                 "{reconstruct} needs calibration data: add {calib} PATH (.npz/.npy or an image folder)",
@@ -162,6 +188,10 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "round_batch": ("rounding", "batch"),
     "reconstruct": ("recovery", "reconstruct"),
     "ridge": ("recovery", "ridge"),
+    "recover": ("recovery", "method"),
+    "recover_time": ("recovery", "seconds"),
+    "recover_steps": ("recovery", "steps"),
+    "recover_lr": ("recovery", "lr"),
     "verify": ("verification", "enabled"),
     "input_shapes": ("verification", "input_shapes"),
     "strict": ("verification", "strict"),

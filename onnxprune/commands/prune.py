@@ -147,6 +147,25 @@ def add_recovery_options(sub: argparse.ArgumentParser) -> None:
         help="after verification, refit each pruned layer's kept weights and bias by least squares "
         "to the unpruned model's layer outputs on --calib data (needs --calib)",
     )
+    kd = sub.add_argument_group(
+        "label-free recovery (after --reconstruct when both are given; needs --calib, labels are not used)"
+    )
+    kd.add_argument(
+        "--recover",
+        choices=("kd",),
+        help="kd: distill the pruned model from the input model on the --calib images (random crop + flip), "
+        "keep the checkpoint that agrees best with the input model on held-out calibration images, and keep "
+        "the model unchanged if none beats it",
+    )
+    kd.add_argument(
+        "--recover-time",
+        type=float,
+        metavar="SECONDS",
+        help="--recover: wall-time budget; the learning rate anneals to zero by then (default 300, or "
+        "unbounded when only --recover-steps is given)",
+    )
+    kd.add_argument("--recover-steps", type=int, metavar="N", help="--recover: at most N optimizer steps")
+    kd.add_argument("--recover-lr", type=float, metavar="LR", help="--recover: peak learning rate (default 0.01)")
     sub.add_argument(
         "--eval-tokens",
         metavar="FILE",
@@ -214,7 +233,7 @@ class Prune(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         """Prune (and fine-tune with --finetune-data), write model, plan and report, print the report."""
-        from onnxprune.report.console import print_report, progress_bar
+        from onnxprune.report.console import print_report, progress_bar, stdout
 
         source = Path(args.model)
         output = options.output_path(args.model, args.output, ".pruned.onnx")
@@ -227,7 +246,7 @@ class Prune(Command):
             result = prune_in_rounds(source, config, args)
         else:
             with progress_bar(f"scoring channels ({args.criterion})") as advance:
-                result = run_prune(source, config, advance)
+                result = run_prune(source, config, advance, stdout.print)
             if args.finetune_data:
                 result = finetune_chain(result, source, args, args.finetune_epochs)
         result.save(output, plan_path, args.report)

@@ -160,7 +160,7 @@ def _logits(out):
     return out.reshape(out.shape[0], -1)
 
 
-def _augment(x, generator, shard: Shard = SINGLE_PROCESS, global_n: int | None = None, pad: int | None = None):
+def augment_batch(x, generator, shard: Shard = SINGLE_PROCESS, global_n: int | None = None, pad: int | None = None):
     """Random crop with `pad`-pixel zero padding (default H/8: the usual 4 pixels on 32x32 images,
     1 on 8x8 ones) and horizontal flip of an [N, C, H, W] batch.
 
@@ -391,7 +391,7 @@ def _train_epoch(
             x = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
             y = torch.from_numpy(np.asarray(y_np, dtype=np.int64)).to(device)
             if augment:
-                x = _augment(x, run.gen, shard, global_n)
+                x = augment_batch(x, run.gen, shard, global_n)
             loss, ce, kd, logits = _train_step(run, trainer, teacher, x, y, epoch, settings)
             n = len(y)
             totals["loss"] += float(loss.detach()) * n

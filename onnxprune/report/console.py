@@ -164,6 +164,7 @@ def _recovery_lines(report: dict) -> list[str]:
             f"held-out output error {recon['output_error_before']:.3g} → {recon['output_error_after']:.3g}"
         )
         lines += ridge_lines(recon)
+    lines += _distillation_lines(report)
     tuned = report.get("finetune")
     if tuned and tuned["history"]:
         last, first = tuned["history"][-1], tuned.get("before") or {}
@@ -183,6 +184,20 @@ def _recovery_lines(report: dict) -> list[str]:
             f"({latency['speedup']:.2f}×)"
         )
     return lines
+
+
+def _distillation_lines(report: dict) -> list[str]:
+    """`--recover kd`: steps, time, held-out agreement before and after, which checkpoint was kept."""
+    kd = report.get("distillation")
+    if not kd:
+        return []
+    before, after = kd["before"], kd["after"]
+    kept = f"kept step {kd['kept_step']}" if kd["applied"] else "[yellow]not applied[/]: " + kd["stopped"]
+    return [
+        f"distillation (kd, no labels): {kd['steps']} steps in {kd['seconds']:.0f} s on {kd['train_samples']} "
+        f"images; held-out agreement with the input model {before['agreement']:.1%} → {after['agreement']:.1%} "
+        f"(KL {before['kl']:.3g} → {after['kl']:.3g}, {kd['held_out_samples']} images); {kept}"
+    ]
 
 
 def _verification_lines(report: dict) -> list[str]:

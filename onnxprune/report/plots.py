@@ -231,3 +231,23 @@ def _unit(value: float) -> tuple[float, str]:
         if value >= size:
             return size, unit
     return 1.0, ""
+
+
+def curve_figure(curves: dict[str, list[tuple[float, float]]], title: str, ylabel: str = "top-1"):
+    """One line per label through its (seconds, value) points: e.g. top-1 against time of a recovery."""
+    figure = _figure(7, 4)
+    axes = figure.add_subplot(1, 1, 1)
+    for label, points in curves.items():
+        xs, ys = zip(*points) if points else ((), ())
+        axes.plot(xs, ys, marker="o", label=label)
+    axes.set_xlabel("seconds")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return figure
+
+
+def save_curve_plot(curves: dict[str, list[tuple[float, float]]], path: str | os.PathLike, title: str) -> Path:
+    """Write `curve_figure(curves, title)` as a PNG."""
+    return _save(curve_figure(curves, title), Path(path))

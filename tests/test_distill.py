@@ -1,0 +1,123 @@
+"""Label-free distillation recovery (--recover kd) on a tiny CNN: it never returns a worse model,
+it raises the agreement with the teacher, --recover-steps bounds it, the CLI wires it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from onnxprune.api import prune  # noqa: E402
+from onnxprune.cli import main  # noqa: E402
+from onnxprune.measure.calibration import load_calibration  # noqa: E402
+from onnxprune.recover.distill import DistillOptions, agreement, distill, split_samples  # noqa: E402
+from onnxprune.torch import export_onnx  # noqa: E402
+
+CLASSES = 4
+
+
+def _samples(n: int, seed: int):
+    """Images whose class is the brightest of four colour patterns."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, CLASSES, n)
+    x = rng.standard_normal((n, 3, 8, 8)).astype(np.float32)
+    x[np.arange(n), y % 3] += (1.0 + (y // 3))[:, None, None]
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, CLASSES),
+    )
+    x, y = _samples(256, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(80):
+        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    teacher = root / "teacher.onnx"
+    export_onnx(net.eval(), torch.zeros(1, 3, 8, 8), teacher)
+    calib = root / "calib.npz"
+    np.savez(calib, x=_samples(160, 2)[0])  # no labels
+    pruned = prune(teacher, "l1", 0.6).model
+    return {"root": root, "teacher": teacher, "calib": calib, "pruned": pruned}
+
+
+def _run(setup, **options):
+    data = load_calibration(setup["calib"], setup["pruned"], batch_size=32)
+    return distill(onnx.load(str(setup["teacher"])), setup["pruned"], data, DistillOptions(**options))
+
+
+def test_kd_raises_the_agreement_and_keeps_the_architecture(setup):
+    result = _run(setup, seconds=None, steps=60, lr=0.05, evaluations=4)
+    assert result.applied
+    assert result.after["kl"] < result.before["kl"]
+    assert result.after["agreement"] >= result.before["agreement"]
+    assert result.steps == 60 and result.best_step > 0
+    assert [n.op_type for n in result.model.graph.node] == [n.op_type for n in setup["pruned"].graph.node]
+    shapes = {i.name: list(i.dims) for i in setup["pruned"].graph.initializer}
+    assert {i.name: list(i.dims) for i in result.model.graph.initializer} == shapes
+    assert [e["step"] for e in result.curve][0] == 0 and len(result.curve) >= 3
+
+
+def test_kd_never_returns_a_worse_model(setup):
+    result = _run(setup, seconds=None, steps=8, lr=1e4, evaluations=4)  # a step this large wrecks the model
+    assert not result.applied
+    assert result.model is setup["pruned"]
+    assert result.after == result.before
+    assert "kept" in result.to_dict()["stopped"]
+    assert max(e["kl"] for e in result.curve[1:]) > 10 * result.before["kl"]  # training did hurt
+
+
+def test_recover_steps_bounds_the_stage_and_the_report_records_it(setup, tmp_path):
+    result = prune(setup["teacher"], "l1", 0.6, calib=setup["calib"], recover="kd", recover_steps=5)
+    kd = result.report["distillation"]
+    assert kd["steps"] == 5
+    assert kd["budget"] == {"seconds": None, "steps": 5}
+    assert kd["held_out_samples"] == 32 and kd["train_samples"] == 128
+    assert kd["curve"][-1]["step"] == 5
+    if kd["applied"]:
+        assert result.plan["recovered_distillation"]["steps"] == 5
+
+
+def test_agreement_and_split():
+    t = np.array([[2.0, 0.0], [0.0, 1.0]])
+    assert agreement(t, t) == {"agreement": 1.0, "kl": pytest.approx(0.0)}
+    assert agreement(t[:, ::-1], t)["agreement"] == 0.0
+    train, held = split_samples(500, 0)
+    assert len(held) == 100 and len(train) == 400 and not set(train) & set(held)
+
+
+def test_cli_recover_needs_calib_and_prints_the_summary(setup, tmp_path, capsys):
+    out = tmp_path / "p.onnx"
+    assert main([str(setup["teacher"]), "-o", str(out), "--recover", "kd", "--recover-steps", "2"]) == 2
+    assert "--calib" in capsys.readouterr().err
+    code = main(
+        [
+            str(setup["teacher"]),
+            "-o",
+            str(out),
+            "--calib",
+            str(setup["calib"]),
+            "--recover",
+            "kd",
+            "--recover-steps",
+            "3",
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "kd step" in text and "distillation (kd, no labels): 3 steps" in text
