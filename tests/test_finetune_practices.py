@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from recovery_data import brightest_channel_samples
 
 torch = pytest.importorskip("torch")
 
@@ -47,11 +48,7 @@ class _Residual(torch.nn.Module):
 
 
 def _samples(n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, CLASSES, n)
-    x = rng.standard_normal((n, 3, 8, 8)).astype(np.float32)
-    x[np.arange(n), y] += 1.5
-    return x, y.astype(np.int64)
+    return brightest_channel_samples(n, seed, CLASSES)
 
 
 @pytest.fixture(scope="module")

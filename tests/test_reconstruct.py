@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from graphs import GraphBuilder
+from recovery_data import correlated_inputs as inputs, output_error as held_out_error
 
 import onnxprune
 from onnxprune import prune
@@ -26,21 +27,6 @@ def conv_net(seed: int = 0) -> onnx.ModelProto:
     t = g.op("Relu", g.conv(t, 16, 8))
     t = g.op("Flatten", g.op("GlobalAveragePool", t))
     return g.model(g.gemm_head(t, 8, 5))
-
-
-def inputs(n: int, seed: int) -> np.ndarray:
-    """Inputs with correlated channels (as images have)."""
-    rng = np.random.default_rng(seed)
-    base = rng.standard_normal((n, 2, 8, 8))
-    mix = np.array([[1.0, 0.0], [0.7, 0.7], [0.0, 1.0], [0.5, -0.5]])
-    return (np.einsum("cb,nbhw->nchw", mix, base) + 0.3 * rng.standard_normal((n, 4, 8, 8))).astype(np.float32)
-
-
-def held_out_error(model, pruned, x) -> float:
-    name = model.graph.output[0].name
-    reference = run_model(model, {"x": x})[name].astype(np.float64)
-    got = run_model(pruned, {"x": x})[name].astype(np.float64)
-    return float(np.linalg.norm(got - reference) / np.linalg.norm(reference))
 
 
 @pytest.fixture()

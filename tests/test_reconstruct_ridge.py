@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 import pytest
 from graphs import GraphBuilder
+from recovery_data import correlated_inputs as inputs, output_error as error
 
 from onnxprune import prune
-from onnxprune.model.runtime import run_model
 from onnxprune.recover.ridge import NormalEquations, choose_ridge
 
 
@@ -28,22 +28,6 @@ def residual_net(seed: int = 0) -> onnx.ModelProto:
     inner = g.op("Relu", g.conv(stem, 8, 8))
     out = g.op("Relu", g.op("Add", g.conv(inner, 8, 8), stem))
     return g.model(g.gemm_head(g.op("Flatten", g.op("GlobalAveragePool", out)), 8, 5))
-
-
-def inputs(n: int, seed: int) -> np.ndarray:
-    """Inputs with correlated channels (as images have)."""
-    rng = np.random.default_rng(seed)
-    base = rng.standard_normal((n, 2, 8, 8))
-    mix = np.array([[1.0, 0.0], [0.7, 0.7], [0.0, 1.0], [0.5, -0.5]])
-    return (np.einsum("cb,nbhw->nchw", mix, base) + 0.3 * rng.standard_normal((n, 4, 8, 8))).astype(np.float32)
-
-
-def error(model, pruned, x) -> float:
-    """Relative L2 distance of the pruned model's output from the model's on `x`."""
-    name = model.graph.output[0].name
-    reference = run_model(model, {"x": x})[name].astype(np.float64)
-    got = run_model(pruned, {"x": x})[name].astype(np.float64)
-    return float(np.linalg.norm(got - reference) / np.linalg.norm(reference))
 
 
 @pytest.fixture()

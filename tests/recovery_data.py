@@ -1,0 +1,33 @@
+"""Data and error helpers shared by the recovery tests (reconstruction, fine-tuning)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxprune.model.runtime import run_model
+
+
+def correlated_inputs(n: int, seed: int) -> np.ndarray:
+    """Inputs x[N,4,8,8] with correlated channels (as images have)."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n, 2, 8, 8))
+    mix = np.array([[1.0, 0.0], [0.7, 0.7], [0.0, 1.0], [0.5, -0.5]])
+    return (np.einsum("cb,nbhw->nchw", mix, base) + 0.3 * rng.standard_normal((n, 4, 8, 8))).astype(np.float32)
+
+
+def output_error(model, pruned, x) -> float:
+    """Relative L2 distance of the pruned model's first output from the model's on input `x`."""
+    name = model.graph.output[0].name
+    reference = run_model(model, {"x": x})[name].astype(np.float64)
+    got = run_model(pruned, {"x": x})[name].astype(np.float64)
+    return float(np.linalg.norm(got - reference) / np.linalg.norm(reference))
+
+
+def brightest_channel_samples(n: int, seed: int, classes: int = 3):
+    """Images x[N,3,8,8] whose class is the brightest colour channel (translation- and
+    flip-invariant), and their labels."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = rng.standard_normal((n, 3, 8, 8)).astype(np.float32)
+    x[np.arange(n), y] += 1.5
+    return x, y.astype(np.int64)
