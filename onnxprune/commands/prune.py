@@ -109,7 +109,35 @@ def add_verification_options(sub: argparse.ArgumentParser) -> None:
 
 
 def add_recovery_options(sub: argparse.ArgumentParser) -> None:
-    """The chain (fine-tuning after pruning) and least-squares reconstruction."""
+    """The chain (fine-tuning after pruning, iterative rounds), least-squares reconstruction and
+    label-free distillation."""
+    add_chain_options(sub)
+    sub.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="after verification, refit each pruned layer's kept weights and bias by least squares "
+        "to the unpruned model's layer outputs on --calib data (needs --calib)",
+    )
+    add_distillation_options(sub)
+    sub.add_argument(
+        "--eval-tokens",
+        metavar="FILE",
+        help="held-out token ids (.npz: input_ids, and attention_mask if the model takes it) of a causal "
+        "LM whose first output is logits [batch, sequence, vocab]: report its perplexity (exp of the "
+        "mean next-token cross-entropy, ONNX Runtime) before and after pruning",
+    )
+    sub.add_argument(
+        "--ridge",
+        type=ridge_value,
+        default=None,
+        metavar="auto|L",
+        help="--reconstruct: ridge λ, relative to the mean diagonal of XᵀX, for every layer; 'auto' "
+        "(default): chosen per layer from the error on held-out calibration samples",
+    )
+
+
+def add_chain_options(sub: argparse.ArgumentParser) -> None:
+    """Fine-tuning after pruning in the same command, and iterative pruning (--steps)."""
     chain = sub.add_argument_group("one command: prune -> reconstruct -> fine-tune -> check -> bench")
     chain.add_argument(
         "--finetune-data",
@@ -141,12 +169,10 @@ def add_recovery_options(sub: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no random crop/flip (for data that is not flip-invariant, e.g. digits)",
     )
-    sub.add_argument(
-        "--reconstruct",
-        action="store_true",
-        help="after verification, refit each pruned layer's kept weights and bias by least squares "
-        "to the unpruned model's layer outputs on --calib data (needs --calib)",
-    )
+
+
+def add_distillation_options(sub: argparse.ArgumentParser) -> None:
+    """--recover kd and its budget."""
     kd = sub.add_argument_group(
         "label-free recovery (after --reconstruct when both are given; needs --calib, labels are not used)"
     )
@@ -166,21 +192,6 @@ def add_recovery_options(sub: argparse.ArgumentParser) -> None:
     )
     kd.add_argument("--recover-steps", type=int, metavar="N", help="--recover: at most N optimizer steps")
     kd.add_argument("--recover-lr", type=float, metavar="LR", help="--recover: peak learning rate (default 0.01)")
-    sub.add_argument(
-        "--eval-tokens",
-        metavar="FILE",
-        help="held-out token ids (.npz: input_ids, and attention_mask if the model takes it) of a causal "
-        "LM whose first output is logits [batch, sequence, vocab]: report its perplexity (exp of the "
-        "mean next-token cross-entropy, ONNX Runtime) before and after pruning",
-    )
-    sub.add_argument(
-        "--ridge",
-        type=ridge_value,
-        default=None,
-        metavar="auto|L",
-        help="--reconstruct: ridge λ, relative to the mean diagonal of XᵀX, for every layer; 'auto' "
-        "(default): chosen per layer from the error on held-out calibration samples",
-    )
 
 
 def ridge_value(text: str) -> float | None:
