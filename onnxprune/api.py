@@ -30,6 +30,7 @@ from onnxprune.criteria.scoring import score_groups
 from onnxprune.measure.calibration import CalibrationData
 from onnxprune.model.io import atomic_write_text, save_model
 from onnxprune.passes.apply_plan import apply_plan
+from onnxprune.recover.candidates import candidate_evaluator
 from onnxprune.recover.distill import Distillation, distill
 from onnxprune.recover.reconstruct import Reconstruction, reconstruct
 from onnxprune.report.document import prune_report
@@ -126,6 +127,7 @@ def prune(
     layerwise: dict | str | None = None,
     samples: int = 64,
     jobs: int = 1,
+    search_eval: str | None = None,
     reconstruct: bool = False,
     ridge: float | None = None,
     round_ep: str = "cpu",
@@ -146,18 +148,18 @@ def prune(
     data-driven criteria (`calib`: a .npz/.npy file or an image folder; `calib_samples`,
     `preprocess`, `batch_size`), allocation (`target_flops`/`target_params`: a fraction like 0.5 or
     '2.1G'; `target_latency`: ms on ONNX Runtime CPU; `allocate`: uniform, global, sensitivity,
-    random-search with `samples`/`jobs`, or layerwise with `layerwise`), rounding (`round_to`: a
-    multiple or 'auto', timed on `round_ep` at `round_batch`), recovery (`reconstruct` by least
-    squares with `ridge`; `recover='kd'`: then label-free distillation from the input model on the
-    calibration images for `recover_time` seconds (default 300) and/or `recover_steps` steps, at
-    `recover_lr`, kept only if it agrees better with the input model on held-out images),
-    verification (`verify`, `input_shapes`, `strict`: refuse instead of
-    freezing the groups whose pruning fails) and evaluation (`eval_tokens`: a .npz of held-out token
-    ids; a causal LM's perplexity before and after, in the report's `perplexity`). `progress()` is
-    called as the work advances.
+    random-search with `samples`/`jobs` and `search_eval`, its ranking: None ('raw' output change),
+    'reconstruct' or 'kd-steps:N' (each candidate's held-out score after that recovery, see
+    select/search_eval.py), or layerwise with `layerwise`), rounding (`round_to`: a multiple or
+    'auto', timed on `round_ep` at `round_batch`), recovery (`reconstruct` by least squares with
+    `ridge`; `recover='kd'`: then label-free distillation from the input model on the calibration
+    images for `recover_time` seconds (default 300) and/or `recover_steps` steps, at `recover_lr`,
+    kept only if it agrees better with the input model on held-out images), verification
+    (`verify`, `input_shapes`, `strict`: refuse instead of freezing the groups whose pruning
+    fails) and evaluation (`eval_tokens`: a .npz of held-out token ids; a causal LM's perplexity
+    before and after, in the report's `perplexity`). `progress()` is called as the work advances.
 
-    Raises InputError for unusable input and VerificationError when the pruned model does not
-    match the masked reference (nothing is returned then).
+    Raises InputError for unusable input, VerificationError when the pruned model fails the masked reference.
     """
     keywords = {name: value for name, value in locals().items() if name not in ("model_or_path", "progress")}
     return run_prune(model_or_path, PruneConfig.from_keywords(**keywords), progress)
@@ -173,8 +175,10 @@ def run_prune(
     evaluation = config.evaluation.open(analysis.model, config.calibration.batch_size)
     data = config.calibration.load(analysis.model, config.seed)
     scores = score_groups(analysis, config.selection.criterion, config.seed, data, progress)
+    search, ridge = config.allocation.search, config.recovery.ridge
+    evaluate = candidate_evaluator(analysis, data, search, config.seed, ridge, progress)
     plan, allocation = plan_pruning(
-        analysis, scores, config.select_options(), config.allocation, data, config.seed, progress
+        analysis, scores, config.select_options(), config.allocation, data, config.seed, progress, evaluate
     )
     plan, rounding = round_plan(analysis, scores, plan, config, progress)
     verified = apply_and_verify(analysis, plan, config)

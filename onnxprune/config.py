@@ -183,6 +183,7 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "layerwise": ("allocation", "layerwise"),
     "samples": ("allocation", "samples"),
     "jobs": ("allocation", "jobs"),
+    "search_eval": ("allocation", "search_eval"),
     "round_to": ("rounding", "to"),
     "round_ep": ("rounding", "ep"),
     "round_batch": ("rounding", "batch"),
@@ -227,6 +228,7 @@ class PruneConfig:
     def validate(self) -> None:
         """InputError for any option outside its range, before any work is done."""
         self.rounding.validate(self.allocation)
+        self.allocation.validate_search(bool(self.calibration.source))
         self.select_options().validate()
         self.recovery.validate(self.calibration)
         self.evaluation.validate()

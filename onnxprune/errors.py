@@ -30,6 +30,7 @@ FLAGS: dict[str, str] = {
         "layerwise",
         "samples",
         "jobs",
+        "search_eval",
         "reconstruct",
         "ridge",
         "round_batch",

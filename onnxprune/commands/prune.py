@@ -75,7 +75,18 @@ def add_allocation_options(sub: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--layerwise", metavar="FILE", help="JSON/YAML map of group id or layer name to ratio")
     group.add_argument("--samples", type=int, default=64, help="random-search: candidates to evaluate (default 64)")
-    group.add_argument("--jobs", type=int, default=1, help="random-search: processes (default 1)")
+    group.add_argument(
+        "--jobs", type=int, default=1, help="random-search: processes for the raw measurement (default 1)"
+    )
+    group.add_argument(
+        "--search-eval",
+        metavar="MODE",
+        help="random-search: how candidates are ranked. raw (default): output change of the raw pruned "
+        "model, fast; reconstruct: held-out output error after a least-squares reconstruction of each "
+        "candidate (--ridge); kd-steps:N: held-out top-1 agreement with the input model after N "
+        "distillation steps of each candidate (torch). The recovered modes rank by what the model "
+        "becomes after recovery, at a recovery per candidate (needs --calib)",
+    )
     group.add_argument(
         "--plot",
         metavar="DIR",

@@ -232,9 +232,29 @@ def print_rules() -> None:
     stdout.print(table)
 
 
+class ProgressAdvance:
+    """What `progress_bar` yields: call it (`advance(steps=1)`) to advance the current bar;
+    `stage(description, total)` shows a bar of its own for one part of the work (e.g. one
+    random-search candidate), `stage(None)` goes back to the first bar."""
+
+    def __init__(self, progress, description: str, total: int | None):
+        self._progress = progress
+        self._first = self._task = progress.add_task(description, total=total)
+
+    def __call__(self, steps: int = 1) -> None:
+        self._progress.advance(self._task, steps)
+
+    def stage(self, description: str | None, total: int | None = None) -> None:
+        """Replace the current stage's bar by one for `description` (None: the first bar)."""
+        if self._task != self._first:
+            self._progress.remove_task(self._task)
+        self._task = self._first if description is None else self._progress.add_task(description, total=total)
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, total: int | None = None):
-    """A progress bar on stderr (shown only on a terminal); yields `advance()`, to call per step."""
+    """A progress bar on stderr (shown only on a terminal); yields a `ProgressAdvance`, to call
+    per step."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -245,5 +265,4 @@ def progress_bar(description: str, total: int | None = None):
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda steps=1: progress.advance(task, steps)
+        yield ProgressAdvance(progress, description, total)

@@ -177,6 +177,7 @@ def search_figure(report: dict, candidates: list[dict]):
     the uniform shape marked, the MACs target as a line."""
     figure = _figure(7.5, 5.2)
     axes = figure.subplots()
+    ylabel, short = score_label((report.get("allocation") or {}).get("search_eval") or "raw")
     flops = np.array([c["flops"] for c in candidates], dtype=float)
     scores = np.array([c["score"] for c in candidates], dtype=float)
     scale, unit = _unit(flops.max() if len(flops) else 1.0)
@@ -205,7 +206,7 @@ def search_figure(report: dict, candidates: list[dict]):
             edgecolors="black",
             linewidths=0.6,
             zorder=4,
-            label=f"chosen: #{best['candidate']} (change {best['score']:.3g})",
+            label=f"chosen: #{best['candidate']} ({short} {best['score']:.3g})",
         )
     target = (report.get("allocation") or {}).get("target") or {}
     if target.get("kind") == "flops":
@@ -218,12 +219,21 @@ def search_figure(report: dict, candidates: list[dict]):
         )
         axes.axvline(target["target"] * 0.98 / scale, color="tab:gray", linestyle=":", linewidth=1, label="target − 2%")
     axes.set_xlabel(f"MACs of the candidate ({unit or 'count'})")
-    axes.set_ylabel("output change  ||y − y0|| / ||y0||  (lower is better)")
+    axes.set_ylabel(f"{ylabel}  (lower is better)")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8, loc="best")
     axes.set_title(f"Random search over {len(candidates)} candidates: {_title(report).split(', ', 1)[-1]}", fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def score_label(search_eval: str) -> tuple[str, str]:
+    """(axis label, short name) of the score random-search ranked by (`--search-eval`)."""
+    if search_eval == "reconstruct":
+        return "held-out output error after reconstruction", "error"
+    if search_eval.startswith("kd-steps:"):
+        return f"1 − held-out agreement after {search_eval.split(':')[1]} kd steps", "1 − agreement"
+    return "output change  ||y − y0|| / ||y0||", "change"
 
 
 def _unit(value: float) -> tuple[float, str]:

@@ -9,6 +9,7 @@ first time it is read.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from onnxprune.select.budgets import (
     parse_budget,
 )
 from onnxprune.select.plan import PruningPlan
+from onnxprune.select.search_eval import CandidateScore, SearchEval, parse_search_eval
 from onnxprune.select.selection import SelectOptions, select_ratios
 
 
@@ -46,6 +48,10 @@ class AllocationContext:
     jobs: int = 1
     layerwise: dict | None = None
     progress: Callable | None = None
+    #: how random-search ranks candidates (select/search_eval.py), and, for the modes that recover
+    #: each candidate first, the recovery that scores one (built by recover/candidates.py)
+    search: SearchEval = field(default_factory=SearchEval)
+    evaluate: Callable[[PruningPlan], CandidateScore] | None = None
 
     @property
     def target(self) -> Budget:
@@ -187,6 +193,8 @@ class AllocationRequest:
     layerwise: dict | str | None = None
     samples: int = 64
     jobs: int = 1
+    #: random-search's ranking: None (raw), 'raw', 'reconstruct' or 'kd-steps:N'
+    search_eval: str | None = None
     resolved: Budget | None = None
 
     @property
@@ -212,6 +220,36 @@ class AllocationRequest:
                 parameter="allocate",
             )
         return False
+
+    @property
+    def search(self) -> SearchEval:
+        """The parsed `search_eval` (raw when not given)."""
+        return parse_search_eval(self.search_eval)
+
+    def validate_search(self, calibrated: bool) -> None:
+        """InputError for a bad `search_eval`, one without random-search, or without calibration
+        data (`calibrated`: whether a calibration source was given)."""
+        if self.search_eval is None:
+            return
+        search = self.search
+        if not self.active or self.strategy != "random-search":
+            raise InputError(
+                "{search_eval} ranks the candidates of a random search: add {allocate} random-search "
+                "and a target (e.g. {target_flops} 0.5)",
+                parameter="search_eval",
+            )
+        if not calibrated:
+            raise InputError(
+                f"{{search_eval}} {search.name} measures candidates on calibration data: add {{calib}} PATH "
+                "(.npz/.npy or an image folder)",
+                parameter="search_eval",
+            )
+        if search.mode == "kd" and importlib.util.find_spec("torch") is None:
+            raise InputError(
+                f"{{search_eval}} {search.name} distills with torch: install the torch extra "
+                "(pip install 'onnxprune[torch]')",
+                parameter="search_eval",
+            )
 
     def budget(self, cost: PlanCost, analysis: Analysis) -> Budget | None:
         """The target as an absolute Budget."""

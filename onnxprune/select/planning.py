@@ -11,6 +11,7 @@ from onnxprune.report.plots import kept_per_layer
 from onnxprune.select.allocation import Allocation, AllocationContext, AllocationRequest, allocate
 from onnxprune.select.budgets import PlanCost
 from onnxprune.select.plan import PruningPlan
+from onnxprune.select.search_eval import CandidateScore
 from onnxprune.select.selection import SelectOptions, select
 
 if TYPE_CHECKING:
@@ -34,9 +35,11 @@ def plan_pruning(
     data=None,
     seed: int = 0,
     progress: Callable | None = None,
+    evaluate: Callable[[PruningPlan], CandidateScore] | None = None,
 ) -> tuple[PruningPlan, PlannedAllocation | None]:
     """The plan: plain selection at `options.ratio`, or a strategy's allocation for a target
-    or a layerwise map. Returns (plan, PlannedAllocation or None)."""
+    or a layerwise map (`evaluate`: random-search's recovered score of a candidate, for
+    `request.search_eval` reconstruct or kd-steps:N). Returns (plan, PlannedAllocation or None)."""
     if not request.active:
         return select(analysis.groups, scores, options), None
     cost = PlanCost(analysis, analysis.macs_shapes)
@@ -55,6 +58,8 @@ def plan_pruning(
         request.jobs,
         request.layerwise_map(),
         progress,
+        request.search,
+        evaluate,
     )
     assert request.strategy is not None, "an active request has chosen its strategy"
     result = allocate(ctx, request.strategy)
@@ -89,6 +94,8 @@ def allocation_report(result: Allocation, request: AllocationRequest, report: di
         "layers": getattr(result, "layers", None),
         "history": result.history,
     }
+    if request.strategy == "random-search":
+        entry["search_eval"] = request.search.name
     if request.kind:
         budget = request.resolved
         assert budget is not None, "plan_pruning resolved the target to a budget"
