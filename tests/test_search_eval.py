@@ -172,15 +172,16 @@ BAD = {
     "kd-steps:0": (["--allocate", "random-search", "--search-eval", "kd-steps:0"], "got 'kd-steps:0'"),
     "no random-search": (["--search-eval", "reconstruct"], "add --allocate random-search"),
     "another strategy": (["--allocate", "sensitivity", "--search-eval", "raw"], "add --allocate random-search"),
-    "no calib": (["--allocate", "random-search", "--search-eval", "kd-steps:3", "--no-calib"], "add --calib"),
+    "no calib": (["--allocate", "random-search", "--search-eval", "kd-steps:3"], "add --calib"),
+    "one sample": (["--allocate", "random-search", "--search-eval", "kd-steps:3"], "at least 2 samples"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_search_eval_is_one_line_exit_2(case, files, capsys, tmp_path):
     args, expected = BAD[case]
-    calib = [] if "--no-calib" in args else ["--calib", str(files["calib"])]
-    args = [a for a in args if a != "--no-calib"]
+    calib = {"no calib": [], "one sample": ["--calib", tmp_path / "one.npz"]}.get(case, ["--calib", files["calib"]])
+    np.savez(tmp_path / "one.npz", x=correlated_inputs(1, 0))
     out = tmp_path / "out.onnx"
     code, _, err = run_cli(capsys, files["model"], "-o", out, "--target-flops", "0.5", *calib, *args)
     lines = err.strip().splitlines()

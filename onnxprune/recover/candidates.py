@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from onnxprune.analysis.analyze import Analysis
+from onnxprune.errors import InputError
 from onnxprune.measure.calibration import CalibrationData
 from onnxprune.passes.apply_plan import AppliedPlan, apply_plan
 from onnxprune.recover.distill import DistillOptions, distill
@@ -33,6 +34,12 @@ def candidate_evaluator(
     λ (None: chosen per layer); `progress()` advances per layer or distillation step."""
     if not search.recovers or data is None:
         return None
+    if search.mode == "kd" and (len(data.inputs) > 1 or data.samples < 2):
+        raise InputError(
+            f"{{search_eval}} {search.name} distills on the calibration samples: it needs a model with one "
+            f"input and at least 2 samples (got {len(data.inputs)} input(s), {data.samples} sample(s))",
+            parameter="search_eval",
+        )
 
     def evaluate(plan: PruningPlan) -> CandidateScore:
         started = time.perf_counter()
