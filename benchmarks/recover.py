@@ -33,6 +33,7 @@ from common import environment, table  # noqa: E402
 from criteria import DEFAULT_CACHE, extract_train  # noqa: E402
 
 import onnxprune  # noqa: E402
+from onnxprune.config import PruneConfig  # noqa: E402
 from onnxprune.measure.calibration import load_calibration  # noqa: E402
 from onnxprune.recover.distill import distill, flat  # noqa: E402
 from onnxprune.report.plots import save_curve_plot  # noqa: E402
@@ -66,7 +67,7 @@ def run(kind: str, count: int, args, train: Path, images, labels) -> dict:
     t1 = time.perf_counter()
     rebuilt = onnxprune.prune(source, reconstruct=True, **common)
     t2 = time.perf_counter()
-    config = onnxprune.PruneConfig.from_keywords(
+    config = PruneConfig.from_keywords(
         **common, recover="kd", recover_time=args.recover_time, recover_steps=args.recover_steps
     )
     data = load_calibration(train, rebuilt.model, count, PREPROCESS, 64, args.seed)

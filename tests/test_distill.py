@@ -64,7 +64,7 @@ def _run(setup, **options):
 def test_kd_raises_the_agreement_and_keeps_the_architecture(setup):
     result = _run(setup, seconds=None, steps=60, lr=0.05, evaluations=4)
     assert result.applied
-    assert result.after["kl"] < result.before["kl"]
+    assert result.after["error"] < result.before["error"]
     assert result.after["agreement"] >= result.before["agreement"]
     assert result.steps == 60 and result.best_step > 0
     assert [n.op_type for n in result.model.graph.node] == [n.op_type for n in setup["pruned"].graph.node]
@@ -79,7 +79,7 @@ def test_kd_never_returns_a_worse_model(setup):
     assert result.model is setup["pruned"]
     assert result.after == result.before
     assert "kept" in result.to_dict()["stopped"]
-    assert max(e["kl"] for e in result.curve[1:]) > 10 * result.before["kl"]  # training did hurt
+    assert max(e["error"] for e in result.curve[1:]) > 10 * result.before["error"]  # training did hurt
 
 
 def test_recover_steps_bounds_the_stage_and_the_report_records_it(setup, tmp_path):
@@ -95,7 +95,8 @@ def test_recover_steps_bounds_the_stage_and_the_report_records_it(setup, tmp_pat
 
 def test_agreement_and_split():
     t = np.array([[2.0, 0.0], [0.0, 1.0]])
-    assert agreement(t, t) == {"agreement": 1.0, "kl": pytest.approx(0.0)}
+    assert agreement(t, t) == {"error": 0.0, "agreement": 1.0, "kl": pytest.approx(0.0)}
+    assert agreement(2 * t, t)["error"] == pytest.approx(1.0)
     assert agreement(t[:, ::-1], t)["agreement"] == 0.0
     train, held = split_samples(500, 0)
     assert len(held) == 100 and len(train) == 400 and not set(train) & set(held)
@@ -121,3 +122,29 @@ def test_cli_recover_needs_calib_and_prints_the_summary(setup, tmp_path, capsys)
     assert code == 0
     text = capsys.readouterr().out
     assert "kd step" in text and "distillation (kd, no labels): 3 steps" in text
+
+
+def test_mix_batch_blends_images_of_the_batch():
+    """CutMix pastes one box of another image of the batch (every pixel comes from one of the two
+    images); mixup blends each image with another one, convexly; "none" returns the batch."""
+    import torch
+
+    from onnxprune.recover.distill import mix_batch
+
+    x = torch.arange(4, dtype=torch.float32).reshape(4, 1, 1, 1).expand(4, 2, 8, 8).contiguous()
+    g = torch.Generator().manual_seed(0)
+    assert mix_batch(x, "none", g) is x
+    cut = mix_batch(x, "cutmix", g)
+    assert cut.shape == x.shape
+    for i in range(4):  # per image: its own value outside the box, one image's value inside
+        values = set(cut[i].unique().tolist())
+        assert len(values) <= 2 and values <= {0.0, 1.0, 2.0, 3.0}
+    assert (cut != x).any()
+    mixed = mix_batch(x, "mixup", g)
+    assert torch.all(mixed >= 0) and torch.all(mixed <= 3)
+    assert torch.allclose(mixed, mixed[:, :1, :1, :1].expand_as(mixed))  # one weight per image
+
+
+def test_kl_loss_and_no_mixing_still_recover(setup):
+    result = _run(setup, seconds=None, steps=40, lr=0.05, evaluations=4, loss="kl", mix="none")
+    assert result.applied and result.after["error"] < result.before["error"]

@@ -221,3 +221,19 @@ def test_batchnorm_statistics_are_recalibrated(zoo_model, tmp_path):
     stats = {i.name: onnx.numpy_helper.to_array(i) for i in pruned.graph.initializer}
     np.testing.assert_allclose(stats[first.input[3]], seen.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stats[first.input[4]], seen.var(axis=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def test_only_outputs_cuts_the_graph_to_what_the_tensors_need():
+    """`only_outputs` keeps the nodes (and initializers) an early tensor depends on and nothing
+    after it; the cut model computes the same values as the whole one."""
+    from onnxprune.model.edit import only_outputs, with_outputs
+
+    model = conv_net()
+    first_relu = next(n for n in model.graph.node if n.op_type == "Relu").output[0]
+    cut = only_outputs(model, [first_relu])
+    assert [n.op_type for n in cut.graph.node] == ["Conv", "Relu"]
+    assert len(cut.graph.initializer) == 2  # the first Conv's weight and bias
+    assert [o.name for o in cut.graph.output] == [first_relu]
+    x = inputs(6, seed=3)
+    whole = run_model(with_outputs(model, [first_relu]), {"x": x})[first_relu]
+    np.testing.assert_array_equal(run_model(cut, {"x": x})[first_relu], whole)

@@ -112,16 +112,16 @@ def test_reconstruct_ranks_the_same_candidates_by_the_recovered_error(runs):
     assert result.report["verification"]["ok"] and "reconstruction" not in result.report  # ranking only
 
 
-def test_kd_steps_ranks_by_held_out_agreement_then_kl(runs):
+def test_kd_steps_ranks_by_held_out_error_then_kl(runs):
     pytest.importorskip("torch")
     result = runs["kd-steps:2"]
     rows = candidates(result)
     assert [h["raw_score"] for h in rows] == [h["score"] for h in candidates(runs["raw"])]
     for h in rows:
         assert h["steps"] == 2 and h["held_out_samples"] == 19
-        assert 0 <= h["agreement"] <= 1 and h["score"] == pytest.approx(1 - h["agreement"])
-        assert h["agreement"] >= h["agreement_before"] and 0 <= h["kl"] <= h["kl_before"]
-    assert len({h["agreement"] for h in rows}) > 1  # the candidates are told apart
+        assert 0 <= h["agreement"] <= 1 and h["score"] == pytest.approx(h["held_out_error"])
+        assert h["held_out_error"] <= h["held_out_error_before"]
+    assert len({h["score"] for h in rows}) > 1  # the candidates are told apart
     assert winner(result)["search_eval"] == "kd-steps:2" and winner(result)["winner"] == argmin(result, "kl")
     assert "distillation" not in result.report  # ranking only: the chosen plan is not distilled
 

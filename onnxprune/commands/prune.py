@@ -83,7 +83,7 @@ def add_allocation_options(sub: argparse.ArgumentParser) -> None:
         metavar="MODE",
         help="random-search: how candidates are ranked. raw (default): output change of the raw pruned "
         "model, fast; reconstruct: held-out output error after a least-squares reconstruction of each "
-        "candidate (--ridge); kd-steps:N: held-out top-1 agreement with the input model after N "
+        "candidate (--ridge); kd-steps:N: held-out output error against the input model after N "
         "distillation steps of each candidate (torch). The recovered modes rank by what the model "
         "becomes after recovery, at a recovery per candidate (needs --calib)",
     )

@@ -1,4 +1,4 @@
-"""Graph-edit helpers: copies without weights, extra outputs, large weights set aside and put back."""
+"""Graph-edit helpers: copies without weights, extra outputs (or only some), large weights set aside and put back."""
 
 from __future__ import annotations
 
@@ -39,6 +39,33 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
         onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
         for n in dict.fromkeys(names)
         if n not in present
+    )
+    return copy
+
+
+def only_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of the model whose outputs are the tensors `names` (float32) alone, without the nodes
+    and initializers they do not depend on (ONNX Runtime runs every node of a graph whatever the
+    outputs asked for: the cut makes a pass up to an early tensor cost only that far). The graph
+    inputs are all kept (but initializers listed as inputs), so the same feeds work."""
+    from onnxprune.model.subgraphs import subgraph_outer_reads
+
+    needed, kept = set(names), []
+    for node in reversed(model.graph.node):
+        if any(out in needed for out in node.output):
+            kept.append(node)
+            needed.update(name for name in [*node.input, *subgraph_outer_reads(node)] if name)
+    copy = copy_without_initializers(model)
+    copy.graph.ClearField("node")
+    copy.graph.node.extend(reversed(kept))
+    copy.graph.initializer.extend(init for init in model.graph.initializer if init.name in needed)
+    dropped = {init.name for init in model.graph.initializer} - needed  # IR < 4 lists them as inputs too
+    inputs = [i for i in model.graph.input if i.name not in dropped]
+    copy.graph.ClearField("input")
+    copy.graph.input.extend(inputs)
+    copy.graph.ClearField("output")
+    copy.graph.output.extend(
+        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in dict.fromkeys(names)
     )
     return copy
 

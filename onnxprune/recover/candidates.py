@@ -74,12 +74,15 @@ def reconstructed_score(
 def distilled_score(
     analysis: Analysis, applied: AppliedPlan, data: CalibrationData, steps: int, seed: int, progress=None
 ) -> CandidateScore:
-    """1 − held-out top-1 agreement with the input model after `steps` distillation steps (the
-    best checkpoint, which is never worse than the start), ties broken by the held-out KL."""
+    """The held-out relative output error against the input model after `steps` distillation
+    steps (the best checkpoint, which is never worse than the start; the metric distillation
+    keeps its checkpoints by), ties broken by the held-out KL."""
     options = DistillOptions(seconds=None, steps=steps, seed=seed)
     distilled = distill(analysis.model, applied.model, data, options, progress=progress)
     after, before = distilled.after, distilled.before
     record = {
+        "held_out_error": after["error"],
+        "held_out_error_before": before["error"],
         "agreement": after["agreement"],
         "kl": after["kl"],
         "agreement_before": before["agreement"],
@@ -87,4 +90,4 @@ def distilled_score(
         "steps": distilled.steps,
         "held_out_samples": distilled.held_out_samples,
     }
-    return CandidateScore(1.0 - float(after["agreement"]), float(after["kl"]), record)
+    return CandidateScore(float(after["error"]), float(after["kl"]), record)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxprune.model.edit import with_outputs
+from onnxprune.model.edit import only_outputs
 from onnxprune.model.runtime import make_session
 from onnxprune.recover.batchnorm import recalibrate_batchnorm
 from onnxprune.recover.layerfit import current_solution, write_fit
@@ -165,8 +165,8 @@ def accumulate(
     read_names = [n for layer in layers for n in [layer.node.input[0], *(layer.residual or ())[1:]]]
     known = {o for node in original.graph.node for o in node.output}
     target_names = [n for layer in layers for n in [layer.node.output[0], *(layer.residual or ())[:1]] if n in known]
-    reads = make_session(with_outputs(pruned, list(dict.fromkeys(read_names))), optimize=True)
-    targets = make_session(with_outputs(original, list(dict.fromkeys(target_names))), optimize=True)
+    reads = make_session(only_outputs(pruned, list(dict.fromkeys(read_names))), optimize=True)
+    targets = make_session(only_outputs(original, list(dict.fromkeys(target_names))), optimize=True)
     rng, samples = np.random.default_rng(seed), 0
     for index, (feeds, _) in enumerate(data.batches()):
         if index >= fit_batches:

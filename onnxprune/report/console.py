@@ -187,7 +187,7 @@ def _recovery_lines(report: dict) -> list[str]:
 
 
 def _distillation_lines(report: dict) -> list[str]:
-    """`--recover kd`: steps, time, held-out agreement before and after, which checkpoint was kept."""
+    """`--recover kd`: steps, time, held-out error and agreement before and after, which checkpoint was kept."""
     kd = report.get("distillation")
     if not kd:
         return []
@@ -195,8 +195,8 @@ def _distillation_lines(report: dict) -> list[str]:
     kept = f"kept step {kd['kept_step']}" if kd["applied"] else "[yellow]not applied[/]: " + kd["stopped"]
     return [
         f"distillation (kd, no labels): {kd['steps']} steps in {kd['seconds']:.0f} s on {kd['train_samples']} "
-        f"images; held-out agreement with the input model {before['agreement']:.1%} → {after['agreement']:.1%} "
-        f"(KL {before['kl']:.3g} → {after['kl']:.3g}, {kd['held_out_samples']} images); {kept}"
+        f"images; held-out output error vs the input model {before['error']:.3g} → {after['error']:.3g} "
+        f"(agreement {before['agreement']:.1%} → {after['agreement']:.1%}, {kd['held_out_samples']} images); {kept}"
     ]
 
 

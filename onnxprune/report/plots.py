@@ -232,7 +232,7 @@ def score_label(search_eval: str) -> tuple[str, str]:
     if search_eval == "reconstruct":
         return "held-out output error after reconstruction", "error"
     if search_eval.startswith("kd-steps:"):
-        return f"1 − held-out agreement after {search_eval.split(':')[1]} kd steps", "1 − agreement"
+        return f"held-out output error after {search_eval.split(':')[1]} kd steps", "error"
     return "output change  ||y − y0|| / ||y0||", "change"
 
 

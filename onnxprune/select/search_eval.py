@@ -10,8 +10,8 @@ ranks sampled architectures after a short fine-tuning.
   the same held-out batches.
 * `kd-steps:N`: each candidate is distilled from the input model for N optimizer steps
   (recover/distill.py, seeded by the run's seed, so every candidate trains and is measured on the
-  same split); its score is 1 − the held-out top-1 agreement with the input model, ties broken by
-  the held-out KL. Agreement is the label-free stand-in for the accuracy the study ranks by.
+  same split); its score is the held-out relative output error against the input model (the
+  metric distillation keeps its checkpoints by), ties broken by the held-out KL.
 
 This module only parses the mode and holds a candidate's score; the recovery that computes it is
 built by recover/candidates.py and reaches the strategy as `AllocationContext.evaluate`.
