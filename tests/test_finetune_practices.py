@@ -243,6 +243,47 @@ def test_group_lasso_collapses_some_channels_in_training(setup):
     assert np.all(norms[dead] == 0.0)  # collapsed channels are exactly zero in every member
 
 
+class _Flattening(torch.nn.Module):
+    """conv -> relu -> conv -> relu -> global pool -> reshape(N, -1) -> fc: the head of the CIFAR
+    ResNets, a Reshape whose target is built from Shape at run time."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, CLASSES)
+
+    def forward(self, x):
+        h = torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.b(torch.relu(self.a(x)))), 1)
+        return self.fc(h.reshape(h.shape[0], -1))
+
+
+def _prunable_channels(model) -> int:
+    return sum(g.channels for g in load_and_analyze(model).groups if g.prunable)
+
+
+def test_group_lasso_writes_the_input_graph(setup, tmp_path, capsys):
+    """`finetune --group-lasso` writes the input graph holding the trained weights, so the analysis
+    of the written model finds the input's 16 prunable channels and the channels the training saw
+    collapse. (The torch re-export it used to write traced the Reshape target into a run-time
+    Shape-Gather-Reshape-Unsqueeze-Concat-Reshape-Split-Squeeze-Unsqueeze-Concat chain that shape
+    inference cannot follow, so the 8 channels before the classifier froze: the shared ResNet-20
+    analysed to 336 channels instead of 400.)"""
+    torch.manual_seed(0)
+    original, out = tmp_path / "flattening.onnx", tmp_path / "sparse.onnx"
+    export_onnx(_Flattening().eval(), torch.zeros(1, 3, 8, 8), original)
+    assert _prunable_channels(original) == 16
+    args = ["finetune", str(original), "--data", str(setup["train"]), "--epochs", "2", "--batch-size", "32"]
+    assert main(args + ["--group-lasso", "8", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    written, source = onnx.load(str(out)), load_and_analyze(original).model
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in source.graph.node]
+    assert [t.name for t in written.graph.initializer] == [t.name for t in source.graph.initializer]
+    analysis = load_and_analyze(written)
+    assert sum(g.channels for g in analysis.groups if g.prunable) == 16
+    dead = GroupLasso.of(to_torch(analysis.model), analysis.groups, 1.0).collapsed()
+    assert f"collapsed {dead.mean():.1%}" in printed and 0 < dead.sum() < 16  # 7 of 16 here
+
+
 def _cli_finetune(setup, out, nproc: int | None, *extra: str):
     args = ["finetune", str(setup["pruned"]), "--data", str(setup["train"]), "--epochs", "2", "--batch-size", "16"]
     prefix = [sys.executable, "-m", "onnxprune"]
