@@ -451,7 +451,7 @@ def _train_step(run: _Run, trainer, teacher, x, y, epoch: int, settings: _Settin
     loss, ce, kd = _loss(logits, y, t_logits, settings)
     if not torch.isfinite(loss):
         raise TrainingDivergedError(
-            f"fine-tuning diverged in epoch {epoch} (loss {float(loss)}); lower --lr "
+            f"fine-tuning diverged in epoch {epoch} (loss {float(loss.detach())}); lower --lr "
             f"(now {settings.lr:g}) or --clip-grad (now {settings.clip_grad:g}); nothing was written"
         )
     run.opt.zero_grad(set_to_none=True)
