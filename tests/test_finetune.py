@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from recovery_data import brightest_channel_samples
+from recovery_data import brightest_channel_samples, tiny_cnn
 
 torch = pytest.importorskip("torch")
 
@@ -19,17 +19,7 @@ CLASSES = 3
 
 
 def _tiny_net():
-    nn = torch.nn
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, CLASSES),
-    )
+    return tiny_cnn(8, CLASSES, batchnorm=True)
 
 
 def _samples(n: int, seed: int):

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from recovery_data import brightest_channel_samples
+from recovery_data import brightest_channel_samples, tiny_cnn
 
 torch = pytest.importorskip("torch")
 
@@ -243,20 +243,6 @@ def test_group_lasso_collapses_some_channels_in_training(setup):
     assert np.all(norms[dead] == 0.0)  # collapsed channels are exactly zero in every member
 
 
-class _Flattening(torch.nn.Module):
-    """conv -> relu -> conv -> relu -> global pool -> reshape(N, -1) -> fc: the head of the CIFAR
-    ResNets, a Reshape whose target is built from Shape at run time."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
-        self.fc = torch.nn.Linear(8, CLASSES)
-
-    def forward(self, x):
-        h = torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.b(torch.relu(self.a(x)))), 1)
-        return self.fc(h.reshape(h.shape[0], -1))
-
-
 def _prunable_channels(model) -> int:
     return sum(g.channels for g in load_and_analyze(model).groups if g.prunable)
 
@@ -270,7 +256,7 @@ def test_group_lasso_writes_the_input_graph(setup, tmp_path, capsys):
     analysed to 336 channels instead of 400.)"""
     torch.manual_seed(0)
     original, out = tmp_path / "flattening.onnx", tmp_path / "sparse.onnx"
-    export_onnx(_Flattening().eval(), torch.zeros(1, 3, 8, 8), original)
+    export_onnx(tiny_cnn(8, CLASSES, reshape=True).eval(), torch.zeros(1, 3, 8, 8), original)
     assert _prunable_channels(original) == 16
     args = ["finetune", str(original), "--data", str(setup["train"]), "--epochs", "2", "--batch-size", "32"]
     assert main(args + ["--group-lasso", "8", "-o", str(out)]) == 0
