@@ -33,7 +33,7 @@ import onnx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from criteria import ARCHIVE, DATA, DEFAULT_CACHE, PREPROCESS, TEST, extract_train, load_test, top1  # noqa: E402
+from criteria import ARCHIVE, DATA, DEFAULT_CACHE, PREPROCESS, TEST, extract_train, load_test, preamble, top1  # noqa: E402
 
 from onnxprune.analysis.analyze import load_and_analyze  # noqa: E402
 from onnxprune.api import prune  # noqa: E402
@@ -175,6 +175,8 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not preamble(MODEL, ARCHIVE, TEST):
+        return 2
     train = extract_train(ARCHIVE, args.cache)
     lines, status = [], 0
     with tempfile.TemporaryDirectory(prefix="onnxprune-training.") as tmp_name:
