@@ -57,3 +57,17 @@ def tiny_cnn(width: int, classes: int, *, batchnorm: bool = False, reshape: bool
         FlattenByReshape() if reshape else nn.Flatten(),
         nn.Linear(width, classes),
     )
+
+
+def fitted(net, x: np.ndarray, y: np.ndarray, steps: int):
+    """`net` after `steps` full-batch Adam steps (lr 0.01) of cross-entropy on (x, y): a trained
+    teacher for the distillation tests. Needs torch."""
+    import torch
+
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net
