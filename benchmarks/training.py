@@ -74,11 +74,19 @@ def subset(train: Path, images: int | None, root: Path) -> Path:
     return folder
 
 
-def run(model, data: Path, epochs: int, practices: Practices, seed: int) -> dict:
+def run(model, data: Path, epochs: int, practices: Practices, seed: int, clip_grad: float = 1.0) -> dict:
     """One fine-tuning run: its final test1000 top-1, the history and the trained model."""
     t0 = time.perf_counter()
     result = finetune(
-        model, data, epochs=epochs, val=TEST, preprocess=PREPROCESS, seed=seed, practices=practices, log=print
+        model,
+        data,
+        epochs=epochs,
+        val=TEST,
+        preprocess=PREPROCESS,
+        seed=seed,
+        practices=practices,
+        log=print,
+        clip_grad=clip_grad,
     )
     return {"top1": result.history[-1]["val_top1"], "result": result, "seconds": time.perf_counter() - t0}
 
@@ -117,12 +125,13 @@ def cut_collapsed(model: onnx.ModelProto) -> tuple[onnx.ModelProto, float, int, 
     return cut, float(dead.mean()), removed, lasso.channels
 
 
-def lasso_measurement(data: Path, epochs: int, strength: float, seed: int, unfold_bn: bool = False) -> dict:
-    """Group lasso `strength` (with `unfold_bn`: and --unfold-bn) on the unpruned ResNet-20:
-    collapsed share, top-1 before / after cutting exactly the collapsed channels."""
-    flags = f"group lasso {strength:g}" + (" with --unfold-bn" if unfold_bn else "")
+def lasso_measurement(data: Path, epochs: int, strength: float, seed: int, unfold_bn: bool, clip: float) -> dict:
+    """Group lasso `strength` (with `unfold_bn`: and --unfold-bn; gradients clipped to `clip`) on
+    the unpruned ResNet-20: collapsed share, top-1 before / after cutting exactly the collapsed
+    channels."""
+    flags = lasso_flags(strength, unfold_bn, clip)
     print(f"--- {flags}, {epochs} epochs on the unpruned ResNet-20", flush=True)
-    out = run(MODEL, data, epochs, Practices(group_lasso=strength, unfold_bn=unfold_bn), seed)
+    out = run(MODEL, data, epochs, Practices(group_lasso=strength, unfold_bn=unfold_bn), seed, clip)
     trained = out["result"].model  # the input graph holding the trained weights
     cut, share, removed, channels = cut_collapsed(trained)
     feeds, labels = load_test(trained)
@@ -130,7 +139,7 @@ def lasso_measurement(data: Path, epochs: int, strength: float, seed: int, unfol
     print(f"    {share:.1%} collapsed, top-1 {before:.1f} -> {after:.1f} % in {out['seconds']:.0f}s", flush=True)
     return {
         "strength": strength,
-        "unfold_bn": unfold_bn,
+        "flags": flags,
         "collapsed": share,
         "trained_collapsed": out["result"].history[-1]["lasso_collapsed"],
         "start": 100 * out["result"].initial["val_top1"],  # the input model, before training
@@ -142,11 +151,15 @@ def lasso_measurement(data: Path, epochs: int, strength: float, seed: int, unfol
     }
 
 
+def lasso_flags(strength: float, unfold_bn: bool, clip: float) -> str:
+    """The finetune options of one group-lasso run."""
+    return f"--group-lasso {strength:g}" + (" --unfold-bn" if unfold_bn else "") + f" --clip-grad {clip:g}"
+
+
 def lasso_line(row: dict, epochs: int, size: str) -> str:
     """One group-lasso result line, with its two goals."""
-    flags = f"--group-lasso {row['strength']:g}" + (" --unfold-bn" if row["unfold_bn"] else "")
     return (
-        f"{flags}, {epochs} epochs x {size}: {row['collapsed']:.1%} of the channels collapsed ({row['cut']} of "
+        f"{row['flags']}, {epochs} epochs x {size}: {row['collapsed']:.1%} of the channels collapsed ({row['cut']} of "
         f"{row['channels']} cut; goal >= {LASSO_GOAL:.0%}); top-1 {row['start']:.1f} % before training, "
         f"{row['before']:.1f} % before the cut, {row['after']:.1f} % after ({row['after'] - row['before']:+.2f} "
         f"points; goal within {LASSO_LOSS:g}); {row['seconds']:.0f}s"
@@ -174,6 +187,12 @@ def parse_args(argv):
         action=argparse.BooleanOptionalAction,
         default=False,
         help="train the group-lasso runs with --unfold-bn too",
+    )
+    parser.add_argument(
+        "--lasso-clip-grad",
+        type=float,
+        default=1.0,
+        help="gradient clipping of the group-lasso runs (default 1, finetune's; 0 off)",
     )
     parser.add_argument("--min-gain", type=float, default=2.0, help="points --unfold-bn must gain (default 2)")
     parser.add_argument("--skip-unfold", action="store_true")
@@ -204,7 +223,9 @@ def main(argv=None) -> int:
             status = 0 if gain >= args.min_gain else 1
         if not args.skip_lasso:
             rows = [
-                lasso_measurement(data, args.lasso_epochs, strength, args.seed, args.lasso_unfold_bn)
+                lasso_measurement(
+                    data, args.lasso_epochs, strength, args.seed, args.lasso_unfold_bn, args.lasso_clip_grad
+                )
                 for strength in args.lasso
             ]
             lines += [lasso_line(row, args.lasso_epochs, size) for row in rows]
