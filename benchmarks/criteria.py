@@ -126,6 +126,23 @@ def source_version() -> str:
     return f"commit {commit}" + (" + uncommitted changes in onnxprune/" if dirty else "")
 
 
+def preamble(*required: Path) -> bool:
+    """The start of a CIFAR benchmark: False (after one 'missing PATH' line on stderr) when a
+    `required` file is absent, else print the environment, the background load (waiting up to 30 s
+    for it to settle) and the onnxprune source that runs (the package's folder: an installed copy
+    may not be this checkout) and return True."""
+    import onnxprune
+
+    for path in required:
+        if not path.exists():
+            print(f"missing {path}", file=sys.stderr)
+            return False
+    print(common.environment())
+    print(common.wait_for_idle(30))
+    print(f"onnxprune: {source_version()}, imported from {Path(onnxprune.__file__).resolve().parent}")
+    return True
+
+
 def top1(model, feeds: dict, labels: np.ndarray) -> float:
     logits = next(iter(run_model(model, feeds, optimize=True).values()))
     return float(np.mean(logits.argmax(axis=1) == labels))
@@ -326,13 +343,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    for path in (MODEL, ARCHIVE, TEST):
-        if not path.exists():
-            print(f"missing {path}", file=sys.stderr)
-            return 2
-    print(common.environment())
-    print(common.wait_for_idle(30))
-    print(f"onnxprune: {source_version()}")
+    if not preamble(MODEL, ARCHIVE, TEST):
+        return 2
 
     analysis = load_and_analyze(MODEL)
     feeds, labels = load_test(analysis.model)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import numpy as np  # noqa: E402
-from criteria import ARCHIVE, DEFAULT_CACHE, MODEL, PREPROCESS, extract_train, source_version  # noqa: E402
+from criteria import ARCHIVE, DEFAULT_CACHE, MODEL, PREPROCESS, extract_train, preamble, source_version  # noqa: E402
 
 from onnxprune.api import load_and_analyze  # noqa: E402
 from onnxprune.criteria.autograd import taylor_scores  # noqa: E402
@@ -122,13 +122,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    for path in (MODEL, ARCHIVE):
-        if not path.exists():
-            print(f"missing {path}", file=sys.stderr)
-            return 2
-    print(common.environment())
-    print(common.wait_for_idle(30))
-    print(f"onnxprune: {source_version()}")
+    if not preamble(MODEL, ARCHIVE):
+        return 2
     analysis = load_and_analyze(MODEL)
     train = extract_train(ARCHIVE, args.cache)
     data = load_calibration(train, analysis.model, args.calib_samples, PREPROCESS, args.batch_size, seed=0)

@@ -29,6 +29,7 @@ from common import table  # noqa: E402
 from criteria import DEFAULT_CACHE, extract_train  # noqa: E402
 from reproduce_table import train_subset  # noqa: E402
 
+from onnxprune.analysis.analyze import load_and_analyze  # noqa: E402
 from onnxprune.api import run_prune  # noqa: E402
 from onnxprune.config import PruneConfig  # noqa: E402
 from onnxprune.recover.chain import finetune_pruned  # noqa: E402
@@ -40,12 +41,14 @@ SOURCE = SHARED / "resnet20.onnx"
 def finetuner(train: Path, epochs: list[int], args):
     """The fine-tuning after round `index`: its share of the epochs, distilled from the input."""
 
+    original = load_and_analyze(SOURCE).model  # the teacher of every round, loaded once
+
     def finetune(result, index: int):
         if not epochs[index]:
             return result
         return finetune_pruned(
             result, SOURCE, train, epochs=epochs[index], preprocess=PREPROCESS, batch_size=args.batch_size,
-            seed=args.seed, log=lambda line: print("   ", line, flush=True),
+            seed=args.seed, log=lambda line: print("   ", line, flush=True), original=original,
         )  # fmt: skip
 
     return finetune

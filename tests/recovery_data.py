@@ -31,3 +31,43 @@ def brightest_channel_samples(n: int, seed: int, classes: int = 3):
     x = rng.standard_normal((n, 3, 8, 8)).astype(np.float32)
     x[np.arange(n), y] += 1.5
     return x, y.astype(np.int64)
+
+
+def tiny_cnn(width: int, classes: int, *, batchnorm: bool = False, reshape: bool = False):
+    """Conv(3→width)-[BN]-ReLU-Conv(width→width)-ReLU-GAP-flatten-Linear(width→classes), the tiny
+    CNN of the recovery tests (a torch module; needs torch). The flatten is ``nn.Flatten`` (an ONNX
+    Flatten), or with `reshape` ``x.reshape(x.shape[0], -1)`` as the CIFAR ResNets do (a Reshape
+    whose target is built from Shape at run time). BN draws no random numbers, so the same seed
+    gives the same convolutions with or without it."""
+    import torch
+
+    nn = torch.nn
+
+    class FlattenByReshape(nn.Module):
+        def forward(self, x):
+            return x.reshape(x.shape[0], -1)
+
+    first = [nn.Conv2d(3, width, 3, padding=1)] + ([nn.BatchNorm2d(width)] if batchnorm else [])
+    return nn.Sequential(
+        *first,
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        FlattenByReshape() if reshape else nn.Flatten(),
+        nn.Linear(width, classes),
+    )
+
+
+def fitted(net, x: np.ndarray, y: np.ndarray, steps: int):
+    """`net` after `steps` full-batch Adam steps (lr 0.01) of cross-entropy on (x, y): a trained
+    teacher for the distillation tests. Needs torch."""
+    import torch
+
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net

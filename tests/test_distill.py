@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from recovery_data import fitted, tiny_cnn
 
 torch = pytest.importorskip("torch")
 
@@ -31,23 +32,7 @@ def _samples(n: int, seed: int):
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     torch.manual_seed(0)
-    nn = torch.nn
-    net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, CLASSES),
-    )
-    x, y = _samples(256, 1)
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    for _ in range(80):
-        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    net = fitted(tiny_cnn(16, CLASSES), *_samples(256, 1), steps=80)
     teacher = root / "teacher.onnx"
     export_onnx(net.eval(), torch.zeros(1, 3, 8, 8), teacher)
     calib = root / "calib.npz"

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from recovery_data import brightest_channel_samples
+from recovery_data import brightest_channel_samples, fitted, tiny_cnn
 
 torch = pytest.importorskip("torch")
 
@@ -19,17 +19,7 @@ CLASSES = 3
 
 
 def _tiny_net():
-    nn = torch.nn
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, CLASSES),
-    )
+    return tiny_cnn(8, CLASSES, batchnorm=True)
 
 
 def _samples(n: int, seed: int):
@@ -49,13 +39,7 @@ def setup(tmp_path_factory):
     train, val = root / "train.npz", root / "val.npz"
     x, y = _samples(384, 1)
     np.savez(train, x=x, y=y)
-    teacher_net = _tiny_net()  # a trained teacher for distillation
-    opt = torch.optim.Adam(teacher_net.parameters(), lr=0.01)
-    for _ in range(60):
-        loss = torch.nn.functional.cross_entropy(teacher_net(torch.from_numpy(x)), torch.from_numpy(y))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    teacher_net = fitted(_tiny_net(), x, y, steps=60)  # a trained teacher for distillation
     teacher = root / "teacher.onnx"
     export_onnx(teacher_net.eval(), torch.zeros(1, 3, 8, 8), teacher)
     x, y = _samples(192, 2)

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from recovery_data import tiny_cnn
 
 torch = pytest.importorskip("torch")
 
@@ -26,16 +27,7 @@ def tiny(tmp_path_factory):
     """A pruned 2-conv CNN and 96 labelled 8x8 images."""
     root = tmp_path_factory.mktemp("ddp")
     torch.manual_seed(0)
-    nn = torch.nn
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 3),
-    ).eval()
+    net = tiny_cnn(8, 3).eval()
     export_onnx(net, torch.zeros(1, 3, 8, 8), root / "original.onnx")
     onnx.save(prune(root / "original.onnx", "l1", 0.5).model, str(root / "pruned.onnx"))
     rng = np.random.default_rng(0)

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from recovery_data import brightest_channel_samples
+from recovery_data import brightest_channel_samples, tiny_cnn
 
 torch = pytest.importorskip("torch")
 
@@ -241,6 +241,33 @@ def test_group_lasso_collapses_some_channels_in_training(setup):
     dead = norms <= 1e-3 * np.median(norms)
     assert dead.mean() == pytest.approx(entry["lasso_collapsed"])
     assert np.all(norms[dead] == 0.0)  # collapsed channels are exactly zero in every member
+
+
+def _prunable_channels(model) -> int:
+    return sum(g.channels for g in load_and_analyze(model).groups if g.prunable)
+
+
+def test_group_lasso_writes_the_input_graph(setup, tmp_path, capsys):
+    """`finetune --group-lasso` writes the input graph holding the trained weights, so the analysis
+    of the written model finds the input's 16 prunable channels and the channels the training saw
+    collapse. (The torch re-export it used to write traced the Reshape target into a run-time
+    Shape-Gather-Reshape-Unsqueeze-Concat-Reshape-Split-Squeeze-Unsqueeze-Concat chain that shape
+    inference cannot follow, so the 8 channels before the classifier froze: the shared ResNet-20
+    analysed to 336 channels instead of 400.)"""
+    torch.manual_seed(0)
+    original, out = tmp_path / "flattening.onnx", tmp_path / "sparse.onnx"
+    export_onnx(tiny_cnn(8, CLASSES, reshape=True).eval(), torch.zeros(1, 3, 8, 8), original)
+    assert _prunable_channels(original) == 16
+    args = ["finetune", str(original), "--data", str(setup["train"]), "--epochs", "2", "--batch-size", "32"]
+    assert main(args + ["--group-lasso", "8", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    written, source = onnx.load(str(out)), load_and_analyze(original).model
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in source.graph.node]
+    assert [t.name for t in written.graph.initializer] == [t.name for t in source.graph.initializer]
+    analysis = load_and_analyze(written)
+    assert sum(g.channels for g in analysis.groups if g.prunable) == 16
+    dead = GroupLasso.of(to_torch(analysis.model), analysis.groups, 1.0).collapsed()
+    assert f"collapsed {dead.mean():.1%}" in printed and 0 < dead.sum() < 16  # 7 of 16 here
 
 
 def _cli_finetune(setup, out, nproc: int | None, *extra: str):

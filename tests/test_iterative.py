@@ -129,3 +129,36 @@ def test_written_back_keeps_names_shapes_and_scalar_constants():
     stored = {t.name: numpy_helper.to_array(t) for t in result.graph.initializer}
     np.testing.assert_allclose(stored["w"], 2 * numpy_helper.to_array(inits[0]))
     assert stored["s"].shape == () and [n.op_type for n in result.graph.node] == ["Conv", "Mul"]
+
+
+def test_rounds_export_nothing_and_load_the_teacher_once(tmp_path, monkeypatch):
+    """--steps with fine-tuning: each round's trained weights are written back into its graph (no
+    torch export), and the teacher is the input loaded once for all rounds (the chain's fine-tuning
+    does not load and analyze it again per round)."""
+    pytest.importorskip("torch")
+    import importlib
+
+    chain = importlib.import_module("onnxprune.recover.chain")
+    finetune = importlib.import_module("onnxprune.recover.finetune")  # the module, not the function
+
+    sys.path.insert(0, str(EXAMPLE))
+    from data import load_digits_split
+
+    x_train, y_train, _, _ = load_digits_split()
+    np.savez(tmp_path / "train.npz", input=x_train[:128], y=y_train[:128])
+    calls = {"export": 0, "chain load": 0}
+
+    def counted(function, key):
+        def wrapper(*args, **kwargs):
+            calls[key] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(finetune, "_export", counted(finetune._export, "export"))
+    monkeypatch.setattr(chain, "load_and_analyze", counted(chain.load_and_analyze, "chain load"))
+    extra = ("--steps", "3", "--finetune-data", str(tmp_path / "train.npz"), "--finetune-epochs", "3")
+    code, report, _, _ = _run(tmp_path, *extra, "--no-augment")
+    assert code == 0 and [len(r) > 0 for r in report["iterative"]["rounds"]] == [True] * 3
+    assert report["finetune"]["teacher"] is True and len(report["finetune"]["history"]) == 1
+    assert calls == {"export": 0, "chain load": 0}

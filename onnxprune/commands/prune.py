@@ -278,8 +278,9 @@ class Prune(Command):
         return 0
 
 
-def finetune_chain(result, source: Path, args: argparse.Namespace, epochs: int):
-    """The chain's fine-tuning of `result` for `epochs` (distilling from `source` unless --no-teacher)."""
+def finetune_chain(result, source: Path, args: argparse.Namespace, epochs: int, original=None):
+    """The chain's fine-tuning of `result` for `epochs` (distilling from `source` unless --no-teacher;
+    `original`: `source` already loaded)."""
     from onnxprune.recover.chain import finetune_pruned
     from onnxprune.report.console import stdout
 
@@ -295,6 +296,7 @@ def finetune_chain(result, source: Path, args: argparse.Namespace, epochs: int):
         teacher=not args.no_teacher,
         augment=not args.no_augment,
         log=stdout.print,
+        original=original,
     )
 
 
@@ -305,10 +307,13 @@ def prune_in_rounds(source: Path, config: PruneConfig, args: argparse.Namespace)
 
     finetune = None
     if args.finetune_data and args.steps >= 1:
+        from onnxprune.analysis.analyze import load_and_analyze
+
         epochs = epochs_per_round(args.finetune_epochs, args.steps)
+        original = load_and_analyze(source).model  # the teacher of every round, loaded once
 
         def finetune(result, index: int):
-            return finetune_chain(result, source, args, epochs[index]) if epochs[index] else result
+            return finetune_chain(result, source, args, epochs[index], original) if epochs[index] else result
 
     with progress_bar(f"{args.steps} rounds of pruning ({args.criterion})") as advance:
         return prune_iteratively(

@@ -30,14 +30,17 @@ def finetune_pruned(
     teacher: bool = True,
     augment: bool = True,
     log=None,
+    original: onnx.ModelProto | None = None,
 ) -> PruneResult:
     """Fine-tune `result.model` on `data` (distilling from the unpruned `source` when `teacher`),
     then check it and time it against the input; the report gains `finetune` and `latency`.
     With `val` data, a fine-tuned model whose validation top-1 is lower than before fine-tuning
-    is not kept (`applied: false`)."""
+    is not kept (`applied: false`). `original` is `source` as ``load_and_analyze`` returns it, when
+    the caller has it already (``--steps`` loads it once for all rounds)."""
     from onnxprune.recover.finetune import finetune
 
-    original = load_and_analyze(source).model
+    if original is None:
+        original = load_and_analyze(source).model
     tuned = finetune(
         result.model,
         data,
@@ -73,14 +76,15 @@ def finetune_pruned(
 
 def trained_model(pruned: onnx.ModelProto, tuned) -> onnx.ModelProto:
     """The pruned graph holding the trained weights under their own names (the names the plan file
-    uses), or the torch export when the trained module was not built from this graph."""
+    uses), or the torch export when the trained module was not built from this graph (only then is
+    the module exported)."""
     if hasattr(tuned.module, "onnx_parameters") and hasattr(tuned.module, "onnx_tensors"):
         from onnxprune.torch.writeback import written_back
 
         model = written_back(pruned, tuned.module)
         if model is not None:
             return model
-    return tuned.model
+    return tuned.exported()
 
 
 def _report_shapes(report: dict, key: str) -> dict[str, tuple]:

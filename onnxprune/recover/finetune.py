@@ -1,9 +1,14 @@
 """Fine-tuning a pruned ONNX model in torch (``onnxprune finetune``).
 
 ``finetune(model_or_path, data, epochs=E, ...)`` converts the model with
-:func:`onnxprune.torch.to_torch`, trains it on labelled data and returns the fine-tuned model as
-ONNX (:func:`onnxprune.torch.export_onnx`) in a :class:`FinetuneResult` with one history entry
-per epoch.
+:func:`onnxprune.torch.to_torch`, trains it on labelled data and returns a :class:`FinetuneResult`
+with one history entry per epoch. Its ONNX model is made on first use: the trained values written
+back into the graph the module was converted from (:mod:`onnxprune.torch.writeback`: the same
+nodes, tensor names and opset, so the analysis, the plan file's names and any shape arithmetic stay
+as they were), or, only when the trained module no longer fits that graph, a torch export
+(:func:`onnxprune.torch.export_onnx`). A torch export re-traces the graph, and its Reshape targets
+become long run-time shape chains that the analysis cannot always map (the last stage of the shared
+ResNet-20 analysed to 336 prunable channels instead of 400 after an export).
 
 * Data: ``load_calibration(data, model, samples=None, ...)`` (a ``.npz`` with inputs and labels
   ``y``, or an image folder ``class/xxx.jpg``); labels are required. Each epoch reads the set with
@@ -88,15 +93,36 @@ CHECKPOINT_NAME = "last.pt"
 
 @dataclass
 class FinetuneResult:
-    """The fine-tuned model, one history entry per epoch, and the metrics before training."""
+    """The fine-tuned model, one history entry per epoch, and the metrics before training.
 
-    model: onnx.ModelProto
+    `model` is made on first use (nothing is exported for a caller that only needs `module`): the
+    trained values written back into `source`, the graph `module` was converted from, else
+    :meth:`exported`."""
+
     history: list[dict] = field(default_factory=list)
     initial: dict | None = None
     device: str = "cpu"
     seconds: float = 0.0
     module: object = field(default=None, repr=False)  # the trained torch module (CPU, eval mode)
     rank: int = 0  # the data-parallel rank of this process (0 outside torchrun)
+    source: onnx.ModelProto | None = field(default=None, repr=False)  # the graph `module` was converted from
+    example: Any = field(default=None, repr=False)  # one input batch (numpy) for the torch export
+    _model: onnx.ModelProto | None = field(default=None, repr=False)
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The fine-tuned ONNX model: `source` holding the trained weights under their own names,
+        or the torch export when the module does not fit `source` (made once, on first use)."""
+        if self._model is None:
+            from onnxprune.torch.writeback import written_back
+
+            model = written_back(self.source, self.module) if self.source is not None else None
+            self._model = model if model is not None else self.exported()
+        return self._model
+
+    def exported(self) -> onnx.ModelProto:
+        """The trained module exported through torch (a fresh, re-traced graph)."""
+        return _export(self.module, self.example)
 
     def save(self, path) -> Path:
         """Write the model atomically."""
@@ -425,7 +451,7 @@ def _train_step(run: _Run, trainer, teacher, x, y, epoch: int, settings: _Settin
     loss, ce, kd = _loss(logits, y, t_logits, settings)
     if not torch.isfinite(loss):
         raise TrainingDivergedError(
-            f"fine-tuning diverged in epoch {epoch} (loss {float(loss)}); lower --lr "
+            f"fine-tuning diverged in epoch {epoch} (loss {float(loss.detach())}); lower --lr "
             f"(now {settings.lr:g}) or --clip-grad (now {settings.clip_grad:g}); nothing was written"
         )
     run.opt.zero_grad(set_to_none=True)
@@ -449,14 +475,19 @@ def _epoch_line(entry: dict, epochs: int) -> str:
     return line + f"  lr {entry['lr']:.3g}  {entry['seconds']:.1f}s"
 
 
-def _export(module, train: CalibrationData) -> onnx.ModelProto:
-    """The trained module (CPU, eval mode) exported to ONNX with a real input as the example."""
+def _example(train: CalibrationData) -> np.ndarray:
+    """The first training input (a batch of one), the example of a torch export."""
+    x_np, _ = train._files_batch(0, 1) if train._files else train._array_batch(0, 1)
+    return np.ascontiguousarray(x_np[:1])
+
+
+def _export(module, x_np: np.ndarray) -> onnx.ModelProto:
+    """The trained module (CPU, eval mode) exported to ONNX with a real input `x_np` as the example."""
     import torch
 
     from onnxprune.torch import export_onnx
 
-    x_np, _ = train._files_batch(0, 1) if train._files else train._array_batch(0, 1)
-    example = torch.from_numpy(np.ascontiguousarray(x_np[:1]))
+    example = torch.from_numpy(x_np)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "finetuned.onnx"
         export_onnx(module, example, path)
@@ -514,11 +545,11 @@ def _epoch(
 
 
 def _finish(module, inputs: _Inputs, run: _Run, device: str, seconds: float, shard: Shard, output) -> FinetuneResult:
-    """The result: the fine-tuned module exported back to ONNX (written to `output` by rank 0)."""
+    """The result (its ONNX model written to `output` by rank 0)."""
     module = module.cpu().eval()
     run.practices.finish(module)
     result = FinetuneResult(
-        _export(module, inputs.train), run.history, run.initial, device, seconds, module, shard.rank
+        run.history, run.initial, device, seconds, module, shard.rank, inputs.model, _example(inputs.train)
     )
     if output is not None and shard.main:
         result.save(output)
