@@ -88,17 +88,8 @@ def subset(train: Path, images: int | None, root: Path) -> Path:
 def run(model, data: Path, epochs: int, practices: Practices, seed: int, clip_grad: float = 1.0) -> dict:
     """One fine-tuning run: its final test1000 top-1, the history and the trained model."""
     t0 = time.perf_counter()
-    result = finetune(
-        model,
-        data,
-        epochs=epochs,
-        val=TEST,
-        preprocess=PREPROCESS,
-        seed=seed,
-        practices=practices,
-        log=print,
-        clip_grad=clip_grad,
-    )
+    options = {"val": TEST, "preprocess": PREPROCESS, "seed": seed, "practices": practices, "clip_grad": clip_grad}
+    result = finetune(model, data, epochs=epochs, log=print, **options)
     return {"top1": result.history[-1]["val_top1"], "result": result, "seconds": time.perf_counter() - t0}
 
 
