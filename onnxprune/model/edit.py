@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.model.subgraphs import subgraph_outer_reads
 from onnxprune.model.tensors import is_mapped, tensor_nbytes, tensor_value
 
 
@@ -48,8 +49,6 @@ def only_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     and initializers they do not depend on (ONNX Runtime runs every node of a graph whatever the
     outputs asked for: the cut makes a pass up to an early tensor cost only that far). The graph
     inputs are all kept (but initializers listed as inputs), so the same feeds work."""
-    from onnxprune.model.subgraphs import subgraph_outer_reads
-
     needed, kept = set(names), []
     for node in reversed(model.graph.node):
         if any(out in needed for out in node.output):
