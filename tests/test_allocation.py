@@ -17,11 +17,12 @@ from onnx import numpy_helper
 
 import onnxprune
 from onnxprune import InputError
-from onnxprune.bench import measure_latency
+from onnxprune.bench.inputs import count_macs_params
 from onnxprune.cli import main
 from onnxprune.model.inputs import random_inputs
 from onnxprune.model.runtime import run_model
 from onnxprune.report.document import model_summary
+from onnxprune.select import budgets
 
 TOLERANCE = 0.02
 STRATEGIES = ("uniform", "global", "sensitivity", "random-search")
@@ -176,21 +177,37 @@ def wide_chain() -> onnx.ModelProto:
     return g.model(g.op("GlobalAveragePool", g.conv(t, 64, 3)))
 
 
+def macs_clock(models, feeds, warmup=3, iters=20):
+    """A noiseless stand-in for `interleaved` (the "sessions" are the models): one run takes
+    1 ms per million MACs (batch 1). Wall-clock timing on a shared 2-core machine drifts by
+    more than the 40 % asked below; the real measurement is checked in
+    benchmarks/latency_target.py."""
+    per_model = feeds if isinstance(feeds, list) else [feeds] * len(models)
+    samples = []
+    for model, given in zip(models, per_model):
+        shapes = {i.name: tuple(v.shape[1:]) for i, v in zip(model.graph.input, given.values())}
+        samples.append([count_macs_params(model, shapes)[0] / 1e9] * iters)
+    return samples
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_latency_target_is_met_as_measured(strategy, tmp_path):
+def test_latency_target_is_met_as_measured(strategy, tmp_path, monkeypatch):
+    monkeypatch.setattr(budgets, "make_session", lambda model, **_: model)
+    monkeypatch.setattr(budgets, "interleaved", macs_clock)
     path = tmp_path / "wide.onnx"
     model = wide_chain()
     onnx.save(model, path)
     data = write_calib(tmp_path / "wide.npz", shape=(4, 32, 32), samples=4, classes=3)
-    feeds = random_inputs(model, batch=1)
-    baseline = min(measure_latency(model, feeds, warmup=3, iters=20).median_ms for _ in range(2))
+    baseline = 1000 * macs_clock([model], random_inputs(model, batch=1))[0][0]
     goal = 0.6 * baseline
     result = onnxprune.prune(path, allocate=strategy, target_latency=f"{goal:.6f}", calib=data, samples=2, batch_size=4)
     target = result.report["allocation"]["target"]
     assert target["kind"] == "latency" and target["target"] == pytest.approx(goal, rel=1e-5)
-    assert 0 < target["achieved"] <= target["target"]  # as the strategy measured it (timing is noisy)
+    assert 0 < target["achieved"] <= target["target"]
+    assert target["achieved"] == pytest.approx(result.report["after"]["macs"] / 1e6, rel=1e-6)
+    # no refill pass for latency (each step is a measurement), so the bisection may stop below
+    assert target["achieved"] >= 0.8 * goal
     assert result.report["verification"]["ok"]
-    assert result.report["after"]["macs"] < 0.9 * result.report["before"]["macs"]
 
 
 @pytest.mark.parametrize("suffix", ["json", "yaml"])

@@ -23,8 +23,8 @@ from onnxprune.registry import Registry
 from onnxprune.select.budgets import (
     TOLERANCE,
     Budget,
+    LatencyMeter,
     PlanCost,
-    latency_meter,
     parse_budget,
 )
 from onnxprune.select.plan import PruningPlan
@@ -196,6 +196,7 @@ class AllocationRequest:
     #: random-search's ranking: None (raw), 'raw', 'reconstruct' or 'kd-steps:N'
     search_eval: str | None = None
     resolved: Budget | None = None
+    meter: LatencyMeter | None = field(default=None, repr=False, compare=False)
 
     @property
     def kind(self) -> str | None:
@@ -257,14 +258,20 @@ class AllocationRequest:
         if kind is None:
             return None
         full = PruningPlan(analysis.groups, {})
-        baseline = latency_meter(analysis)(full) if kind == "latency" else cost.cost(full)[kind]
+        baseline = self.shared_meter(analysis)(full) if kind == "latency" else cost.cost(full)[kind]
         self.resolved = parse_budget(kind, str(getattr(self, kind)), baseline)
         return self.resolved
 
     def latency_meter(self, analysis: Analysis) -> Callable[[PruningPlan], float] | None:
         """Median ONNX Runtime CPU latency (ms, batch 1) of the model a plan produces (latency
         targets only, else None)."""
-        return latency_meter(analysis) if self.kind == "latency" else None
+        return self.shared_meter(analysis) if self.kind == "latency" else None
+
+    def shared_meter(self, analysis: Analysis) -> LatencyMeter:
+        """One LatencyMeter per analysis: the target and the strategy share its reference."""
+        if self.meter is None or self.meter.analysis is not analysis:
+            self.meter = LatencyMeter(analysis)
+        return self.meter
 
     def layerwise_map(self) -> dict | None:
         """The layerwise map (read from its file when a path was given)."""
