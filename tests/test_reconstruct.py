@@ -17,6 +17,7 @@ from onnxprune.cli import main
 from onnxprune.model.runtime import run_model
 from onnxprune.recover import NormalEquations, im2col
 from onnxprune.recover.reconstruct import conv_geometry
+from onnxprune.report.console import allocation_tip
 
 
 def conv_net(seed: int = 0) -> onnx.ModelProto:
@@ -198,6 +199,20 @@ def test_cli_reconstruct_writes_the_recovery(tmp_path, capsys, calib):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["reconstruction"]["output_error_after"] <= report["reconstruction"]["output_error_before"]
     assert json.loads((tmp_path / "out.plan.json").read_text())["recovered"]["ridge"] == 1e-4
+
+
+def test_console_suggests_the_sensitivity_allocation_after_a_uniform_target():
+    recon = {"layers": 3, "applied": True, "output_error_before": 1.0, "output_error_after": 0.5}
+    uniform = {"strategy": "uniform", "target": {"kind": "flops", "target": 5e6, "achieved": 4.9e6}}
+    tip = "--allocate sensitivity"
+    assert [line for line in allocation_tip({"reconstruction": recon, "allocation": uniform}) if tip in line]
+    for report in (
+        {"reconstruction": recon, "allocation": dict(uniform, strategy="sensitivity")},
+        {"reconstruction": recon, "allocation": {"strategy": "uniform", "target": {"kind": "latency"}}},
+        {"allocation": uniform},  # nothing recovered
+        {"reconstruction": recon},  # --ratio
+    ):
+        assert allocation_tip(report) == []
 
 
 def test_batchnorm_statistics_are_recalibrated(zoo_model, tmp_path):

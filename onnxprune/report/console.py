@@ -164,6 +164,7 @@ def _recovery_lines(report: dict) -> list[str]:
             f"held-out output error {recon['output_error_before']:.3g} → {recon['output_error_after']:.3g}"
         )
         lines += ridge_lines(recon)
+    lines += allocation_tip(report)
     lines += _distillation_lines(report)
     tuned = report.get("finetune")
     if tuned and tuned["history"]:
@@ -184,6 +185,20 @@ def _recovery_lines(report: dict) -> list[str]:
             f"({latency['speedup']:.2f}×)"
         )
     return lines
+
+
+def allocation_tip(report: dict) -> list[str]:
+    """A hint when a FLOPs/parameter target was spread uniformly and then recovered from
+    calibration images: the sensitivity allocation uses those images to choose the architecture."""
+    allocation = report.get("allocation") or {}
+    target = allocation.get("target") or {}
+    recovered = report.get("reconstruction") or report.get("distillation")
+    if not recovered or allocation.get("strategy") != "uniform" or target.get("kind") not in ("flops", "params"):
+        return []
+    return [
+        "  tip: --allocate sensitivity chooses each group's ratio from these calibration images "
+        "(ResNet-56 at 50 % FLOPs, reconstructed: 87.3 % top-1 instead of 78.8 % with uniform)"
+    ]
 
 
 def _distillation_lines(report: dict) -> list[str]:
