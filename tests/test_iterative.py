@@ -77,6 +77,13 @@ def test_three_rounds_reach_the_target_and_the_plan_replays_on_the_input(tmp_pat
     assert independent_plan_check(source, model, plan) > 0  # exact slices of the *input* model
     first_group = next(g for g in plan["groups"] if g["frozen"] is None)
     assert len(first_group["kept"]) < first_group["channels"]
+    # the report's group table speaks of the input: its channels → what all rounds kept
+    rows = {r["id"]: r for r in report["groups"]}
+    for group in plan["groups"]:
+        assert rows[group["id"]]["channels"] == group["channels"]
+        if group["kept"] is not None:
+            assert rows[group["id"]]["kept"] == len(group["kept"])
+    assert sum(r.get("macs_after", r["macs"]) for r in rows.values()) < sum(r["macs"] for r in rows.values())
 
 
 def test_rounds_with_finetuning_keep_the_graph_names(tmp_path):

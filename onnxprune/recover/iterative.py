@@ -93,7 +93,7 @@ def prune_iteratively(source, config: PruneConfig, options: IterativeOptions, pr
     options.validate(config)
     config.validate()
     original = load_and_analyze(source).model
-    current, result, plan, rounds = source, None, None, []
+    current, result, plan, rounds, first_rows = source, None, None, [], []
     start_macs = macs = 0
     goals = kept_fractions(final_share(config), options.steps, options.schedule)
     for index, goal in enumerate(goals):
@@ -103,6 +103,7 @@ def prune_iteratively(source, config: PruneConfig, options: IterativeOptions, pr
         if options.finetune is not None:
             result = options.finetune(result, index)
         start_macs, macs = start_macs or result.report["before"]["macs"], result.report["after"]["macs"]
+        first_rows = first_rows or result.report["groups"]
         plan = result.plan if plan is None else compose_plans(plan, result.plan)
         rounds.append(_round_entry(index, goal, result, start_macs, time.perf_counter() - started))
         if log:
@@ -110,9 +111,28 @@ def prune_iteratively(source, config: PruneConfig, options: IterativeOptions, pr
         current = result.model
     assert result is not None and plan is not None  # steps >= 1
     result.plan = only_input_tensors(plan, original)
+    result.report["groups"] = groups_of_input(first_rows, result.report["groups"], plan["groups"])
     _relative_to_input(result.report, start_macs, rounds[0]["params_before"])
     result.report["iterative"] = {"steps": options.steps, "schedule": options.schedule, "rounds": rounds}
     return result
+
+
+def groups_of_input(first_rows: list[dict], last_rows: list[dict], plan_groups: list[dict]) -> list[dict]:
+    """The report's group rows of the input (the first round's: its channels, MACs and
+    parameters before), with what all rounds together kept: the composed plan's kept channels
+    and the MACs and parameters after the last round (its row sharing a member with the group)."""
+    later = {member: row for row in last_rows for member in row["members"]}
+    kept = {g["id"]: g.get("kept") for g in plan_groups}
+    rows = []
+    for row in first_rows:
+        entry = dict(row)
+        if kept.get(row["id"]) is not None:
+            entry["kept"] = len(kept[row["id"]])
+        match = next((later[m] for m in row["members"] if m in later), None)
+        if match is not None:
+            entry.update({k: match[k] for k in ("macs_after", "params_after") if k in match})
+        rows.append(entry)
+    return rows
 
 
 def _relative_to_input(report: dict, macs: int, params: int) -> None:
