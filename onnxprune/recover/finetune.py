@@ -502,6 +502,7 @@ class _Inputs:
     train: CalibrationData
     val: CalibrationData | None
     augment: bool  # asked for, and the input is an [N, C, H, W] image batch
+    groups: list = field(default_factory=list)  # the model's channel groups (for --group-lasso)
 
 
 def _inputs(model_or_path, data, val, preprocess, batch_size: int, seed: int, augment: bool) -> _Inputs:
@@ -513,14 +514,15 @@ def _inputs(model_or_path, data, val, preprocess, batch_size: int, seed: int, au
             "finetune needs labelled training data: add {data} PATH (.npz with 'y' or an image folder)",
             parameter="data",
         )
-    model = load_and_analyze(model_or_path).model
+    analysis = load_and_analyze(model_or_path)
+    model = analysis.model
     inits = {t.name for t in model.graph.initializer}
     if sum(1 for i in model.graph.input if i.name not in inits) != 1:
         raise InputError("finetune supports models with one input")
     train = _labelled(data, model, preprocess, batch_size, seed, "--data")
     val_data = _labelled(val, model, preprocess, batch_size, seed, "--val") if val is not None else None
     augment = bool(augment and len(train.target.shape) == 4 and train.target.channels_first)
-    return _Inputs(model, train, val_data, augment)
+    return _Inputs(model, train, val_data, augment, analysis.groups)
 
 
 def _initial_evaluation(module, val: CalibrationData, device, epochs: int, log) -> dict:
@@ -587,7 +589,7 @@ def _prepared_module(inputs: _Inputs, practices: Practices, log, device):
 
     module = to_torch(inputs.model)
     practices.log = log
-    practices.prepare(module, inputs.model, inputs.train)
+    practices.prepare(module, inputs.model, inputs.train, inputs.groups)
     return module.to(device).train()
 
 

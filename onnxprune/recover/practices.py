@@ -59,9 +59,10 @@ class Practices:
                 parameter="resume",
             )
 
-    def prepare(self, module, model: onnx.ModelProto, train) -> None:
+    def prepare(self, module, model: onnx.ModelProto, train, groups: list | None = None) -> None:
         """Re-initialize and/or unfold BatchNormalization in `module` (converted from `model`),
-        then set up the group-lasso channels."""
+        then set up the group-lasso channels (`groups`: the model's channel groups, analyzed
+        here when not given)."""
         if self.reinit:
             reinitialize(module)
             for op_type, _, outs, _ in module.graph_nodes:  # BNs in the graph train from scratch too
@@ -72,9 +73,10 @@ class Practices:
             if self.log:
                 self.log(f"unfolded {len(self.unfolded)} BatchNormalization nodes (folded back on export)")
         if self.group_lasso > 0:
-            from onnxprune.analysis.analyze import load_and_analyze
+            if groups is None:
+                from onnxprune.analysis.analyze import load_and_analyze
 
-            groups = load_and_analyze(model).groups
+                groups = load_and_analyze(model).groups
             self.lasso = GroupLasso.of(module, groups, self.group_lasso, unfolded_members(self.unfolded, module))
 
     def after_step(self, lr: float) -> None:
