@@ -93,7 +93,8 @@ def prune_iteratively(source, config: PruneConfig, options: IterativeOptions, pr
     options.validate(config)
     config.validate()
     original = load_and_analyze(source).model
-    current, result, plan, rounds, first_rows = source, None, None, [], []
+    current, result, plan, rounds = source, None, None, []
+    first_rows: list[dict] = []
     start_macs = macs = 0
     goals = kept_fractions(final_share(config), options.steps, options.schedule)
     for index, goal in enumerate(goals):
@@ -126,8 +127,9 @@ def groups_of_input(first_rows: list[dict], last_rows: list[dict], plan_groups: 
     rows = []
     for row in first_rows:
         entry = dict(row)
-        if kept.get(row["id"]) is not None:
-            entry["kept"] = len(kept[row["id"]])
+        channels = kept.get(row["id"])
+        if channels is not None:
+            entry["kept"] = len(channels)
         match = next((later[m] for m in row["members"] if m in later), None)
         if match is not None:
             entry.update({k: match[k] for k in ("macs_after", "params_after") if k in match})
