@@ -399,7 +399,8 @@ def distill(
         reason = _run(loop, progress)
     finally:
         torch.set_num_threads(threads)
-    return _result(loop, student, reason, time.perf_counter() - started, len(train_idx), len(held_idx))
+    seconds = time.perf_counter() - loop.started  # the time in `on_checkpoint` is the caller's, not the stage's
+    return _result(loop, student, reason, seconds, len(train_idx), len(held_idx))
 
 
 def _optimizer(module, options: DistillOptions):
