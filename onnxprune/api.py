@@ -34,6 +34,7 @@ from onnxprune.recover.candidates import candidate_evaluator
 from onnxprune.recover.distill import Distillation, distill
 from onnxprune.recover.reconstruct import Reconstruction, reconstruct
 from onnxprune.report.document import prune_report
+from onnxprune.select.allocation import STUDY_SAMPLES
 from onnxprune.select.plan import (
     PLAN_FORMAT,
     PruningPlan,
@@ -128,6 +129,7 @@ def prune(
     samples: int = 64,
     jobs: int = 1,
     search_eval: str | None = None,
+    allocate_samples: int = STUDY_SAMPLES,
     reconstruct: bool = False,
     ridge: float | None = None,
     round_ep: str = "cpu",
@@ -150,7 +152,8 @@ def prune(
     '2.1G'; `target_latency`: ms on ONNX Runtime CPU; `allocate`: uniform, global, sensitivity,
     random-search with `samples`/`jobs` and `search_eval`, its ranking: None ('raw' output change),
     'reconstruct' or 'kd-steps:N' (each candidate's held-out score after that recovery, see
-    select/search_eval.py), or layerwise with `layerwise`), rounding (`round_to`: a multiple or
+    select/search_eval.py); sensitivity and random-search measure on the first `allocate_samples`
+    calibration samples, 0: all), or layerwise with `layerwise`), rounding (`round_to`: a multiple or
     'auto', timed on `round_ep` at `round_batch`), recovery (`reconstruct` by least squares with
     `ridge`; `recover='kd'`: then label-free distillation from the input model on the calibration
     images for `recover_time` seconds (default 300) and/or `recover_steps` steps, at `recover_lr`,

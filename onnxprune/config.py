@@ -184,6 +184,7 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "samples": ("allocation", "samples"),
     "jobs": ("allocation", "jobs"),
     "search_eval": ("allocation", "search_eval"),
+    "allocate_samples": ("allocation", "study_samples"),
     "round_to": ("rounding", "to"),
     "round_ep": ("rounding", "ep"),
     "round_batch": ("rounding", "batch"),

@@ -31,6 +31,7 @@ FLAGS: dict[str, str] = {
         "samples",
         "jobs",
         "search_eval",
+        "allocate_samples",
         "reconstruct",
         "ridge",
         "round_batch",

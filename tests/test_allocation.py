@@ -168,6 +168,13 @@ def test_jobs_give_the_same_plan(strategy, zoo_model, calib):
     assert json.dumps(one.report["allocation"]["history"]) == json.dumps(two.report["allocation"]["history"])
 
 
+@pytest.mark.parametrize("study, measured", [(4, 4), (0, 12), (50, 12)])
+def test_sensitivity_measures_the_first_allocate_samples(study, measured, zoo_model, calib):
+    result = run(zoo_model("resnet20_a"), calib, allocate="sensitivity", target_flops=0.5, allocate_samples=study)
+    assert result.report["allocation"]["history"][0]["samples"] == measured
+    assert result.report["after"]["macs"] <= 0.5 * result.report["before"]["macs"]
+
+
 def wide_chain() -> onnx.ModelProto:
     """Three 3x3 convolutions of 64 channels at 32x32: enough work for latency to follow MACs."""
     g = GraphBuilder(shape=("N", 4, 32, 32), seed=2)
@@ -329,6 +336,10 @@ BAD = {
     "no jobs": (
         ["--target-flops", "0.5", "--allocate", "random-search", "--jobs", "0", "--calib", "{calib}"],
         "--jobs must be at least 1",
+    ),
+    "negative allocate-samples": (
+        ["--target-flops", "0.5", "--allocate", "sensitivity", "--allocate-samples", "-1", "--calib", "{calib}"],
+        "--allocate-samples must be a whole number",
     ),
     "unknown layer": (["--layerwise", "{map}"], "names no group or layer"),
     "layerwise ratio 1": (["--layerwise", "{map1}"], "must be in [0, 1)"),

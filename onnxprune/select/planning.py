@@ -60,6 +60,7 @@ def plan_pruning(
         progress,
         request.search,
         evaluate,
+        request.study_samples,
     )
     assert request.strategy is not None, "an active request has chosen its strategy"
     result = allocate(ctx, request.strategy)
