@@ -152,16 +152,14 @@ def prune(
     '2.1G'; `target_latency`: ms on ONNX Runtime CPU; `allocate`: uniform, global, sensitivity,
     random-search with `samples`/`jobs` and `search_eval`, its ranking: None ('raw' output change),
     'reconstruct' or 'kd-steps:N' (each candidate's held-out score after that recovery, see
-    select/search_eval.py); sensitivity and random-search measure on the first `allocate_samples`
-    calibration samples, 0: all), or layerwise with `layerwise`), rounding (`round_to`: a multiple or
-    'auto', timed on `round_ep` at `round_batch`), recovery (`reconstruct` by least squares with
-    `ridge`; `recover='kd'`: then label-free distillation from the input model on the calibration
-    images for `recover_time` seconds (default 300) and/or `recover_steps` steps, at `recover_lr`,
-    kept only if it agrees better with the input model on held-out images), verification
+    select/search_eval.py); they measure `allocate_samples` samples; or `layerwise`), rounding
+    (`round_to`: a multiple or 'auto', timed on `round_ep` at `round_batch`), recovery
+    (`reconstruct` by least squares with `ridge`; `recover='kd'`: then label-free distillation
+    from the input model on the calibration images for `recover_time` seconds (default 300)
+    and/or `recover_steps` steps, at `recover_lr`, kept only if it agrees better), verification
     (`verify`, `input_shapes`, `strict`: refuse instead of freezing the groups whose pruning
     fails) and evaluation (`eval_tokens`: a .npz of held-out token ids; a causal LM's perplexity
     before and after, in the report's `perplexity`). `progress()` is called as the work advances.
-
     Raises InputError for unusable input, VerificationError when the pruned model fails the masked reference.
     """
     keywords = {name: value for name, value in locals().items() if name not in ("model_or_path", "progress")}
