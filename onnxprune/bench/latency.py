@@ -158,15 +158,9 @@ def measure_latency(
 
 
 def compare_latency(
-    models: list[onnx.ModelProto],
-    feeds: dict[str, np.ndarray] | list[dict[str, np.ndarray]],
-    warmup: int = 5,
-    iters: int = 50,
-    threads: int = 0,
+    models: list[onnx.ModelProto], feeds: dict[str, np.ndarray], warmup: int = 5, iters: int = 50, threads: int = 0
 ) -> list[LatencyStats]:
-    """Latency of several models on the same inputs (or one feed dict per model), measured side
-    by side (see `interleaved`)."""
+    """Latency of several models on the same inputs, measured side by side (see `interleaved`)."""
     sessions = [make_session(m, threads) for m in models]
-    first = feeds[0] if isinstance(feeds, list) else feeds
-    batch = next(iter(first.values())).shape[0] if first else 1
+    batch = next(iter(feeds.values())).shape[0] if feeds else 1
     return [LatencyStats.from_samples(s, batch) for s in interleaved(sessions, feeds, warmup, iters)]

@@ -59,10 +59,9 @@ class Practices:
                 parameter="resume",
             )
 
-    def prepare(self, module, model: onnx.ModelProto, train, groups: list | None = None) -> None:
+    def prepare(self, module, model: onnx.ModelProto, train, groups: list) -> None:
         """Re-initialize and/or unfold BatchNormalization in `module` (converted from `model`),
-        then set up the group-lasso channels (`groups`: the model's channel groups, analyzed
-        here when not given)."""
+        then set up the group-lasso channels (`groups`: the model's channel groups)."""
         if self.reinit:
             reinitialize(module)
             for op_type, _, outs, _ in module.graph_nodes:  # BNs in the graph train from scratch too
@@ -73,10 +72,6 @@ class Practices:
             if self.log:
                 self.log(f"unfolded {len(self.unfolded)} BatchNormalization nodes (folded back on export)")
         if self.group_lasso > 0:
-            if groups is None:
-                from onnxprune.analysis.analyze import load_and_analyze
-
-                groups = load_and_analyze(model).groups
             self.lasso = GroupLasso.of(module, groups, self.group_lasso, unfolded_members(self.unfolded, module))
 
     def after_step(self, lr: float) -> None:
