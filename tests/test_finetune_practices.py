@@ -128,6 +128,24 @@ def test_finetune_unfold_bn_exports_without_batchnorm(setup, tmp_path):
     assert not np.allclose(_ort(written, setup["x"][:16]), _ort(onnx.load(str(setup["pruned"])), setup["x"][:16]))
 
 
+def test_default_clip_norm_follows_batchnorm(setup, monkeypatch):
+    """Without --clip-grad, the folded graph is clipped at norm 1 and a run with BN put back at 5;
+    an explicit norm wins."""
+    seen = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording(params, max_norm, *args, **kwargs):
+        seen.append(float(max_norm))
+        return clip(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
+    for practices, given in ((Practices(), None), (Practices(unfold_bn=True), None), (Practices(unfold_bn=True), 2.0)):
+        seen.clear()
+        finetune(setup["pruned"], setup["train"], epochs=1, batch_size=96, practices=practices, clip_grad=given)
+        expected = given if given is not None else (5.0 if practices.unfold_bn else 1.0)
+        assert seen == [expected, expected]
+
+
 def test_resume_with_practices_equals_uninterrupted(setup, tmp_path):
     kwargs = {"epochs": 2, "batch_size": 32, "seed": 3}
 

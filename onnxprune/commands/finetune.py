@@ -32,10 +32,10 @@ def add_training_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--clip-grad",
         type=float,
-        default=1.0,
         metavar="NORM",
-        help="clip the gradients' global L2 norm to NORM (default 1; 0: off). Exported models "
-        "usually have BatchNormalization folded into the convolutions and diverge without it",
+        help="clip the gradients' global L2 norm to NORM (0: off; default 1, or 5 with --unfold-bn or "
+        "--reinit). Exported models usually have BatchNormalization folded into the convolutions and "
+        "diverge without it; with BN back training is stable and a norm of 1 slows it",
     )
 
 

@@ -21,7 +21,8 @@ ResNet-20 analysed to 336 prunable channels instead of 400 after an export).
   schedule over all steps (``CosineAnnealingLR``, stepped per batch). Gradients are clipped to a
   global L2 norm of 1 by default: exported models usually have BatchNormalization folded into the
   convolutions, and without normalization SGD at lr 0.01 blows up within ten steps on the CIFAR
-  ResNets (loss 0.5 -> NaN); clipped, it trains. A non-finite loss stops the run with a clear
+  ResNets (loss 0.5 -> NaN); clipped, it trains (a run that puts BN back, ``--unfold-bn`` or
+  ``--reinit``, clips at 5 by default: `Practices.default_clip_grad`). A non-finite loss stops the run with a clear
   error (exit 4) instead of writing a broken model.
 * Augmentation (on by default) for ``[N, C, H, W]`` image inputs: random crop with 4-pixel zero
   padding and horizontal flip, done in torch on the batch with a seeded generator; other inputs
@@ -616,18 +617,21 @@ def finetune(
     output=None,
     log: Callable[[str], None] | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
-    clip_grad: float = 1.0,
+    clip_grad: float | None = None,
     practices: Practices | None = None,
 ) -> FinetuneResult:
     """Fine-tune an ONNX model on labelled `data`; see the module docstring.
 
     Defaults: lr 0.01 (sgd) / 0.001 (adamw); weight decay 5e-4 (sgd) / 0.01 (adamw); gradients
-    clipped to a global L2 norm of `clip_grad` (0: off). `output` writes the ONNX model atomically;
-    `log` receives one line per epoch; `on_epoch_end` gets each history entry after its checkpoint
-    is written; `practices`: ``--unfold-bn``, ``--reinit``, ``--group-lasso`` (:mod:`.practices`).
+    clipped to a global L2 norm of `clip_grad` (0: off; default `Practices.default_clip_grad`).
+    `output` writes the ONNX model atomically; `log` receives one line per epoch; `on_epoch_end`
+    gets each history entry after its checkpoint is written; `practices`: ``--unfold-bn``,
+    ``--reinit``, ``--group-lasso`` (:mod:`.practices`).
     Under ``torchrun`` only rank 0 logs and writes; the result's ``rank`` says which this is."""
     import torch
 
+    practices = practices or Practices()
+    clip_grad = practices.default_clip_grad if clip_grad is None else clip_grad
     settings = _Settings.check(epochs, optimizer, lr, momentum, weight_decay, kd_alpha, kd_temperature, clip_grad)
     if resume and checkpoint_dir is None:
         raise InputError("{resume} needs {checkpoint_dir}", parameter="resume")
@@ -636,7 +640,6 @@ def finetune(
     shard = start(dev, batch_size)
     try:
         torch.manual_seed(seed)
-        practices = practices or Practices()
         module = _prepared_module(inputs, practices, log if shard.main else None, dev)
         teacher_module = _teacher_module(teacher, dev)
         run = _Run.begin(module, settings, epochs * inputs.train.num_batches, seed)
