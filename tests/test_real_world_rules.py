@@ -358,3 +358,34 @@ def test_rms_norm_ops_freeze_the_stream_unless_prune_residual(op, opset):
     (norm,) = [n for n in result.model.graph.node if n.op_type == op]
     scale = next(i for i in result.model.graph.initializer if i.name == norm.input[1])
     assert list(scale.dims) == [C // 2]
+
+
+def reexported_flatten_head(split: bool = True) -> onnx.ModelProto:
+    """conv -> relu -> conv -> pool, flattened by a torch re-export of `to_torch` (the batch size
+    read by Shape/Gather, taken through Reshape, Concat, Split and Squeeze into ``[N, -1]``:
+    symbolic shape inference names the output's batch anew), then MatMul + Add."""
+    g = GraphBuilder(opset=18)
+    pooled = g.op("GlobalAveragePool", g.conv(g.op("Relu", g.conv("x", 4, C)), C, C))
+    batch = g.op("Gather", g.op("Shape", pooled), g.const(np.array([0], np.int64)), axis=0)
+    scalar = g.op("Reshape", batch, g.const(np.array([], np.int64)))
+    pair = g.op("Concat", g.op("Unsqueeze", scalar, g.const(np.array([0], np.int64))), g.const(np.array([-1])), axis=0)
+    flat = g.op("Reshape", pair, g.const(np.array([-1], np.int64)))
+    if split:
+        first = g.op("Split", flat, g.const(np.array([1, 1], np.int64)), outputs=2, axis=0)
+    else:
+        first = g.op("Slice", flat, g.const(np.array([0])), g.const(np.array([1])), g.const(np.array([0])))
+    size = g.op("Unsqueeze", g.op("Squeeze", first, g.const(np.array([0], np.int64))), g.const(np.array([0])))
+    target = g.op("Concat", size, g.const(np.array([-1], np.int64)), axis=0)
+    return g.model(_linear(g, g.op("Reshape", pooled, target), C, 3))
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_flatten_whose_batch_goes_through_split_and_squeeze(split):
+    """The channels before the flatten stay prunable; pruned, the model verifies at batch 2."""
+    model = reexported_flatten_head(split)
+    groups = [g for g in onnxprune.analyze(model) if g.channels == C]
+    assert len(groups) == 2 and all(g.frozen is None for g in groups), [g.frozen for g in groups]
+    result = onnxprune.prune(model, ratio=0.5, input_shapes={"x": (2, 4, 8, 8)})
+    check = result.report["verification"]
+    assert check["ok"] and max(o["relative"] for o in check["outputs"].values()) < 1e-5
+    assert sorted(g["kept"] for g in result.report["groups"] if g["frozen"] is None) == [C // 2, C // 2]

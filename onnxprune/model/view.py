@@ -11,6 +11,7 @@ import onnx
 
 from onnxprune.model.nbits import packed_weights
 from onnxprune.model.shapes import tensor_shapes
+from onnxprune.model.symbolic import refine_reshape_shapes
 from onnxprune.model.tensors import WeightArrays, initializers
 from onnxprune.model.weight_chains import CHAIN_OPS, ChainSet, evaluate_chain_outputs
 
@@ -33,6 +34,7 @@ class ModelView:
         #: stored tensors whose values are not the weights they stand for (a packed block-quantized
         #: weight), with how to compute those float weights: criteria score them (see `weight_values`)
         self.decoded: dict[str, Callable[[], np.ndarray]] = {}
+        refine_reshape_shapes(self)  # dims shape inference lost in a computed flatten target
 
     @cached_property
     def consumers(self) -> dict[str, list[onnx.NodeProto]]:

@@ -12,6 +12,7 @@ Reshape and Expand targets from `Shape` nodes when a dimension is dynamic).
 from __future__ import annotations
 
 from onnxprune.model.nodes import attr
+from onnxprune.model.symbolic import Dim, shape_bounds, symbolic_entries
 from onnxprune.model.view import ModelView
 
 PASS_THROUGH = ("Unsqueeze", "Squeeze", "Reshape", "Cast", "Identity")
@@ -60,7 +61,7 @@ def copied_range(view: ModelView, name: str) -> tuple[str, int, int] | None:
         return None
     if producer.op_type == "Shape":
         rank = len(view.shape(producer.input[0]) or ())
-        return (producer.input[0], *_shape_bounds(producer, rank)) if rank else None
+        return (producer.input[0], *shape_bounds(producer, rank)) if rank else None
     if producer.op_type != "Slice" or len(producer.input) < 3:
         return None
     inner = copied_range(view, producer.input[0])
@@ -78,16 +79,12 @@ def copied_range(view: ModelView, name: str) -> tuple[str, int, int] | None:
     return x, s0 + start, s0 + max(stop, start)
 
 
-def _shape_bounds(node, rank: int) -> tuple[int, int]:
-    dims = range(rank)[attr(node, "start", 0) : attr(node, "end", rank)]
-    return (dims.start, dims.stop) if len(dims) else (0, 0)
-
-
 def copied_dims(view: ModelView, piece: str, data: str, position: int) -> bool:
-    """True when `piece` is ``Shape(data)[s:e]`` and sits at position s of a Concat target (the
-    copy of data's own sizes) — checked for this one Concat only."""
-    copied = copied_range(view, piece)
-    return copied is not None and copied[0] == data and copied[1] == position
+    """True when `piece` is ``Shape(data)[s:e]`` (however computed: `model.symbolic`) and sits
+    at position s of a Concat target (the copy of data's own sizes) — checked for this one Concat
+    only."""
+    entries = symbolic_entries(view, piece)
+    return bool(entries) and all(e == Dim(data, position + k) for k, e in enumerate(entries or ()))
 
 
 def feeds_copies_only(view: ModelView, piece: str) -> bool:
