@@ -59,7 +59,8 @@ def _symbolic_op(view, node, name: str, depth: int) -> list | None:
         return [Dim(node.input[0], axis) for axis in range(start, stop)] if rank else None
     inputs = [symbolic_entries(view, i, depth) if i else None for i in node.input]
     if node.op_type == "Concat":
-        return None if any(e is None for e in inputs) else [e for part in inputs for e in part]
+        parts = [part for part in inputs if part is not None]
+        return [e for part in parts for e in part] if len(parts) == len(inputs) else None
     first = inputs[0] if inputs else None
     if first is None:
         return None
@@ -93,7 +94,7 @@ def _sliced(view, node, entries: list) -> list | None:
     step = 1 if bounds[3] is None else int(bounds[3].reshape(-1)[0])
     if step < 1:
         return None
-    start, stop = (int(b.reshape(-1)[0]) for b in bounds[:2])
+    start, stop = (int(np.asarray(b).reshape(-1)[0]) for b in bounds[:2])
     return entries[slice(start, stop, step)]
 
 
