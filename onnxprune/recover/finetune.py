@@ -620,19 +620,17 @@ def finetune(
     clip_grad: float | None = None,
     practices: Practices | None = None,
 ) -> FinetuneResult:
-    """Fine-tune an ONNX model on labelled `data`; see the module docstring.
-
-    Defaults: lr 0.01 (sgd) / 0.001 (adamw); weight decay 5e-4 (sgd) / 0.01 (adamw); gradients
-    clipped to a global L2 norm of `clip_grad` (0: off; default `Practices.default_clip_grad`).
-    `output` writes the ONNX model atomically; `log` receives one line per epoch; `on_epoch_end`
-    gets each history entry after its checkpoint is written; `practices`: ``--unfold-bn``,
-    ``--reinit``, ``--group-lasso`` (:mod:`.practices`).
-    Under ``torchrun`` only rank 0 logs and writes; the result's ``rank`` says which this is."""
+    """Fine-tune an ONNX model on labelled `data` (see the module docstring). Defaults: lr 0.01
+    (sgd) / 0.001 (adamw); weight decay 5e-4 (sgd) / 0.01 (adamw); gradients clipped to a global
+    L2 norm of `clip_grad` (0: off; default `Practices.default_clip_grad`). `output` writes the
+    ONNX model atomically; `log` gets one line per epoch, `on_epoch_end` each history entry after
+    its checkpoint; `practices`: ``--unfold-bn``, ``--reinit``, ``--group-lasso``
+    (:mod:`.practices`). Under ``torchrun`` only rank 0 logs and writes (the result's ``rank``)."""
     import torch
 
     practices = practices or Practices()
-    clip_grad = practices.default_clip_grad if clip_grad is None else clip_grad
-    settings = _Settings.check(epochs, optimizer, lr, momentum, weight_decay, kd_alpha, kd_temperature, clip_grad)
+    clip = practices.default_clip_grad if clip_grad is None else clip_grad
+    settings = _Settings.check(epochs, optimizer, lr, momentum, weight_decay, kd_alpha, kd_temperature, clip)
     if resume and checkpoint_dir is None:
         raise InputError("{resume} needs {checkpoint_dir}", parameter="resume")
     inputs = _inputs(model_or_path, data, val, preprocess, batch_size, seed, augment)
