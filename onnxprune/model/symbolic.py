@@ -125,7 +125,15 @@ def reshape_shape(view, node) -> tuple | None:
     sizes = [(view.shape(e.tensor) or ())[e.axis] if isinstance(e, Dim) else e for e in entries]
     if entries.count(-1) == 1:
         sizes[entries.index(-1)] = _inferred_size(shape_x, entries, x)
-    return tuple(d if isinstance(d, int) or s is None or s == -1 else s for d, s in zip(shape, sizes))
+    return tuple(s if _better(d, s, shape_x) else d for d, s in zip(shape, sizes))
+
+
+def _better(dim, size, shape_x: tuple) -> bool:
+    """Whether `size` (from the target) should replace the inferred `dim`: `dim` is not an int
+    nor a symbol of the input's shape, and `size` is an int or one of those symbols."""
+    if isinstance(dim, int) or (dim is not None and dim in shape_x) or size is None or size == -1:
+        return False
+    return isinstance(size, int) or size in shape_x
 
 
 def _inferred_size(shape_x: tuple, entries: list, x: str) -> int | None:

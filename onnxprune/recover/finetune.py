@@ -22,8 +22,8 @@ ResNet-20 analysed to 336 prunable channels instead of 400 after an export).
   global L2 norm of 1 by default: exported models usually have BatchNormalization folded into the
   convolutions, and without normalization SGD at lr 0.01 blows up within ten steps on the CIFAR
   ResNets (loss 0.5 -> NaN); clipped, it trains (a run that puts BN back, ``--unfold-bn`` or
-  ``--reinit``, clips at 5 by default: `Practices.default_clip_grad`). A non-finite loss stops the run with a clear
-  error (exit 4) instead of writing a broken model.
+  ``--reinit``, clips at 5 by default: `Practices.default_clip_grad`). A non-finite loss stops
+  the run with a clear error (exit 4) instead of writing a broken model.
 * Augmentation (on by default) for ``[N, C, H, W]`` image inputs: random crop with 4-pixel zero
   padding and horizontal flip, done in torch on the batch with a seeded generator; other inputs
   are not augmented.
