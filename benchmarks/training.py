@@ -3,9 +3,9 @@
 1. ``--unfold-bn``: ResNet-20 pruned to 50 % of the MACs with L1 (``onnxprune resnet20.onnx
    --target-flops 0.5``), fine-tuned with and without BatchNormalization unfolded, same seed,
    data order and schedule (SGD, lr 0.01 cosine, gradient clipping ``--clip-grad``, default 5,
-   batch 64, augmentation); top-1 error on ``test1000.npz``. The full run is 3 epochs over the 50,000 JPEG training
-   images (extracted once outside the repository, see criteria.py); ``--images`` and ``--epochs``
-   make a smaller quick run (the first N/10 images of each class).
+   batch 64, augmentation); top-1 error on ``test1000.npz``. The full run is 3 epochs over the
+   50,000 JPEG training images (extracted once outside the repository, see criteria.py);
+   ``--images`` and ``--epochs`` make a smaller quick run (the first N/10 images of each class).
 2. ``--group-lasso``: the unpruned ResNet-20 trained with the penalty for ``--lasso-epochs`` on
    the first ``--lasso-images`` images (default 3 epochs x 5,000; same schedule, with
    ``--unfold-bn`` unless ``--no-lasso-unfold-bn``; ``--lasso 0.5,1,1.5,2`` sweeps several

@@ -12,10 +12,8 @@ Reshape and Expand targets from `Shape` nodes when a dimension is dynamic).
 from __future__ import annotations
 
 from onnxprune.model.nodes import attr
-from onnxprune.model.symbolic import Dim, shape_bounds, symbolic_entries
+from onnxprune.model.symbolic import PASS_THROUGH, Dim, shape_bounds, symbolic_entries
 from onnxprune.model.view import ModelView
-
-PASS_THROUGH = ("Unsqueeze", "Squeeze", "Reshape", "Cast", "Identity")
 
 
 def shape_entries(view: ModelView, name: str, depth: int = 8) -> list | None:
